@@ -1,0 +1,65 @@
+"""Shared CLI plumbing: consoles, error mapping, JSON output.
+
+stdout carries results only (one JSON document in `--json` mode); progress and diagnostics go to
+stderr. Exit status: 0 ok, 1 a check the user asked for failed, 2 the user's input is wrong.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from panda_edge.errors import CheckFailed, PandaError
+
+err = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def handle_errors(func: F) -> F:
+    """Turn the library's error types into one clear line on stderr and an exit status."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except (PandaError, CheckFailed) as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def emit_json(data: Any, path: Path | None = None) -> None:
+    """Write one JSON document to `path` (atomically), or to stdout when `path` is None or '-'."""
+    text = json.dumps(data, indent=2, default=str) + "\n"
+    if path is None or str(path) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from panda_edge.model.checkpoint import atomic_path
+
+    with atomic_path(Path(path)) as tmp:
+        tmp.write_text(text)
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'640x360' -> (640, 360)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise typer.BadParameter(f"'{text}' is not WIDTHxHEIGHT, e.g. 640x360") from None
+    if w <= 0 or h <= 0:
+        raise typer.BadParameter(f"'{text}': width and height must be positive")
+    return w, h

@@ -1,0 +1,44 @@
+"""`panda generate`: the PyTorch reference answer to a question about a video, streamed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from panda_edge.cli._common import emit_json, err, handle_errors, out
+
+
+@handle_errors
+def generate(
+    video: Annotated[Path, typer.Argument(help="Video file (mp4, mkv, webm, avi, mov, gif).")],
+    question: Annotated[str, typer.Argument(help="The question about the video.")],
+    checkpoint: Annotated[str, typer.Option(help="Checkpoint directory, or 'tiny' for the embedded default.")] = "tiny",
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Stop after this many tokens.")] = 64,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the answer and timings as JSON here ('-': stdout).")
+    ] = None,
+) -> None:
+    """Answer QUESTION about VIDEO with the PyTorch reference model (greedy decoding)."""
+    import time
+
+    from panda_edge.model.videopanda import VideoPanda
+    from panda_edge.video import load_video
+
+    with err.status("loading model"):
+        model = VideoPanda.from_pretrained(checkpoint)
+    frames = load_video(video, model.config.vision)
+    start = time.perf_counter()
+    streaming = json_out is None or str(json_out) != "-"
+    answer = model.generate(
+        frames,
+        question,
+        max_new_tokens=max_new_tokens,
+        on_text=(lambda piece: out.print(piece, end="")) if streaming else None,
+    )
+    seconds = time.perf_counter() - start
+    if streaming:
+        out.print()
+    if json_out is not None:
+        emit_json({"video": str(video), "question": question, "answer": answer, "seconds": seconds}, json_out)

@@ -1,0 +1,38 @@
+"""The `panda` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from panda_edge import __version__
+from panda_edge.cli.generate import generate
+from panda_edge.cli.info import info
+
+app = typer.Typer(
+    name="panda",
+    help="Video-Panda on edge devices: reference model, export, parity checks.\n\n"
+    "Exit status: 0 ok, 1 a requested check failed, 2 bad input (file, bundle, argument).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+app.command(rich_help_panel="Model")(info)
+app.command(rich_help_panel="Model")(generate)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"panda-edge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+) -> None:
+    """Video-Panda on edge devices."""
+
+
+def main() -> None:
+    app()

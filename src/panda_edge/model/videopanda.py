@@ -1,0 +1,236 @@
+"""The PyTorch reference Video-Panda: STAB + projector + Llama, with the official prompt and weights.
+
+Every export and runtime path is judged against this module, so it follows the official code
+(jh-yi/Video-Panda) in semantics and weight names, and runs in float32 by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from panda_edge.config import (
+    CONFIG_FILE,
+    PREPROCESSOR_FILE,
+    LlmConfig,
+    ModelConfig,
+    official_config_dict,
+    preprocessor_dict,
+    read_config,
+)
+from panda_edge.errors import CheckpointError
+from panda_edge.model.checkpoint import (
+    TOKENIZER_FILE,
+    VIDEO_PROJECTOR,
+    VIDEO_TOWER,
+    atomic_path,
+    check_names,
+    normalize_names,
+    read_weights,
+    write_json,
+    write_weights,
+)
+from panda_edge.model.stab import STAB, build_projector
+from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, build_prompt
+
+
+def llama_config(llm: LlmConfig):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=llm.vocab_size,
+        hidden_size=llm.hidden_size,
+        intermediate_size=llm.intermediate_size,
+        num_hidden_layers=llm.num_hidden_layers,
+        num_attention_heads=llm.num_attention_heads,
+        num_key_value_heads=llm.num_key_value_heads,
+        max_position_embeddings=llm.max_position_embeddings,
+        rms_norm_eps=llm.rms_norm_eps,
+        rope_parameters={"rope_type": "default", "rope_theta": llm.rope_theta},
+        bos_token_id=llm.bos_token_id,
+        eos_token_id=llm.eos_token_id,
+        pad_token_id=llm.pad_token_id,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """`tiny` names the embedded default model; anything else is a checkpoint directory."""
+    if str(path) == "tiny":
+        from panda_edge.assets import tiny_checkpoint
+
+        return tiny_checkpoint()
+    directory = Path(path)
+    if not directory.is_dir():
+        raise CheckpointError(f"{path}: no such checkpoint directory")
+    return directory
+
+
+class VideoPanda(nn.Module):
+    def __init__(self, config: ModelConfig, tokenizer: PromptTokenizer | None = None) -> None:
+        super().__init__()
+        from transformers import LlamaForCausalLM
+
+        self.config = config
+        self.stab = STAB(config.vision)
+        self.projector = build_projector(config.projector_type, config.vision.width, config.llm.hidden_size)
+        self.llm = LlamaForCausalLM(llama_config(config.llm))
+        self.tokenizer = tokenizer
+
+    # --- weights in the official layout ------------------------------------------------------------
+
+    def official_state_dict(self) -> dict[str, Tensor]:
+        out = {VIDEO_TOWER + k: v for k, v in self.stab.state_dict().items()}
+        out.update({VIDEO_PROJECTOR + k: v for k, v in self.projector.state_dict().items()})
+        out.update(self.llm.state_dict())
+        return out
+
+    def load_official_state_dict(self, state: dict[str, Tensor]) -> list[str]:
+        """Load official-named weights; returns the names that were skipped (training-only)."""
+        normalized = normalize_names(state)
+        expected = {k: v.shape for k, v in self.official_state_dict().items()}
+        check_names(expected, normalized.state)
+        parts = {VIDEO_TOWER: self.stab, VIDEO_PROJECTOR: self.projector}
+        with torch.no_grad():
+            for prefix, module in parts.items():
+                sub = {k[len(prefix) :]: v for k, v in normalized.state.items() if k.startswith(prefix)}
+                module.load_state_dict(sub, strict=True)
+            llm = {k: v for k, v in normalized.state.items() if not k.startswith(tuple(parts))}
+            self.llm.load_state_dict(llm, strict=True)
+        return normalized.skipped
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> VideoPanda:
+        directory = resolve_checkpoint(path)
+        config = read_config(directory)
+        tokenizer_file = directory / TOKENIZER_FILE
+        if not tokenizer_file.is_file():
+            raise CheckpointError(f"{directory}: no {TOKENIZER_FILE}")
+        model = cls(config, PromptTokenizer(tokenizer_file))
+        model.skipped_weights = model.load_official_state_dict(read_weights(directory))
+        return model.to(dtype).eval()
+
+    def save_pretrained(self, path: str | Path, max_shard_bytes: int | None = None) -> None:
+        """Write the released layout: config.json, preprocessor config, safetensors, tokenizer.model."""
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        write_weights(directory, self.official_state_dict(), max_shard_bytes)
+        if self.tokenizer is not None:
+            with atomic_path(directory / TOKENIZER_FILE) as tmp:
+                tmp.write_bytes(self.tokenizer.model_file.read_bytes())
+        write_json(directory / PREPROCESSOR_FILE, preprocessor_dict(self.config.vision))
+        write_json(directory / CONFIG_FILE, official_config_dict(self.config))
+
+    # --- vision ------------------------------------------------------------------------------------
+
+    def encode_frames(self, pixel_values: Tensor | np.ndarray) -> list[Tensor]:
+        """(n_frames, 4, S, S) official frames -> one (tokens, llm_hidden) tensor per frame."""
+        frames = torch.as_tensor(pixel_values)
+        v = self.config.vision
+        n = frames.shape[0]
+        if frames.ndim != 4 or frames.shape[1] != 4 or n % v.chunk_frames:
+            raise ValueError(
+                f"expected (n_frames, 4, {v.image_size}, {v.image_size}) with n_frames a multiple of "
+                f"{v.chunk_frames}, got {tuple(frames.shape)}"
+            )
+        dtype = self.stab.patch_embedding.weight.dtype
+        chunks = frames.to(dtype).reshape(n // v.chunk_frames, v.chunk_frames, *frames.shape[1:])
+        return self.stab(chunks, self.projector)
+
+    def load_frames(self, video_or_frames: str | Path | Tensor | np.ndarray) -> Tensor:
+        if isinstance(video_or_frames, (str, Path)):
+            from panda_edge.video import load_video
+
+            return torch.from_numpy(load_video(video_or_frames, self.config.vision))
+        return torch.as_tensor(video_or_frames)
+
+    # --- language ----------------------------------------------------------------------------------
+
+    def _require_tokenizer(self) -> PromptTokenizer:
+        if self.tokenizer is None:
+            raise CheckpointError("this model has no tokenizer.model; load it with VideoPanda.from_pretrained")
+        return self.tokenizer
+
+    def prompt_embeddings(self, ids: Sequence[int], visual: Sequence[Tensor]) -> Tensor:
+        """Token ids with IMAGE_TOKEN_INDEX placeholders -> (1, L, hidden); frame t fills placeholder t."""
+        embed = self.llm.get_input_embeddings()
+        parts, text, frame = [], [], 0
+        for i in [*ids, None]:
+            if (i is None or i == IMAGE_TOKEN_INDEX) and text:
+                parts.append(embed(torch.tensor(text)))
+                text = []
+            if i == IMAGE_TOKEN_INDEX:
+                if frame >= len(visual):
+                    raise ValueError(f"the prompt has more <image> places than the {len(visual)} frames")
+                parts.append(visual[frame].to(embed.weight.dtype))
+                frame += 1
+            elif i is not None:
+                text.append(i)
+        if frame != len(visual):
+            raise ValueError(f"the prompt has {frame} <image> places for {len(visual)} frames")
+        return torch.cat(parts)[None]
+
+    @torch.inference_mode()
+    def stream_generate(
+        self,
+        video_or_frames: str | Path | Tensor | np.ndarray,
+        question: str,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+    ) -> Iterator[int]:
+        """Yield generated token ids (greedy unless `do_sample`), stopping at `</s>`."""
+        tokenizer = self._require_tokenizer()
+        visual = self.encode_frames(self.load_frames(video_or_frames))
+        ids = tokenizer.prompt_ids(build_prompt(question, n_frames=len(visual)))
+        embeds = self.prompt_embeddings(ids, visual)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        out = self.llm(inputs_embeds=embeds, use_cache=True)
+        for _ in range(max_new_tokens):
+            token = pick_token(out.logits[0, -1], do_sample, temperature, top_p, generator)
+            if token == tokenizer.eos_id:
+                return
+            yield token
+            out = self.llm(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+
+    def generate(
+        self,
+        video_or_frames: str | Path | Tensor | np.ndarray,
+        question: str,
+        max_new_tokens: int = 64,
+        do_sample: bool = False,
+        on_text: Callable[[str], None] | None = None,
+        **sampling: float | int | None,
+    ) -> str:
+        """The answer as text; `on_text` receives it piece by piece as tokens arrive."""
+        tokenizer = self._require_tokenizer()
+        tokens: list[int] = []
+        shown = ""
+        for token in self.stream_generate(video_or_frames, question, max_new_tokens, do_sample, **sampling):
+            tokens.append(token)
+            text = tokenizer.decode(tokens)
+            if on_text is not None and len(text) > len(shown) and not text.endswith("\ufffd"):
+                on_text(text[len(shown) :])
+                shown = text
+        return tokenizer.decode(tokens).strip()
+
+
+def pick_token(
+    logits: Tensor, do_sample: bool, temperature: float, top_p: float, generator: torch.Generator | None
+) -> int:
+    """Greedy argmax, or temperature + nucleus (top-p) sampling."""
+    if not do_sample or temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
+        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))

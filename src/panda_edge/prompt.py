@@ -1,0 +1,77 @@
+"""The `videopanda_v1` prompt (Vicuna v1 style) and its chunked tokenization, without torch.
+
+The official code splits the prompt at `<image>`, tokenizes each text chunk on its own with the
+SentencePiece (slow) Llama tokenizer, keeps BOS on the first chunk only, and puts one placeholder id
+per `<image>`; frame t's visual tokens replace the t-th placeholder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+# Official `conv_videopanda_v1` (videopanda/conversation.py). DESIGN.md quotes the Vicuna v1 system
+# text ("user"); the released model was trained and evaluated with this one ("human").
+SYSTEM_PROMPT = (
+    "A chat between a curious human and an artificial intelligence assistant. "
+    "The assistant gives helpful, detailed, and polite answers to the human's questions."
+)
+ROLES = ("USER", "ASSISTANT")
+SEP = " "
+SEP2 = "</s>"
+IMAGE_TOKEN = "<image>"
+IMAGE_TOKEN_INDEX = -200
+
+
+def build_prompt(
+    question: str, n_frames: int = 8, history: Sequence[tuple[str, str]] = (), system: str = SYSTEM_PROMPT
+) -> str:
+    """Prompt for `question` about a video of `n_frames` frames, after earlier (question, answer) turns.
+
+    The frames go before the first question only, as in the official evaluation code.
+    """
+    turns = [*history, (question, None)]
+    out = system + SEP
+    for i, (user, answer) in enumerate(turns):
+        text = (IMAGE_TOKEN * n_frames + "\n" + user) if i == 0 else user
+        out += f"{ROLES[0]}: {text}{SEP}"
+        out += f"{ROLES[1]}: {answer}{SEP2}" if answer is not None else f"{ROLES[1]}:"
+    return out
+
+
+def split_prompt(prompt: str) -> list[str]:
+    """Text chunks around each `<image>`; n images give n + 1 chunks (some may be empty)."""
+    return prompt.split(IMAGE_TOKEN)
+
+
+class PromptTokenizer:
+    """SentencePiece tokenizer with the official chunked prompt encoding (ids of `tokenizer.model`)."""
+
+    def __init__(self, model_file: str | Path) -> None:
+        import sentencepiece as spm
+
+        self.model_file = Path(model_file)
+        self.sp = spm.SentencePieceProcessor(model_file=str(model_file))
+        self.bos_id = self.sp.bos_id()
+        self.eos_id = self.sp.eos_id()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.sp.get_piece_size()
+
+    def encode(self, text: str, bos: bool = False) -> list[int]:
+        """Plain text -> ids, as the slow Llama tokenizer does for text without special tokens."""
+        ids = self.sp.encode(text) if text else []
+        return [self.bos_id, *ids] if bos else ids
+
+    def prompt_ids(self, prompt: str) -> list[int]:
+        """Chunked encoding: BOS + chunk0 + IMAGE + chunk1 + IMAGE + ... (IMAGE = IMAGE_TOKEN_INDEX)."""
+        ids: list[int] = []
+        for i, chunk in enumerate(split_prompt(prompt)):
+            if i > 0:
+                ids.append(IMAGE_TOKEN_INDEX)
+            ids.extend(self.encode(chunk, bos=i == 0))
+        return ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.sp.decode([i for i in ids if i >= 0])
