@@ -1,0 +1,149 @@
+"""Write RGB frames to a real video file.
+
+Used by the tests and by the toy-world generator, so both exercise the same
+container/codec paths that users' files go through. Output is byte-for-byte
+deterministic for the same frames, codec and FFmpeg build.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+import secrets
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+_CODEC_BY_SUFFIX = {
+    ".mp4": "libx264",
+    ".mov": "libx264",
+    ".mkv": "libx264",
+    ".webm": "libvpx-vp9",
+    ".avi": "mpeg4",
+    ".gif": "gif",
+}
+
+# One encoder thread: x264/libvpx output can depend on the thread count, which differs between machines.
+_CODEC_OPTIONS = {
+    "libx264": {"preset": "medium", "threads": "1"},
+    "libvpx-vp9": {"threads": "1"},
+    "libvpx": {"threads": "1"},
+    "mpeg4": {"threads": "1"},
+}
+
+# Without bitexact, the Matroska/WebM muxer writes a random segment UID, so two writes differ.
+_CONTAINER_OPTIONS = {"fflags": "+bitexact"}
+
+# libx264 with yuv420p refuses odd sizes with an opaque "Generic error in an external library".
+_EVEN_SIZE_CODECS = frozenset({"libx264"})
+
+
+def write_video(
+    path: str | os.PathLike, frames: Sequence[np.ndarray], fps: int = 8, codec: str | None = None
+) -> None:
+    """Encode (H, W, 3) uint8 RGB frames to `path`; the codec follows the suffix when not given.
+
+    Writes to a hidden temporary file in the same directory and renames it into place, so an
+    interrupted write never leaves a half file under the final name. GIF stores delays in
+    hundredths of a second, so a GIF at 8 fps reads back at 100/12 = 8.33 fps.
+    """
+    target = Path(path)
+    height, width = _check_frames(frames)
+    if isinstance(fps, bool) or not isinstance(fps, numbers.Integral) or fps < 1:
+        raise ValueError(f"fps must be a positive integer, got {fps!r}")
+    fps = int(fps)
+    codec = codec or _codec_for_suffix(target.suffix)
+    if codec in _EVEN_SIZE_CODECS and (height % 2 or width % 2):
+        raise ValueError(f"{codec} with yuv420p needs an even width and height, got {width}x{height}")
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp{target.suffix}")
+    try:
+        _encode(tmp, frames, fps, codec, width, height)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _check_frames(frames: Sequence[np.ndarray]) -> tuple[int, int]:
+    """Fail before touching the disk: every frame must be the same (H, W, 3) uint8 shape."""
+    if len(frames) == 0:
+        raise ValueError("no frames to write")
+    first = frames[0]
+    for i, frame in enumerate(frames):
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+            raise ValueError(f"frame {i}: expected (H, W, 3) uint8, got {frame.shape} {frame.dtype}")
+        if frame.shape != first.shape:
+            raise ValueError(f"frame {i}: shape {frame.shape} differs from frame 0 {first.shape}")
+    return first.shape[0], first.shape[1]
+
+
+def _codec_for_suffix(suffix: str) -> str:
+    """Pick the encoder for a container; VP9 falls back to VP8 on FFmpeg builds without it."""
+    codec = _CODEC_BY_SUFFIX.get(suffix.lower())
+    if codec is None:
+        known = ", ".join(sorted(_CODEC_BY_SUFFIX))
+        raise ValueError(f"no default codec for suffix {suffix!r} (known: {known}); pass codec=")
+    if codec == "libvpx-vp9" and not _has_encoder(codec):
+        return "libvpx"
+    return codec
+
+
+def _has_encoder(name: str) -> bool:
+    try:
+        av.Codec(name, "w")
+    except (av.error.FFmpegError, ValueError):  # PyAV's UnknownCodecError is a ValueError
+        return False
+    return True
+
+
+def _encode(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str, width: int, height: int) -> None:
+    time_base = Fraction(1, fps)
+    with av.open(str(path), "w", options=_CONTAINER_OPTIONS) as container:
+        stream = container.add_stream(codec, rate=fps, options=_CODEC_OPTIONS.get(codec, {}))
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "pal8" if codec == "gif" else "yuv420p"
+        for i, rgb in enumerate(frames):
+            frame = _to_av_frame(rgb, stream.pix_fmt)
+            frame.pts, frame.time_base = i, time_base
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+
+
+def _to_av_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
+    """Swscale cannot convert to pal8, so GIF frames get their palette here."""
+    if pix_fmt == "pal8":
+        return av.VideoFrame.from_ndarray(_to_pal8(rgb), format="pal8")
+    return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+
+
+def _to_pal8(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact palette when the frame has at most 256 colors (flat toy-world art); else 3-3-2 posterized.
+
+    Returns (indices (H, W) uint8, palette (256, 4) uint8 in the ARGB column order PyAV expects).
+    """
+    colors, inverse = _unique_colors(rgb)
+    if len(colors) > 256:
+        colors, inverse = _unique_colors(_posterize_332(rgb))
+    palette = np.zeros((256, 4), dtype=np.uint8)
+    palette[:, 0] = 255
+    palette[: len(colors), 1:] = colors
+    return inverse.reshape(rgb.shape[:2]).astype(np.uint8), palette
+
+
+def _unique_colors(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct colors as (N, 3) uint8 plus each pixel's index; packs to uint32 because it is much faster."""
+    pixels = rgb.reshape(-1, 3).astype(np.uint32)
+    packed = (pixels[:, 0] << 16) | (pixels[:, 1] << 8) | pixels[:, 2]
+    values, inverse = np.unique(packed, return_inverse=True)
+    colors = np.stack([(values >> 16) & 255, (values >> 8) & 255, values & 255], axis=1).astype(np.uint8)
+    return colors, inverse.reshape(-1)
+
+
+def _posterize_332(rgb: np.ndarray) -> np.ndarray:
+    """Round to 8 red, 8 green and 4 blue levels: at most 256 colors, like FFmpeg's rgb8."""
+    levels = np.array([7, 7, 3], dtype=np.float32)
+    steps = np.rint(rgb.astype(np.float32) * levels / 255.0)
+    return np.rint(steps * 255.0 / levels).astype(np.uint8)
