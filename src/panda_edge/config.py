@@ -186,7 +186,11 @@ def read_config(directory: str | Path) -> ModelConfig:
     llm = replace(LlmConfig(), **llm_values)
     projector = raw.get("mm_projector_type", "linear")
     return ModelConfig(
-        vision=vision, llm=llm, projector_type=projector, video_tower=tower, name=raw.get("_panda_preset", "custom")
+        vision=vision,
+        llm=llm,
+        projector_type=projector,
+        video_tower=tower,
+        name=raw.get("_panda_preset", "custom"),
     )
 
 

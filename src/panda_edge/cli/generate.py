@@ -14,10 +14,13 @@ from panda_edge.cli._common import emit_json, err, handle_errors, out
 def generate(
     video: Annotated[Path, typer.Argument(help="Video file (mp4, mkv, webm, avi, mov, gif).")],
     question: Annotated[str, typer.Argument(help="The question about the video.")],
-    checkpoint: Annotated[str, typer.Option(help="Checkpoint directory, or 'tiny' for the embedded default.")] = "tiny",
+    checkpoint: Annotated[
+        str, typer.Option(help="Checkpoint directory, or 'tiny' for the embedded default.")
+    ] = "tiny",
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Stop after this many tokens.")] = 64,
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the answer and timings as JSON here ('-': stdout).")
+        Path | None,
+        typer.Option("--json", help="Also write the answer and timings as JSON here ('-': stdout)."),
     ] = None,
 ) -> None:
     """Answer QUESTION about VIDEO with the PyTorch reference model (greedy decoding)."""

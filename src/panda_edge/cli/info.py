@@ -15,14 +15,18 @@ def info(
     checkpoint: Annotated[
         str | None, typer.Argument(help="Checkpoint directory, or 'tiny' for the embedded default.")
     ] = None,
-    preset: Annotated[str | None, typer.Option(help="A built-in configuration instead: full or tiny.")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="A built-in configuration instead: full or tiny.")
+    ] = None,
     size: Annotated[
         str | None, typer.Option(help="Video WIDTHxHEIGHT for the token counts (default: square).")
     ] = None,
     frames: Annotated[
         int | None, typer.Option(min=1, help="Decoded frames of the video (fewer than 8 are padded).")
     ] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")] = False,
+    json_out: Annotated[
+        bool, typer.Option("--json", help="Print one JSON document instead of tables.")
+    ] = False,
 ) -> None:
     """Show a model's configuration, parameters per part and visual tokens, without loading weights."""
     from panda_edge.model.summary import describe

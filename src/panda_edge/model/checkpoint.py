@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -68,11 +69,19 @@ def read_weight_file(path: Path) -> dict[str, torch.Tensor]:
     """One weight file; pickles only through `torch.load(weights_only=True)`."""
     try:
         if path.suffix == ".safetensors":
-            return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: cannot read weights (it holds Python objects besides tensors; refused for safety)"
+        ) from None
     except (SafetensorError, OSError, RuntimeError, ValueError, EOFError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(f"{path}: cannot read weights ({first})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: cannot read weights (not a mapping of names to tensors)")
+    return state
 
 
 def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -146,7 +155,9 @@ def write_json(path: Path, data: object) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def write_weights(directory: Path, state: Mapping[str, torch.Tensor], max_shard_bytes: int | None = None) -> None:
+def write_weights(
+    directory: Path, state: Mapping[str, torch.Tensor], max_shard_bytes: int | None = None
+) -> None:
     """Safetensors, sharded with an index when the weights exceed `max_shard_bytes`."""
     state = {k: v.detach().contiguous() for k, v in state.items()}
     total = sum(t.numel() * t.element_size() for t in state.values())

@@ -53,5 +53,11 @@ def describe(
         "source": source,
         "config": config.to_dict(),
         "parameters": parameter_counts(config),
-        "visual_tokens": {"width": width, "height": height, "frames": v.video_frames, "real_frames": real, **tokens},
+        "visual_tokens": {
+            "width": width,
+            "height": height,
+            "frames": v.video_frames,
+            "real_frames": real,
+            **tokens,
+        },
     }

@@ -153,7 +153,9 @@ class VideoPanda(nn.Module):
 
     def _require_tokenizer(self) -> PromptTokenizer:
         if self.tokenizer is None:
-            raise CheckpointError("this model has no tokenizer.model; load it with VideoPanda.from_pretrained")
+            raise CheckpointError(
+                "this model has no tokenizer.model; load it with VideoPanda.from_pretrained"
+            )
         return self.tokenizer
 
     def prompt_embeddings(self, ids: Sequence[int], visual: Sequence[Tensor]) -> Tensor:
@@ -198,7 +200,9 @@ class VideoPanda(nn.Module):
             if token == tokenizer.eos_id:
                 return
             yield token
-            out = self.llm(input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+            out = self.llm(
+                input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True
+            )
 
     def generate(
         self,

@@ -70,10 +70,10 @@ def frame_geometry(width: int, height: int, vision: VisionConfig) -> FrameGeomet
         raise ValueError(f"frame size must be positive, got {width}x{height}")
     size, p = vision.image_size_teacher, vision.patch_teacher
     if width > height:
-        val_patch = int(math.ceil(size * height / width / p))
+        val_patch = math.ceil(size * height / width / p)
         new_w, new_h = size, val_patch * p
     else:
-        val_patch = int(math.ceil(size * width / height / p))
+        val_patch = math.ceil(size * width / height / p)
         new_w, new_h = val_patch * p, size
     val = val_patch * p
     pre = (size // p - val_patch) // 2 * p
@@ -120,7 +120,9 @@ def preprocess_frames(frames: Sequence[np.ndarray], vision: VisionConfig) -> np.
     return out
 
 
-def visual_tokens(width: int, height: int, vision: VisionConfig, real_frames: int | None = None) -> dict[str, int]:
+def visual_tokens(
+    width: int, height: int, vision: VisionConfig, real_frames: int | None = None
+) -> dict[str, int]:
     """Visual-token counts for a `width x height` video (`real_frames` decoded frames, the rest padding)."""
     real = vision.video_frames if real_frames is None else min(real_frames, vision.video_frames)
     per_frame = frame_geometry(width, height, vision).tokens_per_frame(vision)
