@@ -235,8 +235,9 @@ def _plan(seed: int, index: int) -> _Scene:
         return _balanced(seed, f"{kind}/{name}", i, options)
 
     counts = COUNT_OPTIONS[kind]
-    count = balanced("count", counts, _carrier_index(k, "count")) if "count" in statics else None
-    if count is None:
+    if "count" in statics:
+        count = balanced("count", counts, _carrier_index(k, "count"))
+    else:
         count = counts[int(rng.integers(len(counts)))]
     n = count + 1 if kind == "disappear" else count
     color = balanced("color", list(COLORS), _carrier_index(k, "color")) if "color" in statics else None
@@ -419,7 +420,8 @@ def generate(
 ) -> ToyWorldSummary:
     """Write the videos, the train/held-out question files (split by video) and toyworld.json.
 
-    `progress` is called with the number of videos written so far.
+    `progress` is called with the number of videos written so far. Files already in `out_dir` are
+    overwritten, not removed: use a fresh directory when generating fewer videos than before.
     """
     if videos < 1:
         raise ValueError(f"videos must be at least 1, got {videos}")
