@@ -48,7 +48,7 @@ def emit_json(data: Any, path: Path | None = None) -> None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    from panda_edge.model.checkpoint import atomic_path
+    from panda_edge.fileio import atomic_path
 
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(text)

@@ -10,11 +10,8 @@ A checkpoint directory holds `config.json`, weights as `model.safetensors` (or s
 from __future__ import annotations
 
 import json
-import os
 import pickle
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from panda_edge.errors import CheckpointError
+from panda_edge.fileio import atomic_path, write_json
 
 SAFE_INDEX = "model.safetensors.index.json"
 SAFE_SINGLE = "model.safetensors"
@@ -134,25 +132,6 @@ def check_names(expected: Mapping[str, torch.Size], found: Mapping[str, torch.Te
 
 
 # --- writing ------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary name next to `final`, renamed onto it only when the block succeeds."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def write_json(path: Path, data: object) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def write_weights(

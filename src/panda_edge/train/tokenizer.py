@@ -11,7 +11,7 @@ import io
 from collections.abc import Iterable
 from pathlib import Path
 
-from panda_edge.model.checkpoint import atomic_path
+from panda_edge.fileio import atomic_path
 from panda_edge.prompt import ROLES, SEP2, SYSTEM_PROMPT
 
 

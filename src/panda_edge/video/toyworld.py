@@ -10,7 +10,6 @@ not pay. Everything is a pure function of (seed, video index): the same seed giv
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import zlib
 from collections import Counter
@@ -20,6 +19,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
+
+from panda_edge.fileio import write_json
+from panda_edge.video.encode import write_video
 
 T = TypeVar("T")
 
@@ -334,31 +336,6 @@ def _render(scene: _Scene) -> np.ndarray:
     return frames
 
 
-# TODO: use panda_edge.video.encode.write_video once merged
-def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
-    """H.264 mp4, single-threaded so the bytes are the same on every run; atomic by rename."""
-    import av
-
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with av.open(str(tmp), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fps, options={"threads": "1", "preset": "medium"})
-            stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-            for frame in frames:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-            container.mux(stream.encode())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_json(path: Path, data: Any) -> None:
-    """Stable formatting (same data, same bytes) and an atomic replace, so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def _entries(scene: _Scene) -> list[dict[str, Any]]:
     """The scene's questions as Video-ChatGPT / Valley conversation entries."""
     return [
@@ -436,14 +413,14 @@ def generate(
     heldout: list[dict[str, Any]] = []
     for i in range(videos):
         scene = _plan(seed, i)
-        _write_mp4(out / "videos" / f"{scene.video_id}.mp4", _render(scene), FPS)
+        write_video(out / "videos" / f"{scene.video_id}.mp4", list(_render(scene)), fps=FPS)
         (heldout if i in heldout_ids else train).extend(_entries(scene))
         if progress is not None:
             progress(i + 1)
     type_counts = Counter(e["type"] for e in train + heldout)
     per_type = {t: type_counts[t] for t in QUESTION_TYPES}
-    _write_json(out / "train.json", train)
-    _write_json(out / "heldout.json", heldout)
+    write_json(out / "train.json", train)
+    write_json(out / "heldout.json", heldout)
     counts = {
         "videos": videos,
         "train_videos": videos - len(heldout_ids),
@@ -453,7 +430,7 @@ def generate(
         "per_type": per_type,
         "answers": _answer_counts(train + heldout),
     }
-    _write_json(out / "toyworld.json", {**_parameters(seed, videos, heldout_fraction), "counts": counts})
+    write_json(out / "toyworld.json", {**_parameters(seed, videos, heldout_fraction), "counts": counts})
     return ToyWorldSummary(videos, len(train), len(heldout), per_type, str(out))
 
 
