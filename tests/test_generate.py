@@ -82,3 +82,19 @@ def test_sampling_is_seeded(tiny_model, make_video) -> None:
     a = list(tiny_model.stream_generate(frames, "What?", seed=3, **kwargs))
     b = list(tiny_model.stream_generate(frames, "What?", seed=3, **kwargs))
     assert a == b
+
+
+def test_conversation_ids_first_turn_equals_the_prompt(tiny_model) -> None:
+    tok = tiny_model.tokenizer
+    ids, is_answer = tok.conversation_ids([("What color is the circle?", None)], n_frames=8)
+    assert ids == tok.prompt_ids(build_prompt("What color is the circle?")) and not any(is_answer)
+
+
+def test_conversation_ids_mark_answers_with_eos(tiny_model) -> None:
+    tok = tiny_model.tokenizer
+    ids, is_answer = tok.conversation_ids([("What color?", "red"), ("And the shape?", "circle")], n_frames=2)
+    answers = [i for i, a in zip(ids, is_answer, strict=True) if a]
+    assert tok.decode(answers[: answers.index(tok.eos_id)]) == "red"
+    assert answers.count(tok.eos_id) == 2
+    text = tok.decode([i for i in ids if i != tok.eos_id])
+    assert text.endswith("What color? ASSISTANT: red USER: And the shape? ASSISTANT: circle")

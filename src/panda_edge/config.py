@@ -111,7 +111,7 @@ PRESETS: dict[str, ModelConfig] = {
         vision=VisionConfig(width=128, image_size=112, image_size_teacher=56),
         llm=LlmConfig(
             hidden_size=256,
-            intermediate_size=768,
+            intermediate_size=512,
             num_hidden_layers=4,
             num_attention_heads=4,
             num_key_value_heads=4,

@@ -75,3 +75,28 @@ class PromptTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([i for i in ids if i >= 0])
+
+    def conversation_ids(
+        self, turns: Sequence[tuple[str, str | None]], n_frames: int, system: str = SYSTEM_PROMPT
+    ) -> tuple[list[int], list[bool]]:
+        """ids of a conversation, and which of them are answer tokens (what training learns).
+
+        The last answer may be None: the ids then end with "ASSISTANT:", ready to generate. The
+        first turn equals `prompt_ids(build_prompt(...))`; later turns are encoded piece by piece
+        after `</s>` (SentencePiece's dummy prefix included, as the slow tokenizer does).
+        """
+        ids = self.prompt_ids(system + SEP + f"{ROLES[0]}: " + IMAGE_TOKEN * n_frames)
+        is_answer = [False] * len(ids)
+        for i, (question, answer) in enumerate(turns):
+            prompt_text = ("\n" + question if i == 0 else f"{ROLES[0]}: " + question) + f"{SEP}{ROLES[1]}:"
+            prompt = self.encode(prompt_text)
+            ids += prompt
+            is_answer += [False] * len(prompt)
+            if answer is None:
+                break
+            full = self.encode(prompt_text + " " + answer)
+            target = full[len(prompt) :] if full[: len(prompt)] == prompt else self.encode(" " + answer)
+            target.append(self.eos_id)
+            ids += target
+            is_answer += [True] * len(target)
+        return ids, is_answer

@@ -1,4 +1,8 @@
-"""The embedded default model (`--checkpoint tiny`)."""
+"""The embedded default model (`--checkpoint tiny`): a tiny Video-Panda trained on the toy world.
+
+Reproduce it with the command in TINY_TRAINING["command"]; the weights ship in float16 (the
+reference computes in float32) to stay under 10 MB.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,15 @@ from pathlib import Path
 from panda_edge.errors import CheckpointError
 
 TINY_DIR = Path(__file__).parent / "tiny"
+TINY_TRAINING = {
+    "videos": 400,
+    "seed": 0,
+    "command": "panda toyworld --out toy --videos 400 --seed 0 && "
+    "panda train --preset tiny --data toy --out tiny-ckpt --seed 0",
+}
 
 
 def tiny_checkpoint() -> Path:
     if not (TINY_DIR / "config.json").is_file():
-        raise CheckpointError("the embedded tiny model is not part of this install yet")
+        raise CheckpointError(f"the embedded tiny model is missing from {TINY_DIR}; reinstall panda-edge")
     return TINY_DIR

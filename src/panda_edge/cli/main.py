@@ -5,8 +5,12 @@ from __future__ import annotations
 import typer
 
 from panda_edge import __version__
+from panda_edge.cli.demo import demo
+from panda_edge.cli.eval import eval as eval_command
 from panda_edge.cli.generate import generate
 from panda_edge.cli.info import info
+from panda_edge.cli.toyworld import toyworld
+from panda_edge.cli.train import train
 
 app = typer.Typer(
     name="panda",
@@ -17,8 +21,12 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode="rich",
 )
+app.command(rich_help_panel="Start here")(demo)
 app.command(rich_help_panel="Model")(info)
 app.command(rich_help_panel="Model")(generate)
+app.command(rich_help_panel="Training")(toyworld)
+app.command(rich_help_panel="Training")(train)
+app.command(name="eval", rich_help_panel="Training")(eval_command)
 
 
 def _version(value: bool) -> None:

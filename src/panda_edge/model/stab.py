@@ -173,46 +173,67 @@ class STAB(nn.Module):
         x = x.transpose(1, 2).reshape(bt, c, h, w) + patches
         return x, chunk_token
 
-    def local_tokens(self, feature: Tensor) -> tuple[Tensor, int, int]:
-        """LSD on one cropped frame (C, H, W) -> ((h*w, C), h, w) with h = H // s, w = W // s."""
+    def local_tokens(self, features: Tensor) -> tuple[Tensor, int, int]:
+        """LSD on cropped frames (G, C, H, W) -> ((G, h*w, C), h, w) with h = H // s, w = W // s."""
         s = self.vision.conv_stride
-        c = feature.shape[0]
-        h, w = feature.shape[1] // s, feature.shape[2] // s
-        window_mean = F.avg_pool2d(feature[None], kernel_size=s, stride=s)[0].flatten(1).T  # (h*w, C)
-        windows = feature[:, : h * s, : w * s].reshape(c, h, s, w, s).permute(1, 3, 2, 4, 0)
-        windows = windows.reshape(h * w, s * s, c)
+        g, c = features.shape[:2]
+        h, w = features.shape[2] // s, features.shape[3] // s
+        window_mean = (
+            F.avg_pool2d(features, kernel_size=s, stride=s).flatten(2).transpose(1, 2)
+        )  # (G, h*w, C)
+        windows = features[:, :, : h * s, : w * s].reshape(g, c, h, s, w, s).permute(0, 2, 4, 3, 5, 1)
+        windows = windows.reshape(g, h * w, s * s, c)
         return self.local_attention(window_mean, windows), h, w
 
-    def frame_tokens(self, feature: Tensor, mask: Tensor, chunk_token: Tensor | None) -> Tensor:
-        """Crop, LSD, FSRA, context fusion and layout for one frame -> (1 + h*(w+1), C)."""
-        if mask.sum() == 0:
-            side = self.vision.pad_frame_patches
-            cropped = feature[:, :side, :side]
-        else:
-            nonzero = torch.nonzero(mask, as_tuple=False)
-            (r1, c1), (r2, c2) = nonzero[0].tolist(), nonzero[-1].tolist()
-            cropped = feature[:, r1 : r2 + 1, c1 : c2 + 1]
-        local, h, w = self.local_tokens(cropped)
-        frame_token = self.global_attention(self.class_embedding, local)[None]  # (1, C)
-        if chunk_token is not None:
+    def crop_rect(self, patch_mask: Tensor) -> tuple[int, int, int, int]:
+        """(row0, col0, row1, col1), inclusive, of a frame's real patches: first and last non-zero
+        patch of the mask; an all-padding frame keeps its top-left `pad_frame_patches` square."""
+        if patch_mask.sum() == 0:
+            last = min(self.vision.pad_frame_patches, *patch_mask.shape) - 1
+            return 0, 0, last, last
+        nonzero = torch.nonzero(patch_mask, as_tuple=False)
+        (r1, c1), (r2, c2) = nonzero[0].tolist(), nonzero[-1].tolist()
+        return r1, c1, r2, c2
+
+    def frame_tokens(
+        self, features: Tensor, rect: tuple[int, int, int, int], chunk_tokens: Tensor | None
+    ) -> Tensor:
+        """Crop, LSD, FSRA, context fusion and layout for frames sharing one crop -> (G, 1 + h*(w+1), C)."""
+        r1, c1, r2, c2 = rect
+        local, h, w = self.local_tokens(features[:, :, r1 : r2 + 1, c1 : c2 + 1])
+        g, _, c = local.shape
+        frame_token = self.global_attention(self.class_embedding.expand(g, c), local)  # (G, C)
+        if chunk_tokens is not None:
             weight = torch.sigmoid(self.balance)
-            frame_token = self.proj((1 - weight) * chunk_token[None] + weight * frame_token)
-        split = self.split_embedding.expand(h, 1, -1)
-        rows = torch.cat([local.view(h, w, -1), split], dim=1).reshape(h * (w + 1), -1)
-        return torch.cat([frame_token, rows], dim=0)
+            frame_token = self.proj((1 - weight) * chunk_tokens + weight * frame_token)
+        split = self.split_embedding.expand(g, h, 1, c)
+        rows = torch.cat([local.view(g, h, w, c), split], dim=2).reshape(g, h * (w + 1), c)
+        return torch.cat([frame_token[:, None], rows], dim=1)
+
+    def patch_masks(self, frames: Tensor) -> Tensor:
+        """(N, 4, S, S) frames -> (N, S/patch, S/patch) share of real pixels per patch."""
+        return F.avg_pool2d(frames[:, 3:], kernel_size=self.vision.patch, stride=self.vision.patch)[:, 0]
 
     def forward(self, chunks: Tensor, projector: nn.Module | None = None) -> list[Tensor]:
-        """chunks (B, T, 4, S, S) -> one (tokens, C or LLM width) tensor per frame, in frame order."""
+        """chunks (B, T, 4, S, S) -> one (tokens, C or LLM width) tensor per frame, in frame order.
+
+        Frames whose real patches have the same rectangle go through LSD and FSRA together.
+        """
         b, t = chunks.shape[:2]
         frames = chunks.flatten(0, 1)
-        pixels, masks = frames[:, :3], frames[:, 3:]
-        patch_masks = F.avg_pool2d(masks, kernel_size=self.vision.patch, stride=self.vision.patch)[:, 0]
-        features, chunk_tokens = self.spatiotemporal(pixels, t)
-        out = []
-        for i in range(b * t):
-            chunk_token = None if chunk_tokens is None else chunk_tokens[i // t]
-            tokens = self.frame_tokens(features[i], patch_masks[i], chunk_token)
-            out.append(projector(tokens) if projector is not None else tokens)
+        features, chunk_tokens = self.spatiotemporal(frames[:, :3], t)
+        groups: dict[tuple[int, int, int, int], list[int]] = {}
+        for i, mask in enumerate(self.patch_masks(frames)):
+            groups.setdefault(self.crop_rect(mask), []).append(i)
+        out: list[Tensor] = [frames[0]] * (b * t)  # every slot is filled below
+        for rect, members in groups.items():
+            index = torch.tensor(members)
+            fused = None if chunk_tokens is None else chunk_tokens[index // t]
+            tokens = self.frame_tokens(features[index], rect, fused)
+            if projector is not None:
+                tokens = projector(tokens)
+            for j, i in enumerate(members):
+                out[i] = tokens[j]
         return out
 
 

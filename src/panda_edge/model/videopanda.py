@@ -35,7 +35,7 @@ from panda_edge.model.checkpoint import (
     write_weights,
 )
 from panda_edge.model.stab import STAB, build_projector
-from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, build_prompt
+from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer
 
 
 def llama_config(llm: LlmConfig):
@@ -115,11 +115,19 @@ class VideoPanda(nn.Module):
         model.skipped_weights = model.load_official_state_dict(read_weights(directory))
         return model.to(dtype).eval()
 
-    def save_pretrained(self, path: str | Path, max_shard_bytes: int | None = None) -> None:
-        """Write the released layout: config.json, preprocessor config, safetensors, tokenizer.model."""
+    def save_pretrained(
+        self, path: str | Path, max_shard_bytes: int | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        """Write the released layout: config.json, preprocessor config, safetensors, tokenizer.model.
+
+        `dtype` stores floating-point weights in another precision (the released model uses bf16).
+        """
         directory = Path(path)
         directory.mkdir(parents=True, exist_ok=True)
-        write_weights(directory, self.official_state_dict(), max_shard_bytes)
+        state = self.official_state_dict()
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        write_weights(directory, state, max_shard_bytes)
         if self.tokenizer is not None:
             with atomic_path(directory / TOKENIZER_FILE) as tmp:
                 tmp.write_bytes(self.tokenizer.model_file.read_bytes())
@@ -187,11 +195,15 @@ class VideoPanda(nn.Module):
         temperature: float = 1.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        history: Sequence[tuple[str, str]] = (),
     ) -> Iterator[int]:
-        """Yield generated token ids (greedy unless `do_sample`), stopping at `</s>`."""
+        """Yield generated token ids (greedy unless `do_sample`), stopping at `</s>`.
+
+        `history` holds earlier (question, answer) turns about the same video.
+        """
         tokenizer = self._require_tokenizer()
         visual = self.encode_frames(self.load_frames(video_or_frames))
-        ids = tokenizer.prompt_ids(build_prompt(question, n_frames=len(visual)))
+        ids, _ = tokenizer.conversation_ids([*history, (question, None)], n_frames=len(visual))
         embeds = self.prompt_embeddings(ids, visual)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         out = self.llm(inputs_embeds=embeds, use_cache=True)

@@ -1,0 +1,50 @@
+"""`panda eval`: exact-match accuracy of the PyTorch reference on a video QA set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from panda_edge.cli._common import emit_json, err, handle_errors, out, progress_bar
+
+
+@handle_errors
+def eval(
+    qa: Annotated[Path, typer.Option(help="QA JSON (Video-ChatGPT style, e.g. heldout.json).")],
+    videos: Annotated[Path, typer.Option(help="Directory holding the videos the QA file names.")],
+    checkpoint: Annotated[str, typer.Option(help="Checkpoint directory, or 'tiny'.")] = "tiny",
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
+    ] = None,
+) -> None:
+    """Answer every question greedily and report normalized exact-match accuracy, overall and per type."""
+    from panda_edge.model.videopanda import VideoPanda
+    from panda_edge.parity.task import evaluate, read_questions
+
+    questions = read_questions(qa)[:limit]
+    with err.status("loading model"):
+        model = VideoPanda.from_pretrained(checkpoint)
+
+    def answer(video: Path, question: str) -> str:
+        return model.generate(video, question, max_new_tokens=max_new_tokens)
+
+    with progress_bar("answering", total=len(questions), enabled=json_out is None) as advance:
+        result = evaluate(answer, questions, videos, on_answer=advance)
+    if json_out is not None:
+        emit_json({"checkpoint": checkpoint, **result.to_dict()}, json_out)
+        if str(json_out) == "-":
+            return
+    table = Table(title=f"exact match on {qa.name}")
+    table.add_column("type")
+    table.add_column("questions", justify="right")
+    table.add_column("accuracy", justify="right")
+    summary = result.to_dict()
+    for kind, accuracy in summary["per_type"].items():
+        table.add_row(kind, str(summary["per_type_questions"][kind]), f"{accuracy:.1%}")
+    table.add_row("all", str(result.questions), f"{result.accuracy:.1%}", style="bold")
+    out.print(table)

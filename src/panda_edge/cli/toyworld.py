@@ -1,0 +1,37 @@
+"""`panda toyworld`: synthetic videos with question-answer pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from panda_edge.cli._common import emit_json, handle_errors, out, progress_bar
+
+
+@handle_errors
+def toyworld(
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Directory to write videos/, train.json, heldout.json.")
+    ],
+    videos: Annotated[int, typer.Option(min=1, help="Number of videos.")] = 400,
+    seed: Annotated[int, typer.Option(min=0, help="Same seed, same bytes.")] = 0,
+    heldout: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of videos held out.")] = 0.2,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the summary as JSON ('-': stdout).")
+    ] = None,
+) -> None:
+    """Write a toy world: moving, appearing and disappearing shapes, with questions of six types."""
+    from panda_edge.video.toyworld import generate
+
+    with progress_bar("writing videos", total=videos, enabled=json_out is None) as advance:
+        summary = generate(out_dir, videos=videos, seed=seed, heldout_fraction=heldout, progress=advance)
+    if json_out is not None:
+        emit_json(summary.to_dict(), json_out)
+        return
+    types = ", ".join(f"{k} {v}" for k, v in summary.per_type.items())
+    out.print(
+        f"{summary.videos} videos in {out_dir}: {summary.train_questions} training and "
+        f"{summary.heldout_questions} held-out questions ({types})"
+    )

@@ -1,0 +1,38 @@
+"""The three-stage recipe of the paper (§3.2, Table 6), scaled down for models trained from scratch.
+
+Paper (7B): stage 1 trains STAB + projector with the LLM frozen (lr 4e-4, warmup 0.03), stage 2 the
+whole model end to end (4e-5, 0.01), stage 3 instruction tuning (2e-5, 0.01), one epoch each, AdamW
+with a cosine schedule. The tiny backbone starts from random weights, so a text-only warm-up teaches
+it the toy vocabulary first, and the rates are higher and the epochs more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    trainable: tuple[str, ...]  # parts of VideoPanda: stab, projector, llm
+    lr: float
+    warmup_ratio: float
+    epochs: float
+    batch_size: int
+    packed: bool = True  # one sequence per video with all its questions as turns (cheaper per answer)
+    text_only: bool = False  # questions and answers without the video
+
+
+# Stages 1-2 see each video once per epoch with all its questions as turns (the toy analogue of a
+# video-text pair that describes the whole clip); stage 3 tunes on single questions, as asked at
+# inference.
+TINY_RECIPE: tuple[Stage, ...] = (
+    Stage("warmup", ("llm",), lr=3e-3, warmup_ratio=0.03, epochs=2, batch_size=8, text_only=True),
+    Stage("1", ("stab", "projector"), lr=2e-3, warmup_ratio=0.03, epochs=1, batch_size=8),
+    Stage("2", ("stab", "projector", "llm"), lr=1e-3, warmup_ratio=0.01, epochs=8, batch_size=8),
+    Stage(
+        "3", ("stab", "projector", "llm"), lr=3e-4, warmup_ratio=0.01, epochs=0.5, batch_size=8, packed=False
+    ),
+)
+
+STAGE_NAMES = tuple(stage.name for stage in TINY_RECIPE)

@@ -1,0 +1,273 @@
+"""Training a Video-Panda from a toy-world (or any Video-ChatGPT style) data directory.
+
+`train()` runs the recipe's stages in order, saving the model in the released checkpoint layout
+after each one and a resumable state (weights, optimizer, step) every `save_every` steps, so an
+interrupted run continues where it stopped. Same seed, same data, same thread count: same weights.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from panda_edge.config import ModelConfig, preset
+from panda_edge.errors import PandaError
+from panda_edge.fileio import atomic_path, write_json
+from panda_edge.model.videopanda import VideoPanda
+from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer
+from panda_edge.train.data import IGNORE, Example, build_examples, load_frames, read_conversations
+from panda_edge.train.distill import DistillationHead, grid_positions, negative_cosine, teacher_grid
+from panda_edge.train.recipe import TINY_RECIPE, Stage
+
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.json"
+
+
+@dataclass
+class Progress:
+    """What a progress display needs; `train` calls `on_step` after every optimizer step."""
+
+    on_stage: Callable[[Stage, int], None] = lambda stage, total: None
+    on_step: Callable[[int, float], None] = lambda step, loss: None
+    on_message: Callable[[str], None] = lambda text: None
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> {steps, final_loss, seconds}
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return {"out_dir": str(self.out_dir), "stages": self.stages, "seconds": self.seconds}
+
+
+class Batches:
+    """Turns examples into padded LLM inputs: text embeddings + each frame's visual tokens."""
+
+    def __init__(self, model: VideoPanda, frames: Tensor, teacher: nn.Module | None, head: nn.Module | None):
+        self.model, self.frames, self.teacher, self.head = model, frames, teacher, head
+
+    def loss(self, batch: Sequence[Example]) -> Tensor:
+        model = self.model
+        videos = sorted({ex.video for ex in batch if ex.video >= 0})
+        visual: dict[int, list[Tensor]] = {}
+        if videos:
+            n = model.config.vision.video_frames
+            frames = self.frames[videos]
+            tokens = model.encode_frames(frames.flatten(0, 1))
+            visual = {v: tokens[i * n : (i + 1) * n] for i, v in enumerate(videos)}
+        seqs, labels, starts = [], [], []
+        for ex in batch:
+            frame_tokens = visual.get(ex.video, [])
+            seqs.append(model.prompt_embeddings(ex.ids, frame_tokens)[0])
+            lab, frame_starts = _expand_labels(ex, frame_tokens)
+            labels.append(lab)
+            starts.append(frame_starts)
+        length = max(s.shape[0] for s in seqs)
+        embeds = torch.stack([F.pad(s, (0, 0, 0, length - s.shape[0])) for s in seqs])
+        mask = torch.stack([torch.arange(length) < s.shape[0] for s in seqs]).long()
+        target = torch.stack(
+            [F.pad(torch.tensor(lab), (0, length - len(lab)), value=IGNORE) for lab in labels]
+        )
+        out = model.llm(
+            inputs_embeds=embeds, attention_mask=mask, output_hidden_states=self.teacher is not None
+        )
+        vocab = out.logits.shape[-1]
+        loss = F.cross_entropy(
+            out.logits[:, :-1].reshape(-1, vocab), target[:, 1:].reshape(-1), ignore_index=IGNORE
+        )
+        if self.teacher is not None and videos:
+            loss = loss + self._distill(batch, out.hidden_states[-1], starts)
+        return loss
+
+    def _distill(self, batch: Sequence[Example], hidden: Tensor, starts: list[list[int]]) -> Tensor:
+        stab, s = self.model.stab, self.model.config.vision.conv_stride
+        losses = []
+        for row, ex in enumerate(batch):
+            if ex.video < 0:
+                continue
+            frames = self.frames[ex.video]
+            with torch.no_grad():
+                maps = self.teacher(frames[:, :3])
+            for t, mask in enumerate(stab.patch_masks(frames)):
+                rect = stab.crop_rect(mask)
+                target = teacher_grid(maps[t], rect, s)
+                h, w = (rect[2] - rect[0] + 1) // s, (rect[3] - rect[1] + 1) // s
+                pred = self.head(hidden[row, grid_positions(starts[row][t], h, w)])
+                losses.append(negative_cosine(pred, target))
+        return torch.stack(losses).mean()
+
+
+def _expand_labels(ex: Example, frame_tokens: Sequence[Tensor]) -> tuple[list[int], list[int]]:
+    """Labels per embedding row (IGNORE over visual tokens) and where each frame starts."""
+    labels, starts, frame = [], [], 0
+    for token, label in zip(ex.ids, ex.labels, strict=True):
+        if token == IMAGE_TOKEN_INDEX:
+            starts.append(len(labels))
+            labels += [IGNORE] * frame_tokens[frame].shape[0]
+            frame += 1
+        else:
+            labels.append(label)
+    return labels, starts
+
+
+def cosine_with_warmup(total: int, warmup_ratio: float) -> Callable[[int], float]:
+    warmup = max(1, math.ceil(total * warmup_ratio))
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    return factor
+
+
+def set_trainable(model: VideoPanda, parts: Sequence[str]) -> list[nn.Parameter]:
+    for name in ("stab", "projector", "llm"):
+        getattr(model, name).requires_grad_(name in parts)
+    return [p for name in parts for p in getattr(model, name).parameters()]
+
+
+def prepare_tokenizer(data_dir: Path, out_dir: Path, vocab_size: int) -> PromptTokenizer:
+    from panda_edge.train.tokenizer import train_tokenizer
+
+    target = out_dir / "tokenizer.model"
+    if not target.is_file():
+        texts = [
+            text
+            for conv in read_conversations(data_dir / "train.json")
+            for turn in conv.turns
+            for text in turn
+        ]
+        train_tokenizer(texts, target, vocab_size)
+    return PromptTokenizer(target)
+
+
+def train(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: ModelConfig | None = None,
+    stages: Sequence[Stage] = TINY_RECIPE,
+    seed: int = 0,
+    teacher: nn.Module | None = None,
+    teacher_width: int | None = None,
+    save_every: int = 200,
+    progress: Progress | None = None,
+) -> TrainResult:
+    """Run `stages` on `data_dir` (train.json + videos/), writing the checkpoint to `out_dir`."""
+    data_dir, out_dir = Path(data_dir), Path(out_dir)
+    progress = progress or Progress()
+    if not (data_dir / "train.json").is_file():
+        raise PandaError(f"{data_dir}: no train.json; make one with `panda toyworld --out {data_dir}`")
+    start_time = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    config = config or preset("tiny")
+    tokenizer = prepare_tokenizer(data_dir, out_dir, config.llm.vocab_size)
+    config = replace(config, llm=replace(config.llm, vocab_size=tokenizer.vocab_size))
+    model = VideoPanda(config, tokenizer)
+    head = DistillationHead(config.llm.hidden_size, teacher_width) if teacher is not None else None
+
+    conversations = read_conversations(data_dir / "train.json")
+    names = sorted({c.video for c in conversations})
+    progress.on_message(f"decoding {len(names)} training videos")
+    frames = load_frames(data_dir / "videos", names, config.vision)
+    index = {name: i for i, name in enumerate(names)}
+    batches = Batches(model, frames, teacher, head)
+
+    state = load_state(out_dir / STATE_FILE)
+    done: list[str] = state["done"] if state else []
+    if state:
+        model.load_official_state_dict(state["model"])
+        if head is not None and "head" in state:
+            head.load_state_dict(state["head"])
+        progress.on_message(f"resuming after stages {done or 'none'} at step {state['step']}")
+    result = TrainResult(out_dir, stages=state.get("log", {}) if state else {})
+
+    for stage_index, stage in enumerate(stages):
+        if stage.name in done:
+            continue
+        examples = build_examples(
+            conversations, tokenizer, index, config.vision.video_frames, stage.packed, stage.text_only
+        )
+        order = _epoch_order(len(examples), stage, seed + stage_index)
+        total = math.ceil(len(order) / stage.batch_size)
+        params = set_trainable(model, stage.trainable) + (list(head.parameters()) if head else [])
+        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, stage.warmup_ratio))
+        first = 0
+        if state and state["stage"] == stage.name:
+            optimizer.load_state_dict(state["optimizer"])
+            schedule.load_state_dict(state["schedule"])
+            first = state["step"]
+            torch.set_rng_state(state["rng"])
+        progress.on_stage(stage, total)
+        stage_start = time.perf_counter()
+        model.train()
+        loss_value = float("nan")
+        for step in range(first, total):
+            batch = [examples[i] for i in order[step * stage.batch_size : (step + 1) * stage.batch_size]]
+            loss = batches.loss(batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            schedule.step()
+            loss_value = float(loss.detach())
+            if save_every and (step + 1) % save_every == 0 and step + 1 < total:
+                _save_state(
+                    out_dir, model, head, optimizer, schedule, stage.name, step + 1, done, result.stages
+                )
+            progress.on_step(step + 1, loss_value)
+        model.eval()
+        done = [*done, stage.name]
+        result.stages[stage.name] = {
+            "steps": total,
+            "final_loss": round(loss_value, 4),
+            "seconds": round(time.perf_counter() - stage_start, 1),
+        }
+        model.save_pretrained(out_dir)
+        _save_state(out_dir, model, head, None, None, stage.name, total, done, result.stages)
+    result.seconds = round(time.perf_counter() - start_time, 1)
+    write_json(out_dir / LOG_FILE, result.to_dict())
+    return result
+
+
+def _epoch_order(n: int, stage: Stage, seed: int) -> list[int]:
+    """Shuffled example order for all of a stage's epochs (a fractional last epoch is cut short)."""
+    rng = np.random.default_rng(seed)
+    whole = math.ceil(stage.epochs)
+    order = np.concatenate([rng.permutation(n) for _ in range(whole)])
+    return order[: math.ceil(n * stage.epochs)].tolist()
+
+
+def _save_state(out_dir: Path, model, head, optimizer, schedule, stage: str, step: int, done, log) -> None:
+    state = {
+        "stage": stage,
+        "step": step,
+        "done": list(done),
+        "log": log,
+        "model": model.official_state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer else {},
+        "schedule": schedule.state_dict() if schedule else {},
+        "rng": torch.get_rng_state(),  # dropout draws continue as in an uninterrupted run
+    }
+    if head is not None:
+        state["head"] = head.state_dict()
+    with atomic_path(out_dir / STATE_FILE) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    return torch.load(path, map_location="cpu", weights_only=True)

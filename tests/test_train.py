@@ -1,0 +1,127 @@
+"""Training on a small real toy world: stages, checkpoints, resume, determinism, distillation."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from panda_edge.errors import PandaError
+from panda_edge.model.videopanda import VideoPanda
+from panda_edge.train.data import IGNORE, build_examples, read_conversations
+from panda_edge.train.recipe import TINY_RECIPE
+from panda_edge.train.trainer import STATE_FILE, Progress, load_state, train
+from panda_edge.video.toyworld import generate
+
+# Same stages as the real recipe, a fraction of an epoch each: seconds, not minutes.
+QUICK = tuple(replace(s, epochs=0.2, batch_size=2) for s in TINY_RECIPE)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("toy")
+    generate(out, videos=8, seed=1)
+    return out
+
+
+def _weights(directory: Path) -> dict[str, torch.Tensor]:
+    return VideoPanda.from_pretrained(directory).official_state_dict()
+
+
+def test_examples_label_only_answers(toy: Path, tokenizer_file) -> None:
+    from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer
+
+    tok = PromptTokenizer(tokenizer_file)
+    conversations = read_conversations(toy / "train.json")
+    index = {c.video: i for i, c in enumerate(conversations)}
+    single = build_examples(conversations, tok, index, 8)
+    packed = build_examples(conversations, tok, index, 8, packed=True)
+    assert len(single) == sum(len(c.turns) for c in conversations)
+    assert len(packed) == len({c.video for c in conversations})
+    for ex in single:
+        answer = [i for i, label in zip(ex.ids, ex.labels, strict=True) if label != IGNORE]
+        assert answer[-1] == tok.eos_id and ex.ids.count(IMAGE_TOKEN_INDEX) == 8
+    text = build_examples(conversations, tok, index, 8, text_only=True)
+    assert all(IMAGE_TOKEN_INDEX not in ex.ids and ex.video == -1 for ex in text)
+
+
+def test_train_writes_a_loadable_checkpoint_and_is_deterministic(toy: Path, tmp_path: Path) -> None:
+    stages_seen: list[str] = []
+    result = train(
+        toy,
+        tmp_path / "a",
+        stages=QUICK,
+        seed=3,
+        progress=Progress(on_stage=lambda s, n: stages_seen.append(s.name)),
+    )
+    assert stages_seen == ["warmup", "1", "2", "3"]
+    assert set(result.stages) == {"warmup", "1", "2", "3"}
+    assert all(v["final_loss"] > 0 for v in result.stages.values())
+    train(toy, tmp_path / "b", stages=QUICK, seed=3)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_stage_one_keeps_the_llm_frozen(toy: Path, tmp_path: Path) -> None:
+    train(toy, tmp_path / "w", stages=QUICK[:1], seed=0)
+    before = _weights(tmp_path / "w")
+    train(toy, tmp_path / "w", stages=QUICK[:2], seed=0)  # resumes: warm-up done, runs stage 1
+    after = _weights(tmp_path / "w")
+    llm = [k for k in before if not k.startswith(("model.video_tower.", "model.video_projector."))]
+    vision = [k for k in before if k.startswith("model.video_projector.")]
+    assert all(torch.equal(before[k], after[k]) for k in llm)
+    assert any(not torch.equal(before[k], after[k]) for k in vision)
+    assert load_state(tmp_path / "w" / STATE_FILE)["done"] == ["warmup", "1"]
+
+
+def test_resume_mid_stage_matches_an_uninterrupted_run(toy: Path, tmp_path: Path) -> None:
+    stages = (replace(QUICK[0], epochs=1.0),)
+    train(toy, tmp_path / "full", stages=stages, seed=5)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(step: int, loss: float) -> None:
+        if step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(
+            toy,
+            tmp_path / "cut",
+            stages=stages,
+            seed=5,
+            save_every=2,
+            progress=Progress(on_step=stop_after_two),
+        )
+    assert load_state(tmp_path / "cut" / STATE_FILE)["step"] == 2
+    train(toy, tmp_path / "cut", stages=stages, seed=5)
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+class PatchColourTeacher(nn.Module):
+    """A fixed teacher: mean colour of each 14x14 patch (any module giving patch features works)."""
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return nn.functional.avg_pool2d(pixels, 14)
+
+
+def test_distillation_adds_the_negative_cosine_term(toy: Path, tmp_path: Path) -> None:
+    stages = (replace(QUICK[2], epochs=0.25),)
+    plain = train(toy, tmp_path / "plain", stages=stages, seed=2)
+    taught = train(
+        toy, tmp_path / "taught", stages=stages, seed=2, teacher=PatchColourTeacher(), teacher_width=3
+    )
+    # eq. 19 is a negative cosine in [-1, 1]: it moves the loss, and the weights, away from the plain run.
+    assert plain.stages["2"]["final_loss"] != taught.stages["2"]["final_loss"]
+    a, b = _weights(tmp_path / "plain"), _weights(tmp_path / "taught")
+    assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith("model.video_tower."))
+
+
+def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(PandaError, match="panda toyworld"):
+        train(tmp_path, tmp_path / "out", stages=QUICK)
