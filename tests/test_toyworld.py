@@ -301,3 +301,25 @@ def test_corpus_text(entries: list[Entry]) -> None:
     text = tw.corpus_text(entries[:3])
     assert text == [s for e in entries[:3] for s in (e["question"], e["answer"])]
     assert not any("<video>" in s for s in tw.corpus_text(entries))
+
+
+def test_captions_describe_every_training_video(
+    world: tuple[Path, tw.ToyWorldSummary], entries: list[Entry]
+) -> None:
+    """captions.json: one per training video, naming every object; each question's answer is in it."""
+    out, _ = world
+    captions = json.loads((out / "captions.json").read_text())
+    train_videos = {e["video"] for e in json.loads((out / "train.json").read_text())}
+    assert {c["video"] for c in captions} == train_videos
+    by_video = {c["video"]: c["answer"] for c in captions}
+    for e in entries:
+        if e["video"] not in by_video:
+            continue
+        text = by_video[e["video"]]
+        if e["type"] == "motion":
+            assert f"moves {e['answer']}" in text
+        elif e["type"] in ("color", "shape", "order"):
+            assert e["answer"] in text
+        elif e["type"] == "appear":
+            assert ("appears" if e["answer"] == "appear" else "disappears") in text
+    assert all(c["conversations"][0]["value"] == "<video>\nDescribe the video." for c in captions)

@@ -21,17 +21,25 @@ class Stage:
     batch_size: int
     packed: bool = True  # one sequence per video with all its questions as turns (cheaper per answer)
     text_only: bool = False  # questions and answers without the video
+    data: tuple[str, ...] = ("captions", "qa")  # captions.json (video-text pairs) and/or train.json
 
 
-# Stages 1-2 see each video once per epoch with all its questions as turns (the toy analogue of a
-# video-text pair that describes the whole clip); stage 3 tunes on single questions, as asked at
-# inference.
+# Stage 1 aligns on captions (the toy world's video-text pairs), stage 2 trains end to end on captions
+# and questions with each video's turns packed in one sequence, stage 3 tunes on single questions as
+# they are asked at inference.
 TINY_RECIPE: tuple[Stage, ...] = (
     Stage("warmup", ("llm",), lr=3e-3, warmup_ratio=0.03, epochs=2, batch_size=8, text_only=True),
-    Stage("1", ("stab", "projector"), lr=2e-3, warmup_ratio=0.03, epochs=1, batch_size=8),
-    Stage("2", ("stab", "projector", "llm"), lr=1e-3, warmup_ratio=0.01, epochs=8, batch_size=8),
+    Stage("1", ("stab", "projector"), lr=2e-3, warmup_ratio=0.03, epochs=2, batch_size=8, data=("captions",)),
+    Stage("2", ("stab", "projector", "llm"), lr=1e-3, warmup_ratio=0.01, epochs=6, batch_size=8),
     Stage(
-        "3", ("stab", "projector", "llm"), lr=3e-4, warmup_ratio=0.01, epochs=0.5, batch_size=8, packed=False
+        "3",
+        ("stab", "projector", "llm"),
+        lr=3e-4,
+        warmup_ratio=0.01,
+        epochs=0.5,
+        batch_size=8,
+        packed=False,
+        data=("qa",),
     ),
 )
 

@@ -142,9 +142,11 @@ def prepare_tokenizer(data_dir: Path, out_dir: Path, vocab_size: int) -> PromptT
 
     target = out_dir / "tokenizer.model"
     if not target.is_file():
+        files = [data_dir / name for name in ("train.json", "captions.json") if (data_dir / name).is_file()]
         texts = [
             text
-            for conv in read_conversations(data_dir / "train.json")
+            for file in files
+            for conv in read_conversations(file)
             for turn in conv.turns
             for text in turn
         ]
@@ -177,8 +179,10 @@ def train(
     model = VideoPanda(config, tokenizer)
     head = DistillationHead(config.llm.hidden_size, teacher_width) if teacher is not None else None
 
-    conversations = read_conversations(data_dir / "train.json")
-    names = sorted({c.video for c in conversations})
+    sources = {"qa": read_conversations(data_dir / "train.json")}
+    captions = data_dir / "captions.json"
+    sources["captions"] = read_conversations(captions) if captions.is_file() else []
+    names = sorted({c.video for convs in sources.values() for c in convs})
     progress.on_message(f"decoding {len(names)} training videos")
     frames = load_frames(data_dir / "videos", names, config.vision)
     index = {name: i for i, name in enumerate(names)}
@@ -196,6 +200,7 @@ def train(
     for stage_index, stage in enumerate(stages):
         if stage.name in done:
             continue
+        conversations = [c for source in stage.data for c in sources[source]] or sources["qa"]
         examples = build_examples(
             conversations, tokenizer, index, config.vision.video_frames, stage.packed, stage.text_only
         )

@@ -41,6 +41,7 @@ SHAPES = ("circle", "square", "triangle")
 BACKGROUND = (122, 116, 104)
 DIRECTIONS = ("left", "right", "up", "down")
 SIZE_FRACTION = (0.24, 0.34)  # of the short side: the shape's bounding box
+CAPTION_PROMPT = "Describe the video."
 QUESTION_TYPES = ("color", "shape", "count", "motion", "order", "appear")
 
 # Video i has kind KINDS[i % 4]: every block of 4 consecutive videos holds each kind once.
@@ -314,6 +315,25 @@ def _questions(
     return tuple((t, *asked[t]) for t in QUESTION_TYPES if t in asked)
 
 
+def caption(scene: _Scene) -> str:
+    """A dense description of the clip: every object in order of appearance, with what it does.
+
+    The toy analogue of the video-text pairs of the paper's first two stages; each question's answer
+    can be read from it.
+    """
+    parts = []
+    for obj in sorted(scene.objects, key=lambda o: (o.first, o.start[0])):
+        event = ""
+        if obj is scene.objects[0] and scene.kind == "motion":
+            event = " moves " + next(q[2] for q in scene.questions if q[0] == "motion")
+        elif obj.first > 0:
+            event = " appears"
+        elif obj.last < FRAMES - 1:
+            event = " disappears"
+        parts.append(obj.name + event)
+    return ", ".join(parts) + "."
+
+
 # --- rendering and writing -------------------------------------------------------------------------
 
 
@@ -337,6 +357,21 @@ def _render(scene: _Scene) -> np.ndarray:
             if obj.visible(t):
                 frames[t][_mask(obj, obj.center(t), xs, ys)] = COLORS[obj.color]
     return frames
+
+
+def _caption_entry(scene: _Scene) -> dict[str, Any]:
+    text = caption(scene)
+    return {
+        "id": f"{scene.video_id}_caption",
+        "video": f"{scene.video_id}.mp4",
+        "type": "caption",
+        "conversations": [
+            {"from": "human", "value": f"<video>\n{CAPTION_PROMPT}"},
+            {"from": "gpt", "value": text},
+        ],
+        "question": CAPTION_PROMPT,
+        "answer": text,
+    }
 
 
 def _entries(scene: _Scene) -> list[dict[str, Any]]:
@@ -414,16 +449,20 @@ def generate(
     heldout_ids = _heldout_videos(seed, videos, heldout_fraction)
     train: list[dict[str, Any]] = []
     heldout: list[dict[str, Any]] = []
+    captions: list[dict[str, Any]] = []
     for i in range(videos):
         scene = _plan(seed, i)
         write_video(out / "videos" / f"{scene.video_id}.mp4", list(_render(scene)), fps=FPS)
         (heldout if i in heldout_ids else train).extend(_entries(scene))
+        if i not in heldout_ids:
+            captions.append(_caption_entry(scene))
         if progress is not None:
             progress(i + 1)
     type_counts = Counter(e["type"] for e in train + heldout)
     per_type = {t: type_counts[t] for t in QUESTION_TYPES}
     write_json(out / "train.json", train)
     write_json(out / "heldout.json", heldout)
+    write_json(out / "captions.json", captions)
     counts = {
         "videos": videos,
         "train_videos": videos - len(heldout_ids),
