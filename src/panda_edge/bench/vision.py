@@ -101,12 +101,12 @@ def bench_vision(
             parity = compare_tokens(
                 torch_engine.encode(frames), ort_engine.encode(frames), "bench video", LEVELS["stab_fp32"]
             )
-            threads = ort_engine.threads
+            threads, provider = ort_engine.threads, ort_engine.session.get_providers()[0]
     v = config.vision
     return {
         "vision": {
             "torch": {"backend": "PyTorch eager fp32 (VideoPanda.encode_frames)", **torch_times},
-            "ort": {"backend": f"ONNX Runtime fp32, CPU, {threads} intra-op threads", **ort_times},
+            "ort": {"backend": f"ONNX Runtime fp32, {provider}, {threads} intra-op threads", **ort_times},
         },
         "ratio_ort_vs_torch": round(torch_times["median_ms"] / ort_times["median_ms"], 3),
         "ratio_definition": "torch median / ort median (above 1: ONNX Runtime is faster)",
