@@ -24,8 +24,10 @@ def parity(
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,
 ) -> None:
-    """Compare per-frame visual tokens: cosine per token (min >= 0.99999) and max abs difference
-    relative to the reference's max abs (<= 1e-3). Exit 1 when parity fails, 2 for bad input.
+    """Check the bundle's ONNX Runtime visual tokens against the PyTorch reference (stab_fp32).
+
+    Per video and overall: cosine per token (min >= 0.99999) and max abs difference relative to the
+    reference's max abs (<= 1e-3). Exit 1 when parity fails, 2 for bad input.
     """
     import tempfile
 
