@@ -30,3 +30,7 @@ class MissingDependency(PandaError):
         super().__init__(f"this needs the Python package '{package}': pip install 'panda-edge[{extra}]'")
         self.package = package
         self.extra = extra
+
+
+class BundleError(PandaError):
+    """The export bundle is missing, incomplete, altered or of another format version."""

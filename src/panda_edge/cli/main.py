@@ -5,10 +5,13 @@ from __future__ import annotations
 import typer
 
 from panda_edge import __version__
+from panda_edge.cli.bench import app as bench_app
 from panda_edge.cli.demo import demo
 from panda_edge.cli.eval import eval as eval_command
+from panda_edge.cli.export import export
 from panda_edge.cli.generate import generate
 from panda_edge.cli.info import info
+from panda_edge.cli.parity import parity
 from panda_edge.cli.toyworld import toyworld
 from panda_edge.cli.train import train
 
@@ -27,6 +30,9 @@ app.command(rich_help_panel="Model")(generate)
 app.command(rich_help_panel="Training")(toyworld)
 app.command(rich_help_panel="Training")(train)
 app.command(name="eval", rich_help_panel="Training")(eval_command)
+app.command(rich_help_panel="Export")(export)
+app.command(rich_help_panel="Checks")(parity)
+app.add_typer(bench_app, name="bench", rich_help_panel="Checks")
 
 
 def _version(value: bool) -> None:
@@ -46,3 +52,7 @@ def _root(
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,17 @@
+"""PyTorch eager fp32 vs ONNX Runtime fp32 on the full-size STAB + projector (random weights).
+
+    python benchmarks/bench_vision.py [--repeat N]   # same as: panda bench vision --preset full --json ...
+
+Writes benchmarks/results/vision_fp32.json; the numbers there come from this command only.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from panda_edge.cli.main import app
+
+if __name__ == "__main__":
+    out = Path(__file__).parent / "results" / "vision_fp32.json"
+    app(["bench", "vision", "--preset", "full", "--json", str(out), *sys.argv[1:]])

@@ -1,0 +1,1 @@
+"""Benchmarks behind `panda bench` (timings are measured here, never asserted in tests)."""

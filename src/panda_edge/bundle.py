@@ -1,0 +1,132 @@
+"""The export bundle: one directory with `manifest.json` and the files it lists (no torch here).
+
+`panda export` writes it and `panda run` / the runtime read it, on devices without torch. The
+manifest records where the bundle came from (checkpoint, weight hashes, tool versions), what its
+graphs take and give, and the sha256 and size of every file, so a missing or altered file is found
+before anything runs. The manifest is removed first and written last: a bundle whose export was
+interrupted has no manifest and is refused as a whole.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from panda_edge.errors import BundleError
+from panda_edge.fileio import write_json
+from panda_edge.prompt import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, ROLES, SEP, SEP2, SYSTEM_PROMPT
+
+FORMAT_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+STAB_ONNX_FILE = "stab.onnx"
+PROMPT_FILE = "prompt.json"
+TOKENIZER_FILE = "tokenizer.model"
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_record(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    return {"sha256": sha256_file(path), "size": path.stat().st_size}
+
+
+def tool_versions(packages: Iterable[str] = ("torch", "onnx", "onnxruntime", "panda-edge")) -> dict[str, str]:
+    """Installed versions, read from package metadata (nothing is imported)."""
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    if versions.get("panda-edge") == "not installed":
+        from panda_edge import __version__
+
+        versions["panda-edge"] = __version__
+    return versions
+
+
+def prompt_settings(video_frames: int) -> dict[str, Any]:
+    """What a runtime needs to build the official `videopanda_v1` prompt around the visual tokens."""
+    return {
+        "template": "videopanda_v1",
+        "system": SYSTEM_PROMPT,
+        "roles": list(ROLES),
+        "sep": SEP,
+        "sep2": SEP2,
+        "image_token": IMAGE_TOKEN,
+        "image_token_index": IMAGE_TOKEN_INDEX,
+        "frames": video_frames,
+        "split_at_image_token": True,
+        "bos_on_first_chunk_only": True,
+        "tokenizer": TOKENIZER_FILE,
+    }
+
+
+def start_bundle(bundle: str | Path) -> Path:
+    """Create the directory and remove an old manifest, so a half-written bundle is never valid."""
+    bundle = Path(bundle)
+    if bundle.exists() and not bundle.is_dir():
+        raise BundleError(f"{bundle}: exists and is not a directory")
+    bundle.mkdir(parents=True, exist_ok=True)
+    (bundle / MANIFEST_FILE).unlink(missing_ok=True)
+    return bundle
+
+
+def write_manifest(bundle: str | Path, manifest: dict[str, Any], files: Iterable[str]) -> dict[str, Any]:
+    """Hash `files` (names inside `bundle`) into the manifest and write it, last and atomically."""
+    bundle = Path(bundle)
+    out = {
+        "format_version": FORMAT_VERSION,
+        **manifest,
+        "files": {name: file_record(bundle / name) for name in sorted(files)},
+    }
+    write_json(bundle / MANIFEST_FILE, out)
+    return out
+
+
+def load_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Read `bundle/manifest.json`; with `verify`, every listed file must exist with its size and hash."""
+    bundle = Path(bundle)
+    path = bundle / MANIFEST_FILE
+    if not bundle.is_dir():
+        raise BundleError(f"{bundle}: no such bundle directory")
+    if not path.is_file():
+        raise BundleError(f"{bundle}: no {MANIFEST_FILE}; not an export bundle, or its export did not finish")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not a readable manifest ({exc})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise BundleError(f"{path}: not a panda-edge manifest (no 'files')")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise BundleError(
+            f"{path}: bundle format version {version!r}; this panda-edge reads version {FORMAT_VERSION}, "
+            "export the bundle again"
+        )
+    if verify:
+        for name, record in manifest["files"].items():
+            _verify_file(bundle, name, record)
+    return manifest
+
+
+def _verify_file(bundle: Path, name: str, record: dict[str, Any]) -> None:
+    if Path(name).is_absolute() or ".." in Path(name).parts:
+        raise BundleError(f"{bundle}: the manifest names a file outside the bundle ({name})")
+    path = bundle / name
+    if not path.is_file():
+        raise BundleError(f"{bundle}: {name} is listed in the manifest but missing")
+    if path.stat().st_size != record.get("size") or sha256_file(path) != record.get("sha256"):
+        raise BundleError(
+            f"{bundle}: {name} does not match its manifest hash (changed or corrupted); export again"
+        )

@@ -1,0 +1,44 @@
+"""`panda bench`: speed measurements, recorded as JSON (never asserted in tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from panda_edge.cli._common import emit_json, err, handle_errors, out
+
+app = typer.Typer(help="Measure speed: vision (PyTorch vs ONNX Runtime).", no_args_is_help=True)
+
+
+@app.command()
+@handle_errors
+def vision(
+    preset: Annotated[str, typer.Option(help="Model size: full (448 px, width 1024) or tiny.")] = "full",
+    repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 5,
+    trt_profile: Annotated[str, typer.Option(help="Export profile of the ONNX graph.")] = "11",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
+    ] = None,
+) -> None:
+    """PyTorch eager fp32 vs ONNX Runtime fp32 on STAB + projector with random weights, one video."""
+    from panda_edge.bench.vision import bench_vision
+    from panda_edge.config import preset as get_preset
+    from panda_edge.export.stab_onnx.profiles import get_profile
+
+    get_preset(preset)
+    get_profile(trt_profile)
+    quiet = json_out is not None and str(json_out) == "-"
+    result = bench_vision(
+        preset, repeat, trt_profile, on_step=None if quiet else lambda m: err.print(m, highlight=False)
+    )
+    if json_out is not None:
+        emit_json(result, json_out)
+        if quiet:
+            return
+    engines = result["vision"]
+    for name in ("torch", "ort"):
+        e = engines[name]
+        out.print(f"{name:>5}: median {e['median_ms']:.0f} ms (min {e['min_ms']:.0f}, max {e['max_ms']:.0f})")
+    out.print(f"ONNX Runtime vs PyTorch: {result['ratio_ort_vs_torch']:.2f}x ({result['ratio_definition']})")

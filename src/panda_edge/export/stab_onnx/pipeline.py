@@ -1,0 +1,87 @@
+"""`panda export --target onnx`: checkpoint -> checked `stab.onnx` + tokenizer + prompt -> bundle."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from panda_edge.bundle import (
+    PROMPT_FILE,
+    STAB_ONNX_FILE,
+    TOKENIZER_FILE,
+    file_record,
+    prompt_settings,
+    start_bundle,
+    tool_versions,
+    write_manifest,
+)
+from panda_edge.errors import CheckFailed, CheckpointError
+from panda_edge.export.stab_onnx.check import check_onnx
+from panda_edge.export.stab_onnx.convert import INPUT_NAME, OUTPUT_NAME, export_graph
+from panda_edge.export.stab_onnx.profiles import DEFAULT_PROFILE, Profile, get_profile
+from panda_edge.fileio import atomic_path, write_json
+
+
+def export_bundle(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    profile: str | Profile = DEFAULT_PROFILE,
+    on_step: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Export the vision part of `checkpoint` ('tiny' or a directory) into the bundle `out_dir`.
+
+    Raises CheckFailed (and writes no graph) when the static TensorRT checks find problems.
+    Returns the manifest.
+    """
+    from panda_edge.config import read_config
+    from panda_edge.model.checkpoint import weight_files
+    from panda_edge.model.videopanda import resolve_checkpoint
+    from panda_edge.model.vision import VisionTower
+
+    step = on_step or (lambda message: None)
+    target = profile if isinstance(profile, Profile) else get_profile(profile)
+    directory = resolve_checkpoint(checkpoint)
+    read_config(directory)  # a wrong directory fails here, before anything is loaded
+    tokenizer = directory / TOKENIZER_FILE
+    if not tokenizer.is_file():
+        raise CheckpointError(f"{directory}: no {TOKENIZER_FILE}; the bundle needs it for the prompt")
+    step(f"loading the vision weights of {directory}")
+    tower = VisionTower.from_checkpoint(directory)
+    bundle = start_bundle(out_dir)
+    step(f"exporting STAB + projector to ONNX (TensorRT {target.tensorrt} profile, opset {target.opset})")
+    with atomic_path(bundle / STAB_ONNX_FILE) as tmp:
+        graph = export_graph(tower.stab, tower.projector, tmp, target)
+        step("checking the graph")
+        problems = check_onnx(tmp, target)
+        if problems:
+            raise CheckFailed(
+                f"the exported graph fails the TensorRT {target.tensorrt} checks: " + "; ".join(problems)
+            )
+    with atomic_path(bundle / TOKENIZER_FILE) as tmp:
+        shutil.copyfile(tokenizer, tmp)
+    write_json(bundle / PROMPT_FILE, prompt_settings(tower.config.vision.video_frames))
+    step("hashing the source weights and the bundle")
+    manifest = {
+        "source": {
+            "checkpoint": str(directory.resolve()),
+            "weights": {p.name: file_record(p) for p in weight_files(directory)},
+        },
+        "model": tower.config.to_dict(),
+        "vision": {
+            "file": STAB_ONNX_FILE,
+            "inputs": {INPUT_NAME: {"shape": list(graph.input_shape), "dtype": "float32"}},
+            "outputs": {OUTPUT_NAME: {"shape": list(graph.output_shape), "dtype": "float32"}},
+            "layout": "full LSD grid per frame; the runtime keeps the crop rectangle's tokens",
+            "profile": target.name,
+            "tensorrt": target.tensorrt,
+            "opset": graph.opset,
+            "precision": "fp32",
+            "operators": graph.operators,
+        },
+        "prompt": PROMPT_FILE,
+        "tokenizer": TOKENIZER_FILE,
+        "tools": tool_versions(),
+    }
+    return write_manifest(bundle, manifest, [STAB_ONNX_FILE, TOKENIZER_FILE, PROMPT_FILE])

@@ -1,0 +1,58 @@
+"""The PyTorch reference as a vision backend, so parity compares two engines through one contract.
+
+`encode` is the reference itself (`VideoPanda.encode_frames`); `infer` runs the export module in
+eager PyTorch, the graph before ONNX conversion. torch is imported only when this backend is used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS, VisionBackend
+from panda_edge.runtime.vision.layout import TokenLayout
+
+
+class TorchVisionReference(VisionBackend):
+    """Wraps a `VideoPanda` or a `VisionTower` (`config`, `stab`, `projector`, `encode_frames`)."""
+
+    name = "torch"
+
+    def __init__(self, model: Any) -> None:
+        super().__init__()
+        self.model = model
+        self._static = None
+        self._layout: TokenLayout | None = None
+
+    def _activate(self) -> None:
+        from panda_edge.export.stab_onnx.module import StabForOnnx
+
+        self.model.eval()
+        self._static = StabForOnnx(self.model.stab, self.model.projector)
+        self._layout = self._static.layout()
+
+    def _deactivate(self) -> None:
+        self._static = None
+
+    @property
+    def layout(self) -> TokenLayout:
+        self._require_active()
+        return self._layout
+
+    def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        with torch.inference_mode():
+            tokens = self._static(torch.from_numpy(feed[FRAMES]))
+        return {VISUAL_TOKENS: tokens.float().numpy()}
+
+    def encode(self, frames: np.ndarray) -> list[np.ndarray]:
+        import torch
+
+        self._require_active()
+        frames = self._check_frames(np.ascontiguousarray(frames, dtype=np.float32))
+        with torch.inference_mode():
+            tokens = self.model.encode_frames(torch.from_numpy(frames))
+        return [t.float().numpy() for t in tokens]

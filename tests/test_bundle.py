@@ -1,0 +1,111 @@
+"""The export bundle: manifest contents, hash checks, and what a failed export leaves behind."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+from panda_edge.bundle import MANIFEST_FILE, file_record, load_manifest
+from panda_edge.errors import BundleError, CheckFailed, PandaError
+from panda_edge.export.stab_onnx.pipeline import export_bundle
+from panda_edge.export.stab_onnx.profiles import PROFILES
+from panda_edge.fileio import write_json
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "tiny-10"
+    export_bundle(tiny_checkpoint, out, "10")
+    return out
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "bundle"
+    copy.mkdir()
+    for f in bundle.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    return copy
+
+
+def test_manifest_describes_the_bundle(bundle: Path, tiny_checkpoint: Path) -> None:
+    manifest = load_manifest(bundle)
+    assert manifest["format_version"] == 1
+    assert set(manifest["files"]) == {"stab.onnx", "tokenizer.model", "prompt.json"}
+    assert sorted(p.name for p in bundle.iterdir()) == [
+        "manifest.json",
+        "prompt.json",
+        "stab.onnx",
+        "tokenizer.model",
+    ]
+    for name, record in manifest["files"].items():
+        assert record == file_record(bundle / name)
+    source = manifest["source"]
+    assert Path(source["checkpoint"]) == tiny_checkpoint.resolve()
+    assert source["weights"] == {"model.safetensors": file_record(tiny_checkpoint / "model.safetensors")}
+    vision = manifest["vision"]
+    assert vision["inputs"] == {"frames": {"shape": [8, 4, 112, 112], "dtype": "float32"}}
+    assert vision["outputs"] == {"visual_tokens": {"shape": [8, 21, 256], "dtype": "float32"}}
+    assert (vision["profile"], vision["opset"], vision["precision"]) == ("10", 17, "fp32")
+    assert manifest["model"]["vision"]["width"] == 128
+    assert set(manifest["tools"]) == {"torch", "onnx", "onnxruntime", "panda-edge"}
+    assert (bundle / "tokenizer.model").read_bytes() == (tiny_checkpoint / "tokenizer.model").read_bytes()
+    prompt = json.loads((bundle / "prompt.json").read_text())
+    assert prompt["template"] == "videopanda_v1" and prompt["image_token_index"] == -200
+
+
+def test_changed_file_is_refused(bundle: Path, tmp_path: Path) -> None:
+    copy = _copy(bundle, tmp_path)
+    data = bytearray((copy / "stab.onnx").read_bytes())
+    data[-1] ^= 0xFF  # same size, different bytes
+    (copy / "stab.onnx").write_bytes(bytes(data))
+    with pytest.raises(PandaError, match=r"stab.onnx does not match its manifest hash"):
+        load_manifest(copy)
+    assert load_manifest(copy, verify=False)["format_version"] == 1
+
+
+def test_missing_file_and_manifest_are_refused(bundle: Path, tmp_path: Path) -> None:
+    copy = _copy(bundle, tmp_path)
+    (copy / "tokenizer.model").unlink()
+    with pytest.raises(BundleError, match=r"tokenizer\.model is listed in the manifest but missing"):
+        load_manifest(copy)
+    (copy / MANIFEST_FILE).unlink()
+    with pytest.raises(BundleError, match=r"no manifest\.json"):
+        load_manifest(copy)
+    with pytest.raises(BundleError, match="no such bundle directory"):
+        load_manifest(tmp_path / "nowhere")
+
+
+def test_other_format_version_is_refused(bundle: Path, tmp_path: Path) -> None:
+    copy = _copy(bundle, tmp_path)
+    manifest = json.loads((copy / MANIFEST_FILE).read_text())
+    write_json(copy / MANIFEST_FILE, {**manifest, "format_version": 2})
+    with pytest.raises(BundleError, match="format version 2"):
+        load_manifest(copy)
+    write_json(copy / MANIFEST_FILE, {**manifest, "files": {"../escape": {"sha256": "0", "size": 1}}})
+    with pytest.raises(BundleError, match="outside the bundle"):
+        load_manifest(copy)
+
+
+def test_failed_check_writes_no_graph_and_no_manifest(
+    tiny_checkpoint: Path, bundle: Path, tmp_path: Path
+) -> None:
+    """A profile whose parser knows none of our operators: the export stops, and the bundle it was
+    about to replace is no longer valid (its manifest is gone), rather than half-updated."""
+    copy = _copy(bundle, tmp_path)
+    before = (copy / "stab.onnx").read_bytes()
+    strict = dataclasses.replace(PROFILES["10"], name="none", allowed_ops=frozenset())
+    with pytest.raises(CheckFailed, match="operator MatMul"):
+        export_bundle(tiny_checkpoint, copy, strict)
+    assert (copy / "stab.onnx").read_bytes() == before
+    assert not (copy / MANIFEST_FILE).exists()
+    assert not [p for p in copy.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_unknown_profile_and_checkpoint(tmp_path: Path) -> None:
+    with pytest.raises(PandaError, match="unknown TensorRT profile '9'"):
+        export_bundle("anything", tmp_path / "b", "9")
+    with pytest.raises(PandaError, match="no such checkpoint directory"):
+        export_bundle(tmp_path / "missing", tmp_path / "b", "11")
