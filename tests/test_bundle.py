@@ -109,3 +109,22 @@ def test_unknown_profile_and_checkpoint(tmp_path: Path) -> None:
         export_bundle("anything", tmp_path / "b", "9")
     with pytest.raises(PandaError, match="no such checkpoint directory"):
         export_bundle(tmp_path / "missing", tmp_path / "b", "11")
+
+
+def test_atomic_files_get_ordinary_permissions(tmp_path) -> None:
+    import os
+    import stat
+
+    from panda_edge.fileio import write_json
+
+    write_json(tmp_path / "x.json", {"a": 1})
+    mode = stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode)
+    assert mode == 0o666 & ~_current_umask()
+
+
+def _current_umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
