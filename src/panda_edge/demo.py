@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.assets import TINY_TRAINING
+from panda_edge.export.stab_onnx.pipeline import export_bundle
 
 DEMO_QUESTIONS = 60
 
@@ -31,6 +32,7 @@ class DemoReport:
     accuracy: float = 0.0
     per_type: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    parity: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -38,6 +40,7 @@ class DemoReport:
             "workdir": self.workdir,
             "reference": {"questions": self.questions, "accuracy": self.accuracy, "per_type": self.per_type},
             "samples": self.samples,
+            "parity": self.parity,
             "timings_s": self.timings_s,
         }
 
@@ -89,7 +92,40 @@ def run_demo(
         {"video": by_id[p["id"]].video, "question": by_id[p["id"]].question, **p}
         for p in summary["predictions"][:8]
     ]
+
+    on_step("exporting STAB + projector to ONNX and checking stab_fp32 parity")
+    start = time.perf_counter()
+    bundle = workdir / "bundle"
+    export_bundle("tiny", bundle)
+    report.timings_s["export_onnx"] = round(time.perf_counter() - start, 2)
+    start = time.perf_counter()
+    report.parity = vision_parity(model, bundle, _one_video_per_size(qa, data / "videos"))
+    report.timings_s["parity"] = round(time.perf_counter() - start, 2)
     return report
+
+
+def vision_parity(model, bundle: Path, videos: list[Path]) -> dict[str, Any]:
+    """stab_fp32: ONNX Runtime on the bundle's graph against the PyTorch reference."""
+    from panda_edge.model.vision import VisionTower
+    from panda_edge.parity.stab import stab_parity
+    from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
+
+    reference = TorchVisionReference(VisionTower.from_model(model))
+    with reference, OrtVisionEngine.from_bundle(bundle) as ort:
+        return stab_parity(reference, ort, videos, model.config.vision).to_dict()
+
+
+def _one_video_per_size(questions: list, videos_dir: Path) -> list[Path]:
+    """A held-out video of each frame size (square, 16:9, 9:16, 3:2), for the parity check."""
+    import av
+
+    chosen: dict[tuple[int, int], Path] = {}
+    for q in questions:
+        path = videos_dir / q.video
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            chosen.setdefault((stream.width, stream.height), path)
+    return list(chosen.values())
 
 
 def _spread(items: list, n: int) -> list:

@@ -42,4 +42,10 @@ def demo(
     out.print(samples)
     per_type = ", ".join(f"{k} {v:.0%}" for k, v in report.per_type.items())
     out.print(f"accuracy: {report.accuracy:.1%} on {report.questions} questions ({per_type})")
+    stab = report.parity.get("stab_fp32", {})
+    verdict = "[green]pass[/]" if stab.get("passed") else "[red]FAIL[/]"
+    out.print(
+        f"stab_fp32 parity (ONNX Runtime vs PyTorch, {len(stab.get('videos', []))} videos): "
+        f"cosine_min {stab.get('cosine_min')}, max_abs_rel {stab.get('max_abs_rel')} {verdict}"
+    )
     out.print(f"timings (s): {report.timings_s}")

@@ -1,0 +1,32 @@
+"""The embedded default model and `panda demo`, as a new user runs them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from panda_edge.assets import TINY_DIR
+from panda_edge.cli.main import app
+from panda_edge.model.videopanda import VideoPanda
+
+
+def test_embedded_model_is_small_and_loads_in_float32() -> None:
+    size = sum(p.stat().st_size for p in TINY_DIR.iterdir())
+    assert size < 10 * 2**20
+    model = VideoPanda.from_pretrained("tiny")
+    assert model.config.name == "tiny"
+    assert all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in model.parameters())
+
+
+def test_demo_answers_and_checks_parity(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path), "--questions", "6", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["reference"]["questions"] == 6
+    assert 0.0 <= report["reference"]["accuracy"] <= 1.0
+    assert all(isinstance(s["prediction"], str) for s in report["samples"])
+    stab = report["parity"]["stab_fp32"]
+    assert stab["passed"] and stab["cosine_min"] >= 0.99999 and len(stab["videos"]) >= 2
+    assert (tmp_path / "bundle" / "stab.onnx").is_file()
