@@ -75,3 +75,8 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
     with Progress(*columns, console=err, transient=True, disable=not enabled) as bar:
         task = bar.add_task(description, total=total)
         yield lambda completed: bar.update(task, completed=completed)
+
+
+def json_to_stdout(json_out: Path | None) -> bool:
+    """`--json -`: stdout carries the JSON document alone, so progress and tables stay off."""
+    return json_out is not None and str(json_out) == "-"

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import emit_json, err, handle_errors, out
+from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out
 
 app = typer.Typer(help="Measure speed: vision (PyTorch vs ONNX Runtime).", no_args_is_help=True)
 
@@ -29,7 +29,7 @@ def vision(
 
     get_preset(preset)
     get_profile(trt_profile)
-    quiet = json_out is not None and str(json_out) == "-"
+    quiet = json_to_stdout(json_out)
     result = bench_vision(
         preset, repeat, trt_profile, on_step=None if quiet else lambda m: err.print(m, highlight=False)
     )

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from panda_edge.cli._common import emit_json, err, handle_errors, out, progress_bar
+from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out, progress_bar
 
 
 @handle_errors
@@ -24,7 +24,7 @@ def demo(
     """Run the main job on the embedded tiny model: toy videos in, answers and accuracy out."""
     from panda_edge.demo import run_demo
 
-    quiet = json_out is not None and str(json_out) == "-"
+    quiet = json_to_stdout(json_out)
     with progress_bar("answering", total=questions, enabled=not quiet) as advance:
         report = run_demo(
             workdir, questions, on_step=lambda m: None if quiet else err.print(m), on_answer=advance

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from panda_edge.cli._common import emit_json, err, handle_errors, out, progress_bar
+from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out, progress_bar
 
 
 @handle_errors
@@ -37,7 +37,7 @@ def eval(
         result = evaluate(answer, questions, videos, on_answer=advance)
     if json_out is not None:
         emit_json({"checkpoint": checkpoint, **result.to_dict()}, json_out)
-        if str(json_out) == "-":
+        if json_to_stdout(json_out):
             return
     table = Table(title=f"exact match on {qa.name}")
     table.add_column("type")

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import emit_json, err, handle_errors, out
+from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out
 
 TARGETS = ("onnx", "trt", "gguf", "all")
 
@@ -40,7 +40,7 @@ def export(
     if target != "onnx":
         raise PandaError(f"--target {target} is not available in this build yet; use --target onnx")
     get_profile(trt_profile)  # a bad profile fails before any loading
-    quiet = json_out is not None and str(json_out) == "-"
+    quiet = json_to_stdout(json_out)
     manifest = export_bundle(
         checkpoint, out_dir, trt_profile, on_step=None if quiet else lambda m: err.print(m, highlight=False)
     )

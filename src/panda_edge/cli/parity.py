@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import emit_json, err, handle_errors, out, progress_bar
+from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out, progress_bar
 
 
 @handle_errors
@@ -41,7 +41,7 @@ def parity(
     missing = [str(v) for v in chosen if not v.is_file()]
     if missing:
         raise PandaError(f"no such video file: {', '.join(missing)}")
-    quiet = json_out is not None and str(json_out) == "-"
+    quiet = json_to_stdout(json_out)
     engine = OrtVisionEngine.from_bundle(bundle)
     if not quiet:
         err.print(f"loading the reference from {checkpoint}", highlight=False)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import emit_json, err, handle_errors, out
+from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out
 
 
 @handle_errors
@@ -57,7 +57,7 @@ def train(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, disable=json_out is not None and str(json_out) == "-") as bar:
+    with Progress(*columns, console=err, disable=json_to_stdout(json_out)) as bar:
         task = {"id": None}
 
         def on_stage(s, total: int) -> None:
