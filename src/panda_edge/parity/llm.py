@@ -118,12 +118,14 @@ def llm_parity(
     reference: Callable[[Sequence[int]], np.ndarray],
     ggufs: Mapping[str, str | Path],
     sequences: Sequence[Sequence[int]],
-    threads: int = 2,
+    threads: int = 1,
     on_gguf: Callable[[int], None] | None = None,
     kv_cache: str = "f32",
 ) -> dict[str, LogitsParity]:
     """Per GGUF type: llama.cpp logits vs `reference(ids)` on every sequence.
 
+    One thread by default: the numbers do not depend on it, and ggml's threads spin at barriers, so
+    on a busy 2-core machine two threads ran the tiny model 45x slower than one (0.75 s vs 17 ms).
     The KV cache is f32 by default so the numbers measure the conversion; llama.cpp's default f16
     cache alone moves f32 logits by ~1e-2 (measured on the tiny model).
     """
@@ -176,7 +178,7 @@ def tokenizer_parity(
     tokenizer = PromptTokenizer(tokenizer_file)
     chunks = tokenizer_chunks() if chunks is None else chunks
     result = TokenizerParity(chunks=len(chunks))
-    with LlamaCppModel(gguf, n_ctx=64, vocab_only=True) as model:
+    with LlamaCppModel(gguf, n_ctx=64, threads=1, vocab_only=True) as model:
         for text, bos in chunks:
             expected, got = tokenizer.encode(text, bos=bos), model.tokenize(text, bos=bos)
             if expected != got:

@@ -84,7 +84,15 @@ def plan_tensors(
         heads = getattr(llm, PERMUTED[kind]) if permute and kind in PERMUTED else 0
         entries.append(PlanEntry(src, gguf_name, kind, _tensor_type(src.shape, gtype), heads))
     _check_complete(entries, llm)
-    return entries
+    return sorted(entries, key=_file_order)
+
+
+def _file_order(entry: PlanEntry) -> tuple[int, int, str]:
+    """token_embd, then block by block, then output: the same file whatever the shard layout."""
+    parts = entry.gguf_name.split(".")
+    if parts[0] == "blk":
+        return (1, int(parts[1]), entry.gguf_name)
+    return (0 if parts[0] == "token_embd" else 2, 0, entry.gguf_name)
 
 
 def _tensor_type(shape: tuple[int, ...], gtype: GgufType) -> gguf.GGMLQuantizationType:
