@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -95,17 +95,29 @@ def write_checkpoint(directory: Path, layers: int, seed: int = 0) -> int:
 
 
 def child_peak_rss(args: list[str]) -> tuple[int, float, str]:
-    """Run a child Python; its peak RSS in bytes (Linux ru_maxrss is KiB), seconds, stdout."""
+    """Run a child Python; its own peak RSS in bytes (wait4's ru_maxrss, KiB on Linux), seconds, stdout.
+
+    ru_maxrss survives exec, so a child forked from a big parent would report the parent's size:
+    this parent stays small (the checkpoint is written by another child) and reads each child's
+    own rusage through wait4.
+    """
     start = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"child failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    if peak < before:
-        raise SystemExit("RUSAGE_CHILDREN went down; run the children in order")
-    return peak * 1024, seconds, proc.stdout
+    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as errors:
+        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=errors, text=True)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.perf_counter() - start
+        out.seek(0)
+        errors.seek(0)
+        if proc.returncode != 0:
+            raise SystemExit(f"child failed ({proc.returncode}): {errors.read()[-2000:]}")
+        return usage.ru_maxrss * 1024, seconds, out.read()
+
+
+def _own_rss() -> int:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def main() -> None:
@@ -117,7 +129,10 @@ def main() -> None:
     try:
         ckpt, bundle = work / "ckpt", work / "bundle"
         print(f"writing a {args.layers}-layer full-width checkpoint in {ckpt}", file=sys.stderr)
-        weight_bytes = write_checkpoint(ckpt, args.layers)
+        # Written by a child: this process must stay small (see child_peak_rss).
+        code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import gguf_peak_rss as g; "
+        code += f"print(g.write_checkpoint(__import__('pathlib').Path({str(ckpt)!r}), {args.layers}))"
+        weight_bytes = int(child_peak_rss(["-c", code])[2])
         largest = VOCAB * HIDDEN * 4
         # The fixed overhead: the same imports, no conversion (the peak is per child, so run it first).
         imports = (
@@ -154,6 +169,7 @@ def main() -> None:
             "limit_ratio": 0.25,
             "passed": peak_rss / weight_bytes < 0.25,
             "conversion_seconds": round(seconds, 1),
+            "parent_rss_mb_at_end": round(_own_rss() / 2**20, 1),
             "machine": {"platform": platform.platform(), "python": platform.python_version()},
         }
     finally:
