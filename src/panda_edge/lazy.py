@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from panda_edge.errors import MissingDependency
@@ -14,3 +15,12 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError:
         raise MissingDependency(module.split(".")[0], extra) from None
+
+
+def llama_cpp() -> ModuleType:
+    """llama-cpp-python (the `llama` extra): the GGUF runtime, quantizer and parity engine."""
+    return require("llama_cpp", "llama")
+
+
+def has_llama_cpp() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None

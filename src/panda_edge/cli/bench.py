@@ -9,7 +9,10 @@ import typer
 
 from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out
 
-app = typer.Typer(help="Measure speed: vision (PyTorch vs ONNX Runtime).", no_args_is_help=True)
+app = typer.Typer(
+    help="Measure speed: vision (PyTorch vs ONNX Runtime), llm (transformers vs llama.cpp).",
+    no_args_is_help=True,
+)
 
 
 @app.command()
@@ -42,3 +45,37 @@ def vision(
         e = engines[name]
         out.print(f"{name:>5}: median {e['median_ms']:.0f} ms (min {e['min_ms']:.0f}, max {e['max_ms']:.0f})")
     out.print(f"ONNX Runtime vs PyTorch: {result['ratio_ort_vs_torch']:.2f}x ({result['ratio_definition']})")
+
+
+@app.command()
+@handle_errors
+def llm(
+    repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 3,
+    layers: Annotated[int, typer.Option(min=1, help="Llama layers (hidden 2048, FFN 5632).")] = 8,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for every engine.")] = 2,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
+    ] = None,
+) -> None:
+    """transformers eager fp32 vs llama.cpp f16 / q8_0 / q4_k_m on one random Llama: prefill and decode
+    tokens/s (prompt 128, 64 greedy tokens). Needs llama-cpp-python (panda-edge[llama])."""
+    from dataclasses import replace
+
+    from panda_edge.bench.llm import BENCH_LLM, bench_llm
+    from panda_edge.lazy import llama_cpp
+
+    llama_cpp()
+    quiet = json_to_stdout(json_out)
+    result = bench_llm(
+        replace(BENCH_LLM, num_hidden_layers=layers),
+        repeat=repeat,
+        threads=threads,
+        on_step=None if quiet else lambda m: err.print(m, highlight=False),
+    )
+    if json_out is not None:
+        emit_json(result, json_out)
+        if quiet:
+            return
+    for name, r in result["llm"].items():
+        prefill, decode = r["prefill_tok_s"], r["decode_tok_s"]
+        out.print(f"{name:>18}: prefill {prefill:8.1f} tok/s, decode {decode:6.1f} tok/s")

@@ -1,4 +1,4 @@
-"""`panda export`: a checkpoint's vision part to an ONNX bundle for one TensorRT target."""
+"""`panda export`: a checkpoint's vision part to ONNX, or its Llama backbone to GGUF, in one bundle."""
 
 from __future__ import annotations
 
@@ -17,11 +17,17 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="Checkpoint directory, or 'tiny' for the embedded model.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle directory to write (created if missing).")],
     target: Annotated[
-        str, typer.Option(help="What to export: onnx (trt, gguf, all: not in this build).")
+        str, typer.Option(help="What to export: onnx (vision) or gguf (LLM); trt, all: not in this build.")
     ] = "onnx",
     trt_profile: Annotated[
         str, typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5), 10 (JetPack 6) or 11.")
     ] = "11",
+    gguf_type: Annotated[
+        str, typer.Option(help="GGUF storage for --target gguf: f32, f16, bf16, q8_0, q4_k_m, q5_k_m.")
+    ] = "f16",
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="--target gguf: print the tensor plan, write nothing.")
+    ] = False,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the manifest as JSON ('-': stdout).")
     ] = None,
@@ -30,6 +36,10 @@ def export(
 
     The graph is checked for the TensorRT profile (opset, operators, static shapes); exit 1 and no
     graph written when a check fails, exit 2 for a bad checkpoint, profile or target.
+
+    --target gguf writes the Llama backbone to BUNDLE/llm.<gguf-type>.gguf (llama architecture,
+    SentencePiece vocabulary, chat template), one tensor at a time, and adds it to the manifest
+    (an ONNX export already there is kept). q4_k_m/q5_k_m need llama-cpp-python (panda-edge[llama]).
     """
     from panda_edge.errors import PandaError
     from panda_edge.export.stab_onnx.pipeline import export_bundle
@@ -37,6 +47,9 @@ def export(
 
     if target not in TARGETS:
         raise PandaError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
+    if target == "gguf":
+        _export_gguf(checkpoint, out_dir, gguf_type, dry_run, json_out)
+        return
     if target != "onnx":
         raise PandaError(f"--target {target} is not available in this build yet; use --target onnx")
     get_profile(trt_profile)  # a bad profile fails before any loading
@@ -55,4 +68,39 @@ def export(
         f"wrote {out_dir}: {vision['file']} ({size / 1e6:.1f} MB, opset {vision['opset']}, TensorRT "
         f"{vision['tensorrt']} profile, {vision['inputs']['frames']['shape']} -> "
         f"{vision['outputs']['visual_tokens']['shape']}), {others}, manifest.json"
+    )
+
+
+def _export_gguf(
+    checkpoint: str, out_dir: Path, gguf_type: str, dry_run: bool, json_out: Path | None
+) -> None:
+    """The Llama backbone to BUNDLE/llm.<type>.gguf (streamed; K-quants through llama.cpp)."""
+    from panda_edge.export.llm_gguf.pipeline import export_gguf, get_gguf_type, gguf_plan
+
+    get_gguf_type(gguf_type)  # a bad type fails before any reading
+    quiet = json_to_stdout(json_out)
+    if dry_run:
+        plan = gguf_plan(checkpoint, gguf_type)
+        if json_out is not None:
+            emit_json({"gguf_type": gguf_type, "tensors": plan}, json_out)
+            if quiet:
+                return
+        for t in plan:
+            shape = "x".join(map(str, t["shape"]))
+            note = " (q/k permuted)" if t["permuted"] else ""
+            out.print(f"{t['source']} -> {t['gguf']}  {shape}  {t['source_dtype']} -> {t['type']}{note}")
+        out.print(f"{len(plan)} tensors; nothing written (dry run)")
+        return
+    manifest = export_gguf(
+        checkpoint, out_dir, gguf_type, on_step=None if quiet else lambda m: err.print(m, highlight=False)
+    )
+    if json_out is not None:
+        emit_json(manifest, json_out)
+        if quiet:
+            return
+    entry = manifest["llm"]["gguf"][gguf_type]
+    types = ", ".join(f"{n} {k}" for k, n in entry["tensor_types"].items())
+    out.print(
+        f"wrote {out_dir}: {entry['file']} ({entry['size'] / 1e6:.1f} MB, {entry['tensor_count']} tensors: "
+        f"{types}), manifest.json lists {', '.join(manifest['files'])}"
     )

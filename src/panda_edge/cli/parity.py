@@ -1,9 +1,12 @@
-"""`panda parity`: the bundle's ONNX Runtime tokens against the PyTorch reference (level stab_fp32)."""
+"""`panda parity`: the bundle's engines against the PyTorch reference, every level the bundle allows.
+
+stab_fp32 when the bundle holds the ONNX graph; llm and tokenizer when it holds GGUF files.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,24 +27,65 @@ def parity(
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,
 ) -> None:
-    """Check the bundle's ONNX Runtime visual tokens against the PyTorch reference (stab_fp32).
+    """Check the bundle against the PyTorch reference at every level it holds.
 
-    Per video and overall: cosine per token (min >= 0.99999) and max abs difference relative to the
-    reference's max abs (<= 1e-3). Exit 1 when parity fails, 2 for bad input.
+    stab_fp32 (ONNX graph): per video and overall, cosine per token (min >= 0.99999) and max abs
+    difference relative to the reference's max abs (<= 1e-3). llm (GGUF files): llama.cpp logits vs
+    transformers fp32 on the same tokens, per GGUF type; f32 must agree on top-1 everywhere.
+    tokenizer: llama.cpp ids identical to SentencePiece's on every prompt chunk. Exit 1 when a level
+    fails, 2 for bad input.
     """
-    import tempfile
-
+    from panda_edge.bundle import load_manifest
     from panda_edge.errors import CheckFailed, PandaError
-    from panda_edge.model.vision import VisionTower
-    from panda_edge.parity.clips import write_parity_clips
-    from panda_edge.parity.stab import stab_parity
-    from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
 
     chosen = [*(video_options or []), *(videos or [])]
     missing = [str(v) for v in chosen if not v.is_file()]
     if missing:
         raise PandaError(f"no such video file: {', '.join(missing)}")
     quiet = json_to_stdout(json_out)
+    manifest = load_manifest(bundle)
+    ggufs = (manifest.get("llm") or {}).get("gguf") or {}
+    if "vision" not in manifest and not ggufs:
+        raise PandaError(
+            f"{bundle}: the bundle holds neither the vision graph nor a GGUF; nothing to compare"
+        )
+    result: dict[str, Any] = {}
+    failed: list[str] = []
+    if "vision" in manifest:
+        stab = _stab_fp32(checkpoint, bundle, chosen, quiet)
+        result.update(stab.to_dict())
+        if not quiet:
+            for video in stab.videos:
+                out.print(str(video))
+            out.print(str(stab.overall))
+        if not stab:
+            failed.append(f"stab_fp32 parity failed: {stab.overall}")
+    if ggufs:
+        llm, tokenizer = _llm_levels(checkpoint, bundle, ggufs, quiet)
+        result["llm"] = {t: r.to_dict() for t, r in llm.items()}
+        result["tokenizer"] = tokenizer.to_dict()
+        if not quiet:
+            for r in llm.values():
+                out.print(str(r))
+            out.print(str(tokenizer))
+        failed += [f"llm parity failed: {r}" for r in llm.values() if not r.passed]
+        if not tokenizer.passed:
+            failed.append(str(tokenizer))
+    if json_out is not None:
+        emit_json(result, json_out)
+    if failed:
+        raise CheckFailed("; ".join(failed))
+
+
+def _stab_fp32(checkpoint: str, bundle: Path, chosen: list[Path], quiet: bool):
+    import tempfile
+
+    from panda_edge.errors import PandaError
+    from panda_edge.model.vision import VisionTower
+    from panda_edge.parity.clips import write_parity_clips
+    from panda_edge.parity.stab import stab_parity
+    from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
+
     engine = OrtVisionEngine.from_bundle(bundle)
     if not quiet:
         err.print(f"loading the reference from {checkpoint}", highlight=False)
@@ -56,12 +100,29 @@ def parity(
                     f"the checkpoint's ({reference.layout})"
                 )
             with progress_bar("comparing", total=len(chosen), enabled=not quiet) as advance:
-                result = stab_parity(reference, engine, chosen, tower.config.vision, on_video=advance)
-    if json_out is not None:
-        emit_json(result.to_dict(), json_out)
+                return stab_parity(reference, engine, chosen, tower.config.vision, on_video=advance)
+
+
+def _llm_levels(checkpoint: str, bundle: Path, ggufs: dict[str, Any], quiet: bool):
+    """llm (every GGUF type in the bundle) and tokenizer (on the f32 file, or the first one)."""
+    from panda_edge.lazy import llama_cpp
+    from panda_edge.parity.llm import (
+        hf_tokenizer_agreement,
+        llm_parity,
+        parity_sequences,
+        tokenizer_parity,
+    )
+    from panda_edge.parity.llm_reference import reference_logits
+    from panda_edge.prompt import PromptTokenizer
+
+    llama_cpp()
     if not quiet:
-        for video in result.videos:
-            out.print(str(video))
-        out.print(str(result.overall))
-    if not result:
-        raise CheckFailed(f"stab_fp32 parity failed: {result.overall}")
+        err.print(f"loading the LLM reference (transformers fp32) from {checkpoint}", highlight=False)
+    reference, tokenizer_file = reference_logits(checkpoint)
+    sequences = parity_sequences(PromptTokenizer(tokenizer_file))
+    paths = {t: bundle / e["file"] for t, e in ggufs.items()}
+    with progress_bar("llama.cpp logits", total=len(paths), enabled=not quiet) as advance:
+        llm = llm_parity(reference, paths, sequences, on_gguf=advance)
+    tokenizer = tokenizer_parity(paths.get("f32") or next(iter(paths.values())), tokenizer_file)
+    tokenizer.others["transformers_llama_tokenizer"] = hf_tokenizer_agreement(tokenizer_file)
+    return llm, tokenizer

@@ -1,0 +1,178 @@
+"""`panda export --target gguf`: checkpoint -> `BUNDLE/llm.<type>.gguf` + manifest entry.
+
+The bundle may already hold the ONNX export (or other GGUF types): the manifest is read first and
+extended, never replaced. As with every export, the manifest is removed while files are written and
+written back last, so an interrupted export leaves no valid-looking bundle.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from panda_edge.bundle import (
+    MANIFEST_FILE,
+    PROMPT_FILE,
+    TOKENIZER_FILE,
+    file_record,
+    load_manifest,
+    prompt_settings,
+    start_bundle,
+    tool_versions,
+    write_manifest,
+)
+from panda_edge.errors import CheckpointError, PandaError
+from panda_edge.export.llm_gguf.names import (
+    ARCH_NAME,
+    DEFAULT_GGUF_TYPE,
+    GGUF_TYPES,
+    KQUANT_SOURCE,
+    GgufType,
+    gguf_file_name,
+)
+from panda_edge.fileio import atomic_path, write_json
+
+TOOLS = ("torch", "onnx", "onnxruntime", "gguf", "llama_cpp_python", "panda-edge")
+
+
+def get_gguf_type(name: str) -> GgufType:
+    try:
+        return GGUF_TYPES[name]
+    except KeyError:
+        raise PandaError(f"unknown GGUF type '{name}'; choose one of: {', '.join(GGUF_TYPES)}") from None
+
+
+def gguf_plan(checkpoint: str | Path, gguf_type: str = DEFAULT_GGUF_TYPE) -> list[dict[str, Any]]:
+    """What `export_gguf` would write, read from the headers only (`--dry-run`)."""
+    from panda_edge.export.llm_gguf.convert import plan_tensors
+
+    gtype = get_gguf_type(gguf_type)
+    _, config, files = _open_checkpoint(checkpoint)
+    return [e.to_dict() for e in plan_tensors(files, config.llm, _writer_type(gtype))]
+
+
+def _writer_type(gtype: GgufType) -> GgufType:
+    """The type gguf-py writes: the target itself, or the K-quant's source."""
+    return gtype if gtype.tensor_type is not None else GGUF_TYPES[KQUANT_SOURCE]
+
+
+def _open_checkpoint(checkpoint: str | Path):
+    from panda_edge.config import read_config
+    from panda_edge.model.checkpoint import weight_files
+
+    directory = _resolve(checkpoint)
+    config = read_config(directory)
+    return directory, config, weight_files(directory)
+
+
+def _resolve(checkpoint: str | Path) -> Path:
+    if str(checkpoint) == "tiny":
+        from panda_edge.assets import tiny_checkpoint
+
+        return tiny_checkpoint()
+    directory = Path(checkpoint)
+    if not directory.is_dir():
+        raise CheckpointError(f"{checkpoint}: no such checkpoint directory")
+    return directory
+
+
+def export_gguf(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    gguf_type: str = DEFAULT_GGUF_TYPE,
+    on_step: Callable[[str], None] | None = None,
+    on_tensor: Callable[[int, int], None] | None = None,
+    permute: bool = True,
+) -> dict[str, Any]:
+    """Write `out_dir/llm.<type>.gguf` from `checkpoint` ('tiny' or a directory); returns the manifest."""
+    from panda_edge.export.llm_gguf.convert import plan_tensors, write_gguf
+    from panda_edge.export.llm_gguf.quantize import kquantize, tensor_types
+    from panda_edge.export.llm_gguf.vocab import read_vocab
+
+    step = on_step or (lambda message: None)
+    gtype = get_gguf_type(gguf_type)
+    if gtype.llama_ftype is not None:
+        from panda_edge.lazy import llama_cpp
+
+        llama_cpp()  # fail before any work when the quantizer is missing
+    directory, config, files = _open_checkpoint(checkpoint)
+    tokenizer = directory / TOKENIZER_FILE
+    if not tokenizer.is_file():
+        raise CheckpointError(f"{directory}: no {TOKENIZER_FILE}; the GGUF needs its vocabulary")
+    vocab = read_vocab(tokenizer)
+    plan = plan_tensors(files, config.llm, _writer_type(gtype), permute=permute)
+    previous = _previous_manifest(out_dir)
+    bundle = start_bundle(out_dir)
+    name = gguf_file_name(gtype.name)
+    progress = (lambda done: on_tensor(done, len(plan))) if on_tensor is not None else None
+    with atomic_path(bundle / name) as final_tmp:
+        if gtype.llama_ftype is None:
+            step(f"writing {name} ({len(plan)} tensors, one at a time)")
+            write_gguf(final_tmp, plan, config.llm, gtype, vocab, on_tensor=progress)
+        else:
+            source_type = _writer_type(gtype)
+            src_tmp = final_tmp.with_name(final_tmp.name + f".{source_type.name}")
+            try:  # the intermediate never gets a valid name and is always deleted
+                step(f"writing a {source_type.name} GGUF for llama.cpp's quantizer ({len(plan)} tensors)")
+                write_gguf(src_tmp, plan, config.llm, source_type, vocab, on_tensor=progress)
+                step(f"quantizing to {gtype.name} with llama.cpp")
+                kquantize(src_tmp, final_tmp, gtype.llama_ftype)
+            finally:
+                src_tmp.unlink(missing_ok=True)
+    types = tensor_types(bundle / name)
+    counts: dict[str, int] = {}
+    for t in types.values():
+        counts[t] = counts.get(t, 0) + 1
+    entry = {
+        "file": name,
+        "type": gtype.name,
+        "architecture": ARCH_NAME,
+        "tensor_count": len(types),
+        "tensor_types": dict(sorted(counts.items())),
+        "qk_permuted": permute,
+        **file_record(bundle / name),
+    }
+    step("hashing the bundle")
+    return _write_manifest(bundle, previous, directory, config, files, entry)
+
+
+def _previous_manifest(out_dir: str | Path) -> dict[str, Any] | None:
+    """The bundle's current manifest (ONNX export, other GGUF types), to extend; None if none."""
+    if not (Path(out_dir) / MANIFEST_FILE).is_file():
+        return None
+    return load_manifest(out_dir, verify=False)
+
+
+def _write_manifest(
+    bundle: Path,
+    previous: dict[str, Any] | None,
+    directory: Path,
+    config,
+    files: list[Path],
+    entry: dict[str, Any],
+) -> dict[str, Any]:
+    manifest = dict(previous or {})
+    manifest.pop("format_version", None)
+    listed = {name for name in manifest.pop("files", {}) if (bundle / name).is_file()}
+    if "source" not in manifest:
+        manifest["source"] = {
+            "checkpoint": str(directory.resolve()),
+            "weights": {p.name: file_record(p) for p in files},
+        }
+        manifest["model"] = config.to_dict()
+    if not (bundle / TOKENIZER_FILE).is_file():
+        with atomic_path(bundle / TOKENIZER_FILE) as tmp:
+            shutil.copyfile(directory / TOKENIZER_FILE, tmp)
+    if not (bundle / PROMPT_FILE).is_file():
+        write_json(bundle / PROMPT_FILE, prompt_settings(config.vision.video_frames))
+    manifest.setdefault("prompt", PROMPT_FILE)
+    manifest.setdefault("tokenizer", TOKENIZER_FILE)
+    llm = dict(manifest.get("llm") or {})
+    llm["gguf"] = {**llm.get("gguf", {}), entry["type"]: entry}
+    llm["config"] = dict(vars(config.llm))
+    manifest["llm"] = llm
+    manifest["tools"] = {**manifest.get("tools", {}), **tool_versions(TOOLS)}
+    names = listed | {TOKENIZER_FILE, PROMPT_FILE} | {e["file"] for e in llm["gguf"].values()}
+    return write_manifest(bundle, manifest, sorted(n for n in names if (bundle / n).is_file()))

@@ -1,0 +1,211 @@
+"""LLM and tokenizer parity (DESIGN.md §5): llama.cpp on the bundle's GGUFs vs the reference.
+
+Logits: the same token ids through llama.cpp and through transformers' LlamaForCausalLM in fp32,
+every position compared (top-1 agreement, max abs difference). Tokenizer: llama.cpp's ids vs
+SentencePiece's (the slow Llama tokenizer) chunk by chunk, as the prompt is tokenized: split at
+`<image>`, BOS on the first chunk only. No torch here: the reference logits come in as arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, build_prompt, split_prompt
+
+# Toy-world questions and general text: the prompt's own chunks plus punctuation, digits, unicode,
+# and leading/trailing/multiple spaces, where SentencePiece ports usually drift.
+QUESTIONS = (
+    "What color is the circle?",
+    "Which direction does the red square move?",
+    "How many shapes are in the video at the end?",
+    "Which shape appeared first, the circle or the triangle?",
+    "Describe the video in detail.",
+)
+GENERAL_TEXT = (
+    "Hello, world! It's 3:45 p.m. on 2025-06-11; temperature: -3.5°C (≈ 26°F).",
+    "  leading spaces and trailing spaces  ",
+    "tabs\tand\nnew lines\n\nand   several   spaces",
+    "Ünïcödé: naïve café, 東京, Привет, 🙂👍 and emoji.",
+    "Numbers 0 1 12 123 1234 12345 3.14159 1e-5 100%",
+    "Punctuation: ... !? ,;:'\"()[]{}<>/\\|@#$^&*-_=+~`",
+    "</s> <s> <unk> look like special tokens but are plain text here",
+    "USER: what is in the video? ASSISTANT: a red square moving left</s>",
+    " ",
+    "\n",
+)
+
+
+def parity_sequences(tokenizer: PromptTokenizer, questions: Sequence[str] = QUESTIONS) -> list[list[int]]:
+    """Prompt ids of each question with the `<image>` places removed, plus each general text (BOS first)."""
+    seqs = [[i for i in tokenizer.prompt_ids(build_prompt(q)) if i != IMAGE_TOKEN_INDEX] for q in questions]
+    seqs += [tokenizer.encode(text, bos=True) for text in GENERAL_TEXT]
+    return seqs
+
+
+def tokenizer_chunks(questions: Sequence[str] = QUESTIONS) -> list[tuple[str, bool]]:
+    """(text, bos) pairs: every prompt chunk as the runtime tokenizes it, then the general texts."""
+    chunks: list[tuple[str, bool]] = []
+    for q in questions:
+        chunks += [(c, i == 0) for i, c in enumerate(split_prompt(build_prompt(q)))]
+        history = [(q, "a red circle")]
+        chunks += [(c, i == 0) for i, c in enumerate(split_prompt(build_prompt("And then?", 8, history)))]
+    chunks += [(text, False) for text in GENERAL_TEXT]
+    chunks += [(text, True) for text in GENERAL_TEXT]
+    return list(dict.fromkeys(chunks))
+
+
+@dataclass(frozen=True)
+class LogitsParity:
+    gguf_type: str
+    positions: int
+    top1_agreement: float
+    max_abs_diff: float
+    mean_abs_diff: float
+    reference_max_abs: float
+    required_top1: float | None  # None: reported, not judged
+
+    @property
+    def passed(self) -> bool:
+        return self.required_top1 is None or self.top1_agreement >= self.required_top1
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "top1_agreement": self.top1_agreement,
+            "max_abs_diff": self.max_abs_diff,
+            "mean_abs_diff": self.mean_abs_diff,
+            "reference_max_abs": self.reference_max_abs,
+            "positions": self.positions,
+            "passed": self.passed,
+        }
+
+    def __str__(self) -> str:
+        verdict = "" if self.required_top1 is None else (" ok" if self.passed else " FAILED")
+        return (
+            f"llm {self.gguf_type}: top-1 {self.top1_agreement:.4f} over {self.positions} positions, "
+            f"max abs diff {self.max_abs_diff:.3g} (reference max {self.reference_max_abs:.3g}){verdict}"
+        )
+
+
+# f32 must pick the reference's token everywhere (DESIGN.md §5); other types are reported.
+REQUIRED_TOP1: dict[str, float] = {"f32": 1.0}
+
+
+def compare_logits(
+    gguf_type: str, reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]
+) -> LogitsParity:
+    ref = np.concatenate([np.asarray(r, np.float32) for r in reference])
+    cand = np.concatenate([np.asarray(c, np.float32) for c in candidate])
+    if ref.shape != cand.shape:
+        raise ValueError(f"logits shapes differ: reference {ref.shape}, {gguf_type} {cand.shape}")
+    diff = np.abs(ref - cand)
+    return LogitsParity(
+        gguf_type,
+        positions=len(ref),
+        top1_agreement=float(np.mean(ref.argmax(-1) == cand.argmax(-1))),
+        max_abs_diff=float(diff.max()),
+        mean_abs_diff=float(diff.mean()),
+        reference_max_abs=float(np.abs(ref).max()),
+        required_top1=REQUIRED_TOP1.get(gguf_type),
+    )
+
+
+def llm_parity(
+    reference: Callable[[Sequence[int]], np.ndarray],
+    ggufs: Mapping[str, str | Path],
+    sequences: Sequence[Sequence[int]],
+    threads: int = 1,
+    on_gguf: Callable[[int], None] | None = None,
+    kv_cache: str = "f32",
+) -> dict[str, LogitsParity]:
+    """Per GGUF type: llama.cpp logits vs `reference(ids)` on every sequence.
+
+    One thread by default: the numbers do not depend on it, and ggml's threads spin at barriers, so
+    on a busy 2-core machine two threads ran the tiny model 45x slower than one (0.75 s vs 17 ms).
+    The KV cache is f32 by default so the numbers measure the conversion; llama.cpp's default f16
+    cache alone moves f32 logits by ~1e-2 (measured on the tiny model).
+    """
+    from panda_edge.runtime.llm import LlamaCppModel
+
+    ref = [reference(seq) for seq in sequences]
+    n_ctx = max(64, max(len(s) for s in sequences))
+    results = {}
+    for i, (gguf_type, path) in enumerate(ggufs.items()):
+        with LlamaCppModel(path, n_ctx=n_ctx, threads=threads, kv_cache=kv_cache) as model:
+            results[gguf_type] = compare_logits(gguf_type, ref, [model.logits(s) for s in sequences])
+        if on_gguf is not None:
+            on_gguf(i + 1)
+    return results
+
+
+@dataclass
+class TokenizerParity:
+    chunks: int = 0
+    mismatches: list[dict[str, Any]] = field(default_factory=list)
+    others: dict[str, Any] = field(default_factory=dict)  # e.g. transformers' LlamaTokenizer
+
+    @property
+    def identical(self) -> bool:
+        return not self.mismatches
+
+    @property
+    def passed(self) -> bool:
+        return self.identical
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "identical": self.identical,
+            "chunks": self.chunks,
+            "mismatches": self.mismatches,
+            **self.others,
+        }
+
+    def __str__(self) -> str:
+        verdict = "identical" if self.identical else f"{len(self.mismatches)} mismatches FAILED"
+        return f"tokenizer: llama.cpp vs SentencePiece on {self.chunks} chunks: {verdict}"
+
+
+def tokenizer_parity(
+    gguf: str | Path, tokenizer_file: str | Path, chunks: Sequence[tuple[str, bool]] | None = None
+) -> TokenizerParity:
+    """llama.cpp's ids vs `PromptTokenizer.encode` (SentencePiece) for each (text, bos) chunk."""
+    from panda_edge.runtime.llm import LlamaCppModel
+
+    tokenizer = PromptTokenizer(tokenizer_file)
+    chunks = tokenizer_chunks() if chunks is None else chunks
+    result = TokenizerParity(chunks=len(chunks))
+    with LlamaCppModel(gguf, n_ctx=64, threads=1, vocab_only=True) as model:
+        for text, bos in chunks:
+            expected, got = tokenizer.encode(text, bos=bos), model.tokenize(text, bos=bos)
+            if expected != got:
+                result.mismatches.append(
+                    {"text": text, "bos": bos, "sentencepiece": expected, "llama.cpp": got}
+                )
+    return result
+
+
+def hf_tokenizer_agreement(
+    tokenizer_file: str | Path, chunks: Sequence[tuple[str, bool]] | None = None
+) -> dict:
+    """transformers' LlamaTokenizer on the same chunks, when it loads this tokenizer.model."""
+    tokenizer = PromptTokenizer(tokenizer_file)
+    chunks = tokenizer_chunks() if chunks is None else chunks
+    try:
+        from transformers import LlamaTokenizer
+
+        hf = LlamaTokenizer.from_pretrained(str(Path(tokenizer_file).parent), legacy=True)
+    except Exception as exc:  # any failure to load is a finding to report, not a crash
+        return {"loaded": False, "reason": f"{type(exc).__name__}: {exc}".splitlines()[0]}
+    mismatches = []
+    for text, bos in chunks:
+        ids = hf.encode(text, add_special_tokens=False, split_special_tokens=True)
+        ids = [tokenizer.bos_id, *ids] if bos else ids
+        if ids != tokenizer.encode(text, bos=bos):
+            mismatches.append(
+                {"text": text, "transformers": ids, "sentencepiece": tokenizer.encode(text, bos=bos)}
+            )
+    return {"loaded": True, "class": type(hf).__name__, "identical": not mismatches, "mismatches": mismatches}

@@ -1,0 +1,73 @@
+"""A GGUF decoder through llama-cpp-python: token ids -> logits, text -> ids (no torch).
+
+Parity and benchmarks use this; the chat runtime will add embeddings input on top of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from panda_edge.errors import BundleError
+from panda_edge.lazy import llama_cpp
+
+# ggml_type ids of the KV cache element types we use.
+KV_TYPES = {"f32": 0, "f16": 1}
+
+
+class LlamaCppModel:
+    """One GGUF loaded into llama.cpp with all-position logits (CPU, `threads` threads)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        n_ctx: int = 1024,
+        threads: int = 2,
+        vocab_only: bool = False,
+        kv_cache: str = "f16",
+    ) -> None:
+        """`kv_cache` f32 keeps llama.cpp's cache exact (parity); f16 is its default (runtime)."""
+        lib = llama_cpp()
+        path = Path(path)
+        if not path.is_file():
+            raise BundleError(f"{path}: no such GGUF file")
+        self.path = path
+        self.n_ctx = n_ctx
+        self.llm = lib.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=n_ctx,
+            n_ubatch=min(n_ctx, 512),
+            n_threads=threads,
+            n_threads_batch=threads,
+            logits_all=True,
+            vocab_only=vocab_only,
+            type_k=KV_TYPES[kv_cache],
+            type_v=KV_TYPES[kv_cache],
+            verbose=False,
+        )
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """(len(ids), vocab) float32 logits of a fresh sequence (the KV cache is cleared first)."""
+        if len(ids) > self.n_ctx:
+            raise ValueError(f"{len(ids)} tokens do not fit the context of {self.n_ctx}")
+        self.llm.reset()
+        self.llm.eval(list(ids))
+        return np.array(self.llm.scores[: len(ids)], dtype=np.float32)
+
+    def tokenize(self, text: str, bos: bool = False) -> list[int]:
+        """llama.cpp's tokenization of plain text (special-token text is not parsed)."""
+        if not text:
+            return [self.llm.token_bos()] if bos else []
+        return list(self.llm.tokenize(text.encode("utf-8"), add_bos=bos, special=False))
+
+    def close(self) -> None:
+        self.llm.close()
+
+    def __enter__(self) -> LlamaCppModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
