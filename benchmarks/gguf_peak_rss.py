@@ -30,24 +30,11 @@ RESULT = Path(__file__).parent / "results" / "gguf_peak_rss.json"
 HIDDEN, FFN, VOCAB, HEADS = 4096, 11008, 32000, 32
 
 
-def write_tokenizer(path: Path, vocab: int) -> None:
-    """The embedded tiny tokenizer grown to `vocab` pieces (extra pieces never win a merge)."""
-    from sentencepiece import sentencepiece_model_pb2 as pb
-
-    from panda_edge.assets import tiny_checkpoint
-
-    model = pb.ModelProto()
-    model.ParseFromString((tiny_checkpoint() / "tokenizer.model").read_bytes())
-    for i in range(vocab - len(model.pieces)):
-        piece = model.pieces.add()
-        piece.piece, piece.score, piece.type = f"\u2581synthetic{i}", -1e4 - i, 1
-    path.write_bytes(model.SerializeToString())
-
-
 def write_checkpoint(directory: Path, layers: int, seed: int = 0) -> int:
     """One float32 shard per layer plus embeddings and head; returns the weight bytes."""
     from safetensors.numpy import save_file
 
+    from panda_edge.bench.llm import synthetic_tokenizer
     from panda_edge.config import LlmConfig, ModelConfig, official_config_dict
     from panda_edge.fileio import write_json
 
@@ -90,7 +77,7 @@ def write_checkpoint(directory: Path, layers: int, seed: int = 0) -> int:
     config = official_config_dict(ModelConfig(llm=llm))  # the released tower name, mlp2x_gelu, width 1024
     config.pop("_panda_preset")
     write_json(directory / "config.json", config)
-    write_tokenizer(directory / "tokenizer.model", VOCAB)
+    synthetic_tokenizer(directory / "tokenizer.model", VOCAB)
     return total
 
 
