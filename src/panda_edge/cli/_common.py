@@ -80,3 +80,15 @@ def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator
 def json_to_stdout(json_out: Path | None) -> bool:
     """`--json -`: stdout carries the JSON document alone, so progress and tables stay off."""
     return json_out is not None and str(json_out) == "-"
+
+
+def step_printer(quiet: bool) -> Callable[[str], None] | None:
+    """Progress lines on stderr, or none when stdout carries the JSON document alone."""
+    return None if quiet else lambda message: err.print(message, highlight=False)
+
+
+def emit_result(data: Any, json_out: Path | None) -> bool:
+    """Write the `--json` document if asked; True when it went to stdout (print nothing else)."""
+    if json_out is not None:
+        emit_json(data, json_out)
+    return json_to_stdout(json_out)

@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out
+from panda_edge.cli._common import (
+    emit_result,
+    handle_errors,
+    json_to_stdout,
+    out,
+    step_printer,
+)
 
 app = typer.Typer(
     help="Measure speed: vision (PyTorch vs ONNX Runtime), llm (transformers vs llama.cpp).",
@@ -33,13 +39,9 @@ def vision(
     get_preset(preset)
     get_profile(trt_profile)
     quiet = json_to_stdout(json_out)
-    result = bench_vision(
-        preset, repeat, trt_profile, on_step=None if quiet else lambda m: err.print(m, highlight=False)
-    )
-    if json_out is not None:
-        emit_json(result, json_out)
-        if quiet:
-            return
+    result = bench_vision(preset, repeat, trt_profile, on_step=step_printer(quiet))
+    if emit_result(result, json_out):
+        return
     engines = result["vision"]
     for name in ("torch", "ort"):
         e = engines[name]
@@ -70,12 +72,10 @@ def llm(
         replace(BENCH_LLM, num_hidden_layers=layers),
         repeat=repeat,
         threads=threads,
-        on_step=None if quiet else lambda m: err.print(m, highlight=False),
+        on_step=step_printer(quiet),
     )
-    if json_out is not None:
-        emit_json(result, json_out)
-        if quiet:
-            return
+    if emit_result(result, json_out):
+        return
     for name, r in result["llm"].items():
         prefill, decode = r["prefill_tok_s"], r["decode_tok_s"]
         out.print(f"{name:>18}: prefill {prefill:8.1f} tok/s, decode {decode:6.1f} tok/s")

@@ -8,7 +8,14 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out, progress_bar
+from panda_edge.cli._common import (
+    emit_result,
+    err,
+    handle_errors,
+    json_to_stdout,
+    out,
+    progress_bar,
+)
 
 
 @handle_errors
@@ -29,10 +36,8 @@ def demo(
         report = run_demo(
             workdir, questions, on_step=lambda m: None if quiet else err.print(m), on_answer=advance
         )
-    if json_out is not None:
-        emit_json(report.to_dict(), json_out)
-        if quiet:
-            return
+    if emit_result(report.to_dict(), json_out):
+        return
     samples = Table(title="held-out toy questions (PyTorch reference, tiny model)")
     for column in ("video", "question", "answer", "expected"):
         samples.add_column(column)

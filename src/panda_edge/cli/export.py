@@ -7,7 +7,13 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out
+from panda_edge.cli._common import (
+    emit_result,
+    handle_errors,
+    json_to_stdout,
+    out,
+    step_printer,
+)
 
 TARGETS = ("onnx", "trt", "gguf", "all")
 
@@ -54,13 +60,9 @@ def export(
         raise PandaError(f"--target {target} is not available in this build yet; use --target onnx")
     get_profile(trt_profile)  # a bad profile fails before any loading
     quiet = json_to_stdout(json_out)
-    manifest = export_bundle(
-        checkpoint, out_dir, trt_profile, on_step=None if quiet else lambda m: err.print(m, highlight=False)
-    )
-    if json_out is not None:
-        emit_json(manifest, json_out)
-        if quiet:
-            return
+    manifest = export_bundle(checkpoint, out_dir, trt_profile, on_step=step_printer(quiet))
+    if emit_result(manifest, json_out):
+        return
     vision = manifest["vision"]
     size = manifest["files"][vision["file"]]["size"]
     others = ", ".join(name for name in manifest["files"] if name != vision["file"])
@@ -81,23 +83,17 @@ def _export_gguf(
     quiet = json_to_stdout(json_out)
     if dry_run:
         plan = gguf_plan(checkpoint, gguf_type)
-        if json_out is not None:
-            emit_json({"gguf_type": gguf_type, "tensors": plan}, json_out)
-            if quiet:
-                return
+        if emit_result({"gguf_type": gguf_type, "tensors": plan}, json_out):
+            return
         for t in plan:
             shape = "x".join(map(str, t["shape"]))
             note = " (q/k permuted)" if t["permuted"] else ""
             out.print(f"{t['source']} -> {t['gguf']}  {shape}  {t['source_dtype']} -> {t['type']}{note}")
         out.print(f"{len(plan)} tensors; nothing written (dry run)")
         return
-    manifest = export_gguf(
-        checkpoint, out_dir, gguf_type, on_step=None if quiet else lambda m: err.print(m, highlight=False)
-    )
-    if json_out is not None:
-        emit_json(manifest, json_out)
-        if quiet:
-            return
+    manifest = export_gguf(checkpoint, out_dir, gguf_type, on_step=step_printer(quiet))
+    if emit_result(manifest, json_out):
+        return
     entry = manifest["llm"]["gguf"][gguf_type]
     types = ", ".join(f"{n} {k}" for k, n in entry["tensor_types"].items())
     out.print(
