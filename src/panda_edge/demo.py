@@ -61,7 +61,7 @@ def run_demo(
     on_step: Callable[[str], None] = lambda text: None,
     on_answer: Callable[[int], None] | None = None,
 ) -> DemoReport:
-    from panda_edge.model.videopanda import VideoPanda
+    from panda_edge.model.videopanda import VideoPanda, reference_answerer
     from panda_edge.parity.task import evaluate, read_questions
 
     workdir = workdir or cache_dir() / "demo"
@@ -79,7 +79,7 @@ def run_demo(
     on_step(f"answering {questions} held-out questions with the PyTorch reference")
     qa = _spread(read_questions(data / "heldout.json"), questions)
     start = time.perf_counter()
-    result = evaluate(lambda v, q: model.generate(v, q, max_new_tokens=8), qa, data / "videos", on_answer)
+    result = evaluate(reference_answerer(model, max_new_tokens=8), qa, data / "videos", on_answer)
     report.timings_s["reference_answers"] = round(time.perf_counter() - start, 2)
     summary = result.to_dict(with_predictions=True)
     report.questions, report.accuracy, report.per_type = (

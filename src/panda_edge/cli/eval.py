@@ -23,18 +23,15 @@ def eval(
     ] = None,
 ) -> None:
     """Answer every question greedily and report normalized exact-match accuracy, overall and per type."""
-    from panda_edge.model.videopanda import VideoPanda
+    from panda_edge.model.videopanda import VideoPanda, reference_answerer
     from panda_edge.parity.task import evaluate, read_questions
 
     questions = read_questions(qa)[:limit]
     with err.status("loading model"):
         model = VideoPanda.from_pretrained(checkpoint)
 
-    def answer(video: Path, question: str) -> str:
-        return model.generate(video, question, max_new_tokens=max_new_tokens)
-
     with progress_bar("answering", total=len(questions), enabled=json_out is None) as advance:
-        result = evaluate(answer, questions, videos, on_answer=advance)
+        result = evaluate(reference_answerer(model, max_new_tokens), questions, videos, on_answer=advance)
     if json_out is not None:
         emit_json({"checkpoint": checkpoint, **result.to_dict()}, json_out)
         if json_to_stdout(json_out):

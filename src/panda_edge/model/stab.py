@@ -225,7 +225,7 @@ class STAB(nn.Module):
         groups: dict[tuple[int, int, int, int], list[int]] = {}
         for i, mask in enumerate(self.patch_masks(frames)):
             groups.setdefault(self.crop_rect(mask), []).append(i)
-        out: list[Tensor] = [frames[0]] * (b * t)  # every slot is filled below
+        out: dict[int, Tensor] = {}
         for rect, members in groups.items():
             index = torch.tensor(members)
             fused = None if chunk_tokens is None else chunk_tokens[index // t]
@@ -234,7 +234,7 @@ class STAB(nn.Module):
                 tokens = projector(tokens)
             for j, i in enumerate(members):
                 out[i] = tokens[j]
-        return out
+        return [out[i] for i in range(b * t)]
 
 
 def build_projector(kind: str, in_width: int, out_width: int) -> nn.Module:

@@ -238,6 +238,16 @@ class VideoPanda(nn.Module):
         return tokenizer.decode(tokens).strip()
 
 
+def reference_answerer(model: VideoPanda, max_new_tokens: int = 16) -> Callable[[Path, str], str]:
+    """(video, question) -> greedy answer; a video's frames are decoded once for all its questions."""
+    from functools import lru_cache
+
+    frames = lru_cache(maxsize=4)(model.load_frames)
+    return lambda video, question: model.generate(
+        frames(Path(video)), question, max_new_tokens=max_new_tokens
+    )
+
+
 def pick_token(
     logits: Tensor, do_sample: bool, temperature: float, top_p: float, generator: torch.Generator | None
 ) -> int:
