@@ -12,6 +12,7 @@ from panda_edge.cli.export import export
 from panda_edge.cli.generate import generate
 from panda_edge.cli.info import info
 from panda_edge.cli.parity import parity
+from panda_edge.cli.run import chat, run
 from panda_edge.cli.toyworld import toyworld
 from panda_edge.cli.train import train
 
@@ -31,6 +32,8 @@ app.command(rich_help_panel="Training")(toyworld)
 app.command(rich_help_panel="Training")(train)
 app.command(name="eval", rich_help_panel="Training")(eval_command)
 app.command(rich_help_panel="Export")(export)
+app.command(rich_help_panel="Run")(run)
+app.command(rich_help_panel="Run")(chat)
 app.command(rich_help_panel="Checks")(parity)
 app.add_typer(bench_app, name="bench", rich_help_panel="Checks")
 
