@@ -23,7 +23,7 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="Checkpoint directory, or 'tiny' for the embedded model.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle directory to write (created if missing).")],
     target: Annotated[
-        str, typer.Option(help="What to export: onnx (vision) or gguf (LLM); trt, all: not in this build.")
+        str, typer.Option(help="What to export: onnx (vision), gguf (LLM), all (both: what panda run needs).")
     ] = "onnx",
     trt_profile: Annotated[
         str, typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5), 10 (JetPack 6) or 11.")
@@ -56,11 +56,17 @@ def export(
     if target == "gguf":
         _export_gguf(checkpoint, out_dir, gguf_type, dry_run, json_out)
         return
-    if target != "onnx":
-        raise PandaError(f"--target {target} is not available in this build yet; use --target onnx")
-    get_profile(trt_profile)  # a bad profile fails before any loading
+    if target == "trt":
+        raise PandaError("--target trt is not available in this build yet; use --target onnx or all")
+    get_profile(trt_profile)  # a bad profile or type fails before any loading
+    if target == "all":
+        from panda_edge.export.llm_gguf.pipeline import export_gguf, get_gguf_type
+
+        get_gguf_type(gguf_type)
     quiet = json_to_stdout(json_out)
     manifest = export_bundle(checkpoint, out_dir, trt_profile, on_step=step_printer(quiet))
+    if target == "all":
+        manifest = export_gguf(checkpoint, out_dir, gguf_type, on_step=step_printer(quiet))
     if emit_result(manifest, json_out):
         return
     vision = manifest["vision"]
