@@ -23,11 +23,17 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="Checkpoint directory, or 'tiny' for the embedded model.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle directory to write (created if missing).")],
     target: Annotated[
-        str, typer.Option(help="What to export: onnx (vision) or gguf (LLM); trt, all: not in this build.")
+        str,
+        typer.Option(
+            help="What to export: onnx (vision), trt (vision for TensorRT), gguf (LLM); all: not yet."
+        ),
     ] = "onnx",
     trt_profile: Annotated[
         str, typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5), 10 (JetPack 6) or 11.")
     ] = "11",
+    precision: Annotated[
+        str, typer.Option(help="--target trt: engine precision fp16, int8 (calibrates) or fp32.")
+    ] = "fp16",
     gguf_type: Annotated[
         str, typer.Option(help="GGUF storage for --target gguf: f32, f16, bf16, q8_0, q4_k_m, q5_k_m.")
     ] = "f16",
@@ -46,6 +52,10 @@ def export(
     --target gguf writes the Llama backbone to BUNDLE/llm.<gguf-type>.gguf (llama architecture,
     SentencePiece vocabulary, chat template), one tensor at a time, and adds it to the manifest
     (an ONNX export already there is kept). q4_k_m/q5_k_m need llama-cpp-python (panda-edge[llama]).
+
+    --target trt exports the graphs TensorRT builds for the profile (plus stab.fp16.onnx for the
+    strongly typed 10/11, or the calibrated INT8 graph), writes BUNDLE/build_engine.sh (trtexec), and
+    builds the engine when TensorRT and a GPU are here; otherwise it says how to finish on the device.
     """
     from panda_edge.errors import PandaError
     from panda_edge.export.stab_onnx.pipeline import export_bundle
@@ -56,8 +66,11 @@ def export(
     if target == "gguf":
         _export_gguf(checkpoint, out_dir, gguf_type, dry_run, json_out)
         return
+    if target == "trt":
+        _export_trt(checkpoint, out_dir, trt_profile, precision, json_out)
+        return
     if target != "onnx":
-        raise PandaError(f"--target {target} is not available in this build yet; use --target onnx")
+        raise PandaError(f"--target {target} is not available in this build yet; use onnx, trt or gguf")
     get_profile(trt_profile)  # a bad profile fails before any loading
     quiet = json_to_stdout(json_out)
     manifest = export_bundle(checkpoint, out_dir, trt_profile, on_step=step_printer(quiet))
@@ -100,3 +113,27 @@ def _export_gguf(
         f"wrote {out_dir}: {entry['file']} ({entry['size'] / 1e6:.1f} MB, {entry['tensor_count']} tensors: "
         f"{types}), manifest.json lists {', '.join(manifest['files'])}"
     )
+
+
+def _export_trt(checkpoint: str, out_dir: Path, profile: str, precision: str, json_out: Path | None) -> None:
+    """Graphs for TensorRT + build_engine.sh; the engine too when TensorRT and a GPU are here."""
+    from panda_edge.export.stab_onnx.profiles import get_profile
+    from panda_edge.export.trt.pipeline import export_trt
+    from panda_edge.export.trt.versions import check_precision
+
+    get_profile(profile)
+    check_precision(precision)
+    quiet = json_to_stdout(json_out)
+    result = export_trt(checkpoint, out_dir, profile, precision, on_step=step_printer(quiet))
+    if emit_result(result, json_out):
+        return
+    files = ", ".join(result["manifest"]["files"])
+    out.print(f"wrote {out_dir}: {files}, manifest.json")
+    if result["built_here"]:
+        engine = result["engine"]
+        out.print(f"built {engine['file']} with TensorRT {engine['tensorrt']} on {engine['gpu']['name']}")
+        return
+    out.print(f"no engine built here: {result['not_built_because']}")
+    out.print("TensorRT engines are built on the device that runs them. To finish:")
+    for step in result["next_steps"]:
+        out.print(f"  - {step}")
