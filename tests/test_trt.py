@@ -490,6 +490,7 @@ def test_device_side_modules_import_without_torch_or_onnx() -> None:
     code = (
         "import sys\n"
         "import panda_edge.export.trt.pipeline, panda_edge.runtime.vision.trt, panda_edge.cli.build_engine\n"
+        "import panda_edge.plan.memory, panda_edge.cli.plan\n"
         "sys.exit(sorted(m for m in ('torch', 'onnx') if m in sys.modules) or 0)\n"
     )
     result = subprocess.run(

@@ -13,6 +13,7 @@ from panda_edge.cli.export import export
 from panda_edge.cli.generate import generate
 from panda_edge.cli.info import info
 from panda_edge.cli.parity import parity
+from panda_edge.cli.plan import plan
 from panda_edge.cli.toyworld import toyworld
 from panda_edge.cli.train import train
 
@@ -35,6 +36,7 @@ app.command(rich_help_panel="Export")(export)
 app.command(name="build-engine", rich_help_panel="Export")(build_engine)
 app.command(rich_help_panel="Checks")(parity)
 app.add_typer(bench_app, name="bench", rich_help_panel="Checks")
+app.command(rich_help_panel="Deploy")(plan)
 
 
 def _version(value: bool) -> None:
