@@ -119,7 +119,7 @@ def test_missing_graphs_say_what_to_run() -> None:
         recipe_for(_manifest("10"), FAMILIES["10"], "int8", bundle="B")
     with pytest.raises(BundleError, match=r"no fp16 graph, which strongly typed TensorRT 11.x needs"):
         recipe_for(_manifest("11", fp16=False), FAMILIES["11"], "fp16", bundle="B")
-    with pytest.raises(BundleError, match=r"profile 11; TensorRT 10.x \(JetPack 6.x .*--trt-profile 10"):
+    with pytest.raises(BundleError, match=r"profile 11; TensorRT 10.x \(JetPack 6.1 .*--trt-profile 10"):
         recipe_for(_manifest("11"), FAMILIES["10"], "fp16", bundle="B")
     with pytest.raises(PandaError, match="unknown precision 'int4'"):
         recipe_for(_manifest("11"), FAMILIES["11"], "int4")
@@ -324,8 +324,8 @@ def test_build_script_refuses_another_tensorrt_and_missing_graphs(jetpack6_bundl
 
 def test_script_names_each_jetpack_and_its_family_commands() -> None:
     text = build_script(_manifest("8.5", int8=True, fp16=False))
-    assert "JetPack 5.x (TensorRT 8.5): --trt-profile 8.5" in text
-    assert "JetPack 6.x (TensorRT 10.3): --trt-profile 10" in text
+    assert "JetPack 5.x and 6.0 (TensorRT 8.5 / 8.6): --trt-profile 8.5" in text
+    assert "JetPack 6.1 / 6.2 (TensorRT 10.3): --trt-profile 10" in text
     assert (
         '--onnx=stab.int8.onnx --saveEngine=stab.trtexec.int8.engine --memPoolSize=workspace:"$workspace"'
         in text

@@ -29,7 +29,8 @@ def export(
         ),
     ] = "onnx",
     trt_profile: Annotated[
-        str, typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5), 10 (JetPack 6) or 11.")
+        str,
+        typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5, 6.0), 10 (JetPack 6.1, 6.2) or 11."),
     ] = "11",
     precision: Annotated[
         str, typer.Option(help="--target trt: engine precision fp16, int8 (calibrates) or fp32.")

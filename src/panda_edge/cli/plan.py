@@ -130,7 +130,10 @@ def _render(result) -> None:
 
 def _advice(result) -> str:
     note = ""
-    if result.context < result.needed_context:
+    trained = result.model.llm.get("max_position_embeddings")
+    if trained and result.context > trained:
+        note = f" (context {result.context} is beyond the {trained} positions the model was trained for)"
+    elif result.context < result.needed_context:
         note = (
             f" (context {result.context} is below the {result.needed_context} a video + prompt + answer need)"
         )

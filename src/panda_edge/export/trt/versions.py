@@ -1,9 +1,10 @@
 """What each TensorRT family needs to build our graphs: data plus version parsing, no TensorRT.
 
-- 8.5 / 8.6 (JetPack 5): weakly typed; precision comes from builder flags (FP16; a Q/DQ graph needs
-  INT8, with FP16 allowed for the float parts); the ONNX parser needs EXPLICIT_BATCH.
-- 10.x (JetPack 6 ships 10.3): built strongly typed, so every tensor keeps the graph's type: fp16
-  comes from the fp16 graph, INT8 from the Q/DQ graph; no precision flags.
+- 8.5 / 8.6 (JetPack 5.x ships 8.5, JetPack 6.0 ships 8.6): weakly typed; precision comes from
+  builder flags (FP16; a Q/DQ graph needs INT8, with FP16 allowed for the float parts); the ONNX
+  parser needs EXPLICIT_BATCH.
+- 10.x (JetPack 6.1 and 6.2 ship 10.3): built strongly typed, so every tensor keeps the graph's
+  type: fp16 comes from the fp16 graph, INT8 from the Q/DQ graph; no precision flags.
 - 11.x: always strongly typed; the precision flags and `trtexec --fp16/--int8` are gone.
 
 Each family reads the graphs exported for its own profile (`export/stab_onnx/profiles.py`).
@@ -79,7 +80,7 @@ FAMILIES: dict[str, Family] = {
     "8": Family(
         name="8",
         profile="8.5",
-        platform="JetPack 5.x (TensorRT 8.5)",
+        platform="JetPack 5.x and 6.0 (TensorRT 8.5 / 8.6)",
         strongly_typed=False,
         network_flags=("EXPLICIT_BATCH",),
         builder_flags={"fp32": (), "fp16": ("FP16",), "int8": ("INT8", "FP16")},
@@ -89,7 +90,7 @@ FAMILIES: dict[str, Family] = {
     "10": Family(
         name="10",
         profile="10",
-        platform="JetPack 6.x (TensorRT 10.3)",
+        platform="JetPack 6.1 / 6.2 (TensorRT 10.3)",
         strongly_typed=True,
         network_flags=("STRONGLY_TYPED",),
         builder_flags={p: () for p in PRECISIONS},
