@@ -68,18 +68,23 @@ def build_serialized_engine(
 def inspect_engine(data: bytes) -> dict[str, Any]:
     """I/O tensors (shape, dtype) and activation memory of a serialized engine, by deserializing it."""
     trt = tensorrt()
-    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(data)
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)  # must outlive the engine
+    engine = runtime.deserialize_cuda_engine(data)
     if engine is None:
         raise PandaError("TensorRT could not deserialize the engine it was given (another version or GPU?)")
-    inputs, outputs = {}, {}
-    for i in range(engine.num_io_tensors):
-        name = engine.get_tensor_name(i)
-        spec = {
-            "shape": [int(d) for d in engine.get_tensor_shape(name)],
-            "dtype": str(trt.nptype(engine.get_tensor_dtype(name)).__name__),
-        }
-        (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs)[name] = spec
-    memory = getattr(engine, "device_memory_size_v2", None)  # 10.x+; 8.5 has device_memory_size
-    if memory is None:
-        memory = engine.device_memory_size
-    return {"inputs": inputs, "outputs": outputs, "device_memory_bytes": int(memory)}
+    try:
+        inputs, outputs = {}, {}
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            spec = {
+                "shape": [int(d) for d in engine.get_tensor_shape(name)],
+                "dtype": str(trt.nptype(engine.get_tensor_dtype(name)).__name__),
+            }
+            (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs)[name] = spec
+        memory = getattr(engine, "device_memory_size_v2", None)  # 10.x+; 8.5 has device_memory_size
+        if memory is None:
+            memory = engine.device_memory_size
+        return {"inputs": inputs, "outputs": outputs, "device_memory_bytes": int(memory)}
+    finally:
+        del engine  # before the runtime

@@ -50,7 +50,7 @@ class TrtVisionEngine(VisionBackend):
         self.device = device
         self.record: dict[str, Any] | None = None
         self._layout: TokenLayout | None = None
-        self._engine = self._context = self._stream = None
+        self._logger = self._runtime = self._engine = self._context = self._stream = None
         self._buffers: dict[str, tuple[int, np.ndarray]] = {}  # name -> (device pointer, host array)
 
     def _activate(self) -> None:
@@ -67,7 +67,9 @@ class TrtVisionEngine(VisionBackend):
         trt, rt = tensorrt(), cudart()
         cuda_check(rt.cudaSetDevice(self.device))
         data = (self.bundle / record["file"]).read_bytes()
-        self._engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(data)
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)  # outlives the engine
+        self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise BundleError(
                 f"{self.bundle / record['file']}: TensorRT could not deserialize it; rebuild it here with "
@@ -106,6 +108,7 @@ class TrtVisionEngine(VisionBackend):
         if self._stream is not None:
             rt.cudaStreamDestroy(self._stream)
         self._context = self._engine = self._stream = None
+        self._runtime = None  # last: the engine must go first
 
     @property
     def layout(self) -> TokenLayout:
