@@ -447,7 +447,8 @@ def test_export_trt_json_and_int8_until_calibration(jetpack6_bundle: Path, tmp_p
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["built_here"] is False and report["engine"] is None
-    assert report["tensorrt"]["usable"] is False and len(report["next_steps"]) == 3
+    assert report["tensorrt"]["usable"] is False and len(report["next_steps"]) == 4
+    assert "JetPack 6.1 / 6.2 (TensorRT 10.3) --trt-profile 10" in report["next_steps"][3]
     assert "vision_fp16" not in report["manifest"]  # TensorRT 8.5 takes fp16 from a builder flag
     result = runner.invoke(app, [*args, "--precision", "int8"])
     assert result.exit_code == 2 and "not available until INT8 calibration" in result.stderr

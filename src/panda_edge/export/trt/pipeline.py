@@ -26,7 +26,13 @@ from panda_edge.export.trt.record import (
     parse_trtexec_log,
 )
 from panda_edge.export.trt.script import DEFAULT_PRECISION, SCRIPT_FILE, build_script
-from panda_edge.export.trt.versions import TrtVersion, check_precision, family_for, family_for_profile
+from panda_edge.export.trt.versions import (
+    FAMILIES,
+    TrtVersion,
+    check_precision,
+    family_for,
+    family_for_profile,
+)
 from panda_edge.fileio import atomic_path, write_json
 
 FP16_ONNX_FILE = "stab.fp16.onnx"
@@ -334,6 +340,8 @@ def export_trt(
         f"there: panda build-engine --bundle {bundle.name} --precision {precision}   "
         "(TensorRT Python bindings + cuda-python)",
         f"or there: {bundle.name}/{SCRIPT_FILE} {precision}   (trtexec; records the engine with panda)",
+        "another TensorRT needs another export: "
+        + ", ".join(f"{f.platform} --trt-profile {f.profile}" for f in FAMILIES.values() if f is not family),
     ]
     return result
 
