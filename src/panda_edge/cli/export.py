@@ -23,11 +23,19 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="Checkpoint directory, or 'tiny' for the embedded model.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle directory to write (created if missing).")],
     target: Annotated[
-        str, typer.Option(help="What to export: onnx (vision), gguf (LLM), all (both: what panda run needs).")
+        str,
+        typer.Option(
+            help="What to export: onnx (vision), trt (vision for TensorRT + build_engine.sh), gguf (LLM), "
+            "all (onnx + gguf: what panda run needs)."
+        ),
     ] = "onnx",
     trt_profile: Annotated[
-        str, typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5), 10 (JetPack 6) or 11.")
+        str,
+        typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5, 6.0), 10 (JetPack 6.1, 6.2) or 11."),
     ] = "11",
+    precision: Annotated[
+        str, typer.Option(help="--target trt: engine precision fp16, int8 (calibrates) or fp32.")
+    ] = "fp16",
     gguf_type: Annotated[
         str, typer.Option(help="GGUF storage for --target gguf: f32, f16, bf16, q8_0, q4_k_m, q5_k_m.")
     ] = "f16",
@@ -46,6 +54,10 @@ def export(
     --target gguf writes the Llama backbone to BUNDLE/llm.<gguf-type>.gguf (llama architecture,
     SentencePiece vocabulary, chat template), one tensor at a time, and adds it to the manifest
     (an ONNX export already there is kept). q4_k_m/q5_k_m need llama-cpp-python (panda-edge[llama]).
+
+    --target trt exports the graphs TensorRT builds for the profile (plus stab.fp16.onnx for the
+    strongly typed 10/11, or the calibrated INT8 graph), writes BUNDLE/build_engine.sh (trtexec), and
+    builds the engine when TensorRT and a GPU are here; otherwise it says how to finish on the device.
     """
     from panda_edge.errors import PandaError
     from panda_edge.export.stab_onnx.pipeline import export_bundle
@@ -57,7 +69,8 @@ def export(
         _export_gguf(checkpoint, out_dir, gguf_type, dry_run, json_out)
         return
     if target == "trt":
-        raise PandaError("--target trt is not available in this build yet; use --target onnx or all")
+        _export_trt(checkpoint, out_dir, trt_profile, precision, json_out)
+        return
     get_profile(trt_profile)  # a bad profile or type fails before any loading
     if target == "all":
         from panda_edge.export.llm_gguf.pipeline import export_gguf, get_gguf_type
@@ -106,3 +119,27 @@ def _export_gguf(
         f"wrote {out_dir}: {entry['file']} ({entry['size'] / 1e6:.1f} MB, {entry['tensor_count']} tensors: "
         f"{types}), manifest.json lists {', '.join(manifest['files'])}"
     )
+
+
+def _export_trt(checkpoint: str, out_dir: Path, profile: str, precision: str, json_out: Path | None) -> None:
+    """Graphs for TensorRT + build_engine.sh; the engine too when TensorRT and a GPU are here."""
+    from panda_edge.export.stab_onnx.profiles import get_profile
+    from panda_edge.export.trt.pipeline import export_trt
+    from panda_edge.export.trt.versions import check_precision
+
+    get_profile(profile)
+    check_precision(precision)
+    quiet = json_to_stdout(json_out)
+    result = export_trt(checkpoint, out_dir, profile, precision, on_step=step_printer(quiet))
+    if emit_result(result, json_out):
+        return
+    files = ", ".join(result["manifest"]["files"])
+    out.print(f"wrote {out_dir}: {files}, manifest.json")
+    if result["built_here"]:
+        engine = result["engine"]
+        out.print(f"built {engine['file']} with TensorRT {engine['tensorrt']} on {engine['gpu']['name']}")
+        return
+    out.print(f"no engine built here: {result['not_built_because']}")
+    out.print("TensorRT engines are built on the device that runs them. To finish:")
+    for step in result["next_steps"]:
+        out.print(f"  - {step}")
