@@ -16,7 +16,8 @@ from panda_edge.cli._common import (
 )
 
 app = typer.Typer(
-    help="Measure speed: vision (PyTorch vs ONNX Runtime), llm (transformers vs llama.cpp).",
+    help="Measure speed: vision (PyTorch vs ONNX Runtime), llm (transformers vs llama.cpp), e2e (reference "
+    "vs runtime: time to first token, follow-ups, decode, memory).",
     no_args_is_help=True,
 )
 
@@ -79,3 +80,42 @@ def llm(
     for name, r in result["llm"].items():
         prefill, decode = r["prefill_tok_s"], r["decode_tok_s"]
         out.print(f"{name:>18}: prefill {prefill:8.1f} tok/s, decode {decode:6.1f} tok/s")
+
+
+@app.command()
+@handle_errors
+def e2e(
+    model: Annotated[
+        str, typer.Option(help="tiny (the embedded model) or bench (full-size STAB + 0.54B random Llama).")
+    ] = "tiny",
+    repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 3,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for every engine.")] = 2,
+    gguf_type: Annotated[str, typer.Option(help="The runtime's GGUF type.")] = "q8_0",
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer.")] = 32,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
+    ] = None,
+) -> None:
+    """Time to first token of a first question and of a follow-up, decode tokens/s and peak RSS:
+    the PyTorch reference vs the runtime (ONNX Runtime + llama.cpp), each in its own process."""
+    from panda_edge.bench.e2e import MODELS, bench_e2e
+    from panda_edge.errors import PandaError
+    from panda_edge.export.llm_gguf.pipeline import get_gguf_type
+    from panda_edge.lazy import llama_cpp
+
+    if model not in MODELS:
+        raise PandaError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+    get_gguf_type(gguf_type)
+    llama_cpp()
+    quiet = json_to_stdout(json_out)
+    result = bench_e2e(model, repeat, threads, gguf_type, max_new_tokens, on_step=step_printer(quiet))
+    if emit_result(result, json_out):
+        return
+    for name, r in result["e2e"].items():
+        out.print(
+            f"{name:>8}: first question {r['ttft_first_ms']:.0f} ms to first token, follow-up "
+            f"{r['ttft_followup_ms']:.0f} ms, decode {r['decode_tok_s']:.1f} tok/s, "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
+    ratio = result["ratios"]["runtime_followup_vs_first_ttft"]
+    out.print(f"runtime follow-up / first TTFT: {ratio:.1%} (goal <= 10%)")

@@ -160,6 +160,11 @@ class VideoRuntime:
         """One question about `video` in a fresh conversation."""
         return self.chat(video).ask(question, max_new_tokens, sampling, on_text)
 
+    def forget_video(self) -> None:
+        """Drop the resident video prefix, so the next question computes it again (benchmarks)."""
+        self._resident = None
+        self.decoder.truncate(0)
+
     def encode_video(self, video: Path) -> tuple[list[np.ndarray], dict[str, float]]:
         """Decode + pre-process + vision: one (tokens, hidden) float32 array per frame."""
         from panda_edge.video import load_video
