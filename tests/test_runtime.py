@@ -264,3 +264,13 @@ def test_parity_e2e_and_task_levels(bundle: Path, toy: Path) -> None:
     task = report["task"]
     assert task["questions"] == len(read_questions(toy / "heldout.json")) and task["gguf"] == "q8_0"
     assert abs(task["delta_points"]) <= 1.0
+
+
+def test_bench_e2e_reports_both_engines() -> None:
+    result = runner.invoke(app, ["bench", "e2e", "--repeat", "1", "--max-new-tokens", "4", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for engine in ("torch", "runtime"):
+        numbers = report["e2e"][engine]
+        assert numbers["ttft_first_ms"] > 0 and numbers["ttft_followup_ms"] > 0 and numbers["peak_rss_mb"] > 0
+    assert report["ratios"]["runtime_followup_vs_first_ttft"] > 0
