@@ -17,7 +17,7 @@ import numpy as np
 
 from panda_edge.errors import BundleError, PandaError
 from panda_edge.lazy import llama_cpp
-from panda_edge.runtime.llm.llamacpp import KV_TYPES
+from panda_edge.runtime.llm.llamacpp import load_llama
 
 SEQ = 0
 
@@ -40,25 +40,9 @@ class LlamaDecoder:
     ) -> None:
         """`kv_cache` f32 keeps the cache exact (parity runs); f16 is llama.cpp's default."""
         lib = llama_cpp()
-        path = Path(path)
-        if not path.is_file():
-            raise BundleError(f"{path}: no such GGUF file")
-        if kv_cache not in KV_TYPES:
-            raise PandaError(f"unknown KV cache type '{kv_cache}'; choose one of: {', '.join(KV_TYPES)}")
         self.lib = lib
-        self.path = path
-        self.llm = lib.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=n_batch,
-            n_ubatch=n_batch,
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=n_gpu_layers,
-            type_k=KV_TYPES[kv_cache],
-            type_v=KV_TYPES[kv_cache],
-            verbose=False,
-        )
+        self.path = Path(path)
+        self.llm = load_llama(self.path, n_ctx, n_batch, threads, n_gpu_layers, kv_cache)
         self.ctx = self.llm.ctx
         self.n_ctx = lib.llama_n_ctx(self.ctx)
         self.n_batch = lib.llama_n_batch(self.ctx)
