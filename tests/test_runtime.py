@@ -168,6 +168,10 @@ def test_panda_run_streams_and_writes_json(bundle: Path, toy: Path, tmp_path: Pa
     report = json.loads(result.stdout)
     assert report["decoder"] == "llama.cpp llm.q8_0.gguf" and report["answer"]
     assert report["prefix"] == "computed" and report["ttft_ms"] > 0
+    quantized_kv = runner.invoke(
+        app, ["run", "--bundle", str(bundle), str(video), q.question, "--kv-cache", "q8_0"]
+    )
+    assert quantized_kv.exit_code == 0 and quantized_kv.stdout.strip()
     streamed = runner.invoke(
         app, ["run", "--bundle", str(bundle), str(video), q.question, "--gguf-type", "f32"]
     )

@@ -41,6 +41,10 @@ CacheOpt = Annotated[
         "--cache", help="Keep each video's prefix (visual tokens in the KV cache) here for next time."
     ),
 ]
+KvOpt = Annotated[
+    str,
+    typer.Option("--kv-cache", help="KV cache type: f16, q8_0 (half the memory; flash attention) or f32."),
+]
 CheckpointOpt = Annotated[
     str | None, typer.Option("--checkpoint", help="--vision torch only: the reference checkpoint, or 'tiny'.")
 ]
@@ -90,6 +94,7 @@ def run(
     top_p: TopPOpt = 1.0,
     seed: SeedOpt = None,
     cache: CacheOpt = None,
+    kv_cache: KvOpt = "f16",
     checkpoint: CheckpointOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
@@ -109,6 +114,7 @@ def run(
         n_gpu_layers=n_gpu_layers,
         n_ctx=n_ctx,
         prefix_cache=cache,
+        kv_cache=kv_cache,
         checkpoint=checkpoint,
     ) as runtime:
         answer = runtime.answer(
@@ -137,6 +143,7 @@ def chat(
     top_p: TopPOpt = 1.0,
     seed: SeedOpt = None,
     cache: CacheOpt = None,
+    kv_cache: KvOpt = "f16",
     checkpoint: CheckpointOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
@@ -159,6 +166,7 @@ def chat(
         n_gpu_layers=n_gpu_layers,
         n_ctx=n_ctx,
         prefix_cache=cache,
+        kv_cache=kv_cache,
         checkpoint=checkpoint,
     ) as runtime:
         conversation = runtime.chat(video)

@@ -13,8 +13,8 @@ import numpy as np
 from panda_edge.errors import BundleError, PandaError
 from panda_edge.lazy import llama_cpp
 
-# ggml_type ids of the KV cache element types we use.
-KV_TYPES = {"f32": 0, "f16": 1}
+# ggml_type ids of the KV cache element types we use; a quantized V cache needs flash attention.
+KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
 
 
 def load_llama(
@@ -45,6 +45,7 @@ def load_llama(
         vocab_only=vocab_only,
         type_k=KV_TYPES[kv_cache],
         type_v=KV_TYPES[kv_cache],
+        flash_attn=kv_cache == "q8_0",
         verbose=False,
     )
 
