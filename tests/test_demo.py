@@ -35,6 +35,7 @@ def test_demo_answers_and_checks_parity(tmp_path: Path) -> None:
         assert report["parity"]["e2e"]["passed"] and report["parity"]["e2e"]["videos"] >= 6
         task = report["parity"]["task"]
         assert task["questions"] == 6 and task["gguf"] == "q8_0" and task["passed"]
+        assert task["gguf_agreement"]["questions"] == 6
         assert report["runtime"]["ort fp32 + q8_0"]["accuracy"] == task["runtime_accuracy"]
     else:
         assert "llama-cpp-python is not installed" in report["skipped"][0]

@@ -268,6 +268,9 @@ def test_parity_e2e_and_task_levels(bundle: Path, toy: Path) -> None:
     task = report["task"]
     assert task["questions"] == len(read_questions(toy / "heldout.json")) and task["gguf"] == "q8_0"
     assert abs(task["delta_points"]) <= 1.0
+    agreement = task["gguf_agreement"]
+    assert agreement["baseline"] == "f32" and agreement["questions"] == task["questions"]
+    assert 0 <= agreement["same_answers"] <= agreement["questions"]
 
 
 def test_bench_e2e_reports_both_engines() -> None:

@@ -138,7 +138,7 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
     """GGUF export, then the runtime's answers and the e2e / task levels."""
     from panda_edge.export.llm_gguf.pipeline import export_gguf
     from panda_edge.parity.e2e import one_question_per_video
-    from panda_edge.parity.runtime import measure_e2e, measure_task
+    from panda_edge.parity.runtime import measure_e2e, measure_gguf_agreement, measure_task
 
     for gguf_type in ("f32", "q8_0"):
         on_step(f"exporting the Llama backbone to GGUF ({gguf_type})")
@@ -152,6 +152,9 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
         "accuracy": round(task.runtime.accuracy, 4),
         "per_type": task.runtime.to_dict()["per_type"],
     }
+    on_step("the same questions with the f32 GGUF: does q8_0 change any answer?")
+    with clock("gguf_agreement"):
+        report.parity["task"]["gguf_agreement"] = measure_gguf_agreement(bundle, qa, videos, "q8_0")
     chosen = one_question_per_video(qa, E2E_VIDEOS)
     on_step(f"e2e parity: runtime (fp32 vision + f32 GGUF) vs reference, {len(chosen)} videos")
     with clock("parity_e2e"):

@@ -116,6 +116,16 @@ def parity_table(report) -> Table:
                     task["passed"],
                 )
             )
+    if agreement := (report.parity.get("task") or {}).get("gguf_agreement"):
+        rows.append(
+            (
+                "q8_0 vs f32 GGUF answers",
+                f"{agreement['same_answers']}/{agreement['questions']} the same "
+                f"({agreement['agreement']:.1%})",
+                ">= 98% the same",
+                agreement["agreement"] >= 0.98,
+            )
+        )
     for level, measured, rule, passed in rows:
         table.add_row(level, measured, rule, "[green]pass[/]" if passed else "[red]FAIL[/]")
     return table

@@ -82,6 +82,7 @@ class TaskParity:
     reference: QAResult
     runtime: QAResult
     config: dict[str, str] = field(default_factory=dict)
+    gguf_agreement: dict[str, Any] | None = None  # the runtime's answers with this GGUF vs with f32
 
     @property
     def delta_points(self) -> float:
@@ -107,15 +108,22 @@ class TaskParity:
                 a["prediction"] != b["prediction"]
                 for a, b in zip(self.reference.predictions, self.runtime.predictions, strict=True)
             ),
+            **({"gguf_agreement": self.gguf_agreement} if self.gguf_agreement else {}),
         }
 
     def __str__(self) -> str:
         verdict = "PASS" if self.passed else "FAIL"
         label = " + ".join(self.config.values()) or "runtime"
-        return (
+        line = (
             f"task      {self.reference.questions} questions: torch {self.reference.accuracy:.1%}, "
             f"{label} {self.runtime.accuracy:.1%} ({self.delta_points:+.2f} points)  {verdict}"
         )
+        if agreement := self.gguf_agreement:
+            line += (
+                f"\n          {self.config.get('gguf')} vs {agreement['baseline']} GGUF: same answer on "
+                f"{agreement['same_answers']}/{agreement['questions']} ({agreement['agreement']:.1%})"
+            )
+        return line
 
 
 def task_parity(

@@ -71,3 +71,29 @@ def measure_task(
         )
         result.config = {"vision": f"ort {precision}", "gguf": runtime.parts.gguf_type}
     return result
+
+
+def measure_gguf_agreement(
+    bundle: str | Path,
+    questions: Sequence[Question],
+    videos_dir: str | Path,
+    gguf_type: str,
+    baseline: str = "f32",
+    threads: int | None = None,
+) -> dict[str, float | int | str]:
+    """How often the runtime with `gguf_type` gives the same greedy answer tokens as with `baseline`
+    (same vision graph and KV cache type: only the decoder's weights differ)."""
+    answers: dict[str, list[list[int]]] = {}
+    for name in (baseline, gguf_type):
+        with VideoRuntime(bundle, gguf_type=name, threads=threads) as runtime:
+            answers[name] = [
+                runtime.answer(Path(videos_dir) / q.video, q.question, MAX_NEW_TOKENS).tokens
+                for q in questions
+            ]
+    same = sum(a == b for a, b in zip(answers[baseline], answers[gguf_type], strict=True))
+    return {
+        "questions": len(questions),
+        "same_answers": same,
+        "agreement": round(same / len(questions), 4) if questions else 0.0,
+        "baseline": baseline,
+    }
