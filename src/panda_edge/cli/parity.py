@@ -235,9 +235,9 @@ def _runtime_levels(
                     model, bundle, questions, videos_dir, gguf_type, precision, reference, on_answer=advance
                 )
             reference = task.reference
+            levels["task" if precision == "fp32" else f"task_{precision}"] = task
         if "f32" in ggufs and gguf_type not in (None, "f32"):
             from panda_edge.parity.runtime import measure_gguf_agreement
 
             levels["task"].gguf_agreement = measure_gguf_agreement(bundle, questions, videos_dir, gguf_type)
-            levels["task" if precision == "fp32" else f"task_{precision}"] = task
     return levels
