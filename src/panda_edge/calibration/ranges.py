@@ -7,6 +7,8 @@ from one calibration. One video is fed at a time, so memory holds one video's ac
 
 from __future__ import annotations
 
+import contextlib
+import io
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -55,7 +57,9 @@ def collect_ranges(
         "entropy": CalibrationMethod.Entropy,
         "percentile": CalibrationMethod.Percentile,
     }[check_method(method)]
-    with tempfile.TemporaryDirectory(prefix="panda-calibrate-") as tmp:
+    # The histogram calibrators print progress to stdout, which carries only results here.
+    quiet = contextlib.redirect_stdout(io.StringIO())
+    with tempfile.TemporaryDirectory(prefix="panda-calibrate-") as tmp, quiet:
         calibrator = create_calibrator(
             Path(onnx_path),
             list(OP_TYPES),

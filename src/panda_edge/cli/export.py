@@ -14,8 +14,10 @@ from panda_edge.cli._common import (
     out,
     step_printer,
 )
+from panda_edge.cli.calibrate import HoldoutOption, MethodOption, SamplesOption, TargetOption
 
 TARGETS = ("onnx", "trt", "gguf", "all")
+PRECISIONS = ("fp32", "int8")
 
 
 @handle_errors
@@ -34,6 +36,19 @@ def export(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="--target gguf: print the tensor plan, write nothing.")
     ] = False,
+    precision: Annotated[
+        str, typer.Option(help="--target onnx: fp32, or int8 (export, then calibrate as panda calibrate).")
+    ] = "fp32",
+    videos: Annotated[
+        Path | None, typer.Option(help="--precision int8: directory of calibration videos.")
+    ] = None,
+    qa: Annotated[
+        Path | None, typer.Option(help="--precision int8: QA JSON whose videos to calibrate on.")
+    ] = None,
+    samples: SamplesOption = 8,
+    method: MethodOption = "minmax",
+    target_cosine: TargetOption = 0.99,
+    holdout: HoldoutOption = 4,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the manifest as JSON ('-': stdout).")
     ] = None,
@@ -46,6 +61,9 @@ def export(
     --target gguf writes the Llama backbone to BUNDLE/llm.<gguf-type>.gguf (llama architecture,
     SentencePiece vocabulary, chat template), one tensor at a time, and adds it to the manifest
     (an ONNX export already there is kept). q4_k_m/q5_k_m need llama-cpp-python (panda-edge[llama]).
+
+    --precision int8 then calibrates the graph on --videos DIR or --qa QA.json as panda calibrate
+    does, adding stab.int8.onnx (TensorRT Q/DQ), stab.int8.cpu.onnx (ONNX Runtime) and calibration.npz.
     """
     from panda_edge.errors import PandaError
     from panda_edge.export.stab_onnx.pipeline import export_bundle
@@ -59,8 +77,20 @@ def export(
     if target != "onnx":
         raise PandaError(f"--target {target} is not available in this build yet; use --target onnx")
     get_profile(trt_profile)  # a bad profile fails before any loading
+    if precision not in PRECISIONS:
+        raise PandaError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        _check_calibration_source(videos, qa, method)
     quiet = json_to_stdout(json_out)
     manifest = export_bundle(checkpoint, out_dir, trt_profile, on_step=step_printer(quiet))
+    if precision == "int8":
+        from panda_edge.bundle import load_manifest
+        from panda_edge.calibration.pipeline import calibrate_bundle
+
+        calibrate_bundle(
+            out_dir, videos, qa, samples, method, target_cosine, holdout, on_step=step_printer(quiet)
+        )
+        manifest = load_manifest(out_dir)
     if emit_result(manifest, json_out):
         return
     vision = manifest["vision"]
@@ -71,6 +101,24 @@ def export(
         f"{vision['tensorrt']} profile, {vision['inputs']['frames']['shape']} -> "
         f"{vision['outputs']['visual_tokens']['shape']}), {others}, manifest.json"
     )
+    if precision == "int8":
+        from panda_edge.cli.calibrate import print_report
+
+        print_report(out_dir, manifest["vision_int8"])
+
+
+def _check_calibration_source(videos: Path | None, qa: Path | None, method: str) -> None:
+    """Fail on a missing calibration source before the export, not after it."""
+    from panda_edge.calibration.ranges import check_method
+    from panda_edge.errors import PandaError
+
+    check_method(method)
+    if videos is None and qa is None:
+        raise PandaError("--precision int8 needs calibration videos: --videos DIR or --qa QA.json")
+    if qa is not None and not qa.is_file():
+        raise PandaError(f"{qa}: no such QA file")
+    if qa is None and not videos.is_dir():
+        raise PandaError(f"{videos}: no such directory of videos")
 
 
 def _export_gguf(

@@ -6,6 +6,7 @@ import typer
 
 from panda_edge import __version__
 from panda_edge.cli.bench import app as bench_app
+from panda_edge.cli.calibrate import calibrate
 from panda_edge.cli.demo import demo
 from panda_edge.cli.eval import eval as eval_command
 from panda_edge.cli.export import export
@@ -31,6 +32,7 @@ app.command(rich_help_panel="Training")(toyworld)
 app.command(rich_help_panel="Training")(train)
 app.command(name="eval", rich_help_panel="Training")(eval_command)
 app.command(rich_help_panel="Export")(export)
+app.command(rich_help_panel="Export")(calibrate)
 app.command(rich_help_panel="Checks")(parity)
 app.add_typer(bench_app, name="bench", rich_help_panel="Checks")
 

@@ -1,6 +1,7 @@
 """`panda parity`: the bundle's engines against the PyTorch reference, every level the bundle allows.
 
-stab_fp32 when the bundle holds the ONNX graph; llm and tokenizer when it holds GGUF files.
+stab_fp32 when the bundle holds the ONNX graph; stab_int8 when it holds the INT8 graphs (after
+panda calibrate); llm and tokenizer when it holds GGUF files.
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ def parity(
     """Check the bundle against the PyTorch reference at every level it holds.
 
     stab_fp32 (ONNX graph): per video and overall, cosine per token (min >= 0.99999) and max abs
-    difference relative to the reference's max abs (<= 1e-3). llm (GGUF files): llama.cpp logits vs
+    difference relative to the reference's max abs (<= 1e-3). stab_int8 (INT8 graphs): mean
+    cosine per token >= 0.99 for the CPU graph as ONNX Runtime runs it and for the TensorRT graph
+    (Q/DQ computed in float), with the minimum and a histogram. llm (GGUF files): llama.cpp logits vs
     transformers fp32 on the same tokens, per GGUF type; f32 must agree on top-1 everywhere.
     tokenizer: llama.cpp ids identical to SentencePiece's on every prompt chunk. Exit 1 when a level
     fails, 2 for bad input.
@@ -52,14 +55,12 @@ def parity(
     result: dict[str, Any] = {}
     failed: list[str] = []
     if "vision" in manifest:
-        stab = _stab_fp32(checkpoint, bundle, chosen, quiet)
-        result.update(stab.to_dict())
-        if not quiet:
-            for video in stab.videos:
-                out.print(str(video))
-            out.print(str(stab.overall))
-        if not stab:
-            failed.append(f"stab_fp32 parity failed: {stab.overall}")
+        for level, stab in _stab_levels(checkpoint, bundle, chosen, "vision_int8" in manifest, quiet).items():
+            result.update(stab.to_dict())
+            if not quiet:
+                _print_stab(level, stab)
+            if not stab:
+                failed.append(f"{level} parity failed: {_overall(stab)}")
     if ggufs:
         llm, tokenizer = _llm_levels(checkpoint, bundle, ggufs, quiet)
         result["llm"] = {t: r.to_dict() for t, r in llm.items()}
@@ -77,30 +78,70 @@ def parity(
         raise CheckFailed("; ".join(failed))
 
 
-def _stab_fp32(checkpoint: str, bundle: Path, chosen: list[Path], quiet: bool):
+def _stab_levels(
+    checkpoint: str, bundle: Path, chosen: list[Path], int8: bool, quiet: bool
+) -> dict[str, Any]:
+    """stab_fp32, and stab_int8 when the bundle has INT8 graphs: one reference run per video."""
     import tempfile
+    from contextlib import ExitStack
 
     from panda_edge.errors import PandaError
     from panda_edge.model.vision import VisionTower
     from panda_edge.parity.clips import write_parity_clips
-    from panda_edge.parity.stab import stab_parity
+    from panda_edge.parity.stab import Int8Parity, compare_engines
     from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
 
     engine = OrtVisionEngine.from_bundle(bundle)
+    engines = {"stab_fp32": (engine, "stab_fp32")}
+    if int8:
+        engines["int8"] = (OrtVisionEngine.from_bundle(bundle, precision="int8"), "stab_int8")
+        engines["int8-tensorrt"] = (
+            OrtVisionEngine.from_bundle(bundle, precision="int8-tensorrt"),
+            "stab_int8",
+        )
     if not quiet:
         err.print(f"loading the reference from {checkpoint}", highlight=False)
     tower = VisionTower.from_checkpoint(checkpoint)
     with tempfile.TemporaryDirectory(prefix="panda-parity-") as tmp:
         if not chosen:
             chosen = write_parity_clips(tmp, tower.config.vision.image_size)
-        with TorchVisionReference(tower) as reference, engine:
-            if engine.layout != reference.layout:
-                raise PandaError(
-                    f"{bundle} was exported for another model geometry ({engine.layout}) than "
-                    f"the checkpoint's ({reference.layout})"
-                )
+        with TorchVisionReference(tower) as reference, ExitStack() as stack:
+            for candidate, _ in engines.values():
+                stack.enter_context(candidate)
+                if candidate.layout != reference.layout:
+                    raise PandaError(
+                        f"{bundle} was exported for another model geometry ({candidate.layout}) than "
+                        f"the checkpoint's ({reference.layout})"
+                    )
             with progress_bar("comparing", total=len(chosen), enabled=not quiet) as advance:
-                return stab_parity(reference, engine, chosen, tower.config.vision, on_video=advance)
+                results = compare_engines(reference, engines, chosen, tower.config.vision, on_video=advance)
+    levels: dict[str, Any] = {"stab_fp32": results["stab_fp32"]}
+    if int8:
+        levels["stab_int8"] = Int8Parity(results["int8"], results["int8-tensorrt"])
+    return levels
+
+
+def _overall(stab: Any) -> str:
+    if hasattr(stab, "overall"):
+        return str(stab.overall)
+    return f"CPU graph {stab.cpu.overall}; TensorRT graph {stab.tensorrt.overall}"
+
+
+def _print_stab(level: str, stab: Any) -> None:
+    """Per video, then overall; for stab_int8 each graph's lines under its name."""
+    parts = (
+        {level: stab}
+        if hasattr(stab, "overall")
+        else {
+            f"{level} (CPU graph)": stab.cpu,
+            f"{level} (TensorRT graph)": stab.tensorrt,
+        }
+    )
+    for name, part in parts.items():
+        out.print(f"[bold]{name}[/]")
+        for video in part.videos:
+            out.print(str(video))
+        out.print(str(part.overall))
 
 
 def _llm_levels(checkpoint: str, bundle: Path, ggufs: dict[str, Any], quiet: bool):
