@@ -140,6 +140,9 @@ def bench_vision(
                         result = compare_tokens(reference, engine.encode(frames), form, LEVELS["stab_int8"])
                         int8_parity[form] = _int8_entry(result)
             threads, provider = engines["ort"].threads, engines["ort"].session.get_providers()[0]
+    if int8:
+        step("timing one projector-sized GEMM alone, fp32 vs INT8 (the ceiling of the INT8 gain)")
+        ceiling = gemm_ceiling(repeat, rows=parity.tokens, width=config.llm.hidden_size)
     v = config.vision
     vision = {
         name: {
@@ -157,6 +160,7 @@ def bench_vision(
         result["ratio_ort_int8_vs_torch"] = _ratio(times, "torch", "ort_int8")
         result["ratio_ort_int8_vs_ort"] = _ratio(times, "ort", "ort_int8")
         result["ratio_ort_int8_tensorrt_vs_torch"] = _ratio(times, "torch", "ort_int8_tensorrt")
+        result["gemm_ceiling"] = ceiling
         result["int8"] = {
             **calibration,
             "stab_int8": {
@@ -186,6 +190,44 @@ def bench_vision(
         "load_average_after": [round(x, 2) for x in os.getloadavg()],
     }
     return result
+
+
+def gemm_ceiling(repeat: int, rows: int = 2184, width: int = 4096, seed: int = 0) -> dict[str, Any]:
+    """The projector's second Linear alone (rows x width x width), fp32 vs the CPU form's U8S8 Q/DQ, in
+    ONNX Runtime: the most INT8 can gain on this CPU, since the graph's INT8 time is mostly such GEMMs."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from panda_edge.calibration.qdq import CPU, QdqWriter
+    from panda_edge.runtime.vision.ort import available_cores, session_options
+
+    rng = np.random.default_rng(seed)
+    weight = (rng.standard_normal((width, width)) * width**-0.5).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="gemm")],
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [rows, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [rows, width])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    int8 = QdqWriter(fp32, {"x": (-4.0, 4.0), "y": (-4.0, 4.0)}).write(["gemm"], CPU)
+    x = rng.standard_normal((rows, width)).astype(np.float32)
+    options = session_options(available_cores())
+    sessions = {
+        name: ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        for name, m in (("fp32", fp32), ("int8_u8s8", int8))
+    }
+    times = interleaved_runs(
+        {name: (lambda s=s: s.run(None, {"x": x})) for name, s in sessions.items()}, repeat
+    )
+    ops = 2 * rows * width * width
+    return {
+        "shape": f"({rows} x {width}) @ ({width} x {width})",
+        **{f"{name}_median_ms": t["median_ms"] for name, t in times.items()},
+        **{f"{name}_gop_s": round(ops / t["median_ms"] / 1e6, 1) for name, t in times.items()},
+        "ratio_int8_vs_fp32": _ratio(times, "fp32", "int8_u8s8"),
+    }
 
 
 def _ratio(times: dict[str, dict[str, Any]], slow: str, fast: str) -> float:
