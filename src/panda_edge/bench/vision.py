@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.config import ModelConfig, preset
 from panda_edge.parity.clips import clip_frames
 from panda_edge.parity.compare import LEVELS, compare_tokens
@@ -97,7 +98,7 @@ def bench_vision(
     on_step: Callable[[str], None] | None = None,
     int8: bool = True,
     calibration_videos: int = 4,
-    method: str = "minmax",
+    method: str = DEFAULT_METHOD,
 ) -> dict[str, Any]:
     """Export a random-weight STAB + projector (and, with `int8`, calibrate it on `calibration_videos`
     other clips), then time every engine on one video, interleaved."""

@@ -40,7 +40,7 @@ from panda_edge.calibration.data import (
     vision_config,
 )
 from panda_edge.calibration.qdq import CPU, TENSORRT, QdqWriter
-from panda_edge.calibration.ranges import check_method, collect_ranges
+from panda_edge.calibration.ranges import DEFAULT_METHOD, check_method, collect_ranges
 from panda_edge.calibration.search import MixedPrecision, TokenScorer, choose_precision
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.stab_onnx.check import check_onnx, qdq_problems
@@ -84,7 +84,7 @@ class Int8Graphs:
 def calibrate_graph(
     onnx_path: str | Path,
     videos: np.ndarray,
-    method: str = "minmax",
+    method: str = DEFAULT_METHOD,
     target_cosine: float = DEFAULT_TARGET,
     on_step: Callable[[str], None] | None = None,
 ) -> Int8Graphs:
@@ -126,7 +126,7 @@ def calibrate_bundle(
     videos: str | Path | None = None,
     qa: str | Path | None = None,
     samples: int = DEFAULT_SAMPLES,
-    method: str = "minmax",
+    method: str = DEFAULT_METHOD,
     target_cosine: float = DEFAULT_TARGET,
     holdout: int = DEFAULT_HOLDOUT,
     on_step: Callable[[str], None] | None = None,

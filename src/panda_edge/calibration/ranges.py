@@ -20,6 +20,9 @@ from panda_edge.lazy import require
 from panda_edge.runtime.vision.base import FRAMES
 
 METHODS = ("minmax", "entropy", "percentile")
+# Entropy (KL-divergence thresholds, TensorRT's classic calibrator) kept the trained tiny model's
+# held-out tokens closest: mean cosine 0.99986 (TensorRT form) vs 0.99919 percentile, 0.99780 minmax.
+DEFAULT_METHOD = "entropy"
 OP_TYPES = ("Conv", "MatMul", "Gemm")
 
 
@@ -42,7 +45,7 @@ class _OneVideo:
 def collect_ranges(
     onnx_path: str | Path,
     videos: np.ndarray,
-    method: str = "minmax",
+    method: str = DEFAULT_METHOD,
     on_video: Callable[[int], None] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """{tensor name: (low, high)} for the inputs and outputs of every Conv / MatMul / Gemm.

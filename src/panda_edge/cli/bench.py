@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
     emit_result,
     handle_errors,
@@ -33,7 +34,9 @@ def vision(
     calibration_videos: Annotated[
         int, typer.Option(min=1, help="Clips to calibrate INT8 on (not the timed one).")
     ] = 4,
-    method: Annotated[str, typer.Option(help="INT8 calibration: minmax, entropy or percentile.")] = "minmax",
+    method: Annotated[
+        str, typer.Option(help="INT8 calibration: entropy, minmax or percentile.")
+    ] = DEFAULT_METHOD,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,

@@ -8,10 +8,11 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import emit_result, handle_errors, json_to_stdout, out, step_printer
 
 SamplesOption = Annotated[int, typer.Option(min=1, help="Calibration videos, spread over the ones given.")]
-MethodOption = Annotated[str, typer.Option(help="Activation ranges: minmax, entropy or percentile.")]
+MethodOption = Annotated[str, typer.Option(help="Activation ranges: entropy, minmax or percentile.")]
 TargetOption = Annotated[
     float,
     typer.Option(help="Mean per-token cosine both INT8 graphs must reach; groups go float until they do."),
@@ -32,7 +33,7 @@ def calibrate(
         typer.Option(help="QA JSON whose videos to calibrate on (e.g. a toy world's train.json)."),
     ] = None,
     samples: SamplesOption = 8,
-    method: MethodOption = "minmax",
+    method: MethodOption = DEFAULT_METHOD,
     target_cosine: TargetOption = 0.99,
     holdout: HoldoutOption = 4,
     json_out: Annotated[

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
     emit_result,
     handle_errors,
@@ -46,7 +47,7 @@ def export(
         Path | None, typer.Option(help="--precision int8: QA JSON whose videos to calibrate on.")
     ] = None,
     samples: SamplesOption = 8,
-    method: MethodOption = "minmax",
+    method: MethodOption = DEFAULT_METHOD,
     target_cosine: TargetOption = 0.99,
     holdout: HoldoutOption = 4,
     json_out: Annotated[
