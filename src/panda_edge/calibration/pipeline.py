@@ -9,6 +9,7 @@ As with every export, the manifest is removed while files change and written las
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -167,7 +168,7 @@ def calibrate_bundle(
         start_bundle(bundle)
         for name, path in written.items():
             with atomic_path(bundle / name) as target:
-                path.replace(target)
+                shutil.copyfile(path, target)  # a copy: the temporary directory may be on another disk
         save_calibration(bundle / CALIBRATION_FILE, frames, names)
     previous = {k: v for k, v in manifest.items() if k not in ("format_version", "files")}
     files = {*manifest["files"], STAB_INT8_FILE, STAB_INT8_CPU_FILE, CALIBRATION_FILE}
