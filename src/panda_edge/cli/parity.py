@@ -55,7 +55,7 @@ def parity(
     result: dict[str, Any] = {}
     failed: list[str] = []
     if "vision" in manifest:
-        for level, stab in _stab_levels(checkpoint, bundle, chosen, "vision_int8" in manifest, quiet).items():
+        for level, stab in _stab_levels(checkpoint, bundle, chosen, quiet).items():
             result.update(stab.to_dict())
             if not quiet:
                 _print_stab(level, stab)
@@ -78,47 +78,24 @@ def parity(
         raise CheckFailed("; ".join(failed))
 
 
-def _stab_levels(
-    checkpoint: str, bundle: Path, chosen: list[Path], int8: bool, quiet: bool
-) -> dict[str, Any]:
+def _stab_levels(checkpoint: str, bundle: Path, chosen: list[Path], quiet: bool) -> dict[str, Any]:
     """stab_fp32, and stab_int8 when the bundle has INT8 graphs: one reference run per video."""
     import tempfile
-    from contextlib import ExitStack
 
-    from panda_edge.errors import PandaError
     from panda_edge.model.vision import VisionTower
     from panda_edge.parity.clips import write_parity_clips
-    from panda_edge.parity.stab import Int8Parity, compare_engines
-    from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
+    from panda_edge.parity.stab import bundle_vision_parity
+    from panda_edge.runtime.vision import TorchVisionReference
 
-    engine = OrtVisionEngine.from_bundle(bundle)
-    engines = {"stab_fp32": (engine, "stab_fp32")}
-    if int8:
-        engines["int8"] = (OrtVisionEngine.from_bundle(bundle, precision="int8"), "stab_int8")
-        engines["int8-tensorrt"] = (
-            OrtVisionEngine.from_bundle(bundle, precision="int8-tensorrt"),
-            "stab_int8",
-        )
     if not quiet:
         err.print(f"loading the reference from {checkpoint}", highlight=False)
     tower = VisionTower.from_checkpoint(checkpoint)
     with tempfile.TemporaryDirectory(prefix="panda-parity-") as tmp:
         if not chosen:
             chosen = write_parity_clips(tmp, tower.config.vision.image_size)
-        with TorchVisionReference(tower) as reference, ExitStack() as stack:
-            for candidate, _ in engines.values():
-                stack.enter_context(candidate)
-                if candidate.layout != reference.layout:
-                    raise PandaError(
-                        f"{bundle} was exported for another model geometry ({candidate.layout}) than "
-                        f"the checkpoint's ({reference.layout})"
-                    )
-            with progress_bar("comparing", total=len(chosen), enabled=not quiet) as advance:
-                results = compare_engines(reference, engines, chosen, tower.config.vision, on_video=advance)
-    levels: dict[str, Any] = {"stab_fp32": results["stab_fp32"]}
-    if int8:
-        levels["stab_int8"] = Int8Parity(results["int8"], results["int8-tensorrt"])
-    return levels
+        bar = progress_bar("comparing", total=len(chosen), enabled=not quiet)
+        with TorchVisionReference(tower) as reference, bar as advance:
+            return bundle_vision_parity(reference, bundle, chosen, tower.config.vision, on_video=advance)
 
 
 def _overall(stab: Any) -> str:

@@ -123,3 +123,38 @@ class Int8Parity:
                 "tensorrt_form": tensorrt,
             }
         }
+
+
+def bundle_vision_parity(
+    reference: VisionBackend,
+    bundle: str | Path,
+    videos: Sequence[str | Path],
+    vision: VisionConfig,
+    on_video: Callable[[int], None] | None = None,
+) -> dict[str, StabParity | Int8Parity]:
+    """Every vision level `bundle` holds against the active `reference`: {"stab_fp32": StabParity} and,
+    after panda calibrate, {"stab_int8": Int8Parity}; each video decoded and referenced once."""
+    from contextlib import ExitStack
+
+    from panda_edge.bundle import load_manifest
+    from panda_edge.errors import PandaError
+    from panda_edge.runtime.vision.ort import OrtVisionEngine
+
+    int8 = "vision_int8" in load_manifest(bundle)
+    engines = {"stab_fp32": (OrtVisionEngine.from_bundle(bundle), "stab_fp32")}
+    if int8:
+        for precision in ("int8", "int8-tensorrt"):
+            engines[precision] = (OrtVisionEngine.from_bundle(bundle, precision=precision), "stab_int8")
+    with ExitStack() as stack:
+        for engine, _ in engines.values():
+            stack.enter_context(engine)
+            if engine.layout != reference.layout:
+                raise PandaError(
+                    f"{bundle} was exported for another model geometry ({engine.layout}) than "
+                    f"the reference's ({reference.layout})"
+                )
+        results = compare_engines(reference, engines, videos, vision, on_video)
+    levels: dict[str, StabParity | Int8Parity] = {"stab_fp32": results["stab_fp32"]}
+    if int8:
+        levels["stab_int8"] = Int8Parity(results["int8"], results["int8-tensorrt"])
+    return levels
