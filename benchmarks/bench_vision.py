@@ -1,8 +1,9 @@
-"""PyTorch eager fp32 vs ONNX Runtime fp32 on the full-size STAB + projector (random weights).
+"""PyTorch eager fp32 vs ONNX Runtime fp32 and INT8 on the full-size STAB + projector (random weights).
 
     python benchmarks/bench_vision.py [--repeat N]   # same as: panda bench vision --preset full --json ...
 
-Writes benchmarks/results/vision_fp32.json; the numbers there come from this command only.
+Writes benchmarks/results/vision.json; the numbers there come from this command only
+(`vision_fp32.json` is the earlier fp32-only run).
 """
 
 from __future__ import annotations
@@ -13,5 +14,5 @@ from pathlib import Path
 from panda_edge.cli.main import app
 
 if __name__ == "__main__":
-    out = Path(__file__).parent / "results" / "vision_fp32.json"
+    out = Path(__file__).parent / "results" / "vision.json"
     app(["bench", "vision", "--preset", "full", "--json", str(out), *sys.argv[1:]])

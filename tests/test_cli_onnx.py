@@ -98,9 +98,13 @@ def test_bench_vision_json_shape() -> None:
     result = runner.invoke(app, ["bench", "vision", "--preset", "tiny", "--repeat", "1", "--json", "-"])
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report["vision"]) == {"torch", "ort"}
-    assert all(report["vision"][k]["median_ms"] > 0 for k in ("torch", "ort"))
+    engines = {"torch", "ort", "ort_int8", "ort_int8_tensorrt"}
+    assert set(report["vision"]) == engines
+    assert all(report["vision"][k]["median_ms"] > 0 for k in engines)
     assert report["ratio_ort_vs_torch"] > 0 and report["parity"]["passed"] is True
+    assert report["ratio_ort_int8_vs_torch"] > 0 and report["gemm_ceiling"]["ratio_int8_vs_fp32"] > 0
+    stab_int8 = report["int8"]["stab_int8"]
+    assert stab_int8["cpu"]["cosine_mean"] >= 0.99 and stab_int8["tensorrt"]["cosine_mean"] >= 0.99
     assert report["machine"]["cores_available"] >= 1
 
 

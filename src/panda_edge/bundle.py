@@ -23,6 +23,9 @@ from panda_edge.prompt import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, ROLES, SEP, SEP2, 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 STAB_ONNX_FILE = "stab.onnx"
+STAB_INT8_FILE = "stab.int8.onnx"  # TensorRT Q/DQ form
+STAB_INT8_CPU_FILE = "stab.int8.cpu.onnx"  # ONNX Runtime CPU form (U8S8)
+CALIBRATION_FILE = "calibration.npz"
 PROMPT_FILE = "prompt.json"
 TOKENIZER_FILE = "tokenizer.model"
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
     emit_result,
     handle_errors,
@@ -16,8 +17,8 @@ from panda_edge.cli._common import (
 )
 
 app = typer.Typer(
-    help="Measure speed: vision (PyTorch vs ONNX Runtime), llm (transformers vs llama.cpp), e2e (reference "
-    "vs runtime: time to first token, follow-ups, decode, memory).",
+    help="Measure speed: vision (PyTorch vs ONNX Runtime fp32 / INT8), llm (transformers vs llama.cpp), e2e "
+    "(reference vs runtime: time to first token, follow-ups, decode, memory), all (everything + chart).",
     no_args_is_help=True,
 )
 
@@ -28,26 +29,54 @@ def vision(
     preset: Annotated[str, typer.Option(help="Model size: full (448 px, width 1024) or tiny.")] = "full",
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 5,
     trt_profile: Annotated[str, typer.Option(help="Export profile of the ONNX graph.")] = "11",
+    int8: Annotated[
+        bool, typer.Option("--int8/--no-int8", help="Also calibrate and time the INT8 graphs.")
+    ] = True,
+    calibration_videos: Annotated[
+        int, typer.Option(min=1, help="Clips to calibrate INT8 on (not the timed one).")
+    ] = 4,
+    method: Annotated[
+        str, typer.Option(help="INT8 calibration: entropy, minmax or percentile.")
+    ] = DEFAULT_METHOD,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,
 ) -> None:
-    """PyTorch eager fp32 vs ONNX Runtime fp32 on STAB + projector with random weights, one video."""
+    """PyTorch eager fp32 vs ONNX Runtime fp32 and INT8 (CPU form, TensorRT form) on STAB + projector
+    with random weights, one video, interleaved rounds; INT8 tokens compared with PyTorch's."""
     from panda_edge.bench.vision import bench_vision
+    from panda_edge.calibration.ranges import check_method
     from panda_edge.config import preset as get_preset
     from panda_edge.export.stab_onnx.profiles import get_profile
 
     get_preset(preset)
     get_profile(trt_profile)
+    check_method(method)
     quiet = json_to_stdout(json_out)
-    result = bench_vision(preset, repeat, trt_profile, on_step=step_printer(quiet))
+    result = bench_vision(
+        preset,
+        repeat,
+        trt_profile,
+        on_step=step_printer(quiet),
+        int8=int8,
+        calibration_videos=calibration_videos,
+        method=method,
+    )
     if emit_result(result, json_out):
         return
-    engines = result["vision"]
-    for name in ("torch", "ort"):
-        e = engines[name]
-        out.print(f"{name:>5}: median {e['median_ms']:.0f} ms (min {e['min_ms']:.0f}, max {e['max_ms']:.0f})")
-    out.print(f"ONNX Runtime vs PyTorch: {result['ratio_ort_vs_torch']:.2f}x ({result['ratio_definition']})")
+    for name, e in result["vision"].items():
+        out.print(
+            f"{name:>17}: median {e['median_ms']:.0f} ms (min {e['min_ms']:.0f}, max {e['max_ms']:.0f})"
+        )
+    out.print(f"ONNX Runtime fp32 vs PyTorch: {result['ratio_ort_vs_torch']:.2f}x")
+    if int8:
+        parity = result["int8"]["stab_int8"]["cpu"]
+        out.print(
+            f"ONNX Runtime INT8 vs PyTorch: {result['ratio_ort_int8_vs_torch']:.2f}x "
+            f"(vs ONNX Runtime fp32 {result['ratio_ort_int8_vs_ort']:.2f}x); INT8 tokens vs PyTorch: "
+            f"cosine mean {parity['cosine_mean']:.5f}, min {parity['cosine_min']:.5f}; "
+            f"float groups: {', '.join(result['int8']['float_groups']) or 'none'}"
+        )
 
 
 @app.command()

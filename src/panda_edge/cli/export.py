@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
     emit_result,
     handle_errors,
@@ -14,8 +15,10 @@ from panda_edge.cli._common import (
     out,
     step_printer,
 )
+from panda_edge.cli.calibrate import HoldoutOption, MethodOption, SamplesOption, TargetOption
 
 TARGETS = ("onnx", "trt", "gguf", "all")
+PRECISIONS = ("fp32", "int8")
 
 
 @handle_errors
@@ -33,15 +36,29 @@ def export(
         str,
         typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5, 6.0), 10 (JetPack 6.1, 6.2) or 11."),
     ] = "11",
-    precision: Annotated[
-        str, typer.Option(help="--target trt: engine precision fp16, int8 (calibrates) or fp32.")
-    ] = "fp16",
     gguf_type: Annotated[
         str, typer.Option(help="GGUF storage for --target gguf: f32, f16, bf16, q8_0, q4_k_m, q5_k_m.")
     ] = "f16",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="--target gguf: print the tensor plan, write nothing.")
     ] = False,
+    precision: Annotated[
+        str | None,
+        typer.Option(
+            help="onnx/all: fp32 (default) or int8 (export, then calibrate as panda calibrate); "
+            "trt: fp16 (default), int8 (calibrates) or fp32."
+        ),
+    ] = None,
+    videos: Annotated[
+        Path | None, typer.Option(help="--precision int8: directory of calibration videos.")
+    ] = None,
+    qa: Annotated[
+        Path | None, typer.Option(help="--precision int8: QA JSON whose videos to calibrate on.")
+    ] = None,
+    samples: SamplesOption = 8,
+    method: MethodOption = DEFAULT_METHOD,
+    target_cosine: TargetOption = 0.99,
+    holdout: HoldoutOption = 4,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the manifest as JSON ('-': stdout).")
     ] = None,
@@ -58,6 +75,9 @@ def export(
     --target trt exports the graphs TensorRT builds for the profile (plus stab.fp16.onnx for the
     strongly typed 10/11, or the calibrated INT8 graph), writes BUNDLE/build_engine.sh (trtexec), and
     builds the engine when TensorRT and a GPU are here; otherwise it says how to finish on the device.
+
+    --precision int8 then calibrates the graph on --videos DIR or --qa QA.json as panda calibrate
+    does, adding stab.int8.onnx (TensorRT Q/DQ), stab.int8.cpu.onnx (ONNX Runtime) and calibration.npz.
     """
     from panda_edge.errors import PandaError
     from panda_edge.export.stab_onnx.pipeline import export_bundle
@@ -68,16 +88,28 @@ def export(
     if target == "gguf":
         _export_gguf(checkpoint, out_dir, gguf_type, dry_run, json_out)
         return
+    calibration = (videos, qa, samples, method, target_cosine, holdout)
     if target == "trt":
-        _export_trt(checkpoint, out_dir, trt_profile, precision, json_out)
+        _export_trt(checkpoint, out_dir, trt_profile, precision or "fp16", calibration, json_out)
         return
-    get_profile(trt_profile)  # a bad profile or type fails before any loading
+    precision = precision or "fp32"
+    get_profile(trt_profile)  # a bad profile, precision or type fails before any loading
+    if precision not in PRECISIONS:
+        raise PandaError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    if precision == "int8":
+        _check_calibration_source(videos, qa, method)
     if target == "all":
         from panda_edge.export.llm_gguf.pipeline import export_gguf, get_gguf_type
 
         get_gguf_type(gguf_type)
     quiet = json_to_stdout(json_out)
     manifest = export_bundle(checkpoint, out_dir, trt_profile, on_step=step_printer(quiet))
+    if precision == "int8":
+        from panda_edge.bundle import load_manifest
+        from panda_edge.calibration.pipeline import calibrate_bundle
+
+        calibrate_bundle(out_dir, *calibration, on_step=step_printer(quiet))
+        manifest = load_manifest(out_dir)
     if target == "all":
         manifest = export_gguf(checkpoint, out_dir, gguf_type, on_step=step_printer(quiet))
     if emit_result(manifest, json_out):
@@ -90,6 +122,24 @@ def export(
         f"{vision['tensorrt']} profile, {vision['inputs']['frames']['shape']} -> "
         f"{vision['outputs']['visual_tokens']['shape']}), {others}, manifest.json"
     )
+    if precision == "int8":
+        from panda_edge.cli.calibrate import print_report
+
+        print_report(out_dir, manifest["vision_int8"])
+
+
+def _check_calibration_source(videos: Path | None, qa: Path | None, method: str) -> None:
+    """Fail on a missing calibration source before the export, not after it."""
+    from panda_edge.calibration.ranges import check_method
+    from panda_edge.errors import PandaError
+
+    check_method(method)
+    if videos is None and qa is None:
+        raise PandaError("--precision int8 needs calibration videos: --videos DIR or --qa QA.json")
+    if qa is not None and not qa.is_file():
+        raise PandaError(f"{qa}: no such QA file")
+    if qa is None and not videos.is_dir():
+        raise PandaError(f"{videos}: no such directory of videos")
 
 
 def _export_gguf(
@@ -121,7 +171,9 @@ def _export_gguf(
     )
 
 
-def _export_trt(checkpoint: str, out_dir: Path, profile: str, precision: str, json_out: Path | None) -> None:
+def _export_trt(
+    checkpoint: str, out_dir: Path, profile: str, precision: str, calibration: tuple, json_out: Path | None
+) -> None:
     """Graphs for TensorRT + build_engine.sh; the engine too when TensorRT and a GPU are here."""
     from panda_edge.export.stab_onnx.profiles import get_profile
     from panda_edge.export.trt.pipeline import export_trt
@@ -129,8 +181,14 @@ def _export_trt(checkpoint: str, out_dir: Path, profile: str, precision: str, js
 
     get_profile(profile)
     check_precision(precision)
+    calibrate = None
+    if precision == "int8":
+        from panda_edge.calibration.pipeline import calibrate_bundle
+
+        _check_calibration_source(calibration[0], calibration[1], calibration[3])
+        calibrate = lambda bundle, on_step: calibrate_bundle(bundle, *calibration, on_step=on_step)  # noqa: E731
     quiet = json_to_stdout(json_out)
-    result = export_trt(checkpoint, out_dir, profile, precision, on_step=step_printer(quiet))
+    result = export_trt(checkpoint, out_dir, profile, precision, step_printer(quiet), calibrate=calibrate)
     if emit_result(result, json_out):
         return
     files = ", ".join(result["manifest"]["files"])

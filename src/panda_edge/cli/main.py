@@ -7,6 +7,7 @@ import typer
 from panda_edge import __version__
 from panda_edge.cli.bench import app as bench_app
 from panda_edge.cli.build_engine import build_engine
+from panda_edge.cli.calibrate import calibrate
 from panda_edge.cli.demo import demo
 from panda_edge.cli.eval import eval as eval_command
 from panda_edge.cli.export import export
@@ -35,6 +36,7 @@ app.command(rich_help_panel="Training")(train)
 app.command(name="eval", rich_help_panel="Training")(eval_command)
 app.command(rich_help_panel="Export")(export)
 app.command(name="build-engine", rich_help_panel="Export")(build_engine)
+app.command(rich_help_panel="Export")(calibrate)
 app.command(rich_help_panel="Run")(run)
 app.command(rich_help_panel="Run")(chat)
 app.command(rich_help_panel="Checks")(parity)

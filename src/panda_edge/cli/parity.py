@@ -1,8 +1,8 @@
 """`panda parity`: the bundle's engines against the PyTorch reference, every level the bundle allows.
 
-stab_fp32 when the bundle holds the ONNX graph; llm and tokenizer when it holds GGUF files; e2e
-(f32 GGUF) and task when it holds both and there are questions (--qa, or the held-out toy world
-for the embedded tiny model).
+stab_fp32 when the bundle holds the ONNX graph; stab_int8 when it holds the INT8 graphs (after
+panda calibrate); llm and tokenizer when it holds GGUF files; e2e (f32 GGUF) and task when it holds
+both and there are questions (--qa, or the held-out toy world for the embedded tiny model).
 """
 
 from __future__ import annotations
@@ -51,7 +51,9 @@ def parity(
     """Check the bundle against the PyTorch reference at every level it holds.
 
     stab_fp32 (ONNX graph): per video and overall, cosine per token (min >= 0.99999) and max abs
-    difference relative to the reference's max abs (<= 1e-3). llm (GGUF files): llama.cpp logits vs
+    difference relative to the reference's max abs (<= 1e-3). stab_int8 (INT8 graphs): mean
+    cosine per token >= 0.99 for the CPU graph as ONNX Runtime runs it and for the TensorRT graph
+    (Q/DQ computed in float), with the minimum and a histogram. llm (GGUF files): llama.cpp logits vs
     transformers fp32 on the same tokens, per GGUF type; f32 must agree on top-1 everywhere.
     tokenizer: llama.cpp ids identical to SentencePiece's on every prompt chunk. e2e: the runtime
     (ONNX Runtime fp32 + f32 GGUF) answers token for token as the reference, one question per video.
@@ -76,15 +78,15 @@ def parity(
     wanted = _levels(levels)
     result: dict[str, Any] = {}
     failed: list[str] = []
-    if "vision" in manifest and "stab_fp32" in wanted:
-        stab = _stab_fp32(checkpoint, bundle, chosen, quiet)
-        result.update(stab.to_dict())
-        if not quiet:
-            for video in stab.videos:
-                out.print(str(video))
-            out.print(str(stab.overall))
-        if not stab:
-            failed.append(f"stab_fp32 parity failed: {stab.overall}")
+    if "vision" in manifest and wanted & {"stab_fp32", "stab_int8"}:
+        for level, stab in _stab_levels(checkpoint, bundle, chosen, quiet).items():
+            if level not in wanted:
+                continue
+            result.update(stab.to_dict())
+            if not quiet:
+                _print_stab(level, stab)
+            if not stab:
+                failed.append(f"{level} parity failed: {_overall(stab)}")
     if ggufs and wanted & {"llm", "tokenizer"}:
         llm, tokenizer = _llm_levels(checkpoint, bundle, ggufs, quiet)
         result["llm"] = {t: r.to_dict() for t, r in llm.items()}
@@ -111,30 +113,47 @@ def parity(
         raise CheckFailed("; ".join(failed))
 
 
-def _stab_fp32(checkpoint: str, bundle: Path, chosen: list[Path], quiet: bool):
+def _stab_levels(checkpoint: str, bundle: Path, chosen: list[Path], quiet: bool) -> dict[str, Any]:
+    """stab_fp32, and stab_int8 when the bundle has INT8 graphs: one reference run per video."""
     import tempfile
 
-    from panda_edge.errors import PandaError
     from panda_edge.model.vision import VisionTower
     from panda_edge.parity.clips import write_parity_clips
-    from panda_edge.parity.stab import stab_parity
-    from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
+    from panda_edge.parity.stab import bundle_vision_parity
+    from panda_edge.runtime.vision import TorchVisionReference
 
-    engine = OrtVisionEngine.from_bundle(bundle)
     if not quiet:
         err.print(f"loading the reference from {checkpoint}", highlight=False)
     tower = VisionTower.from_checkpoint(checkpoint)
     with tempfile.TemporaryDirectory(prefix="panda-parity-") as tmp:
         if not chosen:
             chosen = write_parity_clips(tmp, tower.config.vision.image_size)
-        with TorchVisionReference(tower) as reference, engine:
-            if engine.layout != reference.layout:
-                raise PandaError(
-                    f"{bundle} was exported for another model geometry ({engine.layout}) than "
-                    f"the checkpoint's ({reference.layout})"
-                )
-            with progress_bar("comparing", total=len(chosen), enabled=not quiet) as advance:
-                return stab_parity(reference, engine, chosen, tower.config.vision, on_video=advance)
+        bar = progress_bar("comparing", total=len(chosen), enabled=not quiet)
+        with TorchVisionReference(tower) as reference, bar as advance:
+            return bundle_vision_parity(reference, bundle, chosen, tower.config.vision, on_video=advance)
+
+
+def _overall(stab: Any) -> str:
+    if hasattr(stab, "overall"):
+        return str(stab.overall)
+    return f"CPU graph {stab.cpu.overall}; TensorRT graph {stab.tensorrt.overall}"
+
+
+def _print_stab(level: str, stab: Any) -> None:
+    """Per video, then overall; for stab_int8 each graph's lines under its name."""
+    parts = (
+        {level: stab}
+        if hasattr(stab, "overall")
+        else {
+            f"{level} (CPU graph)": stab.cpu,
+            f"{level} (TensorRT graph)": stab.tensorrt,
+        }
+    )
+    for name, part in parts.items():
+        out.print(f"[bold]{name}[/]")
+        for video in part.videos:
+            out.print(str(video))
+        out.print(str(part.overall))
 
 
 def _llm_levels(checkpoint: str, bundle: Path, ggufs: dict[str, Any], quiet: bool):
@@ -162,7 +181,7 @@ def _llm_levels(checkpoint: str, bundle: Path, ggufs: dict[str, Any], quiet: boo
     return llm, tokenizer
 
 
-LEVELS = ("stab_fp32", "llm", "tokenizer", "e2e", "task")
+LEVELS = ("stab_fp32", "stab_int8", "llm", "tokenizer", "e2e", "task")
 
 
 def _levels(text: str | None) -> set[str]:

@@ -1,12 +1,14 @@
 """One comparison for any two engines' per-frame token lists (numpy only, no torch).
 
-Numbers follow DESIGN.md §5: cosine per token (the minimum is reported) and the largest absolute
-difference relative to the reference's largest absolute value. A different token count is a shape
-mismatch: always a failure, reported with the counts rather than numbers.
+Numbers follow DESIGN.md §5: cosine per token (minimum, mean and a histogram: the distribution
+INT8 is judged by) and the largest absolute difference relative to the reference's largest
+absolute value. A different token count is a shape mismatch: always a failure, reported with the
+counts rather than numbers.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,14 +19,26 @@ import numpy as np
 
 @dataclass(frozen=True)
 class Thresholds:
-    cosine_min: float
-    max_abs_rel: float
+    """What a level judges; None: reported, not judged."""
+
+    cosine_min: float | None = None
+    max_abs_rel: float | None = None
+    cosine_mean: float | None = None
 
 
 # Pass thresholds per parity level (DESIGN.md §5).
 LEVELS: dict[str, Thresholds] = {
     "stab_fp32": Thresholds(cosine_min=0.99999, max_abs_rel=1e-3),
+    "stab_int8": Thresholds(cosine_mean=0.99),
 }
+
+# Upper edges of the cosine histogram's bins (the last bin is [0.9999, 1]); mergeable by adding.
+COSINE_BINS = (0.9, 0.95, 0.98, 0.99, 0.995, 0.999, 0.9999)
+COSINE_BIN_LABELS = (
+    f"< {COSINE_BINS[0]}",
+    *(f"{low}-{high}" for low, high in itertools.pairwise(COSINE_BINS)),
+    f">= {COSINE_BINS[-1]}",
+)
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,7 @@ class OutputParity:
     max_abs: float = math.nan
     reference_max_abs: float = math.nan
     mismatch: str | None = None  # a shape mismatch, described
+    cosine_counts: tuple[int, ...] = ()  # tokens per COSINE_BIN_LABELS bin
 
     @property
     def max_abs_rel(self) -> float:
@@ -48,11 +63,17 @@ class OutputParity:
 
     @property
     def passed(self) -> bool:
+        t = self.thresholds
         return (
             self.mismatch is None
-            and self.cosine_min >= self.thresholds.cosine_min
-            and self.max_abs_rel <= self.thresholds.max_abs_rel
+            and (t.cosine_min is None or self.cosine_min >= t.cosine_min)
+            and (t.cosine_mean is None or self.cosine_mean >= t.cosine_mean)
+            and (t.max_abs_rel is None or self.max_abs_rel <= t.max_abs_rel)
         )
+
+    @property
+    def cosine_histogram(self) -> dict[str, int]:
+        return dict(zip(COSINE_BIN_LABELS, self.cosine_counts, strict=False))  # () after a mismatch
 
     def __bool__(self) -> bool:
         return self.passed
@@ -67,6 +88,7 @@ class OutputParity:
             "max_abs": _number(self.max_abs),
             "reference_max_abs": _number(self.reference_max_abs),
             "max_abs_rel": _number(self.max_abs_rel),
+            "cosine_histogram": self.cosine_histogram,
         }
         if self.mismatch is not None:
             out["mismatch"] = self.mismatch
@@ -75,11 +97,16 @@ class OutputParity:
     def __str__(self) -> str:
         if self.mismatch is not None:
             return f"{self.name}: shape mismatch ({self.mismatch})"
-        verdict = "ok" if self.passed else "FAILED"
-        return (
-            f"{self.name}: cosine min {self.cosine_min:.7f} (>= {self.thresholds.cosine_min}), "
-            f"max abs rel {self.max_abs_rel:.2e} (<= {self.thresholds.max_abs_rel:g}) {verdict}"
+        t = self.thresholds
+        parts = []
+        if t.cosine_mean is not None:
+            parts.append(f"cosine mean {self.cosine_mean:.5f} (>= {t.cosine_mean})")
+        parts.append(
+            f"cosine min {self.cosine_min:.7f}" + ("" if t.cosine_min is None else f" (>= {t.cosine_min})")
         )
+        if t.max_abs_rel is not None:
+            parts.append(f"max abs rel {self.max_abs_rel:.2e} (<= {t.max_abs_rel:g})")
+        return f"{self.name}: {', '.join(parts)} {'ok' if self.passed else 'FAILED'}"
 
 
 def _number(value: float) -> float | None:
@@ -110,6 +137,12 @@ def compare_tokens(
         cosine_mean=float(cosine.mean()),
         max_abs=float(np.abs(ref - cand).max()),
         reference_max_abs=float(np.abs(ref).max()),
+        cosine_counts=tuple(
+            int(c)
+            for c in np.bincount(
+                np.searchsorted(COSINE_BINS, cosine, side="right"), minlength=len(COSINE_BINS) + 1
+            )
+        ),
     )
 
 
@@ -130,4 +163,5 @@ def combine(name: str, parts: Sequence[OutputParity]) -> OutputParity:
         cosine_mean=sum(p.cosine_mean * p.tokens for p in parts) / tokens,
         max_abs=max(p.max_abs for p in parts),
         reference_max_abs=max(p.reference_max_abs for p in parts),
+        cosine_counts=tuple(int(c) for c in np.sum([p.cosine_counts for p in parts], axis=0)),
     )

@@ -1,12 +1,13 @@
-"""STAB parity over videos: one reference and one candidate engine, per video and overall (no torch).
+"""STAB parity over videos: one reference and candidate engines, per video and overall (no torch).
 
-The engines are any two vision backends (`runtime/vision`), active; the PyTorch reference is just
-another one.
+The engines are any vision backends (`runtime/vision`), active; the PyTorch reference is just
+another one. stab_fp32 judges the ONNX graph; stab_int8 judges the INT8 CPU graph as ONNX Runtime
+runs it, and reports (and judges) the TensorRT graph with its Q/DQ computed in float beside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,20 @@ class StabParity:
         return self.passed
 
     def to_dict(self) -> dict[str, Any]:
-        """{level: {cosine_min, max_abs_rel, passed, videos: [...]}} as `panda parity --json` writes it."""
+        """{level: {cosine_min, max_abs_rel, passed, videos: [...]}} as `panda parity --json` writes it;
+        stab_int8: {cosine_mean, cosine_min, cosine_histogram, passed, videos: [...]}."""
         overall = self.overall.to_dict()
+        if self.level == "stab_int8":
+            return {
+                self.level: {
+                    "cosine_mean": overall["cosine_mean"],
+                    "cosine_min": overall["cosine_min"],
+                    "cosine_histogram": overall["cosine_histogram"],
+                    "tokens": overall["tokens"],
+                    "passed": self.passed,
+                    "videos": [_video_entry(v) for v in self.videos],
+                }
+            }
         return {
             self.level: {
                 "cosine_min": overall["cosine_min"],
@@ -56,15 +69,92 @@ def stab_parity(
     on_video: Callable[[int], None] | None = None,
 ) -> StabParity:
     """Decode and pre-process each video once, then compare both engines' per-frame tokens."""
+    return compare_engines(reference, {level: (candidate, level)}, videos, vision, on_video)[level]
+
+
+def compare_engines(
+    reference: VisionBackend,
+    candidates: Mapping[str, tuple[VisionBackend, str]],
+    videos: Sequence[str | Path],
+    vision: VisionConfig,
+    on_video: Callable[[int], None] | None = None,
+) -> dict[str, StabParity]:
+    """{name: (engine, level)} -> {name: parity at that level}; each video decoded and run through the
+    reference once for all candidates."""
     from panda_edge.video import load_video
 
-    thresholds = LEVELS[level]
-    results = []
+    results: dict[str, list[OutputParity]] = {name: [] for name in candidates}
     for i, video in enumerate(videos):
         frames = load_video(video, vision)
-        results.append(
-            compare_tokens(reference.encode(frames), candidate.encode(frames), str(video), thresholds)
-        )
+        expected = reference.encode(frames)
+        for name, (engine, level) in candidates.items():
+            results[name].append(compare_tokens(expected, engine.encode(frames), str(video), LEVELS[level]))
         if on_video is not None:
             on_video(i + 1)
-    return StabParity(level, combine("all videos", results), tuple(results))
+    return {
+        name: StabParity(candidates[name][1], combine("all videos", parts), tuple(parts))
+        for name, parts in results.items()
+    }
+
+
+@dataclass(frozen=True)
+class Int8Parity:
+    """stab_int8: the CPU graph (judged, the level's numbers) and the TensorRT graph (judged too)."""
+
+    cpu: StabParity
+    tensorrt: StabParity
+
+    @property
+    def passed(self) -> bool:
+        return self.cpu.passed and self.tensorrt.passed
+
+    def __bool__(self) -> bool:
+        return self.passed
+
+    def to_dict(self) -> dict[str, Any]:
+        entry = self.cpu.to_dict()["stab_int8"]
+        tensorrt = self.tensorrt.to_dict()["stab_int8"]
+        tensorrt["graph"] = "stab.int8.onnx, Q/DQ computed in float (what TensorRT's int8 kernels compute)"
+        return {
+            "stab_int8": {
+                **entry,
+                "passed": self.passed,
+                "graph": "stab.int8.cpu.onnx, as ONNX Runtime runs it",
+                "tensorrt_form": tensorrt,
+            }
+        }
+
+
+def bundle_vision_parity(
+    reference: VisionBackend,
+    bundle: str | Path,
+    videos: Sequence[str | Path],
+    vision: VisionConfig,
+    on_video: Callable[[int], None] | None = None,
+) -> dict[str, StabParity | Int8Parity]:
+    """Every vision level `bundle` holds against the active `reference`: {"stab_fp32": StabParity} and,
+    after panda calibrate, {"stab_int8": Int8Parity}; each video decoded and referenced once."""
+    from contextlib import ExitStack
+
+    from panda_edge.bundle import load_manifest
+    from panda_edge.errors import PandaError
+    from panda_edge.runtime.vision.ort import OrtVisionEngine
+
+    int8 = "vision_int8" in load_manifest(bundle)
+    engines = {"stab_fp32": (OrtVisionEngine.from_bundle(bundle), "stab_fp32")}
+    if int8:
+        for precision in ("int8", "int8-tensorrt"):
+            engines[precision] = (OrtVisionEngine.from_bundle(bundle, precision=precision), "stab_int8")
+    with ExitStack() as stack:
+        for engine, _ in engines.values():
+            stack.enter_context(engine)
+            if engine.layout != reference.layout:
+                raise PandaError(
+                    f"{bundle} was exported for another model geometry ({engine.layout}) than "
+                    f"the reference's ({reference.layout})"
+                )
+        results = compare_engines(reference, engines, videos, vision, on_video)
+    levels: dict[str, StabParity | Int8Parity] = {"stab_fp32": results["stab_fp32"]}
+    if int8:
+        levels["stab_int8"] = Int8Parity(results["int8"], results["int8-tensorrt"])
+    return levels

@@ -14,7 +14,8 @@ from panda_edge.errors import PandaError
 
 # The operators our exported STAB + projector graphs contain, each supported by TensorRT 8.5 in
 # onnx-tensorrt's docs/operators.md at its 8.5 GA release (FP32 here; Equal on FP32, Not and the
-# Where condition on BOOL). A new operator in an export is reported until it is checked and added.
+# Where condition on BOOL; QuantizeLinear / DequantizeLinear on INT8, per-tensor or per-axis, in the
+# INT8 graphs). A new operator in an export is reported until it is checked and added.
 _COMMON_OPS = frozenset(
     {
         "Add",
@@ -23,6 +24,7 @@ _COMMON_OPS = frozenset(
         "Concat",
         "Constant",
         "Conv",
+        "DequantizeLinear",
         "Div",
         "Equal",
         "Erf",
@@ -34,6 +36,7 @@ _COMMON_OPS = frozenset(
         "Mul",
         "Not",
         "Pow",
+        "QuantizeLinear",
         "ReduceMax",
         "ReduceMean",
         "ReduceMin",

@@ -284,15 +284,6 @@ def write_build_script(bundle: Path, manifest: dict[str, Any]) -> dict[str, Any]
     return rewrite_manifest(bundle, manifest, {}, [SCRIPT_FILE])
 
 
-def int8_calibrator() -> Callable[..., dict[str, Any]]:
-    """The INT8 calibration (issue #7) that adds the Q/DQ graph (`vision_int8`) to a bundle and returns
-    its manifest, called as `calibrate(bundle, checkpoint, on_step=...)`; wired here when it lands."""
-    raise PandaError(
-        "--precision int8 is not available until INT8 calibration (panda calibrate) lands; "
-        "export with --precision fp16 for now"
-    )
-
-
 def export_trt(
     checkpoint: str | Path,
     out_dir: str | Path,
@@ -300,22 +291,26 @@ def export_trt(
     precision: str = DEFAULT_PRECISION,
     on_step: Step = None,
     build: bool = True,
+    calibrate: Callable[[Path, Step], Any] | None = None,
 ) -> dict[str, Any]:
     """Graphs for `profile` (+ fp16 or INT8 form), build_engine.sh, and the engine when possible here.
 
+    `calibrate(bundle, on_step)` adds the INT8 graphs (`panda calibrate`'s work); int8 needs it.
     Returns {manifest, engine (record or None), tensorrt (status), built_here, next_steps}.
     """
     from panda_edge.export.stab_onnx.pipeline import export_bundle
 
     check_precision(precision)
     family = family_for_profile(profile)
-    calibrate = int8_calibrator() if precision == "int8" else None  # before any work
+    if precision == "int8" and calibrate is None:
+        raise PandaError("--precision int8 calibrates the graph: give --videos DIR or --qa QA.json")
     bundle = Path(out_dir)
     manifest = export_bundle(checkpoint, bundle, profile, on_step=on_step)
     if family.graphs[precision] == "vision_fp16":
         manifest = write_fp16_graph(bundle, manifest, on_step)
-    if calibrate is not None:
-        manifest = calibrate(bundle, checkpoint, on_step=on_step)
+    if precision == "int8":
+        calibrate(bundle, on_step)
+        manifest = load_manifest(bundle)
     manifest = write_build_script(bundle, manifest)
     status = trt_status() if build else None
     result: dict[str, Any] = {

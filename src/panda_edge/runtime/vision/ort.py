@@ -1,4 +1,10 @@
-"""The ONNX Runtime vision backend: runs `stab.onnx` (the very graph TensorRT builds) without torch."""
+"""The ONNX Runtime vision backend: runs `stab.onnx` (the very graph TensorRT builds) without torch.
+
+A bundle's INT8 graphs open by precision: `int8` is the CPU form (`stab.int8.cpu.onnx`, U8S8, what
+ONNX Runtime runs fast on x86); `int8-tensorrt` is the TensorRT form (`stab.int8.onnx`) with its
+Q/DQ computed in float, which is what TensorRT's int8 kernels compute (exact integer sums), so it
+measures the TensorRT graph's accuracy on a machine without TensorRT.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from panda_edge.errors import BundleError
+from panda_edge.errors import BundleError, PandaError
 from panda_edge.lazy import require
 from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS, TensorSpec, VisionBackend
 from panda_edge.runtime.vision.layout import METADATA_KEY, TokenLayout
 
 _ORT_TYPES = {"tensor(float)": np.dtype(np.float32)}
+# precision -> (manifest section, key of the graph's file name, Q/DQ computed in float)
+PRECISIONS: dict[str, tuple[str, str, bool]] = {
+    "fp32": ("vision", "file", False),
+    "int8": ("vision_int8", "cpu_file", False),
+    "int8-tensorrt": ("vision_int8", "file", True),
+}
 
 
 def available_cores() -> int:
@@ -31,36 +43,61 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
+def session_options(threads: int, qdq_in_float: bool = False):
+    """All graph optimizations, `threads` intra-op threads; `qdq_in_float` keeps ONNX Runtime from
+    fusing Q/DQ into its integer kernels, so quantization is simulated in float."""
+    ort = require("onnxruntime", extra="full")
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    if qdq_in_float:
+        options.add_session_config_entry("session.disable_quant_qdq", "1")
+    return options
+
+
 class OrtVisionEngine(VisionBackend):
-    """ONNX Runtime session over one STAB graph; graph optimizations on, one intra-op thread per core."""
+    """ONNX Runtime session over one STAB graph (fp32 or INT8 Q/DQ); graph optimizations on, one
+    intra-op thread per core."""
 
     name = "ort"
 
     def __init__(
-        self, onnx_path: str | Path, providers: Sequence[str] | None = None, threads: int | None = None
+        self,
+        onnx_path: str | Path,
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+        qdq_in_float: bool = False,
     ) -> None:
         super().__init__()
         self.onnx_path = Path(onnx_path)
         self.providers = list(providers) if providers is not None else None
         self.threads = threads or available_cores()
+        self.qdq_in_float = qdq_in_float
         self.session = None
         self._layout: TokenLayout | None = None
 
     @classmethod
-    def from_bundle(cls, bundle: str | Path, providers: Sequence[str] | None = None) -> OrtVisionEngine:
-        """The bundle's graph, after its manifest's hashes are checked."""
+    def from_bundle(
+        cls, bundle: str | Path, providers: Sequence[str] | None = None, precision: str = "fp32"
+    ) -> OrtVisionEngine:
+        """The bundle's graph of `precision` (fp32, int8, int8-tensorrt), after its manifest's hashes
+        are checked."""
         from panda_edge.bundle import load_manifest
 
+        if precision not in PRECISIONS:
+            raise PandaError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+        section, key, qdq_in_float = PRECISIONS[precision]
         manifest = load_manifest(bundle)
-        return cls(Path(bundle) / manifest["vision"]["file"], providers)
+        if section not in manifest:
+            hint = "run panda calibrate on it" if section == "vision_int8" else "export it with --target onnx"
+            raise BundleError(f"{bundle}: the bundle has no {precision} vision graph; {hint}")
+        return cls(Path(bundle) / manifest[section][key], providers, qdq_in_float=qdq_in_float)
 
     def _activate(self) -> None:
         ort = require("onnxruntime", extra="full")
         if not self.onnx_path.is_file():
             raise BundleError(f"{self.onnx_path}: no such ONNX file")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = self.threads
+        options = session_options(self.threads, self.qdq_in_float)
         providers = self.providers if self.providers is not None else default_providers()
         try:
             self.session = ort.InferenceSession(str(self.onnx_path), options, providers=providers)
