@@ -17,8 +17,9 @@ from typing import Any
 from panda_edge.assets import TINY_TRAINING
 from panda_edge.export.stab_onnx.pipeline import export_bundle
 
-DEMO_QUESTIONS = 60
+DEMO_QUESTIONS: int | None = None  # all held-out questions: "within 1 point" needs >= 100
 E2E_VIDEOS = 20
+CALIBRATION_VIDEOS = 8
 
 
 def cache_dir() -> Path:
@@ -80,7 +81,7 @@ class _Clock:
 
 def run_demo(
     workdir: Path | None = None,
-    questions: int = DEMO_QUESTIONS,
+    questions: int | None = DEMO_QUESTIONS,
     on_step: Callable[[str], None] = lambda text: None,
     on_answer: Callable[[int], None] | None = None,
 ) -> DemoReport:
@@ -102,8 +103,8 @@ def run_demo(
     with clock("load"):
         model = VideoPanda.from_pretrained("tiny")
 
-    on_step(f"answering {questions} held-out questions with the PyTorch reference")
     qa = _spread(read_questions(data / "heldout.json"), questions)
+    on_step(f"answering {len(qa)} held-out questions with the PyTorch reference")
     with clock("reference_answers"):
         reference = evaluate(reference_answerer(model, max_new_tokens=16), qa, videos, on_answer)
     summary = reference.to_dict(with_predictions=True)
@@ -118,11 +119,17 @@ def run_demo(
         for p in summary["predictions"][:8]
     ]
 
-    on_step("exporting STAB + projector to ONNX and checking stab_fp32 parity")
+    on_step("exporting STAB + projector to ONNX")
     bundle = workdir / "bundle"
     with clock("export_onnx"):
         export_bundle("tiny", bundle)
-    with clock("parity_stab_fp32"):
+    on_step("calibrating INT8 on training videos (TensorRT Q/DQ and ONNX Runtime graphs)")
+    with clock("calibrate_int8"):
+        from panda_edge.calibration.pipeline import calibrate_bundle
+
+        calibrate_bundle(bundle, videos=videos, qa=data / "train.json", samples=CALIBRATION_VIDEOS)
+    on_step("checking stab_fp32 and stab_int8 parity")
+    with clock("parity_vision"):
         report.parity = vision_parity(model, bundle, _one_video_per_size(qa, videos))
     if not has_llama_cpp():
         report.skipped.append(
@@ -144,14 +151,18 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
         on_step(f"exporting the Llama backbone to GGUF ({gguf_type})")
         with clock(f"export_gguf_{gguf_type}"):
             export_gguf("tiny", bundle, gguf_type)
-    on_step(f"answering the {len(qa)} questions with the runtime (ONNX Runtime fp32 + llama.cpp q8_0)")
-    with clock("runtime_answers"):
-        task = measure_task(model, bundle, qa, videos, "q8_0", "fp32", reference, on_answer=on_answer)
-    report.parity["task"] = task.to_dict()
-    report.runtime["ort fp32 + q8_0"] = {
-        "accuracy": round(task.runtime.accuracy, 4),
-        "per_type": task.runtime.to_dict()["per_type"],
-    }
+    for precision in ("fp32", "int8"):
+        on_step(
+            f"answering the {len(qa)} questions with the runtime (ONNX Runtime {precision} + llama.cpp q8_0)"
+        )
+        with clock(f"runtime_answers_{precision}"):
+            task = measure_task(model, bundle, qa, videos, "q8_0", precision, reference, on_answer=on_answer)
+        report.parity["task" if precision == "fp32" else "task_int8"] = task.to_dict()
+        report.runtime[f"ort {precision} + q8_0"] = {
+            "accuracy": round(task.runtime.accuracy, 4),
+            "per_type": task.runtime.to_dict()["per_type"],
+            "seconds": report.timings_s[f"runtime_answers_{precision}"],
+        }
     on_step("the same questions with the f32 GGUF: does q8_0 change any answer?")
     with clock("gguf_agreement"):
         report.parity["task"]["gguf_agreement"] = measure_gguf_agreement(bundle, qa, videos, "q8_0")
@@ -162,14 +173,17 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
 
 
 def vision_parity(model, bundle: Path, videos: list[Path]) -> dict[str, Any]:
-    """stab_fp32: ONNX Runtime on the bundle's graph against the PyTorch reference."""
+    """stab_fp32 and stab_int8: ONNX Runtime on the bundle's graphs against the PyTorch reference."""
     from panda_edge.model.vision import VisionTower
-    from panda_edge.parity.stab import stab_parity
-    from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
+    from panda_edge.parity.stab import bundle_vision_parity
+    from panda_edge.runtime.vision import TorchVisionReference
 
-    reference = TorchVisionReference(VisionTower.from_model(model))
-    with reference, OrtVisionEngine.from_bundle(bundle) as ort:
-        return stab_parity(reference, ort, videos, model.config.vision).to_dict()
+    with TorchVisionReference(VisionTower.from_model(model)) as reference:
+        levels = bundle_vision_parity(reference, bundle, videos, model.config.vision)
+    out: dict[str, Any] = {}
+    for level in levels.values():
+        out.update(level.to_dict())
+    return out
 
 
 def _one_video_per_size(questions: list, videos_dir: Path) -> list[Path]:
@@ -185,9 +199,9 @@ def _one_video_per_size(questions: list, videos_dir: Path) -> list[Path]:
     return list(chosen.values())
 
 
-def _spread(items: list, n: int) -> list:
+def _spread(items: list, n: int | None) -> list:
     """n items spread evenly over the list (all question types, not just the first videos)."""
-    if n >= len(items):
+    if n is None or n >= len(items):
         return items
     step = len(items) / n
     return [items[int(i * step)] for i in range(n)]

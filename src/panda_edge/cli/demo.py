@@ -23,7 +23,10 @@ def demo(
     workdir: Annotated[
         Path | None, typer.Option(help="Where to write the toy world (default: ~/.cache/panda-edge/demo).")
     ] = None,
-    questions: Annotated[int, typer.Option(min=1, help="How many held-out questions to answer.")] = 60,
+    questions: Annotated[
+        int | None,
+        typer.Option(min=1, help="How many held-out questions to answer (default: all 236; fewer: faster)."),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the report as JSON ('-': stdout).")
     ] = None,
@@ -71,7 +74,7 @@ def accuracy_table(report) -> Table:
         ", ".join(f"{k} {v:.0%}" for k, v in report.per_type.items()),
     )
     for name, run in report.runtime.items():
-        runtime_ms = report.timings_s.get("runtime_answers", 0) * per_q
+        runtime_ms = run["seconds"] * per_q
         table.add_row(
             f"runtime: {name}",
             f"{run['accuracy']:.1%}",
@@ -94,6 +97,15 @@ def parity_table(report) -> Table:
                 f"cosine_min {stab['cosine_min']:.7f}, max_abs_rel {stab['max_abs_rel']:.2e}",
                 "cosine >= 0.99999, rel <= 1e-3",
                 stab["passed"],
+            )
+        )
+    if int8 := report.parity.get("stab_int8"):
+        rows.append(
+            (
+                "stab_int8 (ONNX Runtime U8S8)",
+                f"cosine_mean {int8['cosine_mean']:.5f}, cosine_min {int8['cosine_min']:.4f}",
+                "cosine_mean >= 0.99",
+                int8["passed"],
             )
         )
     if e2e := report.parity.get("e2e"):
