@@ -84,7 +84,7 @@ def test_bad_input_exits_2(exported: tuple[Path, dict], tiny_checkpoint: Path, t
         (["parity", "--checkpoint", ckpt, "--bundle", str(bundle), str(tmp_path / "x.mp4")], "no such video"),
         (["parity", "--checkpoint", ckpt, "--bundle", str(bundle), str(not_video)], "notes.mp4"),
         (["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--trt-profile", "9"], "profile '9'"),
-        (["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--target", "all"], "--target all"),
+        (["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--target", "tfl"], "unknown target"),
         (["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "b")], "config.json"),
     ]
     for args, message in cases:
