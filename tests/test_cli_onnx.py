@@ -84,7 +84,7 @@ def test_bad_input_exits_2(exported: tuple[Path, dict], tiny_checkpoint: Path, t
         (["parity", "--checkpoint", ckpt, "--bundle", str(bundle), str(tmp_path / "x.mp4")], "no such video"),
         (["parity", "--checkpoint", ckpt, "--bundle", str(bundle), str(not_video)], "notes.mp4"),
         (["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--trt-profile", "9"], "profile '9'"),
-        (["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--target", "trt"], "--target trt"),
+        (["export", "--checkpoint", ckpt, "--out", str(tmp_path / "b"), "--target", "all"], "--target all"),
         (["export", "--checkpoint", str(tmp_path), "--out", str(tmp_path / "b")], "config.json"),
     ]
     for args, message in cases:
@@ -106,3 +106,30 @@ def test_bench_vision_json_shape() -> None:
     stab_int8 = report["int8"]["stab_int8"]
     assert stab_int8["cpu"]["cosine_mean"] >= 0.99 and stab_int8["tensorrt"]["cosine_mean"] >= 0.99
     assert report["machine"]["cores_available"] >= 1
+
+
+def test_export_all_then_onnx_again_keeps_the_gguf(tiny_checkpoint: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "bundle"
+    args = ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(bundle)]
+    result = runner.invoke(app, [*args, "--target", "all", "--gguf-type", "f16", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    assert {"stab.onnx", "llm.f16.gguf"} <= set(json.loads(result.stdout)["files"])
+    again = runner.invoke(app, [*args, "--json", "-"])
+    assert again.exit_code == 0, again.output
+    manifest = json.loads(again.stdout)
+    assert "llm.f16.gguf" in manifest["files"] and list(manifest["llm"]["gguf"]) == ["f16"]
+
+
+def test_export_into_a_bundle_of_another_checkpoint_exits_2(
+    tiny_checkpoint: Path, tokenizer_file: Path, tmp_path: Path
+) -> None:
+    other = tmp_path / "other"
+    random_tiny_model(tokenizer_file, seed=1).save_pretrained(other)
+    bundle = tmp_path / "bundle"
+    first = runner.invoke(app, ["export", "--checkpoint", str(tiny_checkpoint), "--out", str(bundle)])
+    assert first.exit_code == 0, first.output
+    for target in ("onnx", "gguf"):
+        args = ["export", "--target", target, "--checkpoint", str(other), "--out", str(bundle)]
+        result = runner.invoke(app, [*args, "--gguf-type", "f32"])
+        assert result.exit_code == 2 and "holds an export of another checkpoint" in result.output
+    assert (bundle / "manifest.json").is_file()

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from panda_edge.assets import TINY_DIR
 from panda_edge.cli.main import app
+from panda_edge.lazy import has_llama_cpp
 from panda_edge.model.videopanda import VideoPanda
 
 
@@ -30,3 +31,11 @@ def test_demo_answers_and_checks_parity(tmp_path: Path) -> None:
     stab = report["parity"]["stab_fp32"]
     assert stab["passed"] and stab["cosine_min"] >= 0.99999 and len(stab["videos"]) >= 2
     assert (tmp_path / "bundle" / "stab.onnx").is_file()
+    if has_llama_cpp():
+        assert report["parity"]["e2e"]["passed"] and report["parity"]["e2e"]["videos"] >= 6
+        task = report["parity"]["task"]
+        assert task["questions"] == 6 and task["gguf"] == "q8_0" and task["passed"]
+        assert task["gguf_agreement"]["questions"] == 6
+        assert report["runtime"]["ort fp32 + q8_0"]["accuracy"] == task["runtime_accuracy"]
+    else:
+        assert "llama-cpp-python is not installed" in report["skipped"][0]

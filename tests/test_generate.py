@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, SYSTEM_PROMPT, build_prompt
+from panda_edge.sampling import Sampling
 from panda_edge.video import load_video
 
 
@@ -78,9 +79,9 @@ def test_generate_from_path_equals_frames_and_streams(tiny_model, make_video) ->
 
 def test_sampling_is_seeded(tiny_model, make_video) -> None:
     frames = load_video(make_video(), tiny_model.config.vision)
-    kwargs = {"max_new_tokens": 8, "do_sample": True, "temperature": 1.5, "top_p": 0.9}
-    a = list(tiny_model.stream_generate(frames, "What?", seed=3, **kwargs))
-    b = list(tiny_model.stream_generate(frames, "What?", seed=3, **kwargs))
+    sampling = Sampling(temperature=1.5, top_p=0.9, seed=3)
+    a = list(tiny_model.stream_generate(frames, "What?", max_new_tokens=8, sampling=sampling))
+    b = list(tiny_model.stream_generate(frames, "What?", max_new_tokens=8, sampling=sampling))
     assert a == b
 
 

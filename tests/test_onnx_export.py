@@ -266,3 +266,15 @@ def test_full_size_random_weights_16x9(tmp_path: Path) -> None:
     result = compare_tokens(expected, got, "full 16:9", STAB_FP32)
     assert result, str(result)
     print(f"full-size export + parity: {time.perf_counter() - start:.1f} s, {result}")
+
+
+def test_a_freshly_initialized_model_exports_without_identity_nodes(tmp_path: Path, make_video) -> None:
+    """The official zero inits make equal weights, which the exporter shares through Identity nodes."""
+    tower = VisionTower(PRESETS["tiny"]).eval()
+    graph = export_graph(tower.stab, tower.projector, tmp_path / "stab.onnx", "11")
+    assert "Identity" not in graph.operators
+    assert check_onnx(tmp_path / "stab.onnx", PROFILES["11"]) == []
+    frames = load_video(make_video(), tower.config.vision)
+    with TorchVisionReference(tower) as reference, OrtVisionEngine(tmp_path / "stab.onnx") as ort:
+        parity = compare_tokens(reference.encode(frames), ort.encode(frames), "clip", LEVELS["stab_fp32"])
+    assert parity.passed, parity

@@ -85,6 +85,24 @@ def start_bundle(bundle: str | Path) -> Path:
     return bundle
 
 
+def previous_manifest(bundle: str | Path, weights: dict[str, Any]) -> dict[str, Any] | None:
+    """The bundle's current manifest, to extend with another part; None when there is none.
+
+    `weights` are the source checkpoint's file records: a bundle exported from other weights is
+    refused, so one bundle never mixes two models' parts.
+    """
+    if not (Path(bundle) / MANIFEST_FILE).is_file():
+        return None
+    manifest = load_manifest(bundle, verify=False)
+    theirs = (manifest.get("source") or {}).get("weights")
+    if theirs is not None and theirs != weights:
+        raise BundleError(
+            f"{bundle}: holds an export of another checkpoint ({manifest['source'].get('checkpoint')}); "
+            "choose a new --out directory or delete this one"
+        )
+    return manifest
+
+
 def write_manifest(bundle: str | Path, manifest: dict[str, Any], files: Iterable[str]) -> dict[str, Any]:
     """Hash `files` (names inside `bundle`) into the manifest and write it, last and atomically."""
     bundle = Path(bundle)

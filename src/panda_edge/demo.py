@@ -17,7 +17,9 @@ from typing import Any
 from panda_edge.assets import TINY_TRAINING
 from panda_edge.export.stab_onnx.pipeline import export_bundle
 
-DEMO_QUESTIONS = 60
+DEMO_QUESTIONS: int | None = None  # all held-out questions: "within 1 point" needs >= 100
+E2E_VIDEOS = 20
+CALIBRATION_VIDEOS = 8
 
 
 def cache_dir() -> Path:
@@ -32,16 +34,20 @@ class DemoReport:
     accuracy: float = 0.0
     per_type: dict[str, float] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    runtime: dict[str, Any] = field(default_factory=dict)  # "<vision> + <gguf>" -> accuracy, timings
     parity: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
+    skipped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "workdir": self.workdir,
             "reference": {"questions": self.questions, "accuracy": self.accuracy, "per_type": self.per_type},
+            "runtime": self.runtime,
             "samples": self.samples,
             "parity": self.parity,
             "timings_s": self.timings_s,
+            "skipped": self.skipped,
         }
 
 
@@ -55,35 +61,55 @@ def toy_world(workdir: Path) -> Path:
     return data
 
 
+class _Clock:
+    """Named wall-clock spans into the report."""
+
+    def __init__(self, timings: dict[str, float]) -> None:
+        self.timings = timings
+
+    def __call__(self, name: str):
+        from contextlib import contextmanager
+
+        @contextmanager
+        def span():
+            start = time.perf_counter()
+            yield
+            self.timings[name] = round(time.perf_counter() - start, 2)
+
+        return span()
+
+
 def run_demo(
     workdir: Path | None = None,
-    questions: int = DEMO_QUESTIONS,
+    questions: int | None = DEMO_QUESTIONS,
     on_step: Callable[[str], None] = lambda text: None,
     on_answer: Callable[[int], None] | None = None,
 ) -> DemoReport:
+    """The whole chain on the embedded model: reference answers, ONNX + GGUF export, the runtime's
+    answers (ONNX Runtime vision + llama.cpp), and parity (stab_fp32, e2e, task) with timings."""
+    from panda_edge.lazy import has_llama_cpp
     from panda_edge.model.videopanda import VideoPanda, reference_answerer
     from panda_edge.parity.task import evaluate, read_questions
 
     workdir = workdir or cache_dir() / "demo"
     report = DemoReport(str(workdir))
-    start = time.perf_counter()
+    clock = _Clock(report.timings_s)
     on_step("writing the held-out toy world")
-    data = toy_world(workdir)
-    report.timings_s["toyworld"] = round(time.perf_counter() - start, 2)
+    with clock("toyworld"):
+        data = toy_world(workdir)
+    videos = data / "videos"
 
     on_step("loading the embedded tiny model")
-    start = time.perf_counter()
-    model = VideoPanda.from_pretrained("tiny")
-    report.timings_s["load"] = round(time.perf_counter() - start, 2)
+    with clock("load"):
+        model = VideoPanda.from_pretrained("tiny")
 
-    on_step(f"answering {questions} held-out questions with the PyTorch reference")
     qa = _spread(read_questions(data / "heldout.json"), questions)
-    start = time.perf_counter()
-    result = evaluate(reference_answerer(model, max_new_tokens=8), qa, data / "videos", on_answer)
-    report.timings_s["reference_answers"] = round(time.perf_counter() - start, 2)
-    summary = result.to_dict(with_predictions=True)
+    on_step(f"answering {len(qa)} held-out questions with the PyTorch reference")
+    with clock("reference_answers"):
+        reference = evaluate(reference_answerer(model, max_new_tokens=16), qa, videos, on_answer)
+    summary = reference.to_dict(with_predictions=True)
     report.questions, report.accuracy, report.per_type = (
-        result.questions,
+        reference.questions,
         summary["accuracy"],
         summary["per_type"],
     )
@@ -93,26 +119,71 @@ def run_demo(
         for p in summary["predictions"][:8]
     ]
 
-    on_step("exporting STAB + projector to ONNX and checking stab_fp32 parity")
-    start = time.perf_counter()
+    on_step("exporting STAB + projector to ONNX")
     bundle = workdir / "bundle"
-    export_bundle("tiny", bundle)
-    report.timings_s["export_onnx"] = round(time.perf_counter() - start, 2)
-    start = time.perf_counter()
-    report.parity = vision_parity(model, bundle, _one_video_per_size(qa, data / "videos"))
-    report.timings_s["parity"] = round(time.perf_counter() - start, 2)
+    with clock("export_onnx"):
+        export_bundle("tiny", bundle)
+    on_step("calibrating INT8 on training videos (TensorRT Q/DQ and ONNX Runtime graphs)")
+    with clock("calibrate_int8"):
+        from panda_edge.calibration.pipeline import calibrate_bundle
+
+        calibrate_bundle(bundle, videos=videos, qa=data / "train.json", samples=CALIBRATION_VIDEOS)
+    on_step("checking stab_fp32 and stab_int8 parity")
+    with clock("parity_vision"):
+        report.parity = vision_parity(model, bundle, _one_video_per_size(qa, videos))
+    if not has_llama_cpp():
+        report.skipped.append(
+            "GGUF export and the llama.cpp runtime: llama-cpp-python is not installed "
+            '(CMAKE_ARGS="-DLLAVA_BUILD=off" pip install "panda-edge[llama]")'
+        )
+        return report
+    _runtime_chain(model, bundle, qa, videos, reference, report, clock, on_step, on_answer)
     return report
 
 
-def vision_parity(model, bundle: Path, videos: list[Path]) -> dict[str, Any]:
-    """stab_fp32: ONNX Runtime on the bundle's graph against the PyTorch reference."""
-    from panda_edge.model.vision import VisionTower
-    from panda_edge.parity.stab import stab_parity
-    from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
+def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, report, clock, on_step, on_answer):
+    """GGUF export, then the runtime's answers and the e2e / task levels."""
+    from panda_edge.export.llm_gguf.pipeline import export_gguf
+    from panda_edge.parity.e2e import one_question_per_video
+    from panda_edge.parity.runtime import measure_e2e, measure_gguf_agreement, measure_task
 
-    reference = TorchVisionReference(VisionTower.from_model(model))
-    with reference, OrtVisionEngine.from_bundle(bundle) as ort:
-        return stab_parity(reference, ort, videos, model.config.vision).to_dict()
+    for gguf_type in ("f32", "q8_0"):
+        on_step(f"exporting the Llama backbone to GGUF ({gguf_type})")
+        with clock(f"export_gguf_{gguf_type}"):
+            export_gguf("tiny", bundle, gguf_type)
+    for precision in ("fp32", "int8"):
+        on_step(
+            f"answering the {len(qa)} questions with the runtime (ONNX Runtime {precision} + llama.cpp q8_0)"
+        )
+        with clock(f"runtime_answers_{precision}"):
+            task = measure_task(model, bundle, qa, videos, "q8_0", precision, reference, on_answer=on_answer)
+        report.parity["task" if precision == "fp32" else "task_int8"] = task.to_dict()
+        report.runtime[f"ort {precision} + q8_0"] = {
+            "accuracy": round(task.runtime.accuracy, 4),
+            "per_type": task.runtime.to_dict()["per_type"],
+            "seconds": report.timings_s[f"runtime_answers_{precision}"],
+        }
+    on_step("the same questions with the f32 GGUF: does q8_0 change any answer?")
+    with clock("gguf_agreement"):
+        report.parity["task"]["gguf_agreement"] = measure_gguf_agreement(bundle, qa, videos, "q8_0")
+    chosen = one_question_per_video(qa, E2E_VIDEOS)
+    on_step(f"e2e parity: runtime (fp32 vision + f32 GGUF) vs reference, {len(chosen)} videos")
+    with clock("parity_e2e"):
+        report.parity["e2e"] = measure_e2e(model, bundle, chosen, videos).to_dict()
+
+
+def vision_parity(model, bundle: Path, videos: list[Path]) -> dict[str, Any]:
+    """stab_fp32 and stab_int8: ONNX Runtime on the bundle's graphs against the PyTorch reference."""
+    from panda_edge.model.vision import VisionTower
+    from panda_edge.parity.stab import bundle_vision_parity
+    from panda_edge.runtime.vision import TorchVisionReference
+
+    with TorchVisionReference(VisionTower.from_model(model)) as reference:
+        levels = bundle_vision_parity(reference, bundle, videos, model.config.vision)
+    out: dict[str, Any] = {}
+    for level in levels.values():
+        out.update(level.to_dict())
+    return out
 
 
 def _one_video_per_size(questions: list, videos_dir: Path) -> list[Path]:
@@ -128,9 +199,9 @@ def _one_video_per_size(questions: list, videos_dir: Path) -> list[Path]:
     return list(chosen.values())
 
 
-def _spread(items: list, n: int) -> list:
+def _spread(items: list, n: int | None) -> list:
     """n items spread evenly over the list (all question types, not just the first videos)."""
-    if n >= len(items):
+    if n is None or n >= len(items):
         return items
     step = len(items) / n
     return [items[int(i * step)] for i in range(n)]

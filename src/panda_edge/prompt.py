@@ -7,7 +7,7 @@ per `<image>`; frame t's visual tokens replace the t-th placeholder.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 # Official `conv_videopanda_v1` (videopanda/conversation.py). DESIGN.md quotes the Vicuna v1 system
@@ -76,6 +76,15 @@ class PromptTokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.sp.decode([i for i in ids if i >= 0])
 
+    def video_prefix_ids(self, n_frames: int, system: str = SYSTEM_PROMPT) -> list[int]:
+        """The part of every conversation about a video that precedes its first question: system
+        prompt, "USER: " and one placeholder per frame. A runtime computes it once per video."""
+        return self.prompt_ids(system + SEP + f"{ROLES[0]}: " + IMAGE_TOKEN * n_frames)
+
+    def turn_ids(self, question: str, first: bool) -> list[int]:
+        """The ids a question adds after the video prefix (first) or after the previous `</s>`."""
+        return self.encode(_turn_text(question, first))
+
     def conversation_ids(
         self, turns: Sequence[tuple[str, str | None]], n_frames: int, system: str = SYSTEM_PROMPT
     ) -> tuple[list[int], list[bool]]:
@@ -85,18 +94,46 @@ class PromptTokenizer:
         first turn equals `prompt_ids(build_prompt(...))`; later turns are encoded piece by piece
         after `</s>` (SentencePiece's dummy prefix included, as the slow tokenizer does).
         """
-        ids = self.prompt_ids(system + SEP + f"{ROLES[0]}: " + IMAGE_TOKEN * n_frames)
+        ids = self.video_prefix_ids(n_frames, system)
         is_answer = [False] * len(ids)
         for i, (question, answer) in enumerate(turns):
-            prompt_text = ("\n" + question if i == 0 else f"{ROLES[0]}: " + question) + f"{SEP}{ROLES[1]}:"
-            prompt = self.encode(prompt_text)
+            prompt = self.turn_ids(question, first=i == 0)
             ids += prompt
             is_answer += [False] * len(prompt)
             if answer is None:
                 break
+            prompt_text = _turn_text(question, first=i == 0)
             full = self.encode(prompt_text + " " + answer)
             target = full[len(prompt) :] if full[: len(prompt)] == prompt else self.encode(" " + answer)
             target.append(self.eos_id)
             ids += target
             is_answer += [True] * len(target)
         return ids, is_answer
+
+
+def _turn_text(question: str, first: bool) -> str:
+    return ("\n" + question if first else f"{ROLES[0]}: " + question) + f"{SEP}{ROLES[1]}:"
+
+
+class TextStream:
+    """Generated ids -> text pieces as they become printable (a multi-byte character may span tokens)."""
+
+    def __init__(self, tokenizer: PromptTokenizer, on_text: Callable[[str], None] | None = None) -> None:
+        self.tokenizer = tokenizer
+        self.on_text = on_text
+        self.tokens: list[int] = []
+        self._shown = ""
+
+    def push(self, token: int) -> str:
+        """Add one generated id; returns (and hands to `on_text`) the new printable text, maybe ''."""
+        self.tokens.append(token)
+        text = self.tokenizer.decode(self.tokens)
+        if len(text) <= len(self._shown) or text.endswith("\ufffd"):
+            return ""
+        piece, self._shown = text[len(self._shown) :], text
+        if self.on_text is not None:
+            self.on_text(piece)
+        return piece
+
+    def answer(self) -> str:
+        return self.tokenizer.decode(self.tokens).strip()

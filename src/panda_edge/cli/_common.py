@@ -67,8 +67,10 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 @contextmanager
-def progress_bar(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """A stderr progress bar; yields `advance(completed)`. Off in JSON mode."""
+def progress_bar(
+    description: str, total: int | None, enabled: bool = True
+) -> Iterator[Callable[[int], None]]:
+    """A stderr progress bar (total None: not known yet); yields `advance(completed)`. Off in JSON mode."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

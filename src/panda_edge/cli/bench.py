@@ -17,7 +17,8 @@ from panda_edge.cli._common import (
 )
 
 app = typer.Typer(
-    help="Measure speed: vision (PyTorch vs ONNX Runtime fp32 / INT8), llm (transformers vs llama.cpp).",
+    help="Measure speed: vision (PyTorch vs ONNX Runtime fp32 / INT8), llm (transformers vs llama.cpp), e2e "
+    "(reference vs runtime: time to first token, follow-ups, decode, memory), all (everything + chart).",
     no_args_is_help=True,
 )
 
@@ -108,3 +109,87 @@ def llm(
     for name, r in result["llm"].items():
         prefill, decode = r["prefill_tok_s"], r["decode_tok_s"]
         out.print(f"{name:>18}: prefill {prefill:8.1f} tok/s, decode {decode:6.1f} tok/s")
+
+
+@app.command()
+@handle_errors
+def e2e(
+    model: Annotated[
+        str, typer.Option(help="tiny (the embedded model) or bench (full-size STAB + 0.54B random Llama).")
+    ] = "tiny",
+    repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 3,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for every engine.")] = 2,
+    gguf_type: Annotated[str, typer.Option(help="The runtime's GGUF type.")] = "q8_0",
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer.")] = 32,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
+    ] = None,
+) -> None:
+    """Time to first token of a first question and of a follow-up, decode tokens/s and peak RSS:
+    the PyTorch reference vs the runtime (ONNX Runtime + llama.cpp), each in its own process."""
+    from panda_edge.bench.e2e import MODELS, bench_e2e
+    from panda_edge.errors import PandaError
+    from panda_edge.export.llm_gguf.pipeline import get_gguf_type
+    from panda_edge.lazy import llama_cpp
+
+    if model not in MODELS:
+        raise PandaError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+    get_gguf_type(gguf_type)
+    llama_cpp()
+    quiet = json_to_stdout(json_out)
+    result = bench_e2e(model, repeat, threads, gguf_type, max_new_tokens, on_step=step_printer(quiet))
+    if emit_result(result, json_out):
+        return
+    for name, r in result["e2e"].items():
+        out.print(
+            f"{name:>8}: first question {r['ttft_first_ms']:.0f} ms to first token, follow-up "
+            f"{r['ttft_followup_ms']:.0f} ms, decode {r['decode_tok_s']:.1f} tok/s, "
+            f"peak RSS {r['peak_rss_mb']:.0f} MB"
+        )
+    ratio = result["ratios"]["runtime_followup_vs_first_ttft"]
+    out.print(f"runtime follow-up / first TTFT: {ratio:.1%} (goal <= 10%)")
+
+
+@app.command(name="all")
+@handle_errors
+def all_benchmarks(
+    repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 3,
+    threads: Annotated[int, typer.Option(min=1, help="CPU threads for every engine.")] = 2,
+    e2e_model: Annotated[str, typer.Option(help="e2e model: bench (full size) or tiny.")] = "bench",
+    plot_out: Annotated[
+        Path | None, typer.Option("--plot", help="Draw latency per stage and per backend into this PNG.")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write every result as JSON ('-': stdout).")
+    ] = None,
+) -> None:
+    """vision, llm and e2e in one run, with the machine's limits (memory bandwidth, fp32 GEMM), a
+    roofline line per result, ratios to the PyTorch baselines and the DESIGN.md §6 goals."""
+    from panda_edge.bench.all import bench_all, plot
+    from panda_edge.bench.e2e import MODELS
+    from panda_edge.errors import PandaError
+    from panda_edge.lazy import llama_cpp, require
+
+    if e2e_model not in MODELS:
+        raise PandaError(f"unknown e2e model '{e2e_model}'; choose one of: {', '.join(MODELS)}")
+    llama_cpp()
+    if plot_out is not None:
+        require("matplotlib", extra="bench")
+    quiet = json_to_stdout(json_out)
+    result = bench_all(repeat, threads, e2e_model, on_step=step_printer(quiet))
+    if plot_out is not None:
+        plot(result, str(plot_out))
+    if emit_result(result, json_out):
+        return
+    for name, ratio in result["ratios"]["vision_vs_torch"].items():
+        out.print(f"vision {name:>10}: {result['vision'][name]['median_ms']:8.0f} ms  ({ratio:.2f}x torch)")
+    for name, r in result["llm"].items():
+        out.print(
+            f"llm {name:>16}: prefill {r['prefill_tok_s']:8.1f} tok/s, decode {r['decode_tok_s']:6.1f} tok/s"
+        )
+    for name, r in result["e2e"].items():
+        out.print(
+            f"e2e {name:>8}: TTFT first {r['ttft_first_ms']:.0f} ms, follow-up {r['ttft_followup_ms']:.0f} ms"
+        )
+    for goal, verdict in result["goals"].items():
+        out.print(f"goal {goal}: {'met' if verdict['met'] else 'NOT met'} {verdict}")

@@ -23,12 +23,20 @@ def demo(
     workdir: Annotated[
         Path | None, typer.Option(help="Where to write the toy world (default: ~/.cache/panda-edge/demo).")
     ] = None,
-    questions: Annotated[int, typer.Option(min=1, help="How many held-out questions to answer.")] = 60,
+    questions: Annotated[
+        int | None,
+        typer.Option(min=1, help="How many held-out questions to answer (default: all 236; fewer: faster)."),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the report as JSON ('-': stdout).")
     ] = None,
 ) -> None:
-    """Run the main job on the embedded tiny model: toy videos in, answers and accuracy out."""
+    """Run the main job on the embedded tiny model, end to end.
+
+    Writes the held-out toy world, answers its questions with the PyTorch reference, exports STAB +
+    projector to ONNX and the backbone to GGUF (f32, q8_0), answers the same questions with the
+    runtime (ONNX Runtime + llama.cpp) and prints accuracy and parity (stab_fp32, e2e, task).
+    """
     from panda_edge.demo import run_demo
 
     quiet = json_to_stdout(json_out)
@@ -45,12 +53,91 @@ def demo(
         mark = "[green]✓[/]" if s["correct"] else "[red]✗[/]"
         samples.add_row(s["video"], s["question"], f"{s['prediction']} {mark}", s["answer"])
     out.print(samples)
-    per_type = ", ".join(f"{k} {v:.0%}" for k, v in report.per_type.items())
-    out.print(f"accuracy: {report.accuracy:.1%} on {report.questions} questions ({per_type})")
-    stab = report.parity.get("stab_fp32", {})
-    verdict = "[green]pass[/]" if stab.get("passed") else "[red]FAIL[/]"
-    out.print(
-        f"stab_fp32 parity (ONNX Runtime vs PyTorch, {len(stab.get('videos', []))} videos): "
-        f"cosine_min {stab.get('cosine_min')}, max_abs_rel {stab.get('max_abs_rel')} {verdict}"
+    out.print(accuracy_table(report))
+    out.print(parity_table(report))
+    for note in report.skipped:
+        out.print(f"[yellow]skipped:[/] {note}")
+    out.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings_s.items()))
+
+
+def accuracy_table(report) -> Table:
+    table = Table(title=f"accuracy on {report.questions} held-out questions")
+    for column in ("path", "accuracy", "vs reference", "per question", "per type"):
+        table.add_column(column)
+    per_q = 1e3 / max(report.questions, 1)
+    reference_ms = report.timings_s.get("reference_answers", 0) * per_q
+    table.add_row(
+        "PyTorch reference (fp32)",
+        f"{report.accuracy:.1%}",
+        "",
+        f"{reference_ms:.0f} ms",
+        ", ".join(f"{k} {v:.0%}" for k, v in report.per_type.items()),
     )
-    out.print(f"timings (s): {report.timings_s}")
+    for name, run in report.runtime.items():
+        runtime_ms = run["seconds"] * per_q
+        table.add_row(
+            f"runtime: {name}",
+            f"{run['accuracy']:.1%}",
+            f"{(run['accuracy'] - report.accuracy) * 100:+.1f} points",
+            f"{runtime_ms:.0f} ms",
+            ", ".join(f"{k} {v:.0%}" for k, v in run["per_type"].items()),
+        )
+    return table
+
+
+def parity_table(report) -> Table:
+    table = Table(title="parity with the PyTorch reference (DESIGN.md §5)")
+    for column in ("level", "measured", "pass when", "verdict"):
+        table.add_column(column)
+    rows = []
+    if stab := report.parity.get("stab_fp32"):
+        rows.append(
+            (
+                f"stab_fp32 ({len(stab['videos'])} videos)",
+                f"cosine_min {stab['cosine_min']:.7f}, max_abs_rel {stab['max_abs_rel']:.2e}",
+                "cosine >= 0.99999, rel <= 1e-3",
+                stab["passed"],
+            )
+        )
+    if int8 := report.parity.get("stab_int8"):
+        rows.append(
+            (
+                "stab_int8 (ONNX Runtime U8S8)",
+                f"cosine_mean {int8['cosine_mean']:.5f}, cosine_min {int8['cosine_min']:.4f}",
+                "cosine_mean >= 0.99",
+                int8["passed"],
+            )
+        )
+    if e2e := report.parity.get("e2e"):
+        rows.append(
+            (
+                f"e2e ({e2e['vision']} + {e2e['gguf']})",
+                f"{e2e['identical_answers']}/{e2e['videos']} answers identical",
+                "all token-for-token",
+                e2e["passed"],
+            )
+        )
+    for key in ("task", "task_int8"):
+        if task := report.parity.get(key):
+            rows.append(
+                (
+                    f"{key} ({task['vision']} + {task['gguf']})",
+                    f"{task['runtime_accuracy']:.1%} vs {task['torch_accuracy']:.1%} "
+                    f"({task['delta_points']:+.2f} points)",
+                    "within 1 point",
+                    task["passed"],
+                )
+            )
+    if agreement := (report.parity.get("task") or {}).get("gguf_agreement"):
+        rows.append(
+            (
+                "q8_0 vs f32 GGUF answers",
+                f"{agreement['same_answers']}/{agreement['questions']} the same "
+                f"({agreement['agreement']:.1%})",
+                ">= 98% the same",
+                agreement["agreement"] >= 0.98,
+            )
+        )
+    for level, measured, rule, passed in rows:
+        table.add_row(level, measured, rule, "[green]pass[/]" if passed else "[red]FAIL[/]")
+    return table

@@ -26,10 +26,15 @@ def export(
     checkpoint: Annotated[str, typer.Option(help="Checkpoint directory, or 'tiny' for the embedded model.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Bundle directory to write (created if missing).")],
     target: Annotated[
-        str, typer.Option(help="What to export: onnx (vision) or gguf (LLM); trt, all: not in this build.")
+        str,
+        typer.Option(
+            help="What to export: onnx (vision), trt (vision for TensorRT + build_engine.sh), gguf (LLM), "
+            "all (onnx + gguf: what panda run needs)."
+        ),
     ] = "onnx",
     trt_profile: Annotated[
-        str, typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5), 10 (JetPack 6) or 11.")
+        str,
+        typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5, 6.0), 10 (JetPack 6.1, 6.2) or 11."),
     ] = "11",
     gguf_type: Annotated[
         str, typer.Option(help="GGUF storage for --target gguf: f32, f16, bf16, q8_0, q4_k_m, q5_k_m.")
@@ -38,8 +43,12 @@ def export(
         bool, typer.Option("--dry-run", help="--target gguf: print the tensor plan, write nothing.")
     ] = False,
     precision: Annotated[
-        str, typer.Option(help="--target onnx: fp32, or int8 (export, then calibrate as panda calibrate).")
-    ] = "fp32",
+        str | None,
+        typer.Option(
+            help="onnx/all: fp32 (default) or int8 (export, then calibrate as panda calibrate); "
+            "trt: fp16 (default), int8 (calibrates) or fp32."
+        ),
+    ] = None,
     videos: Annotated[
         Path | None, typer.Option(help="--precision int8: directory of calibration videos.")
     ] = None,
@@ -63,6 +72,10 @@ def export(
     SentencePiece vocabulary, chat template), one tensor at a time, and adds it to the manifest
     (an ONNX export already there is kept). q4_k_m/q5_k_m need llama-cpp-python (panda-edge[llama]).
 
+    --target trt exports the graphs TensorRT builds for the profile (plus stab.fp16.onnx for the
+    strongly typed 10/11, or the calibrated INT8 graph), writes BUNDLE/build_engine.sh (trtexec), and
+    builds the engine when TensorRT and a GPU are here; otherwise it says how to finish on the device.
+
     --precision int8 then calibrates the graph on --videos DIR or --qa QA.json as panda calibrate
     does, adding stab.int8.onnx (TensorRT Q/DQ), stab.int8.cpu.onnx (ONNX Runtime) and calibration.npz.
     """
@@ -75,23 +88,30 @@ def export(
     if target == "gguf":
         _export_gguf(checkpoint, out_dir, gguf_type, dry_run, json_out)
         return
-    if target != "onnx":
-        raise PandaError(f"--target {target} is not available in this build yet; use --target onnx")
-    get_profile(trt_profile)  # a bad profile fails before any loading
+    calibration = (videos, qa, samples, method, target_cosine, holdout)
+    if target == "trt":
+        _export_trt(checkpoint, out_dir, trt_profile, precision or "fp16", calibration, json_out)
+        return
+    precision = precision or "fp32"
+    get_profile(trt_profile)  # a bad profile, precision or type fails before any loading
     if precision not in PRECISIONS:
         raise PandaError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
     if precision == "int8":
         _check_calibration_source(videos, qa, method)
+    if target == "all":
+        from panda_edge.export.llm_gguf.pipeline import export_gguf, get_gguf_type
+
+        get_gguf_type(gguf_type)
     quiet = json_to_stdout(json_out)
     manifest = export_bundle(checkpoint, out_dir, trt_profile, on_step=step_printer(quiet))
     if precision == "int8":
         from panda_edge.bundle import load_manifest
         from panda_edge.calibration.pipeline import calibrate_bundle
 
-        calibrate_bundle(
-            out_dir, videos, qa, samples, method, target_cosine, holdout, on_step=step_printer(quiet)
-        )
+        calibrate_bundle(out_dir, *calibration, on_step=step_printer(quiet))
         manifest = load_manifest(out_dir)
+    if target == "all":
+        manifest = export_gguf(checkpoint, out_dir, gguf_type, on_step=step_printer(quiet))
     if emit_result(manifest, json_out):
         return
     vision = manifest["vision"]
@@ -149,3 +169,35 @@ def _export_gguf(
         f"wrote {out_dir}: {entry['file']} ({entry['size'] / 1e6:.1f} MB, {entry['tensor_count']} tensors: "
         f"{types}), manifest.json lists {', '.join(manifest['files'])}"
     )
+
+
+def _export_trt(
+    checkpoint: str, out_dir: Path, profile: str, precision: str, calibration: tuple, json_out: Path | None
+) -> None:
+    """Graphs for TensorRT + build_engine.sh; the engine too when TensorRT and a GPU are here."""
+    from panda_edge.export.stab_onnx.profiles import get_profile
+    from panda_edge.export.trt.pipeline import export_trt
+    from panda_edge.export.trt.versions import check_precision
+
+    get_profile(profile)
+    check_precision(precision)
+    calibrate = None
+    if precision == "int8":
+        from panda_edge.calibration.pipeline import calibrate_bundle
+
+        _check_calibration_source(calibration[0], calibration[1], calibration[3])
+        calibrate = lambda bundle, on_step: calibrate_bundle(bundle, *calibration, on_step=on_step)  # noqa: E731
+    quiet = json_to_stdout(json_out)
+    result = export_trt(checkpoint, out_dir, profile, precision, step_printer(quiet), calibrate=calibrate)
+    if emit_result(result, json_out):
+        return
+    files = ", ".join(result["manifest"]["files"])
+    out.print(f"wrote {out_dir}: {files}, manifest.json")
+    if result["built_here"]:
+        engine = result["engine"]
+        out.print(f"built {engine['file']} with TensorRT {engine['tensorrt']} on {engine['gpu']['name']}")
+        return
+    out.print(f"no engine built here: {result['not_built_because']}")
+    out.print("TensorRT engines are built on the device that runs them. To finish:")
+    for step in result["next_steps"]:
+        out.print(f"  - {step}")

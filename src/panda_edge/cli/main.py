@@ -6,6 +6,7 @@ import typer
 
 from panda_edge import __version__
 from panda_edge.cli.bench import app as bench_app
+from panda_edge.cli.build_engine import build_engine
 from panda_edge.cli.calibrate import calibrate
 from panda_edge.cli.demo import demo
 from panda_edge.cli.eval import eval as eval_command
@@ -13,6 +14,8 @@ from panda_edge.cli.export import export
 from panda_edge.cli.generate import generate
 from panda_edge.cli.info import info
 from panda_edge.cli.parity import parity
+from panda_edge.cli.plan import plan
+from panda_edge.cli.run import chat, run
 from panda_edge.cli.toyworld import toyworld
 from panda_edge.cli.train import train
 
@@ -32,9 +35,13 @@ app.command(rich_help_panel="Training")(toyworld)
 app.command(rich_help_panel="Training")(train)
 app.command(name="eval", rich_help_panel="Training")(eval_command)
 app.command(rich_help_panel="Export")(export)
+app.command(name="build-engine", rich_help_panel="Export")(build_engine)
 app.command(rich_help_panel="Export")(calibrate)
+app.command(rich_help_panel="Run")(run)
+app.command(rich_help_panel="Run")(chat)
 app.command(rich_help_panel="Checks")(parity)
 app.add_typer(bench_app, name="bench", rich_help_panel="Checks")
+app.command(rich_help_panel="Deploy")(plan)
 
 
 def _version(value: bool) -> None:

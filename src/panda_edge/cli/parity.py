@@ -1,7 +1,8 @@
 """`panda parity`: the bundle's engines against the PyTorch reference, every level the bundle allows.
 
 stab_fp32 when the bundle holds the ONNX graph; stab_int8 when it holds the INT8 graphs (after
-panda calibrate); llm and tokenizer when it holds GGUF files.
+panda calibrate); llm and tokenizer when it holds GGUF files; e2e (f32 GGUF) and task when it holds
+both and there are questions (--qa, or the held-out toy world for the embedded tiny model).
 """
 
 from __future__ import annotations
@@ -24,6 +25,25 @@ def parity(
     video_options: Annotated[
         list[Path] | None, typer.Option("--videos", help="More videos (repeatable; also: --videos A B C).")
     ] = None,
+    qa: Annotated[
+        Path | None,
+        typer.Option(help="QA file for e2e/task (default for --checkpoint tiny: the held-out toy world)."),
+    ] = None,
+    video_dir: Annotated[
+        Path | None, typer.Option(help="Where --qa's videos are (default: the 'videos' folder beside it).")
+    ] = None,
+    levels: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Comma-separated subset of: {', '.join(LEVELS)} (default: all the bundle allows)."
+        ),
+    ] = None,
+    e2e_videos: Annotated[
+        int, typer.Option(min=1, help="Videos for the e2e level (one question each).")
+    ] = 20,
+    questions: Annotated[
+        int | None, typer.Option(min=1, help="At most this many questions for the task level (default: all).")
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,
@@ -35,8 +55,11 @@ def parity(
     cosine per token >= 0.99 for the CPU graph as ONNX Runtime runs it and for the TensorRT graph
     (Q/DQ computed in float), with the minimum and a histogram. llm (GGUF files): llama.cpp logits vs
     transformers fp32 on the same tokens, per GGUF type; f32 must agree on top-1 everywhere.
-    tokenizer: llama.cpp ids identical to SentencePiece's on every prompt chunk. Exit 1 when a level
-    fails, 2 for bad input.
+    tokenizer: llama.cpp ids identical to SentencePiece's on every prompt chunk. e2e: the runtime
+    (ONNX Runtime fp32 + f32 GGUF) answers token for token as the reference, one question per video.
+    task: exact-match accuracy of the runtime (fp32 vision, and INT8 when the bundle has it, with the
+    q8_0 GGUF or the one the bundle has) within 1 point of the reference. Exit 1 when a level fails,
+    2 for bad input.
     """
     from panda_edge.bundle import load_manifest
     from panda_edge.errors import CheckFailed, PandaError
@@ -52,16 +75,19 @@ def parity(
         raise PandaError(
             f"{bundle}: the bundle holds neither the vision graph nor a GGUF; nothing to compare"
         )
+    wanted = _levels(levels)
     result: dict[str, Any] = {}
     failed: list[str] = []
-    if "vision" in manifest:
+    if "vision" in manifest and wanted & {"stab_fp32", "stab_int8"}:
         for level, stab in _stab_levels(checkpoint, bundle, chosen, quiet).items():
+            if level not in wanted:
+                continue
             result.update(stab.to_dict())
             if not quiet:
                 _print_stab(level, stab)
             if not stab:
                 failed.append(f"{level} parity failed: {_overall(stab)}")
-    if ggufs:
+    if ggufs and wanted & {"llm", "tokenizer"}:
         llm, tokenizer = _llm_levels(checkpoint, bundle, ggufs, quiet)
         result["llm"] = {t: r.to_dict() for t, r in llm.items()}
         result["tokenizer"] = tokenizer.to_dict()
@@ -72,6 +98,15 @@ def parity(
         failed += [f"llm parity failed: {r}" for r in llm.values() if not r.passed]
         if not tokenizer.passed:
             failed.append(str(tokenizer))
+    if "vision" in manifest and ggufs and wanted & {"e2e", "task"}:
+        for name, level in _runtime_levels(
+            checkpoint, bundle, manifest, qa, video_dir, wanted, e2e_videos, questions, quiet
+        ).items():
+            result[name] = level.to_dict()
+            if not quiet:
+                out.print(str(level))
+            if not level.passed:
+                failed.append(f"{name} parity failed: {level}")
     if json_out is not None:
         emit_json(result, json_out)
     if failed:
@@ -144,3 +179,84 @@ def _llm_levels(checkpoint: str, bundle: Path, ggufs: dict[str, Any], quiet: boo
     tokenizer = tokenizer_parity(paths.get("f32") or next(iter(paths.values())), tokenizer_file)
     tokenizer.others["transformers_llama_tokenizer"] = hf_tokenizer_agreement(tokenizer_file)
     return llm, tokenizer
+
+
+LEVELS = ("stab_fp32", "stab_int8", "llm", "tokenizer", "e2e", "task")
+
+
+def _levels(text: str | None) -> set[str]:
+    from panda_edge.errors import PandaError
+
+    if text is None:
+        return set(LEVELS)
+    chosen = {t.strip() for t in text.split(",") if t.strip()}
+    unknown = chosen - set(LEVELS)
+    if unknown or not chosen:
+        raise PandaError(
+            f"unknown parity level(s) {', '.join(sorted(unknown)) or text!r}; choose from {', '.join(LEVELS)}"
+        )
+    return chosen
+
+
+def _runtime_levels(
+    checkpoint: str,
+    bundle: Path,
+    manifest: dict[str, Any],
+    qa: Path | None,
+    video_dir: Path | None,
+    wanted: set[str],
+    e2e_videos: int,
+    max_questions: int | None,
+    quiet: bool,
+) -> dict[str, Any]:
+    """e2e (needs the f32 GGUF) and task (fp32 vision, and int8 when calibrated) on a QA set."""
+    from panda_edge.errors import PandaError
+    from panda_edge.model.videopanda import VideoPanda
+    from panda_edge.parity.e2e import one_question_per_video
+    from panda_edge.parity.runtime import measure_e2e, measure_task
+    from panda_edge.parity.task import read_questions
+
+    if qa is None:
+        if checkpoint != "tiny":
+            if not quiet:
+                err.print("e2e/task skipped: give --qa QA.json (and --video-dir) with questions about videos")
+            return {}
+        from panda_edge.demo import cache_dir, toy_world
+
+        qa = toy_world(cache_dir() / "parity") / "heldout.json"
+    if not qa.is_file():
+        raise PandaError(f"{qa}: no such QA file")
+    videos_dir = video_dir or qa.parent / "videos"
+    if not videos_dir.is_dir():
+        raise PandaError(f"{videos_dir}: no such video directory; give --video-dir")
+    questions = read_questions(qa)
+    if max_questions is not None:
+        questions = questions[:max_questions]
+    model = VideoPanda.from_pretrained(checkpoint)
+    ggufs = manifest["llm"]["gguf"]
+    levels: dict[str, Any] = {}
+    if "e2e" in wanted:
+        if "f32" not in ggufs:
+            if not quiet:
+                err.print("e2e skipped: it needs the f32 GGUF (panda export --target gguf --gguf-type f32)")
+        else:
+            chosen = one_question_per_video(questions, e2e_videos)
+            with progress_bar("e2e answers", total=len(chosen), enabled=not quiet) as advance:
+                levels["e2e"] = measure_e2e(model, bundle, chosen, videos_dir, on_video=advance)
+    if "task" in wanted:
+        gguf_type = "q8_0" if "q8_0" in ggufs else None
+        precisions = ["fp32", *(["int8"] if manifest.get("vision_int8") else [])]
+        reference = None
+        for precision in precisions:
+            total = len(questions) * (2 if reference is None else 1)
+            with progress_bar(f"task answers ({precision})", total=total, enabled=not quiet) as advance:
+                task = measure_task(
+                    model, bundle, questions, videos_dir, gguf_type, precision, reference, on_answer=advance
+                )
+            reference = task.reference
+            levels["task" if precision == "fp32" else f"task_{precision}"] = task
+        if "f32" in ggufs and gguf_type not in (None, "f32"):
+            from panda_edge.parity.runtime import measure_gguf_agreement
+
+            levels["task"].gguf_agreement = measure_gguf_agreement(bundle, questions, videos_dir, gguf_type)
+    return levels

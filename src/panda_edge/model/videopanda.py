@@ -35,7 +35,8 @@ from panda_edge.model.checkpoint import (
     write_weights,
 )
 from panda_edge.model.stab import STAB, build_projector
-from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer
+from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
+from panda_edge.sampling import GREEDY, Sampling, pick_token
 
 
 def llama_config(llm: LlmConfig):
@@ -191,13 +192,10 @@ class VideoPanda(nn.Module):
         video_or_frames: str | Path | Tensor | np.ndarray,
         question: str,
         max_new_tokens: int = 64,
-        do_sample: bool = False,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
+        sampling: Sampling = GREEDY,
         history: Sequence[tuple[str, str]] = (),
     ) -> Iterator[int]:
-        """Yield generated token ids (greedy unless `do_sample`), stopping at `</s>`.
+        """Yield generated token ids (greedy unless `sampling` says otherwise), stopping at `</s>`.
 
         `history` holds earlier (question, answer) turns about the same video.
         """
@@ -205,10 +203,10 @@ class VideoPanda(nn.Module):
         visual = self.encode_frames(self.load_frames(video_or_frames))
         ids, _ = tokenizer.conversation_ids([*history, (question, None)], n_frames=len(visual))
         embeds = self.prompt_embeddings(ids, visual)
-        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        rng = None if sampling.greedy else sampling.generator()
         out = self.llm(inputs_embeds=embeds, use_cache=True)
         for _ in range(max_new_tokens):
-            token = pick_token(out.logits[0, -1], do_sample, temperature, top_p, generator)
+            token = pick_token(out.logits[0, -1].float().numpy(), sampling, rng)
             if token == tokenizer.eos_id:
                 return
             yield token
@@ -221,21 +219,15 @@ class VideoPanda(nn.Module):
         video_or_frames: str | Path | Tensor | np.ndarray,
         question: str,
         max_new_tokens: int = 64,
-        do_sample: bool = False,
+        sampling: Sampling = GREEDY,
         on_text: Callable[[str], None] | None = None,
-        **sampling: float | int | None,
+        history: Sequence[tuple[str, str]] = (),
     ) -> str:
         """The answer as text; `on_text` receives it piece by piece as tokens arrive."""
-        tokenizer = self._require_tokenizer()
-        tokens: list[int] = []
-        shown = ""
-        for token in self.stream_generate(video_or_frames, question, max_new_tokens, do_sample, **sampling):
-            tokens.append(token)
-            text = tokenizer.decode(tokens)
-            if on_text is not None and len(text) > len(shown) and not text.endswith("\ufffd"):
-                on_text(text[len(shown) :])
-                shown = text
-        return tokenizer.decode(tokens).strip()
+        text = TextStream(self._require_tokenizer(), on_text)
+        for token in self.stream_generate(video_or_frames, question, max_new_tokens, sampling, history):
+            text.push(token)
+        return text.answer()
 
 
 def reference_answerer(model: VideoPanda, max_new_tokens: int = 16) -> Callable[[Path, str], str]:
@@ -246,17 +238,3 @@ def reference_answerer(model: VideoPanda, max_new_tokens: int = 16) -> Callable[
     return lambda video, question: model.generate(
         frames(Path(video)), question, max_new_tokens=max_new_tokens
     )
-
-
-def pick_token(
-    logits: Tensor, do_sample: bool, temperature: float, top_p: float, generator: torch.Generator | None
-) -> int:
-    """Greedy argmax, or temperature + nucleus (top-p) sampling."""
-    if not do_sample or temperature <= 0:
-        return int(torch.argmax(logits))
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        keep = torch.cumsum(sorted_probs, dim=-1) - sorted_probs < top_p
-        probs = torch.zeros_like(probs).scatter(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs / probs.sum(), 1, generator=generator))

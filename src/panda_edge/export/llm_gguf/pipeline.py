@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.bundle import (
-    MANIFEST_FILE,
     PROMPT_FILE,
     TOKENIZER_FILE,
     file_record,
-    load_manifest,
+    previous_manifest,
     prompt_settings,
     start_bundle,
     tool_versions,
@@ -103,7 +102,8 @@ def export_gguf(
         raise CheckpointError(f"{directory}: no {TOKENIZER_FILE}; the GGUF needs its vocabulary")
     vocab = read_vocab(tokenizer)
     plan = plan_tensors(files, config.llm, _writer_type(gtype), permute=permute)
-    previous = _previous_manifest(out_dir)
+    weights = {p.name: file_record(p) for p in files}  # hashed once: the 7B weights are 13 GB
+    previous = previous_manifest(out_dir, weights)
     bundle = start_bundle(out_dir)
     name = gguf_file_name(gtype.name)
     progress = (lambda done: on_tensor(done, len(plan))) if on_tensor is not None else None
@@ -135,14 +135,7 @@ def export_gguf(
         **file_record(bundle / name),
     }
     step("hashing the bundle")
-    return _write_manifest(bundle, previous, directory, config, files, entry)
-
-
-def _previous_manifest(out_dir: str | Path) -> dict[str, Any] | None:
-    """The bundle's current manifest (ONNX export, other GGUF types), to extend; None if none."""
-    if not (Path(out_dir) / MANIFEST_FILE).is_file():
-        return None
-    return load_manifest(out_dir, verify=False)
+    return _write_manifest(bundle, previous, directory, config, weights, entry)
 
 
 def _write_manifest(
@@ -150,7 +143,7 @@ def _write_manifest(
     previous: dict[str, Any] | None,
     directory: Path,
     config,
-    files: list[Path],
+    weights: dict[str, Any],
     entry: dict[str, Any],
 ) -> dict[str, Any]:
     manifest = dict(previous or {})
@@ -159,7 +152,7 @@ def _write_manifest(
     if "source" not in manifest:
         manifest["source"] = {
             "checkpoint": str(directory.resolve()),
-            "weights": {p.name: file_record(p) for p in files},
+            "weights": weights,
         }
         manifest["model"] = config.to_dict()
     if not (bundle / TOKENIZER_FILE).is_file():

@@ -75,6 +75,7 @@ def export_graph(stab: STAB, projector: nn.Module, path: str | Path, profile: Pr
         )
     model = onnx.load(str(path))
     fix_negative_transpose_perms(model.graph)
+    remove_identities(model.graph)
     declare_shape(model.graph.output[0], layout.tokens_shape)
     set_metadata(
         model,
@@ -104,6 +105,26 @@ def fix_negative_transpose_perms(graph: onnx.GraphProto) -> int:
                 attr.ints.extend(perm)
                 fixed += 1
     return fixed
+
+
+def remove_identities(graph: onnx.GraphProto) -> int:
+    """Equal weights (the official zero inits, before training) are exported once plus Identity
+    copies; TensorRT's operator lists need not hold Identity, so consumers read the source instead."""
+    outputs = {value.name for value in graph.output}
+    alias: dict[str, str] = {}
+    kept = []
+    for node in graph.node:
+        if node.op_type == "Identity" and node.output[0] not in outputs:
+            alias[node.output[0]] = alias.get(node.input[0], node.input[0])
+        else:
+            kept.append(node)
+    for node in kept:
+        for i, name in enumerate(node.input):
+            if name in alias:
+                node.input[i] = alias[name]
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(alias)
 
 
 def declare_shape(value: onnx.ValueInfoProto, shape: tuple[int, ...]) -> None:

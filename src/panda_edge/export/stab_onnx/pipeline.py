@@ -12,6 +12,7 @@ from panda_edge.bundle import (
     STAB_ONNX_FILE,
     TOKENIZER_FILE,
     file_record,
+    previous_manifest,
     prompt_settings,
     start_bundle,
     tool_versions,
@@ -22,6 +23,10 @@ from panda_edge.export.stab_onnx.check import check_onnx
 from panda_edge.export.stab_onnx.convert import INPUT_NAME, OUTPUT_NAME, export_graph
 from panda_edge.export.stab_onnx.profiles import DEFAULT_PROFILE, Profile, get_profile
 from panda_edge.fileio import atomic_path, write_json
+
+# Parts of an existing bundle of the same checkpoint that a new ONNX export leaves in place (an INT8
+# graph is not kept: it was calibrated from the graph this export replaces).
+KEPT_PARTS = ("llm",)
 
 
 def export_bundle(
@@ -49,6 +54,9 @@ def export_bundle(
         raise CheckpointError(f"{directory}: no {TOKENIZER_FILE}; the bundle needs it for the prompt")
     step(f"loading the vision weights of {directory}")
     tower = VisionTower.from_checkpoint(directory)
+    step("hashing the source weights")
+    weights = {p.name: file_record(p) for p in weight_files(directory)}
+    previous = previous_manifest(out_dir, weights) or {}
     bundle = start_bundle(out_dir)
     step(f"exporting STAB + projector to ONNX (TensorRT {target.tensorrt} profile, opset {target.opset})")
     with atomic_path(bundle / STAB_ONNX_FILE) as tmp:
@@ -62,12 +70,11 @@ def export_bundle(
     with atomic_path(bundle / TOKENIZER_FILE) as tmp:
         shutil.copyfile(tokenizer, tmp)
     write_json(bundle / PROMPT_FILE, prompt_settings(tower.config.vision.video_frames))
-    step("hashing the source weights and the bundle")
+    step("hashing the bundle")
+    kept = {key: previous[key] for key in KEPT_PARTS if key in previous}  # a GGUF already there
+    kept_files = [e["file"] for e in (kept.get("llm") or {}).get("gguf", {}).values()]
     manifest = {
-        "source": {
-            "checkpoint": str(directory.resolve()),
-            "weights": {p.name: file_record(p) for p in weight_files(directory)},
-        },
+        "source": {"checkpoint": str(directory.resolve()), "weights": weights},
         "model": tower.config.to_dict(),
         "vision": {
             "file": STAB_ONNX_FILE,
@@ -82,6 +89,8 @@ def export_bundle(
         },
         "prompt": PROMPT_FILE,
         "tokenizer": TOKENIZER_FILE,
-        "tools": tool_versions(),
+        "tools": {**previous.get("tools", {}), **tool_versions()},
+        **kept,
     }
-    return write_manifest(bundle, manifest, [STAB_ONNX_FILE, TOKENIZER_FILE, PROMPT_FILE])
+    files = [STAB_ONNX_FILE, TOKENIZER_FILE, PROMPT_FILE, *(f for f in kept_files if (bundle / f).is_file())]
+    return write_manifest(bundle, manifest, files)

@@ -10,11 +10,44 @@ from pathlib import Path
 
 import numpy as np
 
-from panda_edge.errors import BundleError
+from panda_edge.errors import BundleError, PandaError
 from panda_edge.lazy import llama_cpp
 
-# ggml_type ids of the KV cache element types we use.
-KV_TYPES = {"f32": 0, "f16": 1}
+# ggml_type ids of the KV cache element types we use; a quantized V cache needs flash attention.
+KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
+
+
+def load_llama(
+    path: Path,
+    n_ctx: int,
+    n_batch: int,
+    threads: int,
+    n_gpu_layers: int = 0,
+    kv_cache: str = "f16",
+    logits_all: bool = False,
+    vocab_only: bool = False,
+):
+    """A `llama_cpp.Llama` on `path`, quiet, with the KV cache element type named by `kv_cache`."""
+    lib = llama_cpp()
+    if not path.is_file():
+        raise BundleError(f"{path}: no such GGUF file")
+    if kv_cache not in KV_TYPES:
+        raise PandaError(f"unknown KV cache type '{kv_cache}'; choose one of: {', '.join(KV_TYPES)}")
+    return lib.Llama(
+        model_path=str(path),
+        n_ctx=n_ctx,
+        n_batch=n_batch,
+        n_ubatch=min(n_batch, 512),
+        n_threads=threads,
+        n_threads_batch=threads,
+        n_gpu_layers=n_gpu_layers,
+        logits_all=logits_all,
+        vocab_only=vocab_only,
+        type_k=KV_TYPES[kv_cache],
+        type_v=KV_TYPES[kv_cache],
+        flash_attn=kv_cache == "q8_0",
+        verbose=False,
+    )
 
 
 class LlamaCppModel:
@@ -29,24 +62,10 @@ class LlamaCppModel:
         kv_cache: str = "f16",
     ) -> None:
         """`kv_cache` f32 keeps llama.cpp's cache exact (parity); f16 is its default (runtime)."""
-        lib = llama_cpp()
-        path = Path(path)
-        if not path.is_file():
-            raise BundleError(f"{path}: no such GGUF file")
-        self.path = path
+        self.path = Path(path)
         self.n_ctx = n_ctx
-        self.llm = lib.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=n_ctx,
-            n_ubatch=min(n_ctx, 512),
-            n_threads=threads,
-            n_threads_batch=threads,
-            logits_all=True,
-            vocab_only=vocab_only,
-            type_k=KV_TYPES[kv_cache],
-            type_v=KV_TYPES[kv_cache],
-            verbose=False,
+        self.llm = load_llama(
+            self.path, n_ctx, n_ctx, threads, kv_cache=kv_cache, logits_all=True, vocab_only=vocab_only
         )
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:

@@ -1,0 +1,72 @@
+"""What this machine can do at best, measured, so every result can be set against its limit.
+
+Memory bandwidth (a large array copy: decode reads every weight once per token, so bandwidth
+bounds tokens/s) and fp32 matrix-multiply throughput (the vision part is matmuls and convolutions,
+so this bounds its time). Both are measured with the thread count the benchmarks use.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+
+def memory_bandwidth_gbs(megabytes: int = 512, repeat: int = 5) -> float:
+    """Copy bandwidth in GB/s, counting the bytes read and the bytes written (median of `repeat`)."""
+    src = np.ones(megabytes * 2**20 // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)  # touch every page first
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        np.copyto(dst, src)
+        times.append(time.perf_counter() - start)
+    return round(2 * src.nbytes / statistics.median(times) / 1e9, 2)
+
+
+def matmul_gflops(threads: int, n: int = 2048, repeat: int = 5) -> float:
+    """fp32 GEMM throughput through PyTorch (the reference's own kernels), GFLOP/s."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        times = []
+        for _ in range(repeat):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+    return round(2 * n**3 / statistics.median(times) / 1e9, 1)
+
+
+def vision_gflop_per_video(preset_name: str = "full") -> float:
+    """FLOPs (2 per multiply-add) of STAB + projector on one square video, counted by PyTorch."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from panda_edge.bench.vision import bench_video
+    from panda_edge.config import preset
+    from panda_edge.model.vision import VisionTower
+
+    config = preset(preset_name)
+    tower = VisionTower(config).eval()
+    frames = torch.from_numpy(bench_video(config))
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        tower.encode_frames(frames)
+    return round(counter.get_total_flops() / 1e9, 1)
+
+
+def limits(threads: int) -> dict[str, Any]:
+    return {
+        "memory_bandwidth_gbs": memory_bandwidth_gbs(),
+        "fp32_matmul_gflops": matmul_gflops(threads),
+        "threads": threads,
+        "method": "bandwidth: 512 MiB numpy copy (read + write bytes); GEMM: 2048^3 fp32 torch matmul",
+    }

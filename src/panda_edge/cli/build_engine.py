@@ -1,0 +1,67 @@
+"""`panda build-engine`: the bundle's graph -> a TensorRT engine for this GPU, recorded in the manifest."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from panda_edge.cli._common import emit_result, handle_errors, json_to_stdout, out, step_printer
+
+
+@handle_errors
+def build_engine(
+    bundle: Annotated[Path, typer.Option(help="Bundle directory (from panda export --target trt).")],
+    precision: Annotated[
+        str, typer.Option(help="fp16, int8 (needs the calibrated Q/DQ graph) or fp32.")
+    ] = "fp16",
+    workspace: Annotated[int, typer.Option(help="Builder workspace limit in MiB.")] = 1024,
+    timing_cache: Annotated[
+        Path | None,
+        typer.Option(help="TensorRT timing cache file: read if present, written after the build."),
+    ] = None,
+    register: Annotated[
+        Path | None,
+        typer.Option(
+            help="Record an engine built elsewhere (build_engine.sh / trtexec) instead of building."
+        ),
+    ] = None,
+    trtexec_log: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --register: trtexec's log, which names its TensorRT and GPU (no TensorRT needed)."
+        ),
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the engine record as JSON ('-': stdout).")
+    ] = None,
+) -> None:
+    """Build BUNDLE/stab.<gpu>.<precision>.engine with this machine's TensorRT and add it to the manifest.
+
+    Engines are specific to one GPU model and one TensorRT release, so run this on the device. The
+    graph and flags follow the installed TensorRT: 8.5/8.6 builder flags (FP16; INT8 + FP16 for the
+    Q/DQ graph), 10.x strongly typed, 11.x no precision flags. Exit 2 when TensorRT, cuda-python or a
+    GPU is missing, or the bundle lacks the graph; exit 1 when TensorRT fails to build it.
+    """
+    from panda_edge.errors import PandaError
+    from panda_edge.export.trt.pipeline import build_engine as build
+    from panda_edge.export.trt.pipeline import register_engine
+
+    quiet = json_to_stdout(json_out)
+    if trtexec_log is not None and register is None:
+        raise PandaError("--trtexec-log goes with --register ENGINE")
+    if register is not None:
+        result = register_engine(bundle, register, precision, trtexec_log, on_step=step_printer(quiet))
+    else:
+        result = build(bundle, precision, workspace, timing_cache, on_step=step_printer(quiet))
+    record = result["engine"]
+    if emit_result(record, json_out):
+        return
+    size = result["manifest"]["files"][record["file"]]["size"]
+    gpu = record["gpu"]
+    out.print(
+        f"{bundle / record['file']}: {record['precision']} engine ({size / 1e6:.1f} MB) for {gpu['name']} "
+        f"(compute capability {gpu['compute_capability']}), TensorRT {record['tensorrt']}, "
+        f"from {record['source']['file']}; recorded in {bundle / 'manifest.json'}"
+    )

@@ -1,0 +1,158 @@
+"""`panda plan`: memory per part, whether it fits, and the decode ceiling of a bundle or preset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from panda_edge.cli._common import emit_result, handle_errors, out
+
+GIB = 1 << 30
+_ROWS = {
+    "llm_weights": "LLM weights",
+    "kv_cache": "KV cache",
+    "llm_compute": "llama.cpp compute buffer",
+    "vision_engine": "vision engine weights",
+    "vision_activations": "vision activations",
+    "cuda_runtime": "CUDA / TensorRT / cuBLAS",
+    "host_process": "host process (unified)",
+}
+
+
+@handle_errors
+def plan(
+    device: Annotated[
+        str,
+        typer.Option(
+            help="orin-nano-8gb, orin-nx-16gb, agx-orin-32gb, agx-orin-64gb, rtx-4090, ... or custom."
+        ),
+    ],
+    bundle: Annotated[Path | None, typer.Option(help="Plan this bundle (its config and GGUF files).")] = None,
+    preset: Annotated[
+        str | None, typer.Option(help="Plan a preset instead: full (Video-Panda-7B) or tiny.")
+    ] = None,
+    context: Annotated[
+        int, typer.Option(help="llama.cpp context (n_ctx) the KV cache is allocated for.")
+    ] = 4096,
+    kv_type: Annotated[
+        str, typer.Option(help="KV cache type: f16, q8_0 or q4_0 (quantized V: flash attention).")
+    ] = "f16",
+    vision_precision: Annotated[
+        str, typer.Option(help="Vision engine precision: fp16, int8 or fp32.")
+    ] = "fp16",
+    gguf_type: Annotated[
+        list[str] | None,
+        typer.Option(help="GGUF type(s) to plan (default f16, q8_0, q5_k_m, q4_k_m + the bundle's)."),
+    ] = None,
+    reserve_gib: Annotated[
+        float | None, typer.Option(help="Memory the OS / driver keeps (default: 2 on Jetson, 0.5 on a GPU).")
+    ] = None,
+    memory_gib: Annotated[
+        float | None, typer.Option(help="Device memory (custom device, or an override).")
+    ] = None,
+    bandwidth_gbs: Annotated[
+        float | None, typer.Option(help="Memory bandwidth in GB/s (custom device).")
+    ] = None,
+    unified: Annotated[
+        bool | None, typer.Option("--unified/--discrete", help="Custom device: memory shared with the CPU?")
+    ] = None,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the plan as JSON ('-': stdout).")
+    ] = None,
+) -> None:
+    """Memory needed per part (LLM weights by GGUF tensor type, KV cache, compute buffers, vision engine,
+    runtime, OS reserve), whether it fits, the GGUF type to pick, and the decode speed ceiling
+    (memory bandwidth / bytes read per token). Estimates, not measurements: see docs/jetson.md."""
+    from panda_edge.errors import PandaError
+    from panda_edge.plan.devices import get_device
+    from panda_edge.plan.memory import ModelShape, plan_memory
+
+    if (bundle is None) == (preset is None):
+        raise PandaError("give one of --bundle BUNDLE or --preset full|tiny")
+    dev = get_device(device, memory_gib, bandwidth_gbs, unified, reserve_gib)
+    if bundle is not None:
+        from panda_edge.bundle import load_manifest
+
+        model = ModelShape.from_manifest(load_manifest(bundle, verify=False), str(bundle))
+    else:
+        from dataclasses import asdict
+
+        from panda_edge.config import preset as get_preset
+
+        model = ModelShape.from_config(asdict(get_preset(preset)), f"preset:{preset}")
+    result = plan_memory(
+        model, dev, context, kv_type, vision_precision, tuple(gguf_type) if gguf_type else None
+    )
+    if emit_result(result.to_dict(), json_out):
+        return
+    _render(result)
+
+
+def _gib(n: int) -> str:
+    return f"{n / GIB:.2f}"
+
+
+def _render(result) -> None:
+    from rich.table import Table
+
+    d, m = result.device, result.model
+    kind = "unified" if d.unified else "GPU"
+    out.print(
+        f"{d.label}: {d.memory_gib:g} GiB {kind} memory, {d.bandwidth_gb_s:g} GB/s; {m.source} "
+        f"(Llama {m.llm['num_hidden_layers']} x {m.llm['hidden_size']}); context {result.context}, "
+        f"KV {result.kv_type}, vision {result.vision_precision}"
+    )
+    table = Table(show_edge=False, box=None, pad_edge=False)
+    table.add_column("GiB")
+    for option in result.options:
+        table.add_column(option.gguf_type + ("*" if option.weights_measured else ""), justify="right")
+    for key, label in _ROWS.items():
+        if key in result.options[0].parts:
+            table.add_row(label, *(_gib(o.parts[key]) for o in result.options))
+    table.add_row(
+        f"reserve (OS, {'carveouts, desktop' if d.unified else 'driver'})",
+        *(_gib(int(d.reserve_gib * GIB)) for _ in result.options),
+    )
+    table.add_row("total", *(_gib(o.total + int(d.reserve_gib * GIB)) for o in result.options))
+    table.add_row("fits", *("yes" if o.fits else "no" for o in result.options))
+    table.add_row("max context", *(str(o.max_context) for o in result.options))
+    table.add_row(
+        f"decode tok/s ceiling (at {result.decode_position})",
+        *(f"{o.decode_tok_s:.1f}" for o in result.options),
+    )
+    out.print(table)
+    if any(o.weights_measured for o in result.options):
+        out.print("* LLM weights: the bundle's GGUF file size")
+    out.print(_advice(result))
+
+
+def _advice(result) -> str:
+    note = ""
+    trained = result.model.llm.get("max_position_embeddings")
+    if trained and result.context > trained:
+        note = f" (context {result.context} is beyond the {trained} positions the model was trained for)"
+    elif result.context < result.needed_context:
+        note = (
+            f" (context {result.context} is below the {result.needed_context} a video + prompt + answer need)"
+        )
+    if result.recommended is None:
+        hints = []
+        if result.kv_type == "f16":
+            hints.append("a q8_0 KV cache (--kv-type q8_0; llama.cpp -ctk q8_0 -ctv q8_0 -fa)")
+        if result.device.unified and result.device.reserve_gib > 1:
+            hints.append("a headless system (--reserve-gib 1)")
+        hints.append("a larger device")
+        return (
+            f"nothing fits: no GGUF type leaves room for the {result.needed_context} tokens a video, its "
+            f"prompt and an answer need; try {' or '.join(hints)}"
+        )
+    option = next(o for o in result.options if o.gguf_type == result.recommended)
+    types = ", ".join(f"{k} {_gib(v)} GiB" for k, v in option.weights["by_type"].items())
+    if result.recommended_context == result.context:
+        return f"pick {result.recommended} ({types}){note}"
+    return (
+        f"at context {result.context} nothing of {', '.join(o.gguf_type for o in result.options)} fits; "
+        f"pick {result.recommended} with --context {result.recommended_context} ({types})"
+    )

@@ -1,0 +1,206 @@
+"""`panda run` and `panda chat`: the device runtime on a bundle (vision backend + llama.cpp, no torch)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out
+
+BundleOpt = Annotated[Path, typer.Option("--bundle", help="Bundle directory written by panda export.")]
+VideoArg = Annotated[Path, typer.Argument(help="Video file (mp4, mkv, webm, avi, mov, gif).")]
+VisionOpt = Annotated[
+    str, typer.Option("--vision", help="Vision backend: ort (ONNX Runtime), trt (TensorRT engine), torch.")
+]
+PrecisionOpt = Annotated[
+    str, typer.Option("--precision", help="Vision graph: fp32 (stab.onnx) or int8 (the calibrated graph).")
+]
+GgufOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gguf-type", help="Decoder GGUF in the bundle (default: q8_0, else f16, else what it has)."
+    ),
+]
+MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Stop after this many tokens.")]
+GpuLayersOpt = Annotated[
+    int, typer.Option("--n-gpu-layers", min=0, help="Decoder layers on the GPU (llama.cpp built with CUDA).")
+]
+ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all cores).")]
+CtxOpt = Annotated[
+    int | None, typer.Option("--n-ctx", min=64, help="Context length (default: the model's, at most 4096).")
+]
+TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="0 is greedy.")]
+TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling cut.")]
+SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for sampling (temperature > 0).")]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache", help="Keep each video's prefix (visual tokens in the KV cache) here for next time."
+    ),
+]
+KvOpt = Annotated[
+    str,
+    typer.Option("--kv-cache", help="KV cache type: f16, q8_0 (half the memory; flash attention) or f32."),
+]
+CheckpointOpt = Annotated[
+    str | None, typer.Option("--checkpoint", help="--vision torch only: the reference checkpoint, or 'tiny'.")
+]
+JsonOpt = Annotated[
+    Path | None, typer.Option("--json", help="Write the answer(s) and timings as JSON ('-': stdout).")
+]
+
+
+def _open_runtime(bundle: Path, vision: str, precision: str, gguf_type: str | None, **options: Any):
+    from panda_edge.runtime.pipeline import VideoRuntime
+
+    with err.status("loading the bundle"):
+        return VideoRuntime(bundle, vision=vision, precision=precision, gguf_type=gguf_type, **options)
+
+
+def _sampling(temperature: float, top_p: float, seed: int | None):
+    from panda_edge.errors import PandaError
+    from panda_edge.sampling import Sampling
+
+    if top_p <= 0:
+        raise PandaError("--top-p must be above 0")
+    return Sampling(temperature=temperature, top_p=top_p, seed=seed)
+
+
+def _describe(runtime) -> dict[str, Any]:
+    parts = runtime.parts
+    return {
+        "bundle": str(parts.root),
+        "vision": f"{runtime.vision_name} {parts.vision_precision} ({parts.vision_onnx.name})",
+        "decoder": f"llama.cpp {parts.gguf.name}",
+    }
+
+
+@handle_errors
+def run(
+    video: VideoArg,
+    question: Annotated[str, typer.Argument(help="The question about the video.")],
+    bundle: BundleOpt,
+    vision: VisionOpt = "ort",
+    precision: PrecisionOpt = "fp32",
+    gguf_type: GgufOpt = None,
+    max_new_tokens: MaxTokensOpt = 64,
+    n_gpu_layers: GpuLayersOpt = 0,
+    threads: ThreadsOpt = None,
+    n_ctx: CtxOpt = None,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    seed: SeedOpt = None,
+    cache: CacheOpt = None,
+    kv_cache: KvOpt = "f16",
+    checkpoint: CheckpointOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Answer QUESTION about VIDEO with the bundle: vision graph -> visual tokens -> llama.cpp.
+
+    The answer streams to stdout as it is generated; timings go to stderr. Greedy unless
+    --temperature > 0. Exit 2 for a bad video, a missing or mismatched bundle.
+    """
+    sampling = _sampling(temperature, top_p, seed)
+    quiet = json_to_stdout(json_out)
+    with _open_runtime(
+        bundle,
+        vision,
+        precision,
+        gguf_type,
+        threads=threads,
+        n_gpu_layers=n_gpu_layers,
+        n_ctx=n_ctx,
+        prefix_cache=cache,
+        kv_cache=kv_cache,
+        checkpoint=checkpoint,
+    ) as runtime:
+        answer = runtime.answer(
+            video, question, max_new_tokens, sampling, on_text=None if quiet else _print_piece
+        )
+        info = _describe(runtime)
+    if not quiet:
+        out.print()
+        err.print(_timing_line(answer), highlight=False, soft_wrap=True)
+    if json_out is not None:
+        emit_json({**info, "video": str(video), "question": question, **answer.to_dict()}, json_out)
+
+
+@handle_errors
+def chat(
+    video: VideoArg,
+    bundle: BundleOpt,
+    vision: VisionOpt = "ort",
+    precision: PrecisionOpt = "fp32",
+    gguf_type: GgufOpt = None,
+    max_new_tokens: MaxTokensOpt = 256,
+    n_gpu_layers: GpuLayersOpt = 0,
+    threads: ThreadsOpt = None,
+    n_ctx: CtxOpt = None,
+    temperature: TemperatureOpt = 0.0,
+    top_p: TopPOpt = 1.0,
+    seed: SeedOpt = None,
+    cache: CacheOpt = None,
+    kv_cache: KvOpt = "f16",
+    checkpoint: CheckpointOpt = None,
+    json_out: JsonOpt = None,
+) -> None:
+    """Talk about VIDEO: one question per line on stdin, answers streamed (Vicuna v1 turns).
+
+    The video prefix (system prompt + visual tokens) is computed once and stays in the KV cache;
+    each follow-up adds only its own text. `/reset` starts a new conversation about the same video,
+    an empty line or end of input quits. With --cache the prefix is kept on disk for later runs.
+    """
+    sampling = _sampling(temperature, top_p, seed)
+    quiet = json_to_stdout(json_out)
+    interactive = sys.stdin.isatty()
+    turns: list[dict[str, Any]] = []
+    with _open_runtime(
+        bundle,
+        vision,
+        precision,
+        gguf_type,
+        threads=threads,
+        n_gpu_layers=n_gpu_layers,
+        n_ctx=n_ctx,
+        prefix_cache=cache,
+        kv_cache=kv_cache,
+        checkpoint=checkpoint,
+    ) as runtime:
+        conversation = runtime.chat(video)
+        if interactive:
+            err.print(f"chatting about {video}; empty line to quit, /reset for a new conversation")
+        while True:
+            if interactive:
+                err.print("[bold]>[/] ", end="")
+            line = sys.stdin.readline()
+            question = line.strip()
+            if not question or question in ("/quit", "/exit"):
+                break
+            if question == "/reset":
+                conversation = runtime.chat(video)
+                continue
+            answer = conversation.ask(
+                question, max_new_tokens, sampling, on_text=None if quiet else _print_piece
+            )
+            turns.append({"question": question, **answer.to_dict()})
+            if not quiet:
+                out.print()
+                err.print(_timing_line(answer), highlight=False, soft_wrap=True)
+        info = _describe(runtime)
+    if json_out is not None:
+        emit_json({**info, "video": str(video), "turns": turns}, json_out)
+
+
+def _print_piece(piece: str) -> None:
+    out.print(piece, end="")
+    out.file.flush()
+
+
+def _timing_line(answer) -> str:
+    parts = [f"first token {answer.ttft_s * 1e3:.0f} ms (prefix {answer.prefix})"]
+    parts += [f"{name} {seconds * 1e3:.0f} ms" for name, seconds in answer.timings_s.items()]
+    parts.append(f"{len(answer.tokens)} tokens, {answer.decode_tok_s:.1f} tok/s")
+    return "  ".join(parts)

@@ -1,0 +1,176 @@
+"""llama.cpp as the runtime's decoder: token ids and visual embeddings in, next-token logits out.
+
+Visual tokens enter llama.cpp as rows of a raw `llama_batch` whose `embd` is set (DESIGN.md §4),
+decoded in slices of at most `n_batch` rows: one `llama_decode` with more rows aborts the process.
+One sequence (id 0) lives in the KV cache; its state can be saved and restored, so a video's prefix
+(system prompt + visual tokens) is computed once and reused by every question about that video.
+No torch here.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from panda_edge.errors import BundleError, PandaError
+from panda_edge.lazy import llama_cpp
+from panda_edge.runtime.llm.llamacpp import load_llama
+
+SEQ = 0
+
+
+class ContextFull(PandaError):
+    """The conversation no longer fits the context window."""
+
+
+class LlamaDecoder:
+    """One GGUF in llama.cpp, one sequence, fed tokens or embeddings, giving last-position logits."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        n_ctx: int = 4096,
+        n_batch: int = 512,
+        threads: int = 2,
+        n_gpu_layers: int = 0,
+        kv_cache: str = "f16",
+    ) -> None:
+        """`kv_cache` f32 keeps the cache exact (parity runs); f16 is llama.cpp's default."""
+        lib = llama_cpp()
+        self.lib = lib
+        self.path = Path(path)
+        self.llm = load_llama(self.path, n_ctx, n_batch, threads, n_gpu_layers, kv_cache)
+        self.ctx = self.llm.ctx
+        self.n_ctx = lib.llama_n_ctx(self.ctx)
+        self.n_batch = lib.llama_n_batch(self.ctx)
+        self.n_embd = self.llm.n_embd()
+        self.n_vocab = self.llm.n_vocab()
+        self.n_past = 0
+        self._tokens = _Batch(lib, self.n_batch, 0)
+        self._embeds = _Batch(lib, self.n_batch, self.n_embd)
+        self._logits: np.ndarray | None = None
+
+    # --- feeding ---------------------------------------------------------------------------------
+
+    def feed_tokens(self, ids: Sequence[int]) -> None:
+        """Append token ids to the sequence (in slices of n_batch)."""
+        ids = np.asarray(ids, dtype=np.int32)
+        if ids.size and (ids.min() < 0 or ids.max() >= self.n_vocab):
+            raise PandaError(f"token id out of the GGUF's vocabulary of {self.n_vocab}")
+        self._feed(self._tokens, len(ids), lambda batch, i, j: batch.set_tokens(ids[i:j]))
+
+    def feed_embeddings(self, rows: np.ndarray) -> None:
+        """Append (n, n_embd) float32 rows, e.g. one frame's visual tokens, in slices of n_batch."""
+        if rows.ndim != 2 or rows.shape[1] != self.n_embd:
+            raise BundleError(
+                f"visual tokens of width {rows.shape[-1]} do not fit the GGUF's embedding size "
+                f"{self.n_embd}; the vision graph and the GGUF come from different models"
+            )
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        self._feed(self._embeds, len(rows), lambda batch, i, j: batch.set_embeddings(rows[i:j]))
+
+    def _feed(self, batch: _Batch, n: int, fill) -> None:
+        if n == 0:
+            return
+        if self.n_past + n > self.n_ctx:
+            raise ContextFull(
+                f"{self.n_past + n} tokens do not fit the context of {self.n_ctx}; "
+                "start a new conversation or raise --n-ctx"
+            )
+        for i in range(0, n, self.n_batch):
+            j = min(n, i + self.n_batch)
+            fill(batch, i, j)
+            batch.finish(j - i, self.n_past, want_logits=j == n)
+            status = self.lib.llama_decode(self.ctx, batch.batch)
+            if status != 0:
+                raise PandaError(f"llama_decode failed with status {status} at position {self.n_past}")
+            self.n_past += j - i
+        self._logits = None
+
+    # --- reading ---------------------------------------------------------------------------------
+
+    def logits(self) -> np.ndarray:
+        """(n_vocab,) float32 logits after the last fed position."""
+        if self._logits is None:
+            if self.n_past == 0:
+                raise PandaError("nothing has been fed yet")
+            pointer = self.lib.llama_get_logits_ith(self.ctx, -1)
+            self._logits = np.ctypeslib.as_array(pointer, shape=(self.n_vocab,)).copy()
+        return self._logits
+
+    # --- the KV cache ----------------------------------------------------------------------------
+
+    def truncate(self, n_past: int) -> None:
+        """Forget every position from `n_past` on (0: an empty sequence)."""
+        memory = self.lib.llama_get_memory(self.ctx)
+        if n_past == 0:
+            self.lib.llama_memory_clear(memory, True)
+        else:
+            self.lib.llama_memory_seq_rm(memory, SEQ, n_past, -1)
+        self.n_past = min(self.n_past, n_past)
+        self._logits = None
+
+    def save_state(self) -> bytes:
+        """The sequence's KV cache as bytes (restored by `load_state`; same GGUF and KV type only)."""
+        size = self.lib.llama_state_seq_get_size(self.ctx, SEQ)
+        buffer = (ctypes.c_uint8 * size)()
+        written = self.lib.llama_state_seq_get_data(self.ctx, buffer, size, SEQ)
+        return bytes(buffer[:written])
+
+    def load_state(self, state: bytes, n_past: int, last_logits: np.ndarray) -> None:
+        """Replace the sequence by a saved one of `n_past` positions (whose last logits we keep)."""
+        self.truncate(0)
+        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
+        if self.lib.llama_state_seq_set_data(self.ctx, buffer, len(state), SEQ) == 0:
+            raise PandaError("llama.cpp refused the saved state (another GGUF, KV type or context size)")
+        self.n_past = n_past
+        self._logits = np.asarray(last_logits, dtype=np.float32).copy()
+
+    def close(self) -> None:
+        self._tokens.free()
+        self._embeds.free()
+        self.llm.close()
+
+    def __enter__(self) -> LlamaDecoder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _Batch:
+    """A `llama_batch` of up to `capacity` rows: token ids (n_embd 0) or embeddings, sequence 0."""
+
+    def __init__(self, lib, capacity: int, n_embd: int) -> None:
+        self.lib = lib
+        self.n_embd = n_embd
+        self.batch = lib.llama_batch_init(capacity, n_embd, 1)
+        self.pos = np.ctypeslib.as_array(self.batch.pos, shape=(capacity,))
+        self.logits = np.ctypeslib.as_array(self.batch.logits, shape=(capacity,))
+        n_seq = np.ctypeslib.as_array(self.batch.n_seq_id, shape=(capacity,))
+        n_seq[:] = 1
+        for i in range(capacity):
+            self.batch.seq_id[i][0] = SEQ
+        self.token = None if n_embd else np.ctypeslib.as_array(self.batch.token, shape=(capacity,))
+        self.embd = np.ctypeslib.as_array(self.batch.embd, shape=(capacity, n_embd)) if n_embd else None
+        self._freed = False
+
+    def set_tokens(self, ids: np.ndarray) -> None:
+        self.token[: len(ids)] = ids
+
+    def set_embeddings(self, rows: np.ndarray) -> None:
+        self.embd[: len(rows)] = rows
+
+    def finish(self, n: int, start: int, want_logits: bool) -> None:
+        self.batch.n_tokens = n
+        self.pos[:n] = np.arange(start, start + n, dtype=np.int32)
+        self.logits[:n] = 0
+        self.logits[n - 1] = 1 if want_logits else 0
+
+    def free(self) -> None:
+        if not self._freed:
+            self.lib.llama_batch_free(self.batch)
+            self._freed = True

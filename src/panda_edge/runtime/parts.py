@@ -1,0 +1,110 @@
+"""Opening a bundle for the runtime: pick its parts and check that they fit together (no torch).
+
+A bundle can be assembled from several exports, so before anything runs we check what would
+otherwise fail late or silently: every file's hash (the manifest), the vision graph's token width
+against the GGUF's embedding size, the tokenizer's vocabulary against the GGUF's, and the graph's
+frame count against the prompt's `<image>` places.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from panda_edge.bundle import load_manifest
+from panda_edge.errors import BundleError
+
+# Preference when a bundle holds several GGUF types and none is asked for.
+GGUF_PREFERENCE = ("q8_0", "f16", "q5_k_m", "q4_k_m", "bf16", "f32")
+VISION_BACKENDS = ("ort", "trt", "torch")
+VISION_PRECISIONS = ("fp32", "int8")
+
+
+@dataclass(frozen=True)
+class BundleParts:
+    """The files a runtime session uses, resolved and hash-checked."""
+
+    root: Path
+    manifest: dict[str, Any]
+    gguf_type: str
+    gguf: Path
+    vision_precision: str
+    vision_onnx: Path
+    tokenizer: Path
+    frames: int
+
+    @property
+    def hidden(self) -> int:
+        return int(self.manifest["model"]["llm"]["hidden_size"])
+
+
+def open_bundle(bundle: str | Path, gguf_type: str | None = None, precision: str = "fp32") -> BundleParts:
+    """Resolve the bundle's GGUF (`gguf_type`, or the preferred one it holds) and vision graph."""
+    root = Path(bundle)
+    manifest = load_manifest(root)
+    if precision not in VISION_PRECISIONS:
+        raise BundleError(
+            f"unknown vision precision '{precision}'; choose one of: {', '.join(VISION_PRECISIONS)}"
+        )
+    if "vision" not in manifest:
+        raise BundleError(f"{root}: no vision graph; run panda export --target onnx --out {root}")
+    ggufs = (manifest.get("llm") or {}).get("gguf") or {}
+    if not ggufs:
+        raise BundleError(f"{root}: no GGUF decoder; run panda export --target gguf --out {root}")
+    if gguf_type is None:
+        gguf_type = next(t for t in (*GGUF_PREFERENCE, *ggufs) if t in ggufs)
+    elif gguf_type not in ggufs:
+        raise BundleError(
+            f"{root}: no {gguf_type} GGUF (it holds {', '.join(sorted(ggufs))}); "
+            f"run panda export --target gguf --gguf-type {gguf_type} --out {root}"
+        )
+    if precision == "int8":
+        int8 = manifest.get("vision_int8")
+        if not int8:
+            raise BundleError(f"{root}: no INT8 vision graph; run panda calibrate --bundle {root}")
+        onnx = root / int8.get("cpu_file", int8["file"])
+    else:
+        onnx = root / manifest["vision"]["file"]
+    prompt = manifest.get("prompt")
+    frames = int(manifest["model"]["vision"]["video_frames"])
+    if prompt and (root / prompt).is_file():
+        import json
+
+        frames = int(json.loads((root / prompt).read_text(encoding="utf-8")).get("frames", frames))
+    width = int(manifest["vision"]["outputs"]["visual_tokens"]["shape"][-1])
+    if width != int(manifest["model"]["llm"]["hidden_size"]):
+        raise BundleError(
+            f"{root}: the vision graph gives tokens of width {width} but the model's LLM is "
+            f"{manifest['model']['llm']['hidden_size']} wide; export both parts from one checkpoint"
+        )
+    return BundleParts(
+        root=root,
+        manifest=manifest,
+        gguf_type=gguf_type,
+        gguf=root / ggufs[gguf_type]["file"],
+        vision_precision=precision,
+        vision_onnx=onnx,
+        tokenizer=root / manifest.get("tokenizer", "tokenizer.model"),
+        frames=frames,
+    )
+
+
+def check_fit(parts: BundleParts, n_embd: int, n_vocab: int, tokenizer_vocab: int, graph_frames: int) -> None:
+    """The loaded parts against each other; one error naming every mismatch."""
+    problems = []
+    if n_embd != parts.hidden:
+        problems.append(
+            f"the GGUF's embedding size is {n_embd}, the vision graph's tokens are {parts.hidden} wide"
+        )
+    if n_vocab != tokenizer_vocab:
+        problems.append(f"the GGUF has {n_vocab} tokens, {parts.tokenizer.name} has {tokenizer_vocab}")
+    if graph_frames != parts.frames:
+        problems.append(
+            f"the vision graph takes {graph_frames} frames, the prompt has {parts.frames} <image> places"
+        )
+    if problems:
+        raise BundleError(
+            f"{parts.root}: its parts do not fit together ({'; '.join(problems)}); "
+            "export them again from one checkpoint"
+        )

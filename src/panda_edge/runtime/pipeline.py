@@ -1,0 +1,286 @@
+"""The device runtime: video -> pre-processing -> vision backend -> llama.cpp -> streamed answer.
+
+No torch unless the `torch` vision backend is asked for. Text goes into llama.cpp as token ids
+(tokenized chunk by chunk as the official code does, by the bundle's `tokenizer.model`), each
+frame's visual tokens as embeddings at its `<image>` place. A video's prefix (system prompt, "USER:",
+visual tokens) is computed once: later questions about the same video (a new conversation, or a
+follow-up turn) start from it in the KV cache, and `prefix_cache` keeps it on disk between runs.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from panda_edge.config import VisionConfig
+from panda_edge.errors import PandaError, VideoError
+from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
+from panda_edge.runtime.llm.decoder import LlamaDecoder
+from panda_edge.runtime.parts import VISION_BACKENDS, BundleParts, check_fit, open_bundle
+from panda_edge.runtime.prefix_cache import CachedPrefix, PrefixCache
+from panda_edge.runtime.vision.base import VisionBackend
+from panda_edge.runtime.vision.ort import available_cores
+from panda_edge.sampling import GREEDY, Sampling, pick_token
+
+DEFAULT_N_CTX = 4096
+
+
+@dataclass
+class Answer:
+    """One answer and where its time went (seconds)."""
+
+    text: str
+    tokens: list[int]
+    ttft_s: float  # from the question to the first token
+    decode_s: float  # from the first token to the last
+    prefix: str  # how the video prefix was had: computed, memory (resident), disk (--cache)
+    timings_s: dict[str, float] = field(default_factory=dict)  # decode_video, vision, prefill, question
+
+    @property
+    def decode_tok_s(self) -> float:
+        return (len(self.tokens) - 1) / self.decode_s if len(self.tokens) > 1 and self.decode_s > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "answer": self.text,
+            "tokens": len(self.tokens),
+            "ttft_ms": round(self.ttft_s * 1e3, 2),
+            "decode_tok_s": round(self.decode_tok_s, 2),
+            "prefix": self.prefix,
+            "timings_ms": {k: round(v * 1e3, 2) for k, v in self.timings_s.items()},
+        }
+
+
+def open_vision(parts: BundleParts, backend: str, checkpoint: str | None = None) -> VisionBackend:
+    """The vision backend for the bundle: ort (its ONNX, fp32 or int8), trt (its engine) or torch."""
+    if backend == "ort":
+        from panda_edge.runtime.vision.ort import OrtVisionEngine
+
+        return OrtVisionEngine(parts.vision_onnx)
+    if backend == "trt":
+        from panda_edge.runtime.vision.trt import TrtVisionEngine
+
+        return TrtVisionEngine(parts.root, precision="int8" if parts.vision_precision == "int8" else "fp16")
+    if backend == "torch":
+        if checkpoint is None:
+            raise PandaError("--vision torch runs the PyTorch reference: give --checkpoint (or 'tiny')")
+        from panda_edge.model.vision import VisionTower
+        from panda_edge.runtime.vision.torch_ref import TorchVisionReference
+
+        return TorchVisionReference(VisionTower.from_checkpoint(checkpoint))
+    raise PandaError(f"unknown vision backend '{backend}'; choose one of: {', '.join(VISION_BACKENDS)}")
+
+
+class VideoRuntime:
+    """A bundle loaded for answering: vision backend + llama.cpp decoder + tokenizer."""
+
+    def __init__(
+        self,
+        bundle: str | Path,
+        vision: str = "ort",
+        precision: str = "fp32",
+        gguf_type: str | None = None,
+        threads: int | None = None,
+        n_gpu_layers: int = 0,
+        n_ctx: int | None = None,
+        n_batch: int = 512,
+        kv_cache: str = "f16",
+        prefix_cache: str | Path | None = None,
+        checkpoint: str | None = None,
+    ) -> None:
+        self.parts = open_bundle(bundle, gguf_type, precision)
+        self.vision_name = vision
+        self.vision_config = VisionConfig(**self.parts.manifest["model"]["vision"])
+        self.tokenizer = PromptTokenizer(self.parts.tokenizer)
+        threads = threads or available_cores()
+        n_ctx = n_ctx or min(
+            DEFAULT_N_CTX, int(self.parts.manifest["model"]["llm"]["max_position_embeddings"])
+        )
+        self.engine = open_vision(self.parts, vision, checkpoint)
+        self.engine.__enter__()
+        try:
+            self.decoder = LlamaDecoder(self.parts.gguf, n_ctx, n_batch, threads, n_gpu_layers, kv_cache)
+            check_fit(
+                self.parts,
+                self.decoder.n_embd,
+                self.decoder.n_vocab,
+                self.tokenizer.vocab_size,
+                self.engine.layout.video_frames,
+            )
+        except BaseException:
+            self.close()
+            raise
+        files = self.parts.manifest["files"]
+        self.identity = {
+            "gguf": files[self.parts.gguf.name]["sha256"],
+            "vision": files[self.parts.vision_onnx.name]["sha256"],
+            "backend": f"{vision}-{precision}",
+            "kv_cache": kv_cache,
+        }
+        self.disk_cache = PrefixCache(prefix_cache, self.identity) if prefix_cache is not None else None
+        self._prefix_ids = self.tokenizer.video_prefix_ids(self.parts.frames)
+        self._resident: tuple[Any, int] | None = None  # (video identity, prefix length) in the KV cache
+
+    # --- lifetime --------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        if getattr(self, "decoder", None) is not None:
+            self.decoder.close()
+            self.decoder = None
+        self.engine.__exit__(None, None, None)
+
+    def __enter__(self) -> VideoRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- answering -------------------------------------------------------------------------------
+
+    def chat(self, video: str | Path) -> VideoChat:
+        """A conversation about `video`; its first question computes (or reuses) the video prefix."""
+        path = Path(video)
+        if not path.is_file():
+            raise VideoError(f"{path}: no such video file")
+        return VideoChat(self, path)
+
+    def answer(
+        self,
+        video: str | Path,
+        question: str,
+        max_new_tokens: int = 64,
+        sampling: Sampling = GREEDY,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """One question about `video` in a fresh conversation."""
+        return self.chat(video).ask(question, max_new_tokens, sampling, on_text)
+
+    def forget_video(self) -> None:
+        """Drop the resident video prefix, so the next question computes it again (benchmarks)."""
+        self._resident = None
+        self.decoder.truncate(0)
+
+    def encode_video(self, video: Path) -> tuple[list[np.ndarray], dict[str, float]]:
+        """Decode + pre-process + vision: one (tokens, hidden) float32 array per frame."""
+        from panda_edge.video import load_video
+
+        start = time.perf_counter()
+        frames = load_video(video, self.vision_config)
+        decoded = time.perf_counter()
+        tokens = self.engine.encode(frames)
+        return tokens, {"decode_video": decoded - start, "vision": time.perf_counter() - decoded}
+
+    def _enter_video(self, video: Path) -> tuple[str, dict[str, float]]:
+        """Make the KV cache hold exactly `video`'s prefix; says how (computed, memory, disk)."""
+        stat = video.stat()
+        resident_key = (str(video.resolve()), stat.st_size, stat.st_mtime_ns)
+        if self._resident is not None and self._resident[0] == resident_key:
+            self.decoder.truncate(self._resident[1])
+            return "memory", {}
+        self._resident = None
+        self.decoder.truncate(0)
+        disk_key = self.disk_cache.key(video) if self.disk_cache is not None else None
+        if disk_key is not None and (cached := self.disk_cache.load(disk_key)) is not None:
+            start = time.perf_counter()
+            self.decoder.load_state(cached.state, cached.n_past, np.zeros(self.decoder.n_vocab, np.float32))
+            self._resident = (resident_key, cached.n_past)
+            return "disk", {"load_prefix": time.perf_counter() - start}
+        visual, timings = self.encode_video(video)
+        start = time.perf_counter()
+        self._feed_prefix(visual)
+        timings["prefill"] = time.perf_counter() - start
+        self._resident = (resident_key, self.decoder.n_past)
+        if disk_key is not None:
+            self.disk_cache.save(
+                disk_key, CachedPrefix(self.decoder.save_state(), self.decoder.n_past), video
+            )
+        return "computed", timings
+
+    def _feed_prefix(self, visual: list[np.ndarray]) -> None:
+        """Text runs as tokens, consecutive `<image>` places as one block of embedding rows."""
+        if sum(1 for i in self._prefix_ids if i == IMAGE_TOKEN_INDEX) != len(visual):
+            raise PandaError(f"the prompt has {self.parts.frames} <image> places for {len(visual)} frames")
+        frames = iter(visual)
+        run: list[int] = []
+        rows: list[np.ndarray] = []
+        for i in [*self._prefix_ids, None]:
+            if i is not None and i != IMAGE_TOKEN_INDEX:
+                if rows:
+                    self.decoder.feed_embeddings(np.concatenate(rows))
+                    rows = []
+                run.append(i)
+            elif i == IMAGE_TOKEN_INDEX:
+                if run:
+                    self.decoder.feed_tokens(run)
+                    run = []
+                rows.append(next(frames))
+        if rows:
+            self.decoder.feed_embeddings(np.concatenate(rows))
+        if run:
+            self.decoder.feed_tokens(run)
+
+
+class VideoChat:
+    """Turns about one video in the Vicuna v1 format; each follow-up adds only its own text."""
+
+    def __init__(self, runtime: VideoRuntime, video: Path) -> None:
+        self.runtime = runtime
+        self.video = video
+        self.turns: list[tuple[str, str]] = []
+        self._pending: list[int] = []  # tokens that close the last answer, fed with the next question
+        self._position: int | None = None  # where this conversation's cache ends
+
+    def ask(
+        self,
+        question: str,
+        max_new_tokens: int = 64,
+        sampling: Sampling = GREEDY,
+        on_text: Callable[[str], None] | None = None,
+    ) -> Answer:
+        """Stream the answer's text to `on_text` and return it with its timings."""
+        if not question.strip():
+            raise PandaError("the question is empty")
+        runtime, decoder, tokenizer = self.runtime, self.runtime.decoder, self.runtime.tokenizer
+        start = time.perf_counter()
+        if not self.turns:
+            how, timings = runtime._enter_video(self.video)
+        else:
+            if runtime._resident is None or decoder.n_past != self._position:
+                raise PandaError("another conversation used the runtime since this one's last turn")
+            how, timings = "memory", {}
+        step = time.perf_counter()
+        decoder.feed_tokens([*self._pending, *tokenizer.turn_ids(question, first=not self.turns)])
+        timings["question"] = time.perf_counter() - step
+        stream = TextStream(tokenizer, on_text)
+        rng = None if sampling.greedy else sampling.generator()
+        first_token_at = None
+        self._pending = [tokenizer.eos_id]
+        for token in self._generate(max_new_tokens, sampling, rng):
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            stream.push(token)
+        end = time.perf_counter()
+        first_token_at = first_token_at or end
+        self._position = decoder.n_past
+        answer = stream.answer()
+        self.turns.append((question, answer))
+        return Answer(answer, stream.tokens, first_token_at - start, end - first_token_at, how, timings)
+
+    def _generate(
+        self, max_new_tokens: int, sampling: Sampling, rng: np.random.Generator | None
+    ) -> Iterator[int]:
+        decoder, eos = self.runtime.decoder, self.runtime.tokenizer.eos_id
+        for n in range(max_new_tokens):
+            token = pick_token(decoder.logits(), sampling, rng)
+            if token == eos:
+                return
+            yield token
+            if n + 1 == max_new_tokens:  # the cut answer's last token enters the cache with `</s>`
+                self._pending = [token, eos]
+                return
+            decoder.feed_tokens([token])

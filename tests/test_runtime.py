@@ -1,0 +1,283 @@
+"""The device runtime (ONNX Runtime vision + llama.cpp) against the PyTorch reference, as users run it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from panda_edge.cli.main import app
+from panda_edge.export.llm_gguf.pipeline import export_gguf
+from panda_edge.export.stab_onnx.pipeline import export_bundle
+from panda_edge.lazy import has_llama_cpp
+from panda_edge.parity.task import read_questions
+
+pytestmark = pytest.mark.skipif(
+    not has_llama_cpp(), reason="llama-cpp-python is not installed (pip install 'panda-edge[llama]')"
+)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded tiny model: ONNX graph + f32 and q8_0 GGUFs."""
+    directory = tmp_path_factory.mktemp("runtime") / "bundle"
+    export_bundle("tiny", directory)
+    for gguf_type in ("f32", "q8_0"):
+        export_gguf("tiny", directory, gguf_type)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from panda_edge.video.toyworld import generate
+
+    directory = tmp_path_factory.mktemp("toy")
+    generate(directory, videos=10, seed=3, heldout_fraction=0.5)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from panda_edge.model.videopanda import VideoPanda
+
+    return VideoPanda.from_pretrained("tiny")
+
+
+@pytest.fixture(scope="module")
+def runtime(bundle: Path):
+    from panda_edge.runtime.pipeline import VideoRuntime
+
+    with VideoRuntime(bundle, gguf_type="f32", kv_cache="f32", n_batch=32) as rt:
+        yield rt
+
+
+# --- the decoder ----------------------------------------------------------------------------------
+
+
+def test_embeddings_in_slices_give_the_token_path_logits(bundle: Path, reference) -> None:
+    from panda_edge.runtime.llm.decoder import ContextFull, LlamaDecoder
+
+    ids = reference.tokenizer.encode("Which direction does the red square move? It moves left.", bos=True)
+    rows = reference.llm.get_input_embeddings().weight.detach().numpy()[ids]
+    with LlamaDecoder(bundle / "llm.f32.gguf", n_ctx=64, n_batch=4, kv_cache="f32") as decoder:
+        decoder.feed_tokens(ids)
+        from_tokens = decoder.logits().copy()
+        state, n_past = decoder.save_state(), decoder.n_past
+        decoder.truncate(0)
+        decoder.feed_embeddings(rows)  # len(ids) > n_batch: several llama_decode calls
+        assert decoder.n_past == len(ids)
+        np.testing.assert_allclose(decoder.logits(), from_tokens, atol=1e-4)
+        decoder.feed_tokens([5, 6])
+        after = decoder.logits().copy()
+        decoder.load_state(state, n_past, from_tokens)
+        decoder.feed_tokens([5, 6])
+        np.testing.assert_array_equal(decoder.logits(), after)
+        with pytest.raises(ContextFull, match=f"do not fit the context of {decoder.n_ctx}"):
+            decoder.feed_tokens([5] * decoder.n_ctx)
+
+
+# --- answers: the runtime against the reference ------------------------------------------------------
+
+
+def test_greedy_answers_are_the_references_token_for_token(runtime, reference, toy: Path) -> None:
+    questions = read_questions(toy / "train.json") + read_questions(toy / "heldout.json")
+    assert len({q.video for q in questions}) >= 5
+    for q in questions[::2]:
+        path = toy / "videos" / q.video
+        expected = list(reference.stream_generate(path, q.question, max_new_tokens=12))
+        assert runtime.answer(path, q.question, max_new_tokens=12).tokens == expected, q
+
+
+def test_follow_up_reuses_the_prefix_and_matches_the_reference_with_history(
+    runtime, reference, toy: Path
+) -> None:
+    video = toy / "videos" / read_questions(toy / "train.json")[0].video
+    chat = runtime.chat(video)
+    first = chat.ask("What color is the circle?", max_new_tokens=12)
+    follow_up = chat.ask("Which direction does the square move?", max_new_tokens=12)
+    assert follow_up.prefix == "memory" and "vision" not in follow_up.timings_s
+    expected = list(
+        reference.stream_generate(
+            video,
+            "Which direction does the square move?",
+            max_new_tokens=12,
+            history=[("What color is the circle?", first.text)],
+        )
+    )
+    assert follow_up.tokens == expected
+    again = runtime.answer(video, "What color is the circle?", max_new_tokens=12)
+    assert again.prefix == "memory" and again.tokens == first.tokens
+
+
+def test_sampling_is_seeded_and_matches_the_reference(runtime, reference, toy: Path) -> None:
+    from panda_edge.sampling import Sampling
+
+    video = toy / "videos" / read_questions(toy / "train.json")[0].video
+    sampling = Sampling(temperature=1.5, top_p=0.95, seed=7)
+    a = runtime.answer(video, "What is in the video?", max_new_tokens=10, sampling=sampling).tokens
+    b = runtime.answer(video, "What is in the video?", max_new_tokens=10, sampling=sampling).tokens
+    assert a == b
+    assert a == list(reference.stream_generate(video, "What is in the video?", 10, sampling))
+
+
+def test_prefix_cache_on_disk_skips_vision_and_prefill(bundle: Path, toy: Path, tmp_path: Path) -> None:
+    from panda_edge.runtime.pipeline import VideoRuntime
+
+    video = toy / "videos" / read_questions(toy / "heldout.json")[0].video
+    with VideoRuntime(bundle, prefix_cache=tmp_path / "cache") as rt:
+        computed = rt.answer(video, "How many shapes are in the video at the end?")
+    assert computed.prefix == "computed" and len(list((tmp_path / "cache").glob("*.kv"))) == 1
+    with VideoRuntime(bundle, prefix_cache=tmp_path / "cache") as rt:
+        cached = rt.answer(video, "How many shapes are in the video at the end?")
+    assert cached.prefix == "disk" and "vision" not in cached.timings_s
+    assert cached.tokens == computed.tokens
+    with VideoRuntime(bundle, gguf_type="f32", prefix_cache=tmp_path / "cache") as rt:  # another GGUF
+        assert rt.answer(video, "How many?").prefix == "computed"
+
+
+def test_the_ort_runtime_never_imports_torch(bundle: Path, toy: Path) -> None:
+    video = toy / "videos" / read_questions(toy / "train.json")[0].video
+    code = (
+        "import sys\n"
+        "from panda_edge.cli.main import app\n"
+        f"app(['run', '--bundle', {str(bundle)!r}, {str(video)!r}, 'What color is the circle?'],"
+        " standalone_mode=False)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+        "assert 'transformers' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+
+def test_panda_run_streams_and_writes_json(bundle: Path, toy: Path, tmp_path: Path) -> None:
+    q = read_questions(toy / "heldout.json")[0]
+    video = toy / "videos" / q.video
+    result = runner.invoke(app, ["run", "--bundle", str(bundle), str(video), q.question, "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["decoder"] == "llama.cpp llm.q8_0.gguf" and report["answer"]
+    assert report["prefix"] == "computed" and report["ttft_ms"] > 0
+    quantized_kv = runner.invoke(
+        app, ["run", "--bundle", str(bundle), str(video), q.question, "--kv-cache", "q8_0"]
+    )
+    assert quantized_kv.exit_code == 0 and quantized_kv.stdout.strip()
+    streamed = runner.invoke(
+        app, ["run", "--bundle", str(bundle), str(video), q.question, "--gguf-type", "f32"]
+    )
+    assert streamed.exit_code == 0 and streamed.stdout.strip()
+
+
+def test_panda_chat_reads_turns_from_stdin(bundle: Path, toy: Path) -> None:
+    video = toy / "videos" / read_questions(toy / "train.json")[0].video
+    questions = "What color is the circle?\nHow many shapes are in the video at the end?\n"
+    result = runner.invoke(app, ["chat", "--bundle", str(bundle), str(video), "--json", "-"], input=questions)
+    assert result.exit_code == 0, result.output
+    turns = json.loads(result.stdout)["turns"]
+    assert [t["prefix"] for t in turns] == ["computed", "memory"]
+    assert all(t["answer"] for t in turns)
+
+
+def _fails_with(args: list[str], message: str) -> None:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_bad_videos_and_bundles_exit_2_with_one_line(bundle: Path, toy: Path, tmp_path: Path) -> None:
+    video = str(next((toy / "videos").iterdir()))
+    _fails_with(["run", "--bundle", str(bundle), str(tmp_path / "none.mp4"), "q"], "no such video file")
+    (tmp_path / "text.mp4").write_text("not a video")
+    _fails_with(["run", "--bundle", str(bundle), str(tmp_path / "text.mp4"), "q"], "not a readable video")
+    _fails_with(["run", "--bundle", str(tmp_path / "nowhere"), video, "q"], "no such bundle directory")
+    _fails_with(["run", "--bundle", str(bundle), video, "q", "--gguf-type", "q4_k_m"], "no q4_k_m GGUF")
+    _fails_with(["run", "--bundle", str(bundle), video, "q", "--vision", "cuda"], "unknown vision backend")
+
+    onnx_only = tmp_path / "onnx-only"
+    export_bundle("tiny", onnx_only)
+    _fails_with(["run", "--bundle", str(onnx_only), video, "q"], "no GGUF decoder")
+
+    altered = tmp_path / "altered"
+    shutil.copytree(bundle, altered)
+    with open(altered / "llm.q8_0.gguf", "r+b") as f:
+        f.seek(-8, 2)
+        f.write(b"\xff" * 8)
+    _fails_with(["run", "--bundle", str(altered), video, "q"], "does not match its manifest hash")
+
+
+def test_a_gguf_from_another_model_is_refused(
+    bundle: Path, toy: Path, tmp_path: Path, tokenizer_file
+) -> None:
+    """A bundle whose GGUF was swapped for another model's (manifest re-hashed) fails at load."""
+    from dataclasses import replace
+
+    from tests.conftest import random_tiny_model
+
+    from panda_edge.bundle import load_manifest, write_manifest
+    from panda_edge.config import PRESETS
+
+    tiny = PRESETS["tiny"]
+    other = random_tiny_model(tokenizer_file, replace(tiny, llm=replace(tiny.llm, hidden_size=128)))
+    other.save_pretrained(tmp_path / "other")
+    mixed = tmp_path / "mixed"
+    shutil.copytree(bundle, mixed)
+    export_gguf(tmp_path / "other", tmp_path / "other-bundle", "q8_0")
+    shutil.copyfile(tmp_path / "other-bundle" / "llm.q8_0.gguf", mixed / "llm.q8_0.gguf")
+    manifest = load_manifest(mixed, verify=False)
+    write_manifest(mixed, {k: v for k, v in manifest.items() if k != "files"}, manifest["files"])
+    video = str(next((toy / "videos").iterdir()))
+    _fails_with(["run", "--bundle", str(mixed), video, "q"], "parts do not fit together")
+
+
+# --- parity levels ------------------------------------------------------------------------------------
+
+
+def test_parity_e2e_and_task_levels(bundle: Path, toy: Path) -> None:
+    result = runner.invoke(
+        app,
+        [
+            "parity",
+            "--checkpoint",
+            "tiny",
+            "--bundle",
+            str(bundle),
+            "--levels",
+            "e2e,task",
+            "--qa",
+            str(toy / "heldout.json"),
+            "--e2e-videos",
+            "4",
+            "--json",
+            "-",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert set(report) == {"e2e", "task"}
+    assert report["e2e"]["videos"] == 4 and report["e2e"]["identical_answers"] == 4
+    task = report["task"]
+    assert task["questions"] == len(read_questions(toy / "heldout.json")) and task["gguf"] == "q8_0"
+    assert abs(task["delta_points"]) <= 1.0
+    agreement = task["gguf_agreement"]
+    assert agreement["baseline"] == "f32" and agreement["questions"] == task["questions"]
+    assert 0 <= agreement["same_answers"] <= agreement["questions"]
+
+
+def test_bench_e2e_reports_both_engines() -> None:
+    result = runner.invoke(app, ["bench", "e2e", "--repeat", "1", "--max-new-tokens", "4", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    for engine in ("torch", "runtime"):
+        numbers = report["e2e"][engine]
+        assert numbers["ttft_first_ms"] > 0 and numbers["ttft_followup_ms"] > 0 and numbers["peak_rss_mb"] > 0
+    assert report["ratios"]["runtime_followup_vs_first_ttft"] > 0
