@@ -441,7 +441,7 @@ def test_export_trt_as_a_new_user_runs_it(tmp_path: Path, monkeypatch: pytest.Mo
     assert manifest["vision_fp16"]["file"] == "stab.fp16.onnx"
 
 
-def test_export_trt_json_and_int8_until_calibration(jetpack6_bundle: Path, tmp_path: Path) -> None:
+def test_export_trt_json_and_int8_with_calibration(jetpack6_bundle: Path, tmp_path: Path) -> None:
     args = ["export", "--target", "trt", "--checkpoint", "tiny", "--out", str(tmp_path / "B")]
     result = runner.invoke(app, [*args, "--trt-profile", "8.5", "--json", "-"])
     assert result.exit_code == 0, result.output
@@ -451,7 +451,16 @@ def test_export_trt_json_and_int8_until_calibration(jetpack6_bundle: Path, tmp_p
     assert "JetPack 6.1 / 6.2 (TensorRT 10.3) --trt-profile 10" in report["next_steps"][3]
     assert "vision_fp16" not in report["manifest"]  # TensorRT 8.5 takes fp16 from a builder flag
     result = runner.invoke(app, [*args, "--precision", "int8"])
-    assert result.exit_code == 2 and "not available until INT8 calibration" in result.stderr
+    assert result.exit_code == 2 and "--videos" in result.stderr  # int8 needs calibration data
+    from panda_edge.video.toyworld import generate
+
+    generate(tmp_path / "toy", videos=4, seed=0, heldout_fraction=0.5)
+    calibration = ["--qa", str(tmp_path / "toy" / "train.json"), "--samples", "2", "--holdout", "1"]
+    result = runner.invoke(app, [*args, "--precision", "int8", *calibration, "--json", "-"])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(result.stdout)["manifest"]
+    assert manifest["vision_int8"]["file"] == "stab.int8.onnx" and "stab.int8.onnx" in manifest["files"]
+    assert "stab.int8.onnx" in (tmp_path / "B" / "build_engine.sh").read_text()
     result = runner.invoke(app, [*args, "--precision", "int4"])
     assert result.exit_code == 2 and "unknown precision 'int4'" in result.stderr
 
