@@ -204,7 +204,10 @@ def test_schema(entries: list[Entry]) -> None:
     per_video: dict[str, list[str]] = defaultdict(list)
     for e in entries:
         assert list(e) == ["id", "video", "type", "conversations", "question", "answer"]
-        assert e["id"] == f"{e['video'].removesuffix('.mp4')}_{e['type']}"
+        base = f"{e['video'].removesuffix('.mp4')}_{e['type']}"
+        if e["id"] != base:  # drill questions (tested below) are not part of the balanced set
+            assert e["id"].startswith(f"{base}_drill"), e["id"]
+            continue
         assert e["conversations"] == [
             {"from": "human", "value": f"<video>\n{e['question']}"},
             {"from": "gpt", "value": e["answer"]},
@@ -215,6 +218,25 @@ def test_schema(entries: list[Entry]) -> None:
     for types in per_video.values():
         assert 2 <= len(types) <= 4 and len(set(types)) == len(types)
         assert sum(t in ("motion", "order", "appear") for t in types) == 1
+
+
+def test_drill_questions_ask_about_every_object_in_training_videos(
+    world: tuple[Path, tw.ToyWorldSummary],
+) -> None:
+    """Each training video asks the colour and the shape of each of its objects exactly once; held-out
+    videos keep only the balanced questions."""
+    out, _ = world
+    train, heldout = _load(out, "train.json"), _load(out, "heldout.json")
+    assert not any("_drill" in e["id"] for e in heldout)
+    asked: dict[str, Counter[tuple[str, str]]] = defaultdict(Counter)
+    for e in train:
+        if e["type"] in ("color", "shape"):
+            asked[e["video"]][(e["type"], e["answer"])] += 1
+    for video, counts in asked.items():
+        scene = tw._plan(0, int(video[4:10]))
+        expected = {("color", o.color) for o in scene.objects} | {("shape", o.shape) for o in scene.objects}
+        assert set(counts) == expected and set(counts.values()) == {1}, video
+    assert len(asked) == len({e["video"] for e in train})
 
 
 def test_every_type_and_answer_present(entries: list[Entry]) -> None:

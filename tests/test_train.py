@@ -12,12 +12,14 @@ from torch import nn
 from panda_edge.errors import PandaError
 from panda_edge.model.videopanda import VideoPanda
 from panda_edge.train.data import IGNORE, build_examples, read_conversations
-from panda_edge.train.recipe import TINY_RECIPE
+from panda_edge.train.recipe import TINY_RECIPE, Stage
 from panda_edge.train.trainer import STATE_FILE, Progress, load_state, train
 from panda_edge.video.toyworld import generate
 
 # Same stages as the real recipe, a fraction of an epoch each: seconds, not minutes.
 QUICK = tuple(replace(s, epochs=0.2, batch_size=2) for s in TINY_RECIPE)
+# The optional text-only warm-up of the LLM (the tiny recipe does not use it).
+WARMUP = Stage("warmup", ("llm",), lr=3e-3, warmup_ratio=0.03, epochs=0.2, batch_size=2, text_only=True)
 
 
 @pytest.fixture(scope="module")
@@ -57,8 +59,8 @@ def test_train_writes_a_loadable_checkpoint_and_is_deterministic(toy: Path, tmp_
         seed=3,
         progress=Progress(on_stage=lambda s, n: stages_seen.append(s.name)),
     )
-    assert stages_seen == ["warmup", "1", "2", "3"]
-    assert set(result.stages) == {"warmup", "1", "2", "3"}
+    assert stages_seen == ["1", "2", "3"]
+    assert set(result.stages) == {"1", "2", "3"}
     assert all(v["final_loss"] > 0 for v in result.stages.values())
     train(toy, tmp_path / "b", stages=QUICK, seed=3)
     a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
@@ -66,9 +68,9 @@ def test_train_writes_a_loadable_checkpoint_and_is_deterministic(toy: Path, tmp_
 
 
 def test_stage_one_keeps_the_llm_frozen(toy: Path, tmp_path: Path) -> None:
-    train(toy, tmp_path / "w", stages=QUICK[:1], seed=0)
+    train(toy, tmp_path / "w", stages=(WARMUP,), seed=0)
     before = _weights(tmp_path / "w")
-    train(toy, tmp_path / "w", stages=QUICK[:2], seed=0)  # resumes: warm-up done, runs stage 1
+    train(toy, tmp_path / "w", stages=(WARMUP, *QUICK[:1]), seed=0)  # resumes: warm-up done, runs stage 1
     after = _weights(tmp_path / "w")
     llm = [k for k in before if not k.startswith(("model.video_tower.", "model.video_projector."))]
     vision = [k for k in before if k.startswith("model.video_projector.")]
@@ -111,7 +113,7 @@ class PatchColourTeacher(nn.Module):
 
 
 def test_distillation_adds_the_negative_cosine_term(toy: Path, tmp_path: Path) -> None:
-    stages = (replace(QUICK[2], epochs=0.25),)
+    stages = (replace(QUICK[1], epochs=0.25),)
     plain = train(toy, tmp_path / "plain", stages=stages, seed=2)
     taught = train(
         toy, tmp_path / "taught", stages=stages, seed=2, teacher=PatchColourTeacher(), teacher_width=3

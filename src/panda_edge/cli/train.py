@@ -18,14 +18,14 @@ def train(
     out_dir: Annotated[Path, typer.Option("--out", help="Checkpoint directory (resumes if it holds a run).")],
     preset: Annotated[str, typer.Option(help="Model configuration to train.")] = "tiny",
     stage: Annotated[
-        str | None, typer.Option(help="Run only this stage (warmup, 1, 2, 3); earlier ones must be done.")
+        str | None, typer.Option(help="Run only this stage (1, 2, 3); earlier ones must be done.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write stage losses and times as JSON.")
     ] = None,
 ) -> None:
-    """Train a Video-Panda in stages: text warm-up, 1 (STAB + projector), 2 (end to end), 3 (instructions).
+    """Train a Video-Panda in stages: 1 (STAB + projector, LLM frozen), 2 (end to end), 3 (instructions).
 
     Saves the released checkpoint layout after every stage and resumes an interrupted run.
     """

@@ -232,8 +232,10 @@ class STAB(nn.Module):
             tokens = self.frame_tokens(features[index], rect, fused)
             if projector is not None:
                 tokens = projector(tokens)
-            for j, i in enumerate(members):
-                out[i] = tokens[j]
+            # unbind, not tokens[j]: one backward node for the group instead of one full-size
+            # zero-filled gradient per frame.
+            for i, frame in zip(members, tokens.unbind(0), strict=True):
+                out[i] = frame
         return [out[i] for i in range(b * t)]
 
 

@@ -2,8 +2,10 @@
 
 Paper (7B): stage 1 trains STAB + projector with the LLM frozen (lr 4e-4, warmup 0.03), stage 2 the
 whole model end to end (4e-5, 0.01), stage 3 instruction tuning (2e-5, 0.01), one epoch each, AdamW
-with a cosine schedule. The tiny backbone starts from random weights, so a text-only warm-up teaches
-it the toy vocabulary first, and the rates are higher and the epochs more.
+with a cosine schedule. The tiny backbone starts from random weights, so the rates are higher and the
+epochs more. A text-only warm-up of the LLM (questions and answers without the video) is supported
+(`text_only`) but not used: with it the model learned the answer priors first and then answered from
+them, ignoring the video (held-out 38.6%); without it, 47.5% on the same data (ACCURACY notes).
 """
 
 from __future__ import annotations
@@ -28,7 +30,6 @@ class Stage:
 # and questions with each video's turns packed in one sequence, stage 3 tunes on single questions as
 # they are asked at inference.
 TINY_RECIPE: tuple[Stage, ...] = (
-    Stage("warmup", ("llm",), lr=3e-3, warmup_ratio=0.03, epochs=2, batch_size=8, text_only=True),
     Stage("1", ("stab", "projector"), lr=2e-3, warmup_ratio=0.03, epochs=2, batch_size=8, data=("captions",)),
     Stage("2", ("stab", "projector", "llm"), lr=1e-3, warmup_ratio=0.01, epochs=6, batch_size=8),
     Stage(

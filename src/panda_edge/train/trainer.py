@@ -78,15 +78,14 @@ class Batches:
         target = torch.stack(
             [F.pad(torch.tensor(lab), (0, length - len(lab)), value=IGNORE) for lab in labels]
         )
-        out = model.llm(
-            inputs_embeds=embeds, attention_mask=mask, output_hidden_states=self.teacher is not None
-        )
-        vocab = out.logits.shape[-1]
-        loss = F.cross_entropy(
-            out.logits[:, :-1].reshape(-1, vocab), target[:, 1:].reshape(-1), ignore_index=IGNORE
-        )
+        out = model.llm.model(inputs_embeds=embeds, attention_mask=mask)
+        # Logits only where a label is: most positions are visual or prompt tokens.
+        targets = target[:, 1:]
+        keep = targets != IGNORE
+        logits = model.llm.lm_head(out.last_hidden_state[:, :-1][keep])
+        loss = F.cross_entropy(logits, targets[keep])
         if self.teacher is not None and videos:
-            loss = loss + self._distill(batch, out.hidden_states[-1], starts)
+            loss = loss + self._distill(batch, out.last_hidden_state, starts)
         return loss
 
     def _distill(self, batch: Sequence[Example], hidden: Tensor, starts: list[list[int]]) -> Tensor:
