@@ -72,3 +72,9 @@ def test_goals_and_chart(tmp_path: Path) -> None:
 
 def test_memory_bandwidth_is_measured() -> None:
     assert memory_bandwidth_gbs(megabytes=16, repeat=2) > 0.1
+
+
+def test_vision_flops_are_counted() -> None:
+    from panda_edge.bench.machine import vision_gflop_per_video
+
+    assert vision_gflop_per_video("tiny") > 0
