@@ -76,7 +76,7 @@ def test_embeddings_in_slices_give_the_token_path_logits(bundle: Path, reference
         np.testing.assert_allclose(decoder.logits(), from_tokens, atol=1e-4)
         decoder.feed_tokens([5, 6])
         after = decoder.logits().copy()
-        decoder.load_state(state, n_past, from_tokens)
+        decoder.load_state(state, n_past)
         decoder.feed_tokens([5, 6])
         np.testing.assert_array_equal(decoder.logits(), after)
         with pytest.raises(ContextFull, match=f"do not fit the context of {decoder.n_ctx}"):

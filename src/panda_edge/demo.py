@@ -151,12 +151,14 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
         on_step(f"exporting the Llama backbone to GGUF ({gguf_type})")
         with clock(f"export_gguf_{gguf_type}"):
             export_gguf("tiny", bundle, gguf_type)
+    tasks = {}
     for precision in ("fp32", "int8"):
         on_step(
             f"answering the {len(qa)} questions with the runtime (ONNX Runtime {precision} + llama.cpp q8_0)"
         )
         with clock(f"runtime_answers_{precision}"):
             task = measure_task(model, bundle, qa, videos, "q8_0", precision, reference, on_answer=on_answer)
+        tasks[precision] = task
         report.parity["task" if precision == "fp32" else "task_int8"] = task.to_dict()
         report.runtime[f"ort {precision} + q8_0"] = {
             "accuracy": round(task.runtime.accuracy, 4),
@@ -165,7 +167,7 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
         }
     on_step("the same questions with the f32 GGUF: does q8_0 change any answer?")
     with clock("gguf_agreement"):
-        report.parity["task"]["gguf_agreement"] = measure_gguf_agreement(bundle, qa, videos, "q8_0")
+        report.parity["task"]["gguf_agreement"] = measure_gguf_agreement(bundle, tasks["fp32"], qa, videos)
     chosen = one_question_per_video(qa, E2E_VIDEOS)
     on_step(f"e2e parity: runtime (fp32 vision + f32 GGUF) vs reference, {len(chosen)} videos")
     with clock("parity_e2e"):

@@ -258,5 +258,6 @@ def _runtime_levels(
         if "f32" in ggufs and gguf_type not in (None, "f32"):
             from panda_edge.parity.runtime import measure_gguf_agreement
 
-            levels["task"].gguf_agreement = measure_gguf_agreement(bundle, questions, videos_dir, gguf_type)
+            task = levels["task"]
+            task.gguf_agreement = measure_gguf_agreement(bundle, task, questions, videos_dir)
     return levels

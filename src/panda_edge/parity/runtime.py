@@ -75,22 +75,20 @@ def measure_task(
 
 def measure_gguf_agreement(
     bundle: str | Path,
+    task: TaskParity,
     questions: Sequence[Question],
     videos_dir: str | Path,
-    gguf_type: str,
     baseline: str = "f32",
     threads: int | None = None,
 ) -> dict[str, float | int | str]:
-    """How often the runtime with `gguf_type` gives the same greedy answer tokens as with `baseline`
-    (same vision graph and KV cache type: only the decoder's weights differ)."""
-    answers: dict[str, list[list[int]]] = {}
-    for name in (baseline, gguf_type):
-        with VideoRuntime(bundle, gguf_type=name, threads=threads) as runtime:
-            answers[name] = [
-                runtime.answer(Path(videos_dir) / q.video, q.question, MAX_NEW_TOKENS).tokens
-                for q in questions
-            ]
-    same = sum(a == b for a, b in zip(answers[baseline], answers[gguf_type], strict=True))
+    """How often the `task` run's answers (its GGUF type) are the answers the runtime gives with the
+    `baseline` GGUF (same fp32 vision and KV cache type: only the decoder's weights differ). Only the
+    baseline is run here; the other answers are the task level's own."""
+    with VideoRuntime(bundle, gguf_type=baseline, threads=threads) as runtime:
+        answers = [
+            runtime.answer(Path(videos_dir) / q.video, q.question, MAX_NEW_TOKENS).text for q in questions
+        ]
+    same = sum(a == p["prediction"] for a, p in zip(answers, task.runtime.predictions, strict=True))
     return {
         "questions": len(questions),
         "same_answers": same,

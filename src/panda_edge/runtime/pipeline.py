@@ -187,7 +187,7 @@ class VideoRuntime:
         disk_key = self.disk_cache.key(video) if self.disk_cache is not None else None
         if disk_key is not None and (cached := self.disk_cache.load(disk_key)) is not None:
             start = time.perf_counter()
-            self.decoder.load_state(cached.state, cached.n_past, np.zeros(self.decoder.n_vocab, np.float32))
+            self.decoder.load_state(cached.state, cached.n_past)
             self._resident = (resident_key, cached.n_past)
             return "disk", {"load_prefix": time.perf_counter() - start}
         visual, timings = self.encode_video(video)

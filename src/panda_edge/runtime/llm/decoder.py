@@ -120,14 +120,13 @@ class LlamaDecoder:
         written = self.lib.llama_state_seq_get_data(self.ctx, buffer, size, SEQ)
         return bytes(buffer[:written])
 
-    def load_state(self, state: bytes, n_past: int, last_logits: np.ndarray) -> None:
-        """Replace the sequence by a saved one of `n_past` positions (whose last logits we keep)."""
+    def load_state(self, state: bytes, n_past: int) -> None:
+        """Replace the sequence by a saved one of `n_past` positions; feed tokens before reading logits."""
         self.truncate(0)
         buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
         if self.lib.llama_state_seq_set_data(self.ctx, buffer, len(state), SEQ) == 0:
             raise PandaError("llama.cpp refused the saved state (another GGUF, KV type or context size)")
         self.n_past = n_past
-        self._logits = np.asarray(last_logits, dtype=np.float32).copy()
 
     def close(self) -> None:
         self._tokens.free()
