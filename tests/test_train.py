@@ -127,3 +127,33 @@ def test_distillation_adds_the_negative_cosine_term(toy: Path, tmp_path: Path) -
 def test_missing_data_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(PandaError, match="panda toyworld"):
         train(tmp_path, tmp_path / "out", stages=QUICK)
+
+
+def test_packed_branches_see_only_the_prefix_and_themselves(toy: Path, tokenizer_file) -> None:
+    """A video packed as branches gives each answer the loss it has asked alone after the prefix."""
+    from tests.conftest import random_tiny_model
+
+    from panda_edge.train.data import load_frames
+    from panda_edge.train.trainer import Batches
+
+    model = random_tiny_model(tokenizer_file)
+    tok = model.tokenizer
+    conversations = read_conversations(toy / "train.json")
+    names = sorted({c.video for c in conversations})[:2]
+    index = {name: i for i, name in enumerate(names)}
+    chosen = [c for c in conversations if c.video in index]
+    frames = load_frames(toy / "videos", names, model.config.vision)
+    batches = Batches(model, frames, None, None)
+
+    def summed(examples) -> float:
+        answers = sum(sum(label != IGNORE for label in ex.labels) for ex in examples)
+        with torch.no_grad():
+            return float(batches.loss(examples)) * answers
+
+    single = build_examples(chosen, tok, index, 8)
+    packed = build_examples(chosen, tok, index, 8, packed=True)
+    assert len(packed) == 2 and len(single) > 2
+    assert summed(packed) == pytest.approx(summed(single), rel=1e-4)
+    # The same rows without the branch mask see each other: the answers change.
+    sequential = [replace(ex, branches=None) for ex in packed]
+    assert summed(sequential) != pytest.approx(summed(single), rel=1e-3)

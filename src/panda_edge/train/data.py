@@ -3,6 +3,12 @@
 Each conversation becomes the official `videopanda_v1` prompt with the answers in place; only the
 answer tokens and their `</s>` are trained on (labels elsewhere are IGNORE), as in the official
 `preprocess_v1`. Videos are decoded and pre-processed once and kept as float tensors.
+
+A packed example holds one video's prefix (system prompt, "USER:", the frames) once and every
+question about it as a branch after it: each branch sees the prefix and itself only, at the
+positions a first question has. Packing the turns one after another instead lets a later answer be
+copied from an earlier turn ("What color is the circle? red" ... "What shape is the red object?"),
+and a model trained from scratch learns that copying long before it learns to look at the video.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ class Example:
     video: int  # index into the frames tensor, -1 for text only
     ids: list[int]  # with IMAGE_TOKEN_INDEX placeholders
     labels: list[int]  # same length as ids
+    branches: list[int] | None = None  # per id: 0 for the shared prefix, k for the k-th branch
 
 
 def read_conversations(path: str | Path) -> list[Conversation]:
@@ -62,27 +69,39 @@ def build_examples(
     packed: bool = False,
     text_only: bool = False,
 ) -> list[Example]:
-    """One example per question, or (packed) one per video with all its questions as turns."""
+    """One example per question, or (packed) one per video with each question as a branch."""
+    frames = 0 if text_only else n_frames
     examples = []
     groups: dict[str, list[tuple[str, str]]] = {}
     for conv in conversations:
         if packed:
             groups.setdefault(conv.video, []).extend(conv.turns)
-        else:
-            for turn in conv.turns:
-                video = -1 if text_only else video_index[conv.video]
-                examples.append(_example(tokenizer, [turn], 0 if text_only else n_frames, video))
+            continue
+        for turn in conv.turns:
+            ids, is_answer = tokenizer.conversation_ids([turn], frames)
+            examples.append(_example(conv.video, video_index, text_only, ids, is_answer))
+    prefix = tokenizer.video_prefix_ids(frames)
     for video, turns in groups.items():
-        frames = 0 if text_only else n_frames
-        examples.append(_example(tokenizer, turns, frames, -1 if text_only else video_index[video]))
+        ids, is_answer, branches = list(prefix), [False] * len(prefix), [0] * len(prefix)
+        for k, turn in enumerate(turns, start=1):
+            full, answer = tokenizer.conversation_ids([turn], frames)  # starts with `prefix`
+            ids += full[len(prefix) :]
+            is_answer += answer[len(prefix) :]
+            branches += [k] * (len(full) - len(prefix))
+        examples.append(_example(video, video_index, text_only, ids, is_answer, branches))
     return examples
 
 
 def _example(
-    tokenizer: PromptTokenizer, turns: Sequence[tuple[str, str]], n_frames: int, video: int
+    video: str,
+    video_index: dict[str, int],
+    text_only: bool,
+    ids: list[int],
+    is_answer: list[bool],
+    branches: list[int] | None = None,
 ) -> Example:
-    ids, is_answer = tokenizer.conversation_ids(turns, n_frames)
-    return Example(video, ids, [i if answer else IGNORE for i, answer in zip(ids, is_answer, strict=True)])
+    labels = [i if answer else IGNORE for i, answer in zip(ids, is_answer, strict=True)]
+    return Example(-1 if text_only else video_index[video], ids, labels, branches)
 
 
 def load_frames(

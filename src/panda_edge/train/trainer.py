@@ -55,6 +55,7 @@ class Batches:
 
     def __init__(self, model: VideoPanda, frames: Tensor, teacher: nn.Module | None, head: nn.Module | None):
         self.model, self.frames, self.teacher, self.head = model, frames, teacher, head
+        self._teacher_cache: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
     def loss(self, batch: Sequence[Example]) -> Tensor:
         model = self.model
@@ -65,20 +66,21 @@ class Batches:
             frames = self.frames[videos]
             tokens = model.encode_frames(frames.flatten(0, 1))
             visual = {v: tokens[i * n : (i + 1) * n] for i, v in enumerate(videos)}
-        seqs, labels, starts = [], [], []
+        seqs, labels, starts, branches = [], [], [], []
         for ex in batch:
             frame_tokens = visual.get(ex.video, [])
             seqs.append(model.prompt_embeddings(ex.ids, frame_tokens)[0])
-            lab, frame_starts = _expand_labels(ex, frame_tokens)
+            lab, frame_starts, branch = _expand_labels(ex, frame_tokens)
             labels.append(lab)
             starts.append(frame_starts)
+            branches.append(branch)
         length = max(s.shape[0] for s in seqs)
         embeds = torch.stack([F.pad(s, (0, 0, 0, length - s.shape[0])) for s in seqs])
-        mask = torch.stack([torch.arange(length) < s.shape[0] for s in seqs]).long()
         target = torch.stack(
             [F.pad(torch.tensor(lab), (0, length - len(lab)), value=IGNORE) for lab in labels]
         )
-        out = model.llm.model(inputs_embeds=embeds, attention_mask=mask)
+        mask, positions = branch_attention(branches, length)
+        out = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
         # Logits only where a label is: most positions are visual or prompt tokens.
         targets = target[:, 1:]
         keep = targets != IGNORE
@@ -89,34 +91,71 @@ class Batches:
         return loss
 
     def _distill(self, batch: Sequence[Example], hidden: Tensor, starts: list[list[int]]) -> Tensor:
-        stab, s = self.model.stab, self.model.config.vision.conv_stride
-        losses = []
+        rows, positions, targets = [], [], []
         for row, ex in enumerate(batch):
             if ex.video < 0:
                 continue
-            frames = self.frames[ex.video]
+            for t, (position, target) in enumerate(self._teacher_tokens(ex.video)):
+                positions.append(position + starts[row][t])
+                rows.append(torch.full_like(position, row))
+                targets.append(target)
+        pred = self.head(hidden[torch.cat(rows), torch.cat(positions)])
+        return negative_cosine(pred, torch.cat(targets))
+
+    def _teacher_tokens(self, video: int) -> list[tuple[Tensor, Tensor]]:
+        """Per frame: the LSD grid's offsets from the frame's first token, and the teacher's tokens there.
+
+        The teacher sees the video once: its tokens are kept for the next epochs.
+        """
+        if video not in self._teacher_cache:
+            stab, s = self.model.stab, self.model.config.vision.conv_stride
+            frames = self.frames[video]
             with torch.no_grad():
                 maps = self.teacher(frames[:, :3])
+            out = []
             for t, mask in enumerate(stab.patch_masks(frames)):
                 rect = stab.crop_rect(mask)
-                target = teacher_grid(maps[t], rect, s)
                 h, w = (rect[2] - rect[0] + 1) // s, (rect[3] - rect[1] + 1) // s
-                pred = self.head(hidden[row, grid_positions(starts[row][t], h, w)])
-                losses.append(negative_cosine(pred, target))
-        return torch.stack(losses).mean()
+                out.append((grid_positions(0, h, w), teacher_grid(maps[t], rect, s)))
+            self._teacher_cache[video] = out
+        return self._teacher_cache[video]
 
 
-def _expand_labels(ex: Example, frame_tokens: Sequence[Tensor]) -> tuple[list[int], list[int]]:
-    """Labels per embedding row (IGNORE over visual tokens) and where each frame starts."""
-    labels, starts, frame = [], [], 0
-    for token, label in zip(ex.ids, ex.labels, strict=True):
+def _expand_labels(ex: Example, frame_tokens: Sequence[Tensor]) -> tuple[list[int], list[int], list[int]]:
+    """Labels and branch ids per embedding row (visual rows: IGNORE, prefix) and where each frame starts."""
+    labels, starts, branches, frame = [], [], [], 0
+    for token, label, branch in zip(ex.ids, ex.labels, ex.branches or [0] * len(ex.ids), strict=True):
         if token == IMAGE_TOKEN_INDEX:
             starts.append(len(labels))
             labels += [IGNORE] * frame_tokens[frame].shape[0]
+            branches += [0] * frame_tokens[frame].shape[0]
             frame += 1
         else:
             labels.append(label)
-    return labels, starts
+            branches.append(branch)
+    return labels, starts, branches
+
+
+def branch_attention(branches: Sequence[Sequence[int]], length: int) -> tuple[Tensor, Tensor]:
+    """Boolean (B, 1, L, L) attention mask and (B, L) positions for rows padded to `length`.
+
+    A row sees earlier rows of the shared prefix (branch 0) and of its own branch; every branch's
+    positions start where the prefix ends, as a first question's do. Padding rows see themselves.
+    """
+    masks, positions = [], []
+    for branch in branches:
+        ids = torch.tensor(list(branch) + [-1] * (length - len(branch)))
+        causal = torch.ones(length, length, dtype=torch.bool).tril()
+        visible = (ids[None, :] == 0) | (ids[None, :] == ids[:, None])
+        masks.append((causal & visible & (ids[None, :] >= 0)) | torch.eye(length, dtype=torch.bool))
+        prefix = int((ids == 0).sum())
+        pos = torch.arange(length)
+        for k in ids.unique().tolist():
+            if k > 0:
+                rows = (ids == k).nonzero()[:, 0]
+                pos[rows] = prefix + torch.arange(len(rows))
+        positions.append(pos)
+    return torch.stack(masks)[:, None], torch.stack(positions)
 
 
 def cosine_with_warmup(total: int, warmup_ratio: float) -> Callable[[int], float]:
