@@ -163,8 +163,9 @@ def all_benchmarks(
         Path | None, typer.Option("--json", help="Write every result as JSON ('-': stdout).")
     ] = None,
 ) -> None:
-    """vision, llm and e2e in one run, with the machine's limits (memory bandwidth, fp32 GEMM), a
-    roofline line per result, ratios to the PyTorch baselines and the DESIGN.md §6 goals."""
+    """vision, llm, e2e and the GGUF conversion's peak memory in one run, with the machine's limits
+    (memory bandwidth, fp32 GEMM), a roofline line per result, ratios to the PyTorch baselines and
+    the DESIGN.md §6 goals."""
     from panda_edge.bench.all import bench_all, plot
     from panda_edge.bench.e2e import MODELS
     from panda_edge.errors import PandaError
@@ -191,5 +192,10 @@ def all_benchmarks(
         out.print(
             f"e2e {name:>8}: TTFT first {r['ttft_first_ms']:.0f} ms, follow-up {r['ttft_followup_ms']:.0f} ms"
         )
+    memory = result["gguf_memory"]
+    out.print(
+        f"gguf f16 conversion: peak RSS {memory['peak_rss_mb']:.0f} MB for a "
+        f"{memory['checkpoint']['weight_bytes'] / 1e9:.2f} GB checkpoint"
+    )
     for goal, verdict in result["goals"].items():
         out.print(f"goal {goal}: {'met' if verdict['met'] else 'NOT met'} {verdict}")
