@@ -80,3 +80,16 @@ def test_vision_flops_are_counted() -> None:
     from panda_edge.bench.machine import vision_gflop_per_video
 
     assert vision_gflop_per_video("tiny") > 0
+
+
+def test_a_childs_peak_memory_is_its_own_not_its_parents() -> None:
+    """Inside `panda bench all` the parent holds GBs; ru_maxrss would report that for every child."""
+    import numpy as np
+
+    from panda_edge.bench.gguf_memory import child_peak_rss
+
+    held = np.ones(60_000_000)  # 480 MB in this process
+    small, _, _ = child_peak_rss(["-c", "pass"])
+    big, _, out = child_peak_rss(["-c", "import numpy; a = numpy.ones(40_000_000); print(a.size)"])
+    assert small < 300 < 320 <= big and out.strip() == "40000000"
+    del held

@@ -21,6 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from panda_edge.bench.machine import peak_rss_mb
+
 QUESTIONS = ("What color is the circle?", "Which direction does the square move?")
 MODELS = ("tiny", "bench")
 ENGINES = ("torch", "runtime")
@@ -143,7 +145,7 @@ def _measure(job: dict[str, Any]) -> dict[str, Any]:
         "ttft_first_ms": round(statistics.median(r["first"] for r in timed) * 1e3, 2),
         "ttft_followup_ms": round(statistics.median(r["followup"] for r in timed) * 1e3, 2),
         "decode_tok_s": round(statistics.median(decode), 2) if decode else 0.0,
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
         "tokens": [r["tokens"] for r in timed],
         "runs_ttft_first_ms": [round(r["first"] * 1e3, 2) for r in timed],
         "runs_ttft_followup_ms": [round(r["followup"] * 1e3, 2) for r in timed],
@@ -204,17 +206,6 @@ def _timed_stream(tokens) -> tuple[float, list[int], float]:
     end = time.perf_counter()
     first_at = first_at or end
     return first_at - start, out, end - first_at
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory. VmHWM, not ru_maxrss: Linux carries ru_maxrss over an
-    exec, so a worker would report its parent's peak when that was higher."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024  # kB
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB (macOS: bytes)
 
 
 if __name__ == "__main__":

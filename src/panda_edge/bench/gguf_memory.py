@@ -11,7 +11,6 @@ deleted afterwards. `panda bench all` runs it; DESIGN.md's goal is a peak below 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -76,30 +75,37 @@ def write_checkpoint(directory: Path, layers: int, seed: int = 0) -> int:
     return total
 
 
-def child_peak_rss(args: list[str]) -> tuple[int, float, str]:
-    """Run a child Python; its own peak RSS in bytes (wait4's ru_maxrss, KiB on Linux), seconds, stdout.
+# Runs `-m module args...` or `-c code` and, at exit, writes the process's own peak RSS to argv[1].
+_MEASURED_CHILD = """
+import atexit, runpy, sys
+from panda_edge.bench.machine import peak_rss_mb
+report = sys.argv[1]
+atexit.register(lambda: open(report, "w").write(str(peak_rss_mb())))
+mode, target = sys.argv[2], sys.argv[3]
+sys.argv = [target, *sys.argv[4:]]
+if mode == "-m":
+    runpy.run_module(target, run_name="__main__", alter_sys=True)
+else:
+    exec(compile(target, "<child>", "exec"), {"__name__": "__main__"})
+"""
 
-    ru_maxrss survives exec, so a child forked from a big parent would report the parent's size:
-    this parent stays small (the checkpoint is written by another child) and reads each child's
-    own rusage through wait4.
+
+def child_peak_rss(args: list[str]) -> tuple[float, float, str]:
+    """Run a child Python (`-m module ...` or `-c code`): its own peak RSS in MB, seconds, stdout.
+
+    The child reads its own VmHWM at exit: the kernel's ru_maxrss of a child carries the parent's
+    peak over the exec, which inside `panda bench all` (a parent of several GB) is not the child's.
     """
     start = time.perf_counter()
-    with tempfile.TemporaryFile(mode="w+") as out, tempfile.TemporaryFile(mode="w+") as errors:
-        proc = subprocess.Popen([sys.executable, *args], stdout=out, stderr=errors, text=True)
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "peak_rss_mb"
+        done = subprocess.run(
+            [sys.executable, "-c", _MEASURED_CHILD, str(report), *args], capture_output=True, text=True
+        )
         seconds = time.perf_counter() - start
-        out.seek(0)
-        errors.seek(0)
-        if proc.returncode != 0:
-            raise RuntimeError(f"child failed ({proc.returncode}): {errors.read()[-2000:]}")
-        return usage.ru_maxrss * 1024, seconds, out.read()
-
-
-def _own_rss() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        if done.returncode != 0:
+            raise RuntimeError(f"child failed ({done.returncode}): {done.stderr[-2000:]}")
+        return float(report.read_text()), seconds, done.stdout
 
 
 def bench_gguf_memory(layers: int = 3, workdir: Path | None = None) -> dict:
@@ -107,11 +113,10 @@ def bench_gguf_memory(layers: int = 3, workdir: Path | None = None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="panda-gguf-rss-", dir=workdir))
     try:
         ckpt, bundle = work / "ckpt", work / "bundle"
-        # Written by a child: this process must stay small (see child_peak_rss).
         code = "import pathlib, panda_edge.bench.gguf_memory as g; "
         code += f"print(g.write_checkpoint(pathlib.Path({str(ckpt)!r}), {layers}))"
         weight_bytes = int(child_peak_rss(["-c", code])[2])
-        # The fixed overhead: the same imports, no conversion (the peak is per child, so run it first).
+        # The fixed overhead: a child with the same imports and no conversion.
         imports = (
             "import panda_edge.cli.main, panda_edge.export.llm_gguf.pipeline, panda_edge.model.checkpoint"
         )
@@ -122,7 +127,7 @@ def bench_gguf_memory(layers: int = 3, workdir: Path | None = None) -> dict:
         )
         entry = json.loads(stdout)["llm"]["gguf"]["f16"]
         return {
-            "what": "peak RSS of `panda export --target gguf --gguf-type f16` (child process, ru_maxrss)",
+            "what": "peak RSS of `panda export --target gguf --gguf-type f16` (child process, its VmHWM)",
             "checkpoint": {
                 "layers": layers,
                 "hidden": HIDDEN,
@@ -138,14 +143,12 @@ def bench_gguf_memory(layers: int = 3, workdir: Path | None = None) -> dict:
                 "tensors": entry["tensor_count"],
                 "types": entry["tensor_types"],
             },
-            "peak_rss_bytes": peak_rss,
-            "peak_rss_mb": round(peak_rss / 2**20, 1),
-            "import_only_rss_mb": round(base_rss / 2**20, 1),
-            "ratio_peak_rss_to_checkpoint": round(peak_rss / weight_bytes, 4),
+            "peak_rss_mb": round(peak_rss, 1),
+            "import_only_rss_mb": round(base_rss, 1),
+            "ratio_peak_rss_to_checkpoint": round(peak_rss * 2**20 / weight_bytes, 4),
             "limit_ratio": 0.25,
-            "passed": peak_rss / weight_bytes < 0.25,
+            "passed": peak_rss * 2**20 / weight_bytes < 0.25,
             "conversion_seconds": round(seconds, 1),
-            "parent_rss_mb_at_end": round(_own_rss() / 2**20, 1),
             "machine": {"platform": platform.platform(), "python": platform.python_version()},
         }
     finally:

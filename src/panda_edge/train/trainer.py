@@ -137,10 +137,12 @@ def _expand_labels(ex: Example, frame_tokens: Sequence[Tensor]) -> tuple[list[in
 
 
 def branch_attention(branches: Sequence[Sequence[int]], length: int) -> tuple[Tensor, Tensor]:
-    """Boolean (B, 1, L, L) attention mask and (B, L) positions for rows padded to `length`.
+    """Additive (B, 1, L, L) attention mask and (B, L) positions for rows padded to `length`.
 
     A row sees earlier rows of the shared prefix (branch 0) and of its own branch; every branch's
     positions start where the prefix ends, as a first question's do. Padding rows see themselves.
+    The mask is float (0 or the dtype's min): transformers passes a 4D mask through unchanged, and
+    both its eager and its SDPA attention add a float mask.
     """
     masks, positions = [], []
     for branch in branches:
@@ -155,7 +157,9 @@ def branch_attention(branches: Sequence[Sequence[int]], length: int) -> tuple[Te
                 rows = (ids == k).nonzero()[:, 0]
                 pos[rows] = prefix + torch.arange(len(rows))
         positions.append(pos)
-    return torch.stack(masks)[:, None], torch.stack(positions)
+    allowed = torch.stack(masks)[:, None]
+    mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return mask, torch.stack(positions)
 
 
 def cosine_with_warmup(total: int, warmup_ratio: float) -> Callable[[int], float]:
@@ -224,6 +228,8 @@ def train(
     progress.on_message(f"decoding {len(names)} training videos")
     frames = load_frames(data_dir / "videos", names, config.vision)
     index = {name: i for i, name in enumerate(names)}
+    if teacher is not None:
+        teacher.eval()  # its tokens are computed once per video (Batches._teacher_tokens)
     batches = Batches(model, frames, teacher, head)
 
     state = load_state(out_dir / STATE_FILE)
