@@ -29,12 +29,13 @@ class TensorSpec:
 
 
 class VisionBackend(ABC):
-    """Subclasses implement `_activate`, `_deactivate`, `layout` and `_infer`."""
+    """Subclasses implement `_activate` (which sets `_layout`), `_deactivate` and `_infer`."""
 
     name = "base"
 
     def __init__(self) -> None:
         self._active = False
+        self._layout: TokenLayout | None = None
 
     # --- lifetime ---------------------------------------------------------------------------------
 
@@ -64,9 +65,10 @@ class VisionBackend(ABC):
     # --- contract ---------------------------------------------------------------------------------
 
     @property
-    @abstractmethod
     def layout(self) -> TokenLayout:
         """The geometry of the static graph (available once active)."""
+        self._require_active()
+        return self._layout
 
     def input_metadata(self) -> dict[str, TensorSpec]:
         return {FRAMES: TensorSpec(self.layout.frames_shape, np.dtype(np.float32))}

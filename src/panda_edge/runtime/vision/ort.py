@@ -74,7 +74,6 @@ class OrtVisionEngine(VisionBackend):
         self.threads = threads or available_cores()
         self.qdq_in_float = qdq_in_float
         self.session = None
-        self._layout: TokenLayout | None = None
 
     @classmethod
     def from_bundle(
@@ -110,11 +109,6 @@ class OrtVisionEngine(VisionBackend):
 
     def _deactivate(self) -> None:
         self.session = None
-
-    @property
-    def layout(self) -> TokenLayout:
-        self._require_active()
-        return self._layout
 
     def input_metadata(self) -> dict[str, TensorSpec]:
         self._require_active()

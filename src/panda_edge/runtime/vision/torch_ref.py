@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS, VisionBackend
-from panda_edge.runtime.vision.layout import TokenLayout
 
 
 class TorchVisionReference(VisionBackend):
@@ -24,7 +23,6 @@ class TorchVisionReference(VisionBackend):
         super().__init__()
         self.model = model
         self._static = None
-        self._layout: TokenLayout | None = None
 
     def _activate(self) -> None:
         from panda_edge.export.stab_onnx.module import StabForOnnx
@@ -35,11 +33,6 @@ class TorchVisionReference(VisionBackend):
 
     def _deactivate(self) -> None:
         self._static = None
-
-    @property
-    def layout(self) -> TokenLayout:
-        self._require_active()
-        return self._layout
 
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch

@@ -49,7 +49,6 @@ class TrtVisionEngine(VisionBackend):
         self.precision = precision
         self.device = device
         self.record: dict[str, Any] | None = None
-        self._layout: TokenLayout | None = None
         self._logger = self._runtime = self._engine = self._context = self._stream = None
         self._buffers: dict[str, tuple[int, np.ndarray]] = {}  # name -> (device pointer, host array)
 
@@ -109,11 +108,6 @@ class TrtVisionEngine(VisionBackend):
             rt.cudaStreamDestroy(self._stream)
         self._context = self._engine = self._stream = None
         self._runtime = None  # last: the engine must go first
-
-    @property
-    def layout(self) -> TokenLayout:
-        self._require_active()
-        return self._layout
 
     def input_metadata(self) -> dict[str, TensorSpec]:
         self._require_active()
