@@ -3,7 +3,7 @@
 Writes a synthetic checkpoint in the released layout (sharded float32 safetensors + index,
 official-style config.json, a 32000-piece tokenizer.model; Llama weights only, hidden 4096,
 FFN 11008, vocab 32000, fewer layers), converts it to f16 GGUF with `panda export --target gguf` in
-a child process, and records the child's peak RSS (ru_maxrss) against the checkpoint size, next to
+a child process, and records the child's peak RSS (its own VmHWM) against the checkpoint size, next to
 the peak RSS of a child that only imports the same code (the fixed overhead). The synthetic files are
 deleted afterwards. `panda bench all` runs it; DESIGN.md's goal is a peak below 25% of the checkpoint.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-HIDDEN, FFN, VOCAB, HEADS = 4096, 11008, 32000, 32
+HIDDEN, FFN, VOCAB = 4096, 11008, 32000
 
 
 def write_checkpoint(directory: Path, layers: int, seed: int = 0) -> int:
