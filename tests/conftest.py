@@ -13,11 +13,11 @@ from panda_edge.prompt import PromptTokenizer
 from panda_edge.video.encode import write_video
 
 CORPUS = [
-    "What color is the circle?",
+    "What color is the ring?",
     "Which direction does the red square move?",
     "How many shapes are in the video at the end?",
-    "Which shape appeared first, the circle or the triangle?",
-    "red green blue yellow left right up down circle square triangle appear disappear 1 2 3",
+    "Which shape appeared first, the ring or the cross?",
+    "red green blue yellow left right up down square ring cross appear disappear 1 2 3",
 ] * 10
 
 

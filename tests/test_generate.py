@@ -20,21 +20,21 @@ def test_prompt_text() -> None:
 
 def test_prompt_ids_are_chunked_with_one_bos(tiny_model) -> None:
     tok = tiny_model.tokenizer
-    ids = tok.prompt_ids(build_prompt("What color is the circle?"))
+    ids = tok.prompt_ids(build_prompt("What color is the ring?"))
     assert ids[0] == tok.bos_id and ids.count(tok.bos_id) == 1
     first = ids.index(IMAGE_TOKEN_INDEX)
     assert ids[first : first + 8] == [IMAGE_TOKEN_INDEX] * 8 and ids.count(IMAGE_TOKEN_INDEX) == 8
     # The chunk after <image> is tokenized on its own: SentencePiece's dummy prefix, then the newline byte.
     after = [tok.sp.id_to_piece(i) for i in ids[first + 8 : first + 10]]
     assert after == ["▁", "<0x0A>"]
-    assert ids[first + 8 :] == tok.encode("\nWhat color is the circle? ASSISTANT:")
+    assert ids[first + 8 :] == tok.encode("\nWhat color is the ring? ASSISTANT:")
 
 
 def test_frames_fill_their_image_places(tiny_model, make_video) -> None:
     frames = load_video(make_video(), tiny_model.config.vision)
     with torch.no_grad():
         visual = tiny_model.encode_frames(frames)
-        ids = tiny_model.tokenizer.prompt_ids(build_prompt("What color is the circle?"))
+        ids = tiny_model.tokenizer.prompt_ids(build_prompt("What color is the ring?"))
         embeds = tiny_model.prompt_embeddings(ids, visual)[0]
     text_tokens = sum(1 for i in ids if i != IMAGE_TOKEN_INDEX)
     assert embeds.shape[0] == text_tokens + sum(v.shape[0] for v in visual)
@@ -47,10 +47,10 @@ def test_frames_fill_their_image_places(tiny_model, make_video) -> None:
 def test_greedy_matches_transformers_generate(tiny_model, make_video) -> None:
     """Our KV-cached greedy loop gives the tokens transformers' own `generate` gives."""
     frames = load_video(make_video(), tiny_model.config.vision)
-    ours = list(tiny_model.stream_generate(frames, "What color is the circle?", max_new_tokens=12))
+    ours = list(tiny_model.stream_generate(frames, "What color is the ring?", max_new_tokens=12))
     with torch.no_grad():
         visual = tiny_model.encode_frames(frames)
-        ids = tiny_model.tokenizer.prompt_ids(build_prompt("What color is the circle?"))
+        ids = tiny_model.tokenizer.prompt_ids(build_prompt("What color is the ring?"))
         embeds = tiny_model.prompt_embeddings(ids, visual)
         theirs = tiny_model.llm.generate(
             inputs_embeds=embeds,
@@ -87,15 +87,15 @@ def test_sampling_is_seeded(tiny_model, make_video) -> None:
 
 def test_conversation_ids_first_turn_equals_the_prompt(tiny_model) -> None:
     tok = tiny_model.tokenizer
-    ids, is_answer = tok.conversation_ids([("What color is the circle?", None)], n_frames=8)
-    assert ids == tok.prompt_ids(build_prompt("What color is the circle?")) and not any(is_answer)
+    ids, is_answer = tok.conversation_ids([("What color is the ring?", None)], n_frames=8)
+    assert ids == tok.prompt_ids(build_prompt("What color is the ring?")) and not any(is_answer)
 
 
 def test_conversation_ids_mark_answers_with_eos(tiny_model) -> None:
     tok = tiny_model.tokenizer
-    ids, is_answer = tok.conversation_ids([("What color?", "red"), ("And the shape?", "circle")], n_frames=2)
+    ids, is_answer = tok.conversation_ids([("What color?", "red"), ("And the shape?", "ring")], n_frames=2)
     answers = [i for i, a in zip(ids, is_answer, strict=True) if a]
     assert tok.decode(answers[: answers.index(tok.eos_id)]) == "red"
     assert answers.count(tok.eos_id) == 2
     text = tok.decode([i for i in ids if i != tok.eos_id])
-    assert text.endswith("What color? ASSISTANT: red USER: And the shape? ASSISTANT: circle")
+    assert text.endswith("What color? ASSISTANT: red USER: And the shape? ASSISTANT: ring")

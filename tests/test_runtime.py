@@ -100,7 +100,7 @@ def test_follow_up_reuses_the_prefix_and_matches_the_reference_with_history(
 ) -> None:
     video = toy / "videos" / read_questions(toy / "train.json")[0].video
     chat = runtime.chat(video)
-    first = chat.ask("What color is the circle?", max_new_tokens=12)
+    first = chat.ask("What color is the ring?", max_new_tokens=12)
     follow_up = chat.ask("Which direction does the square move?", max_new_tokens=12)
     assert follow_up.prefix == "memory" and "vision" not in follow_up.timings_s
     expected = list(
@@ -108,11 +108,11 @@ def test_follow_up_reuses_the_prefix_and_matches_the_reference_with_history(
             video,
             "Which direction does the square move?",
             max_new_tokens=12,
-            history=[("What color is the circle?", first.text)],
+            history=[("What color is the ring?", first.text)],
         )
     )
     assert follow_up.tokens == expected
-    again = runtime.answer(video, "What color is the circle?", max_new_tokens=12)
+    again = runtime.answer(video, "What color is the ring?", max_new_tokens=12)
     assert again.prefix == "memory" and again.tokens == first.tokens
 
 
@@ -147,7 +147,7 @@ def test_the_ort_runtime_never_imports_torch(bundle: Path, toy: Path) -> None:
     code = (
         "import sys\n"
         "from panda_edge.cli.main import app\n"
-        f"app(['run', '--bundle', {str(bundle)!r}, {str(video)!r}, 'What color is the circle?'],"
+        f"app(['run', '--bundle', {str(bundle)!r}, {str(video)!r}, 'What color is the ring?'],"
         " standalone_mode=False)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
         "assert 'transformers' not in sys.modules\n"
@@ -180,7 +180,7 @@ def test_panda_run_streams_and_writes_json(bundle: Path, toy: Path, tmp_path: Pa
 
 def test_panda_chat_reads_turns_from_stdin(bundle: Path, toy: Path) -> None:
     video = toy / "videos" / read_questions(toy / "train.json")[0].video
-    questions = "What color is the circle?\nHow many shapes are in the video at the end?\n"
+    questions = "What color is the ring?\nHow many shapes are in the video at the end?\n"
     result = runner.invoke(app, ["chat", "--bundle", str(bundle), str(video), "--json", "-"], input=questions)
     assert result.exit_code == 0, result.output
     turns = json.loads(result.stdout)["turns"]
@@ -227,7 +227,9 @@ def test_a_gguf_from_another_model_is_refused(
     from panda_edge.config import PRESETS
 
     tiny = PRESETS["tiny"]
-    other = random_tiny_model(tokenizer_file, replace(tiny, llm=replace(tiny.llm, hidden_size=128)))
+    other = random_tiny_model(
+        tokenizer_file, replace(tiny, llm=replace(tiny.llm, hidden_size=2 * tiny.llm.hidden_size))
+    )
     other.save_pretrained(tmp_path / "other")
     mixed = tmp_path / "mixed"
     shutil.copytree(bundle, mixed)

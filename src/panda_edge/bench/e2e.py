@@ -23,7 +23,7 @@ from typing import Any
 
 from panda_edge.bench.machine import peak_rss_mb
 
-QUESTIONS = ("What color is the circle?", "Which direction does the square move?")
+QUESTIONS = ("What color is the ring?", "Which direction does the square move?")
 MODELS = ("tiny", "bench")
 ENGINES = ("torch", "runtime")
 

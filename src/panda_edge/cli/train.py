@@ -9,6 +9,8 @@ import typer
 
 from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out
 
+TEACHERS = ("none", "toyworld")
+
 
 @handle_errors
 def train(
@@ -21,6 +23,13 @@ def train(
         str | None, typer.Option(help="Run only this stage (1, 2, 3); earlier ones must be done.")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for weights and data order.")] = 0,
+    teacher: Annotated[
+        str,
+        typer.Option(
+            help="Teacher for the distillation loss (eq. 19): 'none', or 'toyworld' (hand-written from the "
+            "toy world's rules; the embedded tiny model is trained with it)."
+        ),
+    ] = "none",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write stage losses and times as JSON.")
     ] = None,
@@ -38,6 +47,14 @@ def train(
     from panda_edge.train.trainer import Progress as TrainProgress
     from panda_edge.train.trainer import train as run_training
 
+    if teacher not in TEACHERS:
+        raise PandaError(f"unknown teacher '{teacher}'; choose one of: {', '.join(TEACHERS)}")
+    config = get_preset(preset)
+    teacher_module = None
+    if teacher == "toyworld":
+        from panda_edge.train.toy_teacher import ToyWorldTeacher
+
+        teacher_module = ToyWorldTeacher(config.vision.patch)
     stages = TINY_RECIPE
     if stage is not None:
         if stage not in STAGE_NAMES:
@@ -69,9 +86,11 @@ def train(
         result = run_training(
             data,
             out_dir,
-            config=get_preset(preset),
+            config=config,
             stages=stages,
             seed=seed,
+            teacher=teacher_module,
+            teacher_width=teacher_module.width if teacher_module is not None else None,
             progress=TrainProgress(on_stage=on_stage, on_step=on_step, on_message=lambda m: err.print(m)),
         )
     if json_out is not None:

@@ -20,10 +20,10 @@ from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, build_prompt, 
 # Toy-world questions and general text: the prompt's own chunks plus punctuation, digits, unicode,
 # and leading/trailing/multiple spaces, where SentencePiece ports usually drift.
 QUESTIONS = (
-    "What color is the circle?",
+    "What color is the ring?",
     "Which direction does the red square move?",
     "How many shapes are in the video at the end?",
-    "Which shape appeared first, the circle or the triangle?",
+    "Which shape appeared first, the ring or the cross?",
     "Describe the video in detail.",
 )
 GENERAL_TEXT = (
@@ -52,7 +52,7 @@ def tokenizer_chunks(questions: Sequence[str] = QUESTIONS) -> list[tuple[str, bo
     chunks: list[tuple[str, bool]] = []
     for q in questions:
         chunks += [(c, i == 0) for i, c in enumerate(split_prompt(build_prompt(q)))]
-        history = [(q, "a red circle")]
+        history = [(q, "a red ring")]
         chunks += [(c, i == 0) for i, c in enumerate(split_prompt(build_prompt("And then?", 8, history)))]
     chunks += [(text, False) for text in GENERAL_TEXT]
     chunks += [(text, True) for text in GENERAL_TEXT]

@@ -7,7 +7,7 @@ answer tokens and their `</s>` are trained on (labels elsewhere are IGNORE), as 
 A packed example holds one video's prefix (system prompt, "USER:", the frames) once and every
 question about it as a branch after it: each branch sees the prefix and itself only, at the
 positions a first question has. Packing the turns one after another instead lets a later answer be
-copied from an earlier turn ("What color is the circle? red" ... "What shape is the red object?"),
+copied from an earlier turn ("What color is the ring? red" ... "What shape is the red object?"),
 and a model trained from scratch learns that copying long before it learns to look at the video.
 """
 

@@ -1,7 +1,8 @@
 """A synthetic "toy world" of short videos with question-answer pairs, to train a tiny Video-Panda.
 
-Each video shows 1-3 distinct shapes on a grey background; one thing happens per video (a shape
-moves, appears, disappears, or two shapes appear one after the other). Questions have one short
+Each video shows 1-3 distinct shapes on a grey background, each sliding in a straight line; one event
+defines the video (a shape crosses the frame, appears, disappears, or two shapes appear one after the
+other). Questions have one short
 canonical answer so normalized exact match can score them. Answers are balanced within each
 question type by stratified sampling over the video index, so guessing the majority answer does
 not pay. Everything is a pure function of (seed, video index): the same seed gives the same bytes.
@@ -30,20 +31,26 @@ FPS = 8
 # (width, height): square, landscape and portrait 4:3, and 3:2 landscape. The 4:3 sizes are exactly what
 # the tiny model's pre-processing makes of any 4:3 video (112 x 84), so no resampling blurs the shapes.
 SIZES: tuple[tuple[int, int], ...] = ((112, 112), (112, 84), (84, 112), (144, 96))
-# Saturated and far apart in RGB (and in YUV), so they survive h264 4:2:0 and downscaling.
+# Far apart in RGB (and in YUV), so they survive h264 4:2:0 and downscaling, and all brighter than the
+# background: a shape's outline then has the same sign in every colour, so one learned edge filter
+# serves all four (saturated colours darker and lighter than the grey left shape at chance).
 COLORS: dict[str, tuple[int, int, int]] = {
-    "red": (220, 40, 40),
-    "green": (40, 170, 60),
-    "blue": (40, 80, 220),
-    "yellow": (240, 200, 30),
+    "red": (255, 110, 110),
+    "green": (110, 235, 110),
+    "blue": (120, 150, 255),
+    "yellow": (255, 240, 80),
 }
-SHAPES = ("circle", "square", "triangle")
+# Shapes that differ inside every 14-pixel patch they cover (solid, hollow, thin bars), not only at
+# their corners: a circle, a square and a triangle were still at chance after the 5-minute training.
+SHAPES = ("square", "ring", "cross")
+RING_INNER = 0.55  # the ring's hole, of its outer radius
+CROSS_BAR = 1 / 3  # the cross's bar thickness, of its size
 # The CLIP mean colour (what the model pads with): it normalizes to about 0, so background patches
 # embed to about 0 and the shapes stand out, which a model trained from scratch needs to learn fast.
 BACKGROUND = (122, 116, 104)
 DIRECTIONS = ("left", "right", "up", "down")
 # Of the short side: the shape's bounding box. A shape spans 2-3 of the tiny model's 14-pixel patches, the
-# least at which a shape trained from scratch tells a circle from a square (smaller ones gave ~50%).
+# least at which a shape trained from scratch tells the shapes apart (smaller ones gave ~50%).
 SIZE_FRACTION = (0.34, 0.42)
 CAPTION_PROMPT = "Describe the video."
 QUESTION_TYPES = ("color", "shape", "count", "motion", "order", "appear")
@@ -69,8 +76,9 @@ ORDER_FIRST = (0, 3)  # first visible frame of the earlier shape in an "order" v
 ORDER_SECOND = (8, 11)  # ... and of the later one
 MARGIN = 2.0  # pixels between a shape and the frame edge
 GAP = 3.0  # pixels between two shapes' boxes
-MIN_TRAVEL = 0.45  # a moving shape crosses at least this fraction of the frame along its axis
-FORMAT_VERSION = 2
+MIN_TRAVEL = 0.45  # the shape of a motion video crosses at least this fraction of the frame
+OTHER_TRAVEL = 0.3  # every other shape moves this fraction, where the layout leaves room
+FORMAT_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -156,7 +164,7 @@ def _assign_attributes(
 ) -> list[tuple[str, str]]:
     """(color, shape) for n objects, all colors and all shapes distinct, meeting the balanced targets.
 
-    Distinct colors and shapes make "the circle", "the blue object" and "the red square" unambiguous.
+    Distinct colors and shapes make "the ring", "the blue object" and "the red square" unambiguous.
     Object 0 is the one the video's event happens to; `first_shape` pins its shape.
     """
     options = [
@@ -190,14 +198,18 @@ def _uniform_center(rng: np.random.Generator, size: float, width: int, height: i
 
 
 def _path(
-    rng: np.random.Generator, direction: str, size: float, width: int, height: int
+    rng: np.random.Generator, direction: str, size: float, width: int, height: int, far: bool = True
 ) -> tuple[tuple[float, float], tuple[float, float]]:
-    """Start and end centres of a shape moving steadily in `direction` across most of the frame."""
+    """Start and end centres of a shape moving steadily in `direction`: across most of the frame
+    (`far`), or OTHER_TRAVEL of it."""
     horizontal = direction in ("left", "right")
     along, across = (width, height) if horizontal else (height, width)
     lo = size / 2 + MARGIN
     room = along - 2 * lo
-    travel = min(room, max(MIN_TRAVEL * along, float(rng.uniform(0.7, 1.0)) * room))
+    if far:
+        travel = min(room, max(MIN_TRAVEL * along, float(rng.uniform(0.7, 1.0)) * room))
+    else:
+        travel = min(room, OTHER_TRAVEL * along)
     a = float(rng.uniform(lo, lo + room - travel))
     b = a + travel
     if direction in ("left", "up"):
@@ -209,14 +221,19 @@ def _path(
 def _layout(
     rng: np.random.Generator, sizes: list[float], direction: str | None, width: int, height: int
 ) -> list[tuple[tuple[float, float], tuple[float, float]]]:
-    """Start/end centres for each object; object 0 moves if `direction` is set. No two ever overlap."""
-    for _ in range(1000):
+    """Start/end centres for each object; object 0 crosses the frame if `direction` is set, the others
+    move a shorter way in random directions (or stand still where no such layout is found after many
+    tries). No two ever overlap."""
+    for attempt in range(1000):
         paths = []
         boxes: list[Box] = []
         for i, size in enumerate(sizes):
-            for _ in range(100):
+            for tries in range(100):
                 if i == 0 and direction is not None:
                     start, end = _path(rng, direction, size, width, height)
+                elif attempt < 500 and tries < 60:
+                    way = DIRECTIONS[int(rng.integers(len(DIRECTIONS)))]
+                    start, end = _path(rng, way, size, width, height, far=False)
                 else:
                     start = end = _uniform_center(rng, size, width, height)
                 box = _swept_box(start, end, size)
@@ -319,6 +336,16 @@ def _questions(
     return tuple((t, *asked[t]) for t in QUESTION_TYPES if t in asked)
 
 
+def direction(obj: _Object) -> str | None:
+    """Which way the shape moves (paths run along one axis), or None for one standing still."""
+    dx, dy = obj.end[0] - obj.start[0], obj.end[1] - obj.start[1]
+    if dx == 0 and dy == 0:
+        return None
+    if abs(dx) > abs(dy):
+        return "left" if dx < 0 else "right"
+    return "up" if dy < 0 else "down"
+
+
 def caption(scene: _Scene) -> str:
     """A dense description of the clip: every object in order of appearance, with what it does.
 
@@ -327,14 +354,15 @@ def caption(scene: _Scene) -> str:
     """
     parts = []
     for obj in sorted(scene.objects, key=lambda o: (o.first, o.start[0])):
-        event = ""
-        if obj is scene.objects[0] and scene.kind == "motion":
-            event = " moves " + next(q[2] for q in scene.questions if q[0] == "motion")
-        elif obj.first > 0:
-            event = " appears"
+        events = []
+        if obj.first > 0:
+            events.append("appears")
         elif obj.last < FRAMES - 1:
-            event = " disappears"
-        parts.append(obj.name + event)
+            events.append("disappears")
+        way = direction(obj)
+        if way is not None:
+            events.append(f"moves {way}")
+        parts.append(" ".join([obj.name, " and ".join(events)]).strip())
     return ", ".join(parts) + "."
 
 
@@ -342,13 +370,15 @@ def caption(scene: _Scene) -> str:
 
 
 def _mask(obj: _Object, center: tuple[float, float], xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
-    """Pixels (by centre) inside the shape; the triangle points up with base and height = size."""
-    dx, dy, h = xs - center[0], ys - center[1], obj.size / 2
-    if obj.shape == "circle":
-        return dx * dx + dy * dy <= h * h
+    """Pixels (by centre) inside the shape, whose bounding box is `size` on each side."""
+    dx, dy, h = np.abs(xs - center[0]), np.abs(ys - center[1]), obj.size / 2
     if obj.shape == "square":
-        return (np.abs(dx) <= h) & (np.abs(dy) <= h)
-    return (dy <= h) & (np.abs(dx) <= (dy + h) / 2)
+        return (dx <= h) & (dy <= h)
+    if obj.shape == "ring":
+        r2 = dx * dx + dy * dy
+        return (r2 <= h * h) & (r2 >= (RING_INNER * h) ** 2)
+    bar = CROSS_BAR * h
+    return ((dx <= h) & (dy <= bar)) | ((dy <= h) & (dx <= bar))
 
 
 def _render(scene: _Scene) -> np.ndarray:
@@ -379,15 +409,19 @@ def _caption_entry(scene: _Scene) -> dict[str, Any]:
 
 
 def _drill_questions(scene: _Scene) -> list[tuple[str, str, str]]:
-    """A colour and a shape question for every object the balanced questions leave out.
+    """A colour, a shape and a direction question for every object the balanced questions leave out.
 
-    Training videos only: "What color is the circle?" needs the model to find the circle among the
+    Training videos only: "What color is the ring?" needs the model to find the ring among the
     other shapes, and the balanced set asks that about one object in some videos; asking it about
-    every object gives 3-4x the examples of this binding for the cost of a few text tokens.
+    every object gives 3-4x the examples of this binding for the cost of a few text tokens. Motion
+    questions about every moving shape give 7x the examples of the one in motion videos.
     """
     asked = {(t, a) for t, _, a in scene.questions}
     out = []
     for obj in scene.objects:
+        way = direction(obj)
+        if way is not None and not (scene.kind == "motion" and obj is scene.objects[0]):
+            out.append(("motion", f"Which direction does the {obj.name} move?", way))
         if ("color", obj.color) not in asked:
             out.append(("color", f"What color is the {obj.shape}?", obj.color))
         if ("shape", obj.shape) not in asked:
@@ -449,6 +483,7 @@ def _parameters(seed: int, videos: int, heldout_fraction: float, drill: bool) ->
         "shapes": list(SHAPES),
         "directions": list(DIRECTIONS),
         "size_fraction": list(SIZE_FRACTION),
+        "travel": {"motion": MIN_TRAVEL, "other": OTHER_TRAVEL},
         "kinds": list(KINDS),
         "question_types": list(QUESTION_TYPES),
         "drill_questions": drill,
