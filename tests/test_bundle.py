@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from panda_edge.bundle import MANIFEST_FILE, file_record, load_manifest
+from panda_edge.config import PRESETS
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.stab_onnx.pipeline import export_bundle
 from panda_edge.export.stab_onnx.profiles import PROFILES
@@ -47,7 +48,8 @@ def test_manifest_describes_the_bundle(bundle: Path, tiny_checkpoint: Path) -> N
     assert source["weights"] == {"model.safetensors": file_record(tiny_checkpoint / "model.safetensors")}
     vision = manifest["vision"]
     assert vision["inputs"] == {"frames": {"shape": [8, 4, 112, 112], "dtype": "float32"}}
-    assert vision["outputs"] == {"visual_tokens": {"shape": [8, 21, 256], "dtype": "float32"}}
+    hidden = PRESETS["tiny"].llm.hidden_size
+    assert vision["outputs"] == {"visual_tokens": {"shape": [8, 21, hidden], "dtype": "float32"}}
     assert (vision["profile"], vision["opset"], vision["precision"]) == ("10", 17, "fp32")
     assert manifest["model"]["vision"]["width"] == 128
     assert set(manifest["tools"]) == {"torch", "onnx", "onnxruntime", "panda-edge"}

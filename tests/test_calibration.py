@@ -209,7 +209,7 @@ def test_calibration_npz_reproduces_the_graphs_and_target_sends_groups_to_float(
     assert all(report["groups"][g]["precision"] == "float" for g in floated)
     assert report["quantized_nodes"] < report["quantizable_nodes"]
     with OrtVisionEngine.from_bundle(bundle, precision="int8") as engine:
-        assert engine.layout.tokens_shape == (8, 21, 256)
+        assert engine.layout.tokens_shape == (8, 21, PRESETS["tiny"].llm.hidden_size)
 
 
 def test_bad_input_exits_2_and_leaves_the_bundle(tmp_path: Path, toy: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 from panda_edge.cli.main import app
+from panda_edge.config import PRESETS
 
 runner = CliRunner()
 
@@ -42,7 +43,7 @@ def test_info_non_square_and_short() -> None:
 
 def test_info_checkpoint(tiny_checkpoint: Path) -> None:
     report = _json(["info", str(tiny_checkpoint), "--json"])
-    assert report["config"]["llm"]["hidden_size"] == 256
+    assert report["config"]["llm"]["hidden_size"] == PRESETS["tiny"].llm.hidden_size
     assert report["visual_tokens"]["per_frame"] == 21
 
 

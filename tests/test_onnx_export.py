@@ -87,7 +87,11 @@ def test_exported_graph_passes_its_profile_checks(tiny_engine) -> None:
     assert ("LayerNormalization" in ops) == PROFILES[profile].layer_norm_op
     assert "BatchNormalization" not in ops  # folded into the 1x1x1 conv
     assert [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim] == [8, 4, 112, 112]
-    assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [8, 1 + 4 * 5, 256]
+    assert [d.dim_value for d in model.graph.output[0].type.tensor_type.shape.dim] == [
+        8,
+        1 + 4 * 5,
+        PRESETS["tiny"].llm.hidden_size,
+    ]
 
 
 def test_static_graph_equals_its_pytorch_module_everywhere(tiny_engine, tiny_reference, make_video) -> None:
@@ -96,7 +100,7 @@ def test_static_graph_equals_its_pytorch_module_everywhere(tiny_engine, tiny_ref
     frames = load_video(make_video("clip.mp4", n=5, width=160, height=64), TINY.vision)
     ort_tokens = engine.infer({"frames": frames})["visual_tokens"]
     torch_tokens = tiny_reference.infer({"frames": frames})["visual_tokens"]
-    assert ort_tokens.shape == torch_tokens.shape == (8, 21, 256)
+    assert ort_tokens.shape == torch_tokens.shape == (8, 21, PRESETS["tiny"].llm.hidden_size)
     np.testing.assert_allclose(ort_tokens, torch_tokens, rtol=0, atol=1e-4 * np.abs(torch_tokens).max())
 
 

@@ -25,7 +25,7 @@ def demo(
     ] = None,
     questions: Annotated[
         int | None,
-        typer.Option(min=1, help="How many held-out questions to answer (default: all 236; fewer: faster)."),
+        typer.Option(min=1, help="How many held-out questions to answer (default: all 696; fewer: faster)."),
     ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the report as JSON ('-': stdout).")
