@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -53,6 +53,12 @@ def emit_json(data: Any, path: Path | None = None) -> None:
 
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(text)
+
+
+def check_choice(what: str, value: str, options: Sequence[str]) -> None:
+    """Exit status 2 with the valid options for a value outside them (options Typer takes as text)."""
+    if value not in options:
+        raise PandaError(f"unknown {what} '{value}'; choose one of: {', '.join(options)}")
 
 
 def parse_size(text: str) -> tuple[int, int]:

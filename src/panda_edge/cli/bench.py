@@ -9,6 +9,7 @@ import typer
 
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
+    check_choice,
     emit_result,
     handle_errors,
     json_to_stdout,
@@ -128,12 +129,10 @@ def e2e(
     """Time to first token of a first question and of a follow-up, decode tokens/s and peak RSS:
     the PyTorch reference vs the runtime (ONNX Runtime + llama.cpp), each in its own process."""
     from panda_edge.bench.e2e import MODELS, bench_e2e
-    from panda_edge.errors import PandaError
     from panda_edge.export.llm_gguf.pipeline import get_gguf_type
     from panda_edge.lazy import llama_cpp
 
-    if model not in MODELS:
-        raise PandaError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+    check_choice("model", model, MODELS)
     get_gguf_type(gguf_type)
     llama_cpp()
     quiet = json_to_stdout(json_out)
@@ -168,11 +167,9 @@ def all_benchmarks(
     the DESIGN.md §6 goals."""
     from panda_edge.bench.all import bench_all, plot
     from panda_edge.bench.e2e import MODELS
-    from panda_edge.errors import PandaError
     from panda_edge.lazy import llama_cpp, require
 
-    if e2e_model not in MODELS:
-        raise PandaError(f"unknown e2e model '{e2e_model}'; choose one of: {', '.join(MODELS)}")
+    check_choice("e2e model", e2e_model, MODELS)
     llama_cpp()
     if plot_out is not None:
         require("matplotlib", extra="bench")

@@ -9,6 +9,7 @@ import typer
 
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
+    check_choice,
     emit_result,
     handle_errors,
     json_to_stdout,
@@ -79,12 +80,10 @@ def export(
     --precision int8 then calibrates the graph on --videos DIR or --qa QA.json as panda calibrate
     does, adding stab.int8.onnx (TensorRT Q/DQ), stab.int8.cpu.onnx (ONNX Runtime) and calibration.npz.
     """
-    from panda_edge.errors import PandaError
     from panda_edge.export.stab_onnx.pipeline import export_bundle
     from panda_edge.export.stab_onnx.profiles import get_profile
 
-    if target not in TARGETS:
-        raise PandaError(f"unknown target '{target}'; choose one of: {', '.join(TARGETS)}")
+    check_choice("target", target, TARGETS)
     if target == "gguf":
         _export_gguf(checkpoint, out_dir, gguf_type, dry_run, json_out)
         return
@@ -94,8 +93,7 @@ def export(
         return
     precision = precision or "fp32"
     get_profile(trt_profile)  # a bad profile, precision or type fails before any loading
-    if precision not in PRECISIONS:
-        raise PandaError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
+    check_choice("precision", precision, PRECISIONS)
     if precision == "int8":
         _check_calibration_source(videos, qa, method)
     if target == "all":

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out
+from panda_edge.cli._common import check_choice, emit_json, err, handle_errors, json_to_stdout, out
 
 TEACHERS = ("none", "toyworld")
 
@@ -47,8 +47,7 @@ def train(
     from panda_edge.train.trainer import Progress as TrainProgress
     from panda_edge.train.trainer import train as run_training
 
-    if teacher not in TEACHERS:
-        raise PandaError(f"unknown teacher '{teacher}'; choose one of: {', '.join(TEACHERS)}")
+    check_choice("teacher", teacher, TEACHERS)
     config = get_preset(preset)
     teacher_module = None
     if teacher == "toyworld":
@@ -57,8 +56,7 @@ def train(
         teacher_module = ToyWorldTeacher(config.vision.patch)
     stages = TINY_RECIPE
     if stage is not None:
-        if stage not in STAGE_NAMES:
-            raise PandaError(f"unknown stage '{stage}'; choose one of: {', '.join(STAGE_NAMES)}")
+        check_choice("stage", stage, STAGE_NAMES)
         position = STAGE_NAMES.index(stage)
         state = load_state(out_dir / STATE_FILE)
         done = state["done"] if state else []

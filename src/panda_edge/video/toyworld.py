@@ -336,14 +336,19 @@ def _questions(
     return tuple((t, *asked[t]) for t in QUESTION_TYPES if t in asked)
 
 
+def heading(dx: float, dy: float) -> str:
+    """The direction of a shift in image coordinates (y grows downward) along its larger axis."""
+    if abs(dx) >= abs(dy):
+        return "right" if dx > 0 else "left"
+    return "down" if dy > 0 else "up"
+
+
 def direction(obj: _Object) -> str | None:
     """Which way the shape moves (paths run along one axis), or None for one standing still."""
     dx, dy = obj.end[0] - obj.start[0], obj.end[1] - obj.start[1]
     if dx == 0 and dy == 0:
         return None
-    if abs(dx) > abs(dy):
-        return "left" if dx < 0 else "right"
-    return "up" if dy < 0 else "down"
+    return heading(dx, dy)
 
 
 def caption(scene: _Scene) -> str:
