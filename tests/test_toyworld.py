@@ -270,10 +270,12 @@ def test_answers_balanced_at_full_size() -> None:
         assert max(c.values()) - min(c.values()) <= 3, (qtype, c)
 
 
-def test_deterministic_bytes(world: tuple[Path, tw.ToyWorldSummary], tmp_path: Path) -> None:
-    out, _ = world
-    tw.generate(tmp_path / "again", videos=VIDEOS, seed=0)
-    tw.generate(tmp_path / "other", videos=VIDEOS, seed=1)
+def test_deterministic_bytes_whatever_the_workers(
+    world: tuple[Path, tw.ToyWorldSummary], tmp_path: Path
+) -> None:
+    out, _ = world  # one worker per CPU
+    tw.generate(tmp_path / "again", videos=VIDEOS, seed=0, workers=1)
+    tw.generate(tmp_path / "other", videos=VIDEOS, seed=1, workers=3)
     again, other = _sha256s(tmp_path / "again"), _sha256s(tmp_path / "other")
     assert again == _sha256s(out)
     assert other.keys() == again.keys()
@@ -327,7 +329,7 @@ def test_progress_and_validation(tmp_path: Path) -> None:
     tw.generate(tmp_path, videos=3, seed=5, heldout_fraction=0.0, progress=seen.append)
     assert seen == [1, 2, 3]
     assert _load(tmp_path, "heldout.json") == []
-    for bad in ({"videos": 0}, {"heldout_fraction": 1.5}, {"seed": -1}):
+    for bad in ({"videos": 0}, {"heldout_fraction": 1.5}, {"seed": -1}, {"workers": 0}):
         with pytest.raises(ValueError):
             tw.generate(tmp_path, **bad)
 

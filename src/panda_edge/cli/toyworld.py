@@ -18,6 +18,9 @@ def toyworld(
     videos: Annotated[int, typer.Option(min=1, help="Number of videos.")] = 400,
     seed: Annotated[int, typer.Option(min=0, help="Same seed, same bytes.")] = 0,
     heldout: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of videos held out.")] = 0.2,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Processes writing videos (default: one per CPU).")
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the summary as JSON ('-': stdout).")
     ] = None,
@@ -26,7 +29,9 @@ def toyworld(
     from panda_edge.video.toyworld import generate
 
     with progress_bar("writing videos", total=videos, enabled=json_out is None) as advance:
-        summary = generate(out_dir, videos=videos, seed=seed, heldout_fraction=heldout, progress=advance)
+        summary = generate(
+            out_dir, videos=videos, seed=seed, heldout_fraction=heldout, progress=advance, workers=workers
+        )
     if json_out is not None:
         emit_json(summary.to_dict(), json_out)
         return

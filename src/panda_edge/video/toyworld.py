@@ -11,10 +11,13 @@ not pay. Everything is a pure function of (seed, video index): the same seed giv
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -495,6 +498,14 @@ def _parameters(seed: int, videos: int, heldout_fraction: float, drill: bool) ->
     }
 
 
+def _make_video(job: tuple[Path, int, int]) -> _Scene:
+    """Plan video `index` of world `seed` and write it into `videos_dir`; runs in a worker process."""
+    videos_dir, seed, index = job
+    scene = _plan(seed, index)
+    write_video(videos_dir / f"{scene.video_id}.mp4", list(_render(scene)), fps=FPS)
+    return scene
+
+
 def generate(
     out_dir: str | os.PathLike[str],
     videos: int = 400,
@@ -502,12 +513,15 @@ def generate(
     heldout_fraction: float = 0.2,
     progress: Callable[[int], None] | None = None,
     drill: bool = True,
+    workers: int | None = None,
 ) -> ToyWorldSummary:
     """Write the videos, the train/held-out question files (split by video) and toyworld.json.
 
     `progress` is called with the number of videos written so far; `drill` adds the colour and shape
-    questions about every object to train.json (see `_drill_questions`). Files already in `out_dir` are
-    overwritten, not removed: use a fresh directory when generating fewer videos than before.
+    questions about every object to train.json (see `_drill_questions`). Videos are made by `workers`
+    processes (default: one per CPU); each is a pure function of (seed, index), so the bytes do not
+    depend on how many. Files already in `out_dir` are overwritten, not removed: use a fresh
+    directory when generating fewer videos than before.
     """
     if videos < 1:
         raise ValueError(f"videos must be at least 1, got {videos}")
@@ -515,23 +529,32 @@ def generate(
         raise ValueError(f"seed must be non-negative, got {seed}")
     if not 0.0 <= heldout_fraction <= 1.0:
         raise ValueError(f"heldout_fraction must be in [0, 1], got {heldout_fraction}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     heldout_ids = _heldout_videos(seed, videos, heldout_fraction)
     train: list[dict[str, Any]] = []
     heldout: list[dict[str, Any]] = []
     captions: list[dict[str, Any]] = []
-    for i in range(videos):
-        scene = _plan(seed, i)
-        write_video(out / "videos" / f"{scene.video_id}.mp4", list(_render(scene)), fps=FPS)
-        if i in heldout_ids:
-            heldout.extend(_entries(scene))
+    jobs = [(out / "videos", seed, i) for i in range(videos)]
+    processes = min(workers or os.cpu_count() or 1, videos)
+    with ExitStack() as stack:
+        if processes > 1:
+            # spawn, not fork: the caller may hold torch's thread pools, which do not survive a fork.
+            pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+            stack.callback(pool.shutdown, cancel_futures=True)
+            scenes = pool.map(_make_video, jobs, chunksize=8)
         else:
-            train.extend(_entries(scene, drill=drill))
-        if i not in heldout_ids:
-            captions.append(_caption_entry(scene))
-        if progress is not None:
-            progress(i + 1)
+            scenes = map(_make_video, jobs)
+        for i, scene in enumerate(scenes):
+            if i in heldout_ids:
+                heldout.extend(_entries(scene))
+            else:
+                train.extend(_entries(scene, drill=drill))
+                captions.append(_caption_entry(scene))
+            if progress is not None:
+                progress(i + 1)
     type_counts = Counter(e["type"] for e in train + heldout)
     per_type = {t: type_counts[t] for t in QUESTION_TYPES}
     write_json(out / "train.json", train)
