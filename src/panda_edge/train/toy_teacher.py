@@ -21,7 +21,10 @@ from panda_edge.video.toyworld import COLORS, DIRECTIONS, SHAPES, heading
 COLOR_RADIUS = 60.0  # RGB distance to a palette colour within which a decoded pixel belongs to it
 MIN_PIXELS = 20  # fewer pixels of a colour in a frame: the shape is not there
 SQUARE_FILL = 0.8  # a square fills its bounding box; a ring or a cross about 55% of it
-MIN_TRAVEL = 0.15  # of the frame side: a smaller centroid shift is "still"
+# Of the frame side: a smaller centroid shift is "still". At 0.15 the teacher calls 43 of 175 moving
+# shapes still (those with little room to move; 0.05 gets 168 right and no still shape wrong), but the
+# embedded model was trained with it and one run with 0.05 gave 70.3%, inside the seed spread.
+MIN_TRAVEL = 0.15
 MOTIONS = ("still", *DIRECTIONS)
 FEATURES = ("background", *COLORS, *SHAPES, *MOTIONS, "appears", "disappears")
 # The cosine of eq. 19 weighs each dimension by its square and most patches are background, so the
