@@ -19,7 +19,7 @@ def toyworld(
     seed: Annotated[int, typer.Option(min=0, help="Same seed, same bytes.")] = 0,
     heldout: Annotated[float, typer.Option(min=0.0, max=1.0, help="Share of videos held out.")] = 0.2,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="Processes writing videos (default: one per CPU).")
+        int | None, typer.Option(min=1, help="Processes writing videos (default: one per available core).")
     ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the summary as JSON ('-': stdout).")

@@ -519,9 +519,9 @@ def generate(
 
     `progress` is called with the number of videos written so far; `drill` adds the colour and shape
     questions about every object to train.json (see `_drill_questions`). Videos are made by `workers`
-    processes (default: one per CPU); each is a pure function of (seed, index), so the bytes do not
-    depend on how many. Files already in `out_dir` are overwritten, not removed: use a fresh
-    directory when generating fewer videos than before.
+    processes (default: one per core this process may use); each is a pure function of (seed,
+    index), so the bytes do not depend on how many. Files already in `out_dir` are overwritten, not
+    removed: use a fresh directory when generating fewer videos than before.
     """
     if videos < 1:
         raise ValueError(f"videos must be at least 1, got {videos}")
@@ -538,7 +538,9 @@ def generate(
     heldout: list[dict[str, Any]] = []
     captions: list[dict[str, Any]] = []
     jobs = [(out / "videos", seed, i) for i in range(videos)]
-    processes = min(workers or os.cpu_count() or 1, videos)
+    from panda_edge.runtime.vision.ort import available_cores
+
+    processes = min(workers or available_cores(), videos)
     with ExitStack() as stack:
         if processes > 1:
             # spawn, not fork: the caller may hold torch's thread pools, which do not survive a fork.
