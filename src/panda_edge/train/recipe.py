@@ -23,8 +23,9 @@ On 2 cores for 5 minutes, what limits accuracy is how many optimizer steps fit, 
   Subtracting it in end-to-end training (a penalty, a running mean, or once at mid-stage 2) left
   motion at 25% and shape lower, and continuing the trained LLM on the centred frozen outputs gave
   28%. The 90% / 80%-motion goal is not met.
-- Runs vary with the seed more than with most settings: seed 1 gives 68.7% (shape 55%) where seed 0
-  gives 79.6% (shape 97%), so single-run differences below ~10 points here are not significant.
+- Runs vary with the seed more than with most settings: seeds 1 and 2 give 68.7% and 67.8% (shape 55%
+  and 44%) where seed 0, the embedded model's, gives 79.6% (shape 97%), so single-run differences
+  below ~10 points here are not significant.
 Measured on the 1200-video toy world (696 held-out questions), one run each: stage 2 at 6 / 5.5 / 5 /
 4.5 epochs gave 76.9% / 74.6% / 79.9% / 79.6% in 306 / 303 / 279 (298 on a rerun) / 243 s; 4.5 leaves
 room for a busier machine at a cost the spread between runs already hides. Earlier, on the 400-video
