@@ -36,7 +36,7 @@ def machine_info() -> dict[str, Any]:
     import torch
 
     from panda_edge.bundle import tool_versions
-    from panda_edge.runtime.vision.ort import available_cores
+    from panda_edge.cores import available_cores
 
     cpu = platform.processor() or platform.machine()
     try:
@@ -200,7 +200,8 @@ def gemm_ceiling(repeat: int, rows: int = 2184, width: int = 4096, seed: int = 0
     from onnx import TensorProto, helper, numpy_helper
 
     from panda_edge.calibration.qdq import CPU, QdqWriter
-    from panda_edge.runtime.vision.ort import available_cores, session_options
+    from panda_edge.cores import available_cores
+    from panda_edge.runtime.vision.ort import session_options
 
     rng = np.random.default_rng(seed)
     weight = (rng.standard_normal((width, width)) * width**-0.5).astype(np.float32)

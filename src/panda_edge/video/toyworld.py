@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from panda_edge.cores import available_cores
 from panda_edge.fileio import write_json
 from panda_edge.video.encode import write_video
 
@@ -538,8 +539,6 @@ def generate(
     heldout: list[dict[str, Any]] = []
     captions: list[dict[str, Any]] = []
     jobs = [(out / "videos", seed, i) for i in range(videos)]
-    from panda_edge.runtime.vision.ort import available_cores
-
     processes = min(workers or available_cores(), videos)
     with ExitStack() as stack:
         if processes > 1:

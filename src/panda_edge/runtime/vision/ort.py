@@ -8,12 +8,12 @@ measures the TensorRT graph's accuracy on a machine without TensorRT.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from panda_edge.cores import available_cores
 from panda_edge.errors import BundleError, PandaError
 from panda_edge.lazy import require
 from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS, TensorSpec, VisionBackend
@@ -26,14 +26,6 @@ PRECISIONS: dict[str, tuple[str, str, bool]] = {
     "int8": ("vision_int8", "cpu_file", False),
     "int8-tensorrt": ("vision_int8", "file", True),
 }
-
-
-def available_cores() -> int:
-    """Cores this process may run on (the affinity mask in containers), not the host's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
 
 
 def default_providers() -> list[str]:
