@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 from panda_edge.bundle import load_manifest, sha256_file
-from panda_edge.calibration.data import load_calibration, load_frames, videos_of_qa
+from panda_edge.calibration.data import load_calibration, videos_of_qa
 from panda_edge.calibration.qdq import CPU, TENSORRT, QdqWriter
 from panda_edge.calibration.ranges import collect_ranges
 from panda_edge.calibration.search import TokenScorer
@@ -24,6 +24,7 @@ from panda_edge.export.stab_onnx.check import check_onnx, qdq_problems
 from panda_edge.export.stab_onnx.pipeline import export_bundle
 from panda_edge.export.stab_onnx.profiles import PROFILES
 from panda_edge.runtime.vision import OrtVisionEngine
+from panda_edge.video import load_videos
 
 runner = CliRunner()
 TINY = PRESETS["tiny"].vision
@@ -57,7 +58,7 @@ def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def calibration_frames(toy: Path) -> np.ndarray:
-    return load_frames(videos_of_qa(toy / "train.json")[:3], TINY)
+    return load_videos(videos_of_qa(toy / "train.json")[:3], TINY)
 
 
 @pytest.fixture(scope="module", params=list(PROFILES))
@@ -126,7 +127,7 @@ def test_cpu_form_is_u8s8_and_only_the_tensorrt_checks_refuse_it(forms) -> None:
 def test_both_forms_keep_the_visual_tokens(forms, toy: Path) -> None:
     """Held-out videos, every group in INT8: both forms reach the stab_int8 threshold against fp32."""
     _, source, paths = forms
-    heldout = load_frames(videos_of_qa(toy / "heldout.json")[:2], TINY)
+    heldout = load_videos(videos_of_qa(toy / "heldout.json")[:2], TINY)
     scorer = TokenScorer(source, heldout, 0.99)
     tensorrt = scorer.score(onnx.load(str(paths["tensorrt"])), qdq_in_float=True)
     cpu = scorer.score(onnx.load(str(paths["cpu"])))

@@ -14,7 +14,9 @@ import av
 import numpy as np
 import pytest
 
+from panda_edge.config import preset
 from panda_edge.errors import VideoError
+from panda_edge.video import load_video, load_videos
 from panda_edge.video.decode import DecodedVideo, _frame_rate, read_video, sample_frame_indices
 from panda_edge.video.encode import write_video
 
@@ -146,6 +148,28 @@ def test_mp4_short_grid_is_respaced(tmp_path: Path) -> None:
     assert (video.num_frames, video.fps, video.width, video.height) == (40, 10.0, W, H)
     assert video.indices == sample_frame_indices(40, 10.0) == [0, 5, 10, 15, 20, 25, 30, 35]
     _assert_sampled_pixels(video, sources, LOSSY_TOL)
+
+
+def test_load_videos_keeps_order_whatever_the_thread_count(tmp_path: Path) -> None:
+    """Threads finish out of order; the array and the progress count must not show it."""
+    vision = preset("tiny").vision
+    paths = []
+    for k in range(5):
+        paths.append(tmp_path / f"clip{k}.mp4")
+        write_video(paths[-1], _solid_frames(12 + 4 * k)[k:], fps=10)
+    one_by_one = np.stack([load_video(p, vision) for p in paths])
+    counts: list[int] = []
+    threaded = load_videos(paths, vision, on_video=counts.append, workers=3)
+    assert threaded.shape == (5, vision.video_frames, 4, vision.image_size, vision.image_size)
+    np.testing.assert_array_equal(threaded, one_by_one)
+    np.testing.assert_array_equal(load_videos(paths, vision, workers=1), one_by_one)
+    assert counts == [1, 2, 3, 4, 5]
+    assert len({one_by_one[k].tobytes() for k in range(5)}) == 5  # the videos differ, so order shows
+    with pytest.raises(ValueError, match="at least 1"):
+        load_videos(paths, vision, workers=0)
+    (tmp_path / "broken.mp4").write_text("not a video")
+    with pytest.raises(VideoError, match=r"broken\.mp4"):
+        load_videos([*paths, tmp_path / "broken.mp4"], vision, workers=2)
 
 
 def test_mp4_long_uses_linspace_on_1fps_grid(tmp_path: Path) -> None:

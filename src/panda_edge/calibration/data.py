@@ -6,7 +6,7 @@ calibration can be repeated or redone on the device from the bundle alone, bit f
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -64,20 +64,6 @@ def split_videos(videos: Sequence[Path], samples: int, holdout: int) -> tuple[li
     chosen = spread(videos, samples)
     rest = [v for v in videos if v not in set(chosen)]
     return chosen, spread(rest, holdout) if holdout > 0 else []
-
-
-def load_frames(
-    videos: Sequence[Path], vision: VisionConfig, on_video: Callable[[int], None] | None = None
-) -> np.ndarray:
-    """(N, frames, 4, S, S) float32: each video decoded, sampled and pre-processed as inference does."""
-    from panda_edge.video import load_video
-
-    frames = []
-    for i, path in enumerate(videos):
-        frames.append(load_video(path, vision))
-        if on_video is not None:
-            on_video(i + 1)
-    return np.stack(frames).astype(np.float32, copy=False)
 
 
 def save_calibration(path: str | Path, frames: np.ndarray, videos: Sequence[str]) -> None:

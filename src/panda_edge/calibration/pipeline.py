@@ -32,7 +32,6 @@ from panda_edge.bundle import (
 )
 from panda_edge.calibration.data import (
     load_calibration,
-    load_frames,
     save_calibration,
     split_videos,
     spread,
@@ -48,6 +47,7 @@ from panda_edge.export.stab_onnx.check import check_onnx, qdq_problems
 from panda_edge.export.stab_onnx.profiles import get_profile
 from panda_edge.fileio import atomic_path
 from panda_edge.parity.compare import LEVELS, OutputParity
+from panda_edge.video import load_videos
 
 DEFAULT_SAMPLES = 8
 DEFAULT_HOLDOUT = 4
@@ -201,8 +201,8 @@ def _calibration_data(
     found = videos_of_qa(qa, videos) if qa is not None else videos_in(videos)
     chosen, held = split_videos(found, samples, holdout)
     step(f"decoding {len(chosen)} calibration + {len(held)} held-out video(s) of {len(found)}")
-    frames = load_frames(chosen, vision)
-    heldout = load_frames(held, vision) if held else np.zeros((0,))
+    frames = load_videos(chosen, vision)
+    heldout = load_videos(held, vision) if held else np.zeros((0,))
     return frames, [str(p) for p in chosen], heldout, [str(p) for p in held]
 
 

@@ -18,7 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from panda_edge.config import VisionConfig
@@ -111,11 +110,6 @@ def load_frames(
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Decode and pre-process each video once -> (videos, frames, 4, S, S) float32."""
-    from panda_edge.video import load_video
+    from panda_edge.video import load_videos
 
-    out = np.zeros((len(names), vision.video_frames, 4, vision.image_size, vision.image_size), np.float32)
-    for i, name in enumerate(names):
-        out[i] = load_video(videos_dir / name, vision)
-        if progress is not None:
-            progress(i + 1)
-    return torch.from_numpy(out)
+    return torch.from_numpy(load_videos([videos_dir / name for name in names], vision, progress))
