@@ -38,7 +38,7 @@ def test_parity_on_default_clips_passes(exported: tuple[Path, dict], tiny_checkp
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert list(report) == ["stab_fp32"]
+    assert list(report) == ["source", "stab_fp32"] and report["source"]["matches"] is True
     stab = report["stab_fp32"]
     assert set(stab) == {"cosine_min", "max_abs_rel", "passed", "videos"}
     assert stab["passed"] is True and stab["cosine_min"] >= 0.99999 and stab["max_abs_rel"] <= 1e-3
@@ -70,8 +70,11 @@ def test_parity_against_other_weights_fails_with_exit_1(
     args = ["parity", "--checkpoint", str(other), "--bundle", str(bundle), "--json", "-", str(video)]
     result = runner.invoke(app, args)
     assert result.exit_code == 1, result.output
-    assert json.loads(result.stdout)["stab_fp32"]["passed"] is False
+    report = json.loads(result.stdout)
+    assert report["stab_fp32"]["passed"] is False
     assert "stab_fp32 parity failed" in result.stderr
+    assert report["source"]["matches"] is False
+    assert "holds other weights than the bundle was exported from" in " ".join(result.stderr.split())
 
 
 def test_bad_input_exits_2(exported: tuple[Path, dict], tiny_checkpoint: Path, tmp_path: Path) -> None:

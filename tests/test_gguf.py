@@ -317,7 +317,7 @@ def test_cli_parity_on_a_gguf_bundle(bundle: Path, tiny_checkpoint: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report) == {"llm", "tokenizer"}
+    assert set(report) == {"source", "llm", "tokenizer"} and report["source"]["matches"] is True
     assert set(report["llm"]) == set(TYPES)
     assert report["llm"]["f32"]["top1_agreement"] == 1.0
     assert report["tokenizer"]["identical"] is True

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -101,6 +101,21 @@ def previous_manifest(bundle: str | Path, weights: dict[str, Any]) -> dict[str, 
             "choose a new --out directory or delete this one"
         )
     return manifest
+
+
+def exported_from(manifest: dict[str, Any], weight_files: Sequence[Path]) -> bool | None:
+    """Whether `weight_files` are the weights the bundle was exported from (None: it does not say).
+
+    Content, not path: a moved checkpoint still matches. Names and sizes are compared before
+    anything is hashed, so other weights are told apart without reading 13 GB.
+    """
+    theirs = (manifest.get("source") or {}).get("weights")
+    if theirs is None:
+        return None
+    sizes = {p.name: p.stat().st_size for p in weight_files}
+    if sizes != {name: record.get("size") for name, record in theirs.items()}:
+        return False
+    return all(sha256_file(p) == theirs[p.name].get("sha256") for p in weight_files)
 
 
 def write_manifest(bundle: str | Path, manifest: dict[str, Any], files: Iterable[str]) -> dict[str, Any]:

@@ -76,7 +76,7 @@ def parity(
             f"{bundle}: the bundle holds neither the vision graph nor a GGUF; nothing to compare"
         )
     wanted = _levels(levels)
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"source": _check_source(checkpoint, manifest)}
     failed: list[str] = []
     if "vision" in manifest and wanted & {"stab_fp32", "stab_int8"}:
         for level, stab in _stab_levels(checkpoint, bundle, chosen, quiet).items():
@@ -111,6 +111,25 @@ def parity(
         emit_json(result, json_out)
     if failed:
         raise CheckFailed("; ".join(failed))
+
+
+def _check_source(checkpoint: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Warn when --checkpoint is not the one the bundle was exported from: every level would then
+    compare two different models, and its failures would look like export bugs."""
+    from panda_edge.bundle import exported_from
+    from panda_edge.model.checkpoint import weight_files
+    from panda_edge.model.videopanda import resolve_checkpoint
+
+    source = (manifest.get("source") or {}).get("checkpoint")
+    matches = exported_from(manifest, weight_files(resolve_checkpoint(checkpoint)))
+    if matches is False:  # stderr, so also when the JSON goes to stdout
+        err.print(
+            f"warning: --checkpoint {checkpoint} holds other weights than the bundle was exported from "
+            f"({source}); the levels below compare two different models",
+            style="yellow",
+            highlight=False,
+        )
+    return {"checkpoint": source, "matches": matches}
 
 
 def _stab_levels(checkpoint: str, bundle: Path, chosen: list[Path], quiet: bool) -> dict[str, Any]:
