@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from panda_edge.bundle import MANIFEST_FILE, file_record, load_manifest
+from panda_edge.bundle import MANIFEST_FILE, extend_manifest, file_record, load_manifest
 from panda_edge.config import PRESETS
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.stab_onnx.pipeline import export_bundle
@@ -78,6 +78,25 @@ def test_missing_file_and_manifest_are_refused(bundle: Path, tmp_path: Path) -> 
         load_manifest(copy)
     with pytest.raises(BundleError, match="no such bundle directory"):
         load_manifest(tmp_path / "nowhere")
+
+
+def test_extend_manifest_hashes_only_new_files(bundle: Path, tmp_path: Path) -> None:
+    """Listed files keep their loaded records (no second hash of a 13 GB GGUF); new ones are hashed."""
+    copy = _copy(bundle, tmp_path)
+    manifest = load_manifest(copy)
+    marked = {**manifest["files"]["stab.onnx"], "sha256": "kept, not recomputed"}
+    manifest["files"]["stab.onnx"] = marked
+    (copy / "notes.txt").write_text("added later")
+    out = extend_manifest(copy, manifest, {"notes": {"file": "notes.txt"}}, ["notes.txt"])
+    assert out["files"]["stab.onnx"] == marked
+    assert out["files"]["notes.txt"] == file_record(copy / "notes.txt")
+    assert out["notes"] == {"file": "notes.txt"}
+    assert out["source"] == manifest["source"] and out["format_version"] == 1
+    (copy / "tokenizer.model").unlink()
+    manifest = load_manifest(copy, verify=False)
+    out = extend_manifest(copy, manifest, {}, [])
+    assert "tokenizer.model" not in out["files"] and "notes.txt" in out["files"]
+    assert json.loads((copy / MANIFEST_FILE).read_text()) == out
 
 
 def test_other_format_version_is_refused(bundle: Path, tmp_path: Path) -> None:

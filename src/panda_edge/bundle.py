@@ -118,16 +118,39 @@ def exported_from(manifest: dict[str, Any], weight_files: Sequence[Path]) -> boo
     return all(sha256_file(p) == theirs[p.name].get("sha256") for p in weight_files)
 
 
-def write_manifest(bundle: str | Path, manifest: dict[str, Any], files: Iterable[str]) -> dict[str, Any]:
-    """Hash `files` (names inside `bundle`) into the manifest and write it, last and atomically."""
-    bundle = Path(bundle)
+def write_manifest(
+    bundle: str | Path,
+    manifest: dict[str, Any],
+    files: Iterable[str],
+    known: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Hash `files` (names inside `bundle`) into the manifest and write it, last and atomically.
+
+    `known` holds records already verified, used instead of hashing those files again.
+    """
+    bundle, known = Path(bundle), known or {}
     out = {
         "format_version": FORMAT_VERSION,
         **manifest,
-        "files": {name: file_record(bundle / name) for name in sorted(files)},
+        "files": {name: known.get(name) or file_record(bundle / name) for name in sorted(files)},
     }
     write_json(bundle / MANIFEST_FILE, out)
     return out
+
+
+def extend_manifest(
+    bundle: str | Path, manifest: dict[str, Any], updates: dict[str, Any], new_files: Iterable[str]
+) -> dict[str, Any]:
+    """`manifest` (as loaded and verified) with `updates` and `new_files` hashed in, written atomically.
+
+    Files it already lists keep their records, as they were verified when it was loaded: adding a
+    graph to a 7B bundle does not hash its 13 GB of GGUF again. Files since removed are dropped.
+    """
+    bundle, new_files = Path(bundle), list(new_files)
+    data = {k: v for k, v in manifest.items() if k not in ("format_version", "files")} | updates
+    listed = manifest.get("files", {})
+    kept = {n: r for n, r in listed.items() if n not in new_files and (bundle / n).is_file()}
+    return write_manifest(bundle, data, [*kept, *new_files], known=kept)
 
 
 def load_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:

@@ -25,10 +25,10 @@ from panda_edge.bundle import (
     STAB_INT8_CPU_FILE,
     STAB_INT8_FILE,
     STAB_ONNX_FILE,
+    extend_manifest,
     load_manifest,
     start_bundle,
     tool_versions,
-    write_manifest,
 )
 from panda_edge.calibration.data import (
     load_calibration,
@@ -170,11 +170,9 @@ def calibrate_bundle(
             with atomic_path(bundle / name) as target:
                 shutil.copyfile(path, target)  # a copy: the temporary directory may be on another disk
         save_calibration(bundle / CALIBRATION_FILE, frames, names)
-    previous = {k: v for k, v in manifest.items() if k not in ("format_version", "files")}
-    files = {*manifest["files"], STAB_INT8_FILE, STAB_INT8_CPU_FILE, CALIBRATION_FILE}
-    previous["vision_int8"] = entry
-    previous["tools"] = {**previous.get("tools", {}), **tool_versions()}
-    return write_manifest(bundle, previous, sorted(files))["vision_int8"]
+    updates = {"vision_int8": entry, "tools": {**manifest.get("tools", {}), **tool_versions()}}
+    new_files = [STAB_INT8_FILE, STAB_INT8_CPU_FILE, CALIBRATION_FILE]
+    return extend_manifest(bundle, manifest, updates, new_files)["vision_int8"]
 
 
 def _calibration_data(

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from panda_edge.bundle import FORMAT_VERSION, MANIFEST_FILE, file_record, load_manifest
+from panda_edge.bundle import MANIFEST_FILE, extend_manifest, load_manifest
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.trt.device import TrtUnavailable, trt_status
 from panda_edge.export.trt.recipe import DEFAULT_WORKSPACE_MB, Recipe, engine_file_name, recipe_for
@@ -33,7 +33,7 @@ from panda_edge.export.trt.versions import (
     family_for,
     family_for_profile,
 )
-from panda_edge.fileio import atomic_path, write_json
+from panda_edge.fileio import atomic_path
 
 FP16_ONNX_FILE = "stab.fp16.onnx"
 Step = Callable[[str], None] | None
@@ -41,18 +41,6 @@ Step = Callable[[str], None] | None
 
 def _step(on_step: Step) -> Callable[[str], None]:
     return on_step or (lambda message: None)
-
-
-def rewrite_manifest(
-    bundle: Path, manifest: dict[str, Any], updates: dict[str, Any], new_files: list[str]
-) -> dict[str, Any]:
-    """`manifest` (as loaded and verified) with `updates` and `new_files` hashed in, written atomically."""
-    data = {k: v for k, v in manifest.items() if k not in ("format_version", "files")} | updates
-    records = {n: r for n, r in manifest.get("files", {}).items() if (bundle / n).is_file()}
-    records.update({name: file_record(bundle / name) for name in new_files})
-    out = {"format_version": FORMAT_VERSION, **data, "files": dict(sorted(records.items()))}
-    write_json(bundle / MANIFEST_FILE, out)
-    return out
 
 
 def _graph_io(manifest: dict[str, Any], recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -64,7 +52,7 @@ def _graph_io(manifest: dict[str, Any], recipe: Recipe) -> tuple[dict[str, Any],
 
 def _add_engine(bundle: Path, manifest: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
     engines = {**manifest.get(ENGINES_KEY, {}), record["file"]: record}
-    return rewrite_manifest(bundle, manifest, {ENGINES_KEY: dict(sorted(engines.items()))}, [record["file"]])
+    return extend_manifest(bundle, manifest, {ENGINES_KEY: dict(sorted(engines.items()))}, [record["file"]])
 
 
 def _where_to_build(bundle: Path) -> str:
@@ -273,7 +261,7 @@ def write_fp16_graph(bundle: Path, manifest: dict[str, Any], on_step: Step = Non
         "inputs": vision["inputs"],
         "outputs": vision["outputs"],
     }
-    return rewrite_manifest(bundle, manifest, {"vision_fp16": entry}, [FP16_ONNX_FILE])
+    return extend_manifest(bundle, manifest, {"vision_fp16": entry}, [FP16_ONNX_FILE])
 
 
 def write_build_script(bundle: Path, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -281,7 +269,7 @@ def write_build_script(bundle: Path, manifest: dict[str, Any]) -> dict[str, Any]
     with atomic_path(bundle / SCRIPT_FILE) as tmp:
         tmp.write_text(build_script(manifest), encoding="utf-8")
     os.chmod(bundle / SCRIPT_FILE, 0o755)
-    return rewrite_manifest(bundle, manifest, {}, [SCRIPT_FILE])
+    return extend_manifest(bundle, manifest, {}, [SCRIPT_FILE])
 
 
 def export_trt(
