@@ -39,9 +39,12 @@ def load_videos(
     size = vision.image_size
     out = np.zeros((len(paths), vision.video_frames, 4, size, size), np.float32)
     threads = max(1, min(workers or available_cores(), len(paths)))
-    with ThreadPoolExecutor(threads) as pool:
+    pool = ThreadPoolExecutor(threads)
+    try:
         for i, frames in enumerate(pool.map(lambda path: load_video(path, vision), paths)):
             out[i] = frames
             if on_video is not None:
                 on_video(i + 1)
+    finally:  # a broken video stops the rest at once instead of after all of them are decoded
+        pool.shutdown(cancel_futures=True)
     return out
