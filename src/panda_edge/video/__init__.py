@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from panda_edge.config import VisionConfig
-from panda_edge.cores import available_cores
+from panda_edge.cores import worker_count
 from panda_edge.video.preprocess import preprocess_frames
 
 
@@ -34,12 +34,9 @@ def load_videos(
     processes (200 toy videos on 2 cores: 8.7 s serial, 5.8 s with 2 threads, 6.2 s with 2
     processes). `on_video` is called with the number of videos done so far.
     """
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    pool = ThreadPoolExecutor(worker_count(workers, len(paths)))
     size = vision.image_size
     out = np.zeros((len(paths), vision.video_frames, 4, size, size), np.float32)
-    threads = max(1, min(workers or available_cores(), len(paths)))
-    pool = ThreadPoolExecutor(threads)
     try:
         for i, frames in enumerate(pool.map(lambda path: load_video(path, vision), paths)):
             out[i] = frames

@@ -24,7 +24,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from panda_edge.cores import available_cores
+from panda_edge.cores import worker_count
 from panda_edge.fileio import write_json
 from panda_edge.video.encode import write_video
 
@@ -530,8 +530,7 @@ def generate(
         raise ValueError(f"seed must be non-negative, got {seed}")
     if not 0.0 <= heldout_fraction <= 1.0:
         raise ValueError(f"heldout_fraction must be in [0, 1], got {heldout_fraction}")
-    if workers is not None and workers < 1:
-        raise ValueError(f"workers must be at least 1, got {workers}")
+    processes = worker_count(workers, videos)
     out = Path(out_dir)
     (out / "videos").mkdir(parents=True, exist_ok=True)
     heldout_ids = _heldout_videos(seed, videos, heldout_fraction)
@@ -539,7 +538,6 @@ def generate(
     heldout: list[dict[str, Any]] = []
     captions: list[dict[str, Any]] = []
     jobs = [(out / "videos", seed, i) for i in range(videos)]
-    processes = min(workers or available_cores(), videos)
     with ExitStack() as stack:
         if processes > 1:
             # spawn, not fork: the caller may hold torch's thread pools, which do not survive a fork.
