@@ -5,7 +5,9 @@ Parity and benchmarks use this; the chat runtime will add embeddings input on to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -33,21 +35,55 @@ def load_llama(
         raise BundleError(f"{path}: no such GGUF file")
     if kv_cache not in KV_TYPES:
         raise PandaError(f"unknown KV cache type '{kv_cache}'; choose one of: {', '.join(KV_TYPES)}")
-    return lib.Llama(
-        model_path=str(path),
-        n_ctx=n_ctx,
-        n_batch=n_batch,
-        n_ubatch=min(n_batch, 512),
-        n_threads=threads,
-        n_threads_batch=threads,
-        n_gpu_layers=n_gpu_layers,
-        logits_all=logits_all,
-        vocab_only=vocab_only,
-        type_k=KV_TYPES[kv_cache],
-        type_v=KV_TYPES[kv_cache],
-        flash_attn=kv_cache == "q8_0",
-        verbose=False,
-    )
+    with _model_defaults(lib, use_extra_bufts=not amx_cpu()):
+        return lib.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_ubatch=min(n_batch, 512),
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=n_gpu_layers,
+            logits_all=logits_all,
+            vocab_only=vocab_only,
+            type_k=KV_TYPES[kv_cache],
+            type_v=KV_TYPES[kv_cache],
+            flash_attn=kv_cache == "q8_0",
+            verbose=False,
+        )
+
+
+@cache
+def amx_cpu() -> bool:
+    """Whether this llama.cpp build runs its AMX kernels (Intel Xeon since Sapphire Rapids).
+
+    Its AMX buffer type crashes on our q8_0 and q4_k_m GGUFs (a segmentation fault in the first
+    decode, measured with llama-cpp-python 0.3.36 on a Xeon with AMX_INT8; llama.cpp issues #20824,
+    #16315 report crashes and wrong results there), so on such CPUs the decoder does without it.
+    """
+    return "AMX_INT8 = 1" in llama_cpp().llama_print_system_info().decode(errors="replace")
+
+
+@contextmanager
+def _model_defaults(lib, use_extra_bufts: bool) -> Iterator[None]:
+    """llama-cpp-python's `Llama` does not expose `use_extra_bufts` (AMX and repacked weight layouts);
+    it starts from `llama_model_default_params()`, so this load gets defaults with it turned off."""
+    binding = lib.llama_cpp
+    original = binding.llama_model_default_params
+    if use_extra_bufts or not hasattr(original(), "use_extra_bufts"):
+        yield
+        return
+
+    def defaults():
+        params = original()
+        params.use_extra_bufts = False
+        return params
+
+    binding.llama_model_default_params = defaults
+    try:
+        yield
+    finally:
+        binding.llama_model_default_params = original
 
 
 class LlamaCppModel:
