@@ -175,7 +175,7 @@ def test_parity_reports_stab_int8(int8_bundle: tuple[Path, dict], toy: Path) -> 
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert list(report) == ["source", "stab_fp32", "stab_int8"]
+    assert list(report) == ["source", "reference", "stab_fp32", "stab_int8"]
     int8 = report["stab_int8"]
     assert (
         int8["passed"] is True and int8["cosine_mean"] >= 0.99 and int8["cosine_min"] <= int8["cosine_mean"]

@@ -38,7 +38,7 @@ def test_parity_on_default_clips_passes(exported: tuple[Path, dict], tiny_checkp
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert list(report) == ["source", "stab_fp32"] and report["source"]["matches"] is True
+    assert list(report) == ["source", "reference", "stab_fp32"] and report["source"]["matches"] is True
     stab = report["stab_fp32"]
     assert set(stab) == {"cosine_min", "max_abs_rel", "passed", "videos"}
     assert stab["passed"] is True and stab["cosine_min"] >= 0.99999 and stab["max_abs_rel"] <= 1e-3

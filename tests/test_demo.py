@@ -5,20 +5,29 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import torch
 from typer.testing import CliRunner
 
 from panda_edge.assets import TINY_DIR
 from panda_edge.cli.main import app
 from panda_edge.lazy import has_llama_cpp
+from panda_edge.model.loading import WidenedEmbedding, WidenedLinear
 from panda_edge.model.videopanda import VideoPanda
 
 
-def test_embedded_model_is_small_and_loads_in_float32() -> None:
+def test_embedded_model_is_small_and_computes_in_float32() -> None:
+    """Its weights are stored in float16: the Llama's matrices stay so and are widened as each layer
+    runs; everything else is float32, and so are the logits."""
     size = sum(p.stat().st_size for p in TINY_DIR.iterdir())
     assert size < 10 * 2**20
     model = VideoPanda.from_pretrained("tiny")
-    assert model.config.name == "tiny"
-    assert all(p.dtype.is_floating_point and p.dtype.itemsize == 4 for p in model.parameters())
+    assert model.config.name == "tiny" and model.precision.dtype == "fp32"
+    for module in model.modules():
+        for p in module.parameters(recurse=False):
+            widened = isinstance(module, (WidenedLinear, WidenedEmbedding))
+            assert p.dtype == (torch.float16 if widened else torch.float32), module
+    ids = torch.tensor([[1, 5, 9]])
+    assert model.llm(ids).logits.dtype == torch.float32
 
 
 def test_demo_answers_and_checks_parity(tmp_path: Path) -> None:

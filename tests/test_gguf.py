@@ -53,8 +53,8 @@ def reference(tiny_checkpoint: Path):
     from panda_edge.parity.llm import parity_sequences
     from panda_edge.parity.llm_reference import reference_logits
 
-    logits, tokenizer_file = reference_logits(tiny_checkpoint)
-    return logits, parity_sequences(PromptTokenizer(tokenizer_file))
+    sequences = parity_sequences(PromptTokenizer(tiny_checkpoint / "tokenizer.model"))
+    return reference_logits(tiny_checkpoint, sequences), sequences
 
 
 def fields(path: Path) -> dict:
@@ -146,7 +146,7 @@ def test_without_the_qk_permutation_logits_differ(tiny_checkpoint: Path, referen
 
     export_gguf(tiny_checkpoint, tmp_path, "f32", permute=False)
     logits, sequences = reference
-    wrong = llm_parity(logits, {"f32": tmp_path / "llm.f32.gguf"}, sequences[:3])["f32"]
+    wrong = llm_parity(logits[:3], {"f32": tmp_path / "llm.f32.gguf"}, sequences[:3])["f32"]
     # ~1e-5 with the permutation (the test above); random init keeps logits small (max ~1.3).
     assert wrong.max_abs_diff > 0.02 and wrong.top1_agreement < 0.99 and not wrong.passed
 
@@ -317,7 +317,8 @@ def test_cli_parity_on_a_gguf_bundle(bundle: Path, tiny_checkpoint: Path) -> Non
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report) == {"source", "llm", "tokenizer"} and report["source"]["matches"] is True
+    assert set(report) == {"source", "reference", "llm", "tokenizer"} and report["source"]["matches"] is True
+    assert report["reference"] == {"dtype": "fp32", "device": "cpu", "weights_stored": "float32"}
     assert set(report["llm"]) == set(TYPES)
     assert report["llm"]["f32"]["top1_agreement"] == 1.0
     assert report["tokenizer"]["identical"] is True

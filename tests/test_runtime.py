@@ -265,7 +265,8 @@ def test_parity_e2e_and_task_levels(bundle: Path, toy: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
-    assert set(report) == {"source", "e2e", "task"}
+    assert set(report) == {"source", "reference", "e2e", "task"}
+    assert report["reference"] == {"dtype": "fp32", "device": "cpu", "weights_stored": "float16"}
     assert report["e2e"]["videos"] == 4 and report["e2e"]["identical_answers"] == 4
     task = report["task"]
     assert task["questions"] == len(read_questions(toy / "heldout.json")) and task["gguf"] == "q8_0"

@@ -16,6 +16,7 @@ from typing import Any
 
 from panda_edge.assets import TINY_TRAINING
 from panda_edge.export.stab_onnx.pipeline import export_bundle
+from panda_edge.model.loading import ReferencePrecision
 
 DEMO_QUESTIONS: int | None = None  # all held-out questions: "within 1 point" needs >= 100
 E2E_VIDEOS = 20
@@ -38,11 +39,17 @@ class DemoReport:
     parity: dict[str, Any] = field(default_factory=dict)
     timings_s: dict[str, float] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)
+    reference_ran: dict[str, str] = field(default_factory=dict)  # the PyTorch reference's dtype, device
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "workdir": self.workdir,
-            "reference": {"questions": self.questions, "accuracy": self.accuracy, "per_type": self.per_type},
+            "reference": {
+                "questions": self.questions,
+                "accuracy": self.accuracy,
+                "per_type": self.per_type,
+                **self.reference_ran,
+            },
             "runtime": self.runtime,
             "samples": self.samples,
             "parity": self.parity,
@@ -82,6 +89,7 @@ class _Clock:
 def run_demo(
     workdir: Path | None = None,
     questions: int | None = DEMO_QUESTIONS,
+    precision: ReferencePrecision | None = None,
     on_step: Callable[[str], None] = lambda text: None,
     on_answer: Callable[[int], None] | None = None,
 ) -> DemoReport:
@@ -101,7 +109,8 @@ def run_demo(
 
     on_step("loading the embedded tiny model")
     with clock("load"):
-        model = VideoPanda.from_pretrained("tiny")
+        model = VideoPanda.from_pretrained("tiny", precision)
+    report.reference_ran = {"dtype": model.precision.dtype, "device": model.precision.device}
 
     qa = _spread(read_questions(data / "heldout.json"), questions)
     on_step(f"answering {len(qa)} held-out questions with the PyTorch reference")
@@ -145,7 +154,12 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
     """GGUF export, then the runtime's answers and the e2e / task levels."""
     from panda_edge.export.llm_gguf.pipeline import export_gguf
     from panda_edge.parity.e2e import one_question_per_video
-    from panda_edge.parity.runtime import measure_e2e, measure_gguf_agreement, measure_task
+    from panda_edge.parity.runtime import (
+        measure_e2e,
+        measure_gguf_agreement,
+        measure_task,
+        reference_tokens,
+    )
 
     for gguf_type in ("f32", "q8_0"):
         on_step(f"exporting the Llama backbone to GGUF ({gguf_type})")
@@ -157,7 +171,7 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
             f"answering the {len(qa)} questions with the runtime (ONNX Runtime {precision} + llama.cpp q8_0)"
         )
         with clock(f"runtime_answers_{precision}"):
-            task = measure_task(model, bundle, qa, videos, "q8_0", precision, reference, on_answer=on_answer)
+            task = measure_task(reference, bundle, qa, videos, "q8_0", precision, on_answer=on_answer)
         tasks[precision] = task
         report.parity["task" if precision == "fp32" else "task_int8"] = task.to_dict()
         report.runtime[f"ort {precision} + q8_0"] = {
@@ -171,7 +185,8 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
     chosen = one_question_per_video(qa, E2E_VIDEOS)
     on_step(f"e2e parity: runtime (fp32 vision + f32 GGUF) vs reference, {len(chosen)} videos")
     with clock("parity_e2e"):
-        report.parity["e2e"] = measure_e2e(model, bundle, chosen, videos).to_dict()
+        expected = reference_tokens(model, chosen, videos)
+        report.parity["e2e"] = measure_e2e(expected, bundle, chosen, videos).to_dict()
 
 
 def vision_parity(model, bundle: Path, videos: list[Path]) -> dict[str, Any]:

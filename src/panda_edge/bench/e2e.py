@@ -70,6 +70,8 @@ def bench_e2e(
     threads: int = 2,
     gguf_type: str = "q8_0",
     max_new_tokens: int = 32,
+    dtype: str = "fp32",
+    device: str = "cpu",
     on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     from panda_edge.export.llm_gguf.pipeline import export_gguf
@@ -96,6 +98,8 @@ def bench_e2e(
             "repeat": repeat,
             "threads": threads,
             "max_new_tokens": max_new_tokens,
+            "reference_dtype": dtype,
+            "reference_device": device,
         }
         results = {}
         for engine in ENGINES:
@@ -176,10 +180,12 @@ def _runtime_run(job: dict[str, Any]) -> list[dict[str, Any]]:
 def _torch_run(job: dict[str, Any]) -> list[dict[str, Any]]:
     import torch
 
+    from panda_edge.model.loading import ReferencePrecision
     from panda_edge.model.videopanda import VideoPanda
 
     torch.set_num_threads(job["threads"])
-    model = VideoPanda.from_pretrained(job["checkpoint"])
+    precision = ReferencePrecision(job["reference_dtype"], job["reference_device"])
+    model = VideoPanda.from_pretrained(job["checkpoint"], precision)
     runs = []
     for _ in range(job["repeat"] + 1):
         first, tokens, decode_s = _timed_stream(

@@ -95,7 +95,7 @@ def bench_llm(
         start = time.perf_counter()
         for _ in range(decode_tokens):
             token = int(out.logits[0, -1].argmax())
-            out = model(torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True)
+            out = model(torch.tensor([[token]]), cache=out.cache, use_cache=True)
         return prefill, time.perf_counter() - start
 
     step("timing transformers eager fp32")

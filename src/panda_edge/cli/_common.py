@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -100,3 +100,35 @@ def emit_result(data: Any, json_out: Path | None) -> bool:
     if json_out is not None:
         emit_json(data, json_out)
     return json_to_stdout(json_out)
+
+
+# --- the PyTorch reference's dtype and device (generate, eval, parity, demo, bench e2e) -------------
+
+ReferenceDtype = Annotated[
+    str,
+    typer.Option(
+        "--dtype",
+        help="The reference's compute dtype: fp32 (default; 16-bit stored weights stay 16-bit and are "
+        "widened layer by layer, exactly), bf16 or fp16.",
+    ),
+]
+ReferenceDevice = Annotated[str, typer.Option("--device", help="Where the reference runs: cpu or cuda.")]
+
+
+def reference_precision(dtype: str, device: str) -> Any:
+    """The ReferencePrecision for --dtype/--device (exit 2 for an unknown value or no CUDA GPU)."""
+    from panda_edge.model.loading import ReferencePrecision
+
+    return ReferencePrecision(dtype, device)
+
+
+def describe_reference(checkpoint: str, precision: Any) -> dict[str, str]:
+    """What the report says of the reference: compute dtype, device, how its weights are stored."""
+    from panda_edge.model.loading import stored_llm_dtype
+    from panda_edge.model.videopanda import resolve_checkpoint
+
+    return {
+        "dtype": precision.dtype,
+        "device": precision.device,
+        "weights_stored": stored_llm_dtype(resolve_checkpoint(checkpoint)),
+    }

@@ -9,11 +9,14 @@ import typer
 
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
+    ReferenceDevice,
+    ReferenceDtype,
     check_choice,
     emit_result,
     handle_errors,
     json_to_stdout,
     out,
+    reference_precision,
     step_printer,
 )
 
@@ -122,6 +125,8 @@ def e2e(
     threads: Annotated[int, typer.Option(min=1, help="CPU threads for every engine.")] = 2,
     gguf_type: Annotated[str, typer.Option(help="The runtime's GGUF type.")] = "q8_0",
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer.")] = 32,
+    dtype: ReferenceDtype = "fp32",
+    device: ReferenceDevice = "cpu",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,
@@ -136,7 +141,10 @@ def e2e(
     get_gguf_type(gguf_type)
     llama_cpp()
     quiet = json_to_stdout(json_out)
-    result = bench_e2e(model, repeat, threads, gguf_type, max_new_tokens, on_step=step_printer(quiet))
+    reference_precision(dtype, device)  # exit 2 for a bad value before anything is built
+    result = bench_e2e(
+        model, repeat, threads, gguf_type, max_new_tokens, dtype, device, on_step=step_printer(quiet)
+    )
     if emit_result(result, json_out):
         return
     for name, r in result["e2e"].items():

@@ -9,12 +9,15 @@ import typer
 from rich.table import Table
 
 from panda_edge.cli._common import (
+    ReferenceDevice,
+    ReferenceDtype,
     emit_result,
     err,
     handle_errors,
     json_to_stdout,
     out,
     progress_bar,
+    reference_precision,
 )
 
 
@@ -27,6 +30,8 @@ def demo(
         int | None,
         typer.Option(min=1, help="How many held-out questions to answer (default: all 696; fewer: faster)."),
     ] = None,
+    dtype: ReferenceDtype = "fp32",
+    device: ReferenceDevice = "cpu",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the report as JSON ('-': stdout).")
     ] = None,
@@ -42,7 +47,11 @@ def demo(
     quiet = json_to_stdout(json_out)
     with progress_bar("answering", total=questions, enabled=not quiet) as advance:
         report = run_demo(
-            workdir, questions, on_step=lambda m: None if quiet else err.print(m), on_answer=advance
+            workdir,
+            questions,
+            reference_precision(dtype, device),
+            on_step=lambda m: None if quiet else err.print(m),
+            on_answer=advance,
         )
     if emit_result(report.to_dict(), json_out):
         return

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out, progress_bar
+from panda_edge.cli._common import (
+    ReferenceDevice,
+    ReferenceDtype,
+    describe_reference,
+    emit_json,
+    err,
+    handle_errors,
+    json_to_stdout,
+    out,
+    progress_bar,
+    reference_precision,
+)
 
 
 @handle_errors
@@ -18,6 +29,8 @@ def eval(
     checkpoint: Annotated[str, typer.Option(help="Checkpoint directory, or 'tiny'.")] = "tiny",
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,
+    dtype: ReferenceDtype = "fp32",
+    device: ReferenceDevice = "cpu",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,
@@ -27,13 +40,15 @@ def eval(
     from panda_edge.parity.task import evaluate, read_questions
 
     questions = read_questions(qa)[:limit]
+    precision = reference_precision(dtype, device)
     with err.status("loading model"):
-        model = VideoPanda.from_pretrained(checkpoint)
+        model = VideoPanda.from_pretrained(checkpoint, precision)
 
     with progress_bar("answering", total=len(questions), enabled=json_out is None) as advance:
         result = evaluate(reference_answerer(model, max_new_tokens), questions, videos, on_answer=advance)
     if json_out is not None:
-        emit_json({"checkpoint": checkpoint, **result.to_dict()}, json_out)
+        reference = describe_reference(checkpoint, precision)
+        emit_json({"checkpoint": checkpoint, "reference": reference, **result.to_dict()}, json_out)
         if json_to_stdout(json_out):
             return
     table = Table(title=f"exact match on {qa.name}")

@@ -7,7 +7,16 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import emit_json, err, handle_errors, out
+from panda_edge.cli._common import (
+    ReferenceDevice,
+    ReferenceDtype,
+    describe_reference,
+    emit_json,
+    err,
+    handle_errors,
+    out,
+    reference_precision,
+)
 
 
 @handle_errors
@@ -18,6 +27,8 @@ def generate(
         str, typer.Option(help="Checkpoint directory, or 'tiny' for the embedded default.")
     ] = "tiny",
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Stop after this many tokens.")] = 64,
+    dtype: ReferenceDtype = "fp32",
+    device: ReferenceDevice = "cpu",
     json_out: Annotated[
         Path | None,
         typer.Option("--json", help="Also write the answer and timings as JSON here ('-': stdout)."),
@@ -27,21 +38,31 @@ def generate(
     import time
 
     from panda_edge.model.videopanda import VideoPanda
+    from panda_edge.prompt import TextStream
     from panda_edge.video import load_video
 
+    precision = reference_precision(dtype, device)
     with err.status("loading model"):
-        model = VideoPanda.from_pretrained(checkpoint)
+        model = VideoPanda.from_pretrained(checkpoint, precision)
     frames = load_video(video, model.config.vision)
     start = time.perf_counter()
     streaming = json_out is None or str(json_out) != "-"
-    answer = model.generate(
-        frames,
-        question,
-        max_new_tokens=max_new_tokens,
-        on_text=(lambda piece: out.print(piece, end="")) if streaming else None,
-    )
+    text = TextStream(model.tokenizer, (lambda piece: out.print(piece, end="")) if streaming else None)
+    for token in model.stream_generate(frames, question, max_new_tokens):
+        text.push(token)
+    answer, tokens = text.answer(), text.tokens
     seconds = time.perf_counter() - start
     if streaming:
         out.print()
     if json_out is not None:
-        emit_json({"video": str(video), "question": question, "answer": answer, "seconds": seconds}, json_out)
+        emit_json(
+            {
+                "video": str(video),
+                "question": question,
+                "answer": answer,
+                "tokens": tokens,
+                "seconds": seconds,
+                "reference": describe_reference(checkpoint, precision),
+            },
+            json_out,
+        )

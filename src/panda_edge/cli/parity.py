@@ -12,7 +12,18 @@ from typing import Annotated, Any
 
 import typer
 
-from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out, progress_bar
+from panda_edge.cli._common import (
+    ReferenceDevice,
+    ReferenceDtype,
+    describe_reference,
+    emit_json,
+    err,
+    handle_errors,
+    json_to_stdout,
+    out,
+    progress_bar,
+    reference_precision,
+)
 
 
 @handle_errors
@@ -44,6 +55,8 @@ def parity(
     questions: Annotated[
         int | None, typer.Option(min=1, help="At most this many questions for the task level (default: all).")
     ] = None,
+    dtype: ReferenceDtype = "fp32",
+    device: ReferenceDevice = "cpu",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,
@@ -76,10 +89,20 @@ def parity(
             f"{bundle}: the bundle holds neither the vision graph nor a GGUF; nothing to compare"
         )
     wanted = _levels(levels)
-    result: dict[str, Any] = {"source": _check_source(checkpoint, manifest)}
+    precision = reference_precision(dtype, device)
+    result: dict[str, Any] = {
+        "source": _check_source(checkpoint, manifest),
+        "reference": describe_reference(checkpoint, precision),
+    }
+    if not quiet:
+        ref = result["reference"]
+        weights = ref["weights_stored"]
+        err.print(
+            f"reference: {ref['dtype']} on {ref['device']}, weights stored as {weights}", highlight=False
+        )
     failed: list[str] = []
     if "vision" in manifest and wanted & {"stab_fp32", "stab_int8"}:
-        for level, stab in _stab_levels(checkpoint, bundle, chosen, quiet).items():
+        for level, stab in _stab_levels(checkpoint, bundle, chosen, precision, quiet).items():
             if level not in wanted:
                 continue
             result.update(stab.to_dict())
@@ -87,20 +110,23 @@ def parity(
                 _print_stab(level, stab)
             if not stab:
                 failed.append(f"{level} parity failed: {_overall(stab)}")
-    if ggufs and wanted & {"llm", "tokenizer"}:
-        llm, tokenizer = _llm_levels(checkpoint, bundle, ggufs, quiet)
-        result["llm"] = {t: r.to_dict() for t, r in llm.items()}
+    if ggufs and "tokenizer" in wanted:
+        tokenizer = _tokenizer_level(checkpoint, bundle, ggufs)
         result["tokenizer"] = tokenizer.to_dict()
+        if not quiet:
+            out.print(str(tokenizer))
+        if not tokenizer.passed:
+            failed.append(str(tokenizer))
+    if ggufs and "llm" in wanted:
+        llm = _llm_level(checkpoint, bundle, ggufs, precision, quiet)
+        result["llm"] = {t: r.to_dict() for t, r in llm.items()}
         if not quiet:
             for r in llm.values():
                 out.print(str(r))
-            out.print(str(tokenizer))
         failed += [f"llm parity failed: {r}" for r in llm.values() if not r.passed]
-        if not tokenizer.passed:
-            failed.append(str(tokenizer))
     if "vision" in manifest and ggufs and wanted & {"e2e", "task"}:
         for name, level in _runtime_levels(
-            checkpoint, bundle, manifest, qa, video_dir, wanted, e2e_videos, questions, quiet
+            checkpoint, bundle, manifest, qa, video_dir, wanted, e2e_videos, questions, precision, quiet
         ).items():
             result[name] = level.to_dict()
             if not quiet:
@@ -132,7 +158,9 @@ def _check_source(checkpoint: str, manifest: dict[str, Any]) -> dict[str, Any]:
     return {"checkpoint": source, "matches": matches}
 
 
-def _stab_levels(checkpoint: str, bundle: Path, chosen: list[Path], quiet: bool) -> dict[str, Any]:
+def _stab_levels(
+    checkpoint: str, bundle: Path, chosen: list[Path], precision: Any, quiet: bool
+) -> dict[str, Any]:
     """stab_fp32, and stab_int8 when the bundle has INT8 graphs: one reference run per video."""
     import tempfile
 
@@ -142,8 +170,8 @@ def _stab_levels(checkpoint: str, bundle: Path, chosen: list[Path], quiet: bool)
     from panda_edge.runtime.vision import TorchVisionReference
 
     if not quiet:
-        err.print(f"loading the reference from {checkpoint}", highlight=False)
-    tower = VisionTower.from_checkpoint(checkpoint)
+        err.print(f"loading the vision reference (STAB + projector) from {checkpoint}", highlight=False)
+    tower = VisionTower.from_checkpoint(checkpoint, precision)
     with tempfile.TemporaryDirectory(prefix="panda-parity-") as tmp:
         if not chosen:
             chosen = write_parity_clips(tmp, tower.config.vision.image_size)
@@ -175,29 +203,50 @@ def _print_stab(level: str, stab: Any) -> None:
         out.print(str(part.overall))
 
 
-def _llm_levels(checkpoint: str, bundle: Path, ggufs: dict[str, Any], quiet: bool):
-    """llm (every GGUF type in the bundle) and tokenizer (on the f32 file, or the first one)."""
+def _tokenizer_level(checkpoint: str, bundle: Path, ggufs: dict[str, Any]):
+    """llama.cpp's ids (a GGUF's vocabulary only) vs SentencePiece's: no weights are loaded."""
     from panda_edge.lazy import llama_cpp
-    from panda_edge.parity.llm import (
-        hf_tokenizer_agreement,
-        llm_parity,
-        parity_sequences,
-        tokenizer_parity,
-    )
+    from panda_edge.model.checkpoint import TOKENIZER_FILE
+    from panda_edge.model.videopanda import resolve_checkpoint
+    from panda_edge.parity.llm import hf_tokenizer_agreement, tokenizer_parity
+
+    llama_cpp()
+    tokenizer_file = resolve_checkpoint(checkpoint) / TOKENIZER_FILE
+    gguf = bundle / (ggufs.get("f32") or next(iter(ggufs.values())))["file"]
+    tokenizer = tokenizer_parity(gguf, tokenizer_file)
+    tokenizer.others["transformers_llama_tokenizer"] = hf_tokenizer_agreement(tokenizer_file)
+    return tokenizer
+
+
+def _llm_level(checkpoint: str, bundle: Path, ggufs: dict[str, Any], precision: Any, quiet: bool):
+    """Every GGUF type in the bundle against the Llama alone; the reference is freed before llama.cpp
+    loads a GGUF. Without an f32 GGUF, an f16 one over float16-stored weights is judged in its place."""
+    from panda_edge.lazy import llama_cpp
+    from panda_edge.model.checkpoint import TOKENIZER_FILE
+    from panda_edge.model.videopanda import resolve_checkpoint
+    from panda_edge.parity.llm import llm_parity, parity_sequences
     from panda_edge.parity.llm_reference import reference_logits
     from panda_edge.prompt import PromptTokenizer
 
     llama_cpp()
+    directory = resolve_checkpoint(checkpoint)
+    sequences = parity_sequences(PromptTokenizer(directory / TOKENIZER_FILE))
     if not quiet:
-        err.print(f"loading the LLM reference (transformers fp32) from {checkpoint}", highlight=False)
-    reference, tokenizer_file = reference_logits(checkpoint)
-    sequences = parity_sequences(PromptTokenizer(tokenizer_file))
+        err.print(f"loading the LLM reference ({precision.dtype}) from {checkpoint}", highlight=False)
+    with progress_bar("reference logits", total=len(sequences), enabled=not quiet) as advance:
+        reference = reference_logits(directory, sequences, precision, on_sequence=advance)
     paths = {t: bundle / e["file"] for t, e in ggufs.items()}
+    standin = _f16_standin(directory, ggufs)
     with progress_bar("llama.cpp logits", total=len(paths), enabled=not quiet) as advance:
-        llm = llm_parity(reference, paths, sequences, on_gguf=advance)
-    tokenizer = tokenizer_parity(paths.get("f32") or next(iter(paths.values())), tokenizer_file)
-    tokenizer.others["transformers_llama_tokenizer"] = hf_tokenizer_agreement(tokenizer_file)
-    return llm, tokenizer
+        return llm_parity(reference, paths, sequences, on_gguf=advance, f16_standin=standin)
+
+
+def _f16_standin(directory: Path, ggufs: dict[str, Any]) -> bool:
+    """True when the f16 GGUF stands in for a missing f32 one: the Llama's weights are stored in float16,
+    so the f16 file holds them exactly (a 7B f32 GGUF is 27 GB)."""
+    from panda_edge.model.loading import stored_llm_dtype
+
+    return "f32" not in ggufs and "f16" in ggufs and stored_llm_dtype(directory) == "float16"
 
 
 LEVELS = ("stab_fp32", "stab_int8", "llm", "tokenizer", "e2e", "task")
@@ -226,14 +275,19 @@ def _runtime_levels(
     wanted: set[str],
     e2e_videos: int,
     max_questions: int | None,
+    precision: Any,
     quiet: bool,
 ) -> dict[str, Any]:
-    """e2e (needs the f32 GGUF) and task (fp32 vision, and int8 when calibrated) on a QA set."""
+    """e2e (the f32 GGUF, or f16 over float16 weights) and task (fp32 vision, and int8 when calibrated)
+    on a QA set. The whole reference answers first and is freed before the runtime loads the GGUF: at
+    7B the two do not fit in memory together."""
+    import gc
+
     from panda_edge.errors import PandaError
-    from panda_edge.model.videopanda import VideoPanda
+    from panda_edge.model.videopanda import VideoPanda, reference_answerer, resolve_checkpoint
     from panda_edge.parity.e2e import one_question_per_video
-    from panda_edge.parity.runtime import measure_e2e, measure_task
-    from panda_edge.parity.task import read_questions
+    from panda_edge.parity.runtime import MAX_NEW_TOKENS, measure_e2e, measure_task, reference_tokens
+    from panda_edge.parity.task import evaluate, read_questions
 
     if qa is None:
         if checkpoint != "tiny":
@@ -251,29 +305,38 @@ def _runtime_levels(
     questions = read_questions(qa)
     if max_questions is not None:
         questions = questions[:max_questions]
-    model = VideoPanda.from_pretrained(checkpoint)
     ggufs = manifest["llm"]["gguf"]
-    levels: dict[str, Any] = {}
-    if "e2e" in wanted:
-        if "f32" not in ggufs:
-            if not quiet:
-                err.print("e2e skipped: it needs the f32 GGUF (panda export --target gguf --gguf-type f32)")
-        else:
-            chosen = one_question_per_video(questions, e2e_videos)
-            with progress_bar("e2e answers", total=len(chosen), enabled=not quiet) as advance:
-                levels["e2e"] = measure_e2e(model, bundle, chosen, videos_dir, on_video=advance)
+    e2e_gguf = (
+        "f32" if "f32" in ggufs else "f16" if _f16_standin(resolve_checkpoint(checkpoint), ggufs) else None
+    )
+    if "e2e" in wanted and e2e_gguf is None and not quiet:
+        err.print("e2e skipped: it needs the f32 GGUF (panda export --target gguf --gguf-type f32)")
+    chosen = one_question_per_video(questions, e2e_videos) if "e2e" in wanted and e2e_gguf else []
+    if not quiet:
+        err.print(f"loading the PyTorch reference ({precision.dtype}) from {checkpoint}", highlight=False)
+    model = VideoPanda.from_pretrained(checkpoint, precision)
+    expected, reference = None, None
+    if chosen:
+        with progress_bar("e2e reference answers", total=len(chosen), enabled=not quiet) as advance:
+            expected = reference_tokens(model, chosen, videos_dir, on_video=advance)
     if "task" in wanted:
+        with progress_bar("task reference answers", total=len(questions), enabled=not quiet) as advance:
+            answerer = reference_answerer(model, MAX_NEW_TOKENS)
+            reference = evaluate(answerer, questions, videos_dir, on_answer=advance)
+    del model
+    gc.collect()
+    levels: dict[str, Any] = {}
+    if expected is not None:
+        with progress_bar("e2e runtime answers", total=len(chosen), enabled=not quiet) as advance:
+            levels["e2e"] = measure_e2e(expected, bundle, chosen, videos_dir, e2e_gguf, on_video=advance)
+    if reference is not None:
         gguf_type = "q8_0" if "q8_0" in ggufs else None
-        precisions = ["fp32", *(["int8"] if manifest.get("vision_int8") else [])]
-        reference = None
-        for precision in precisions:
-            total = len(questions) * (2 if reference is None else 1)
-            with progress_bar(f"task answers ({precision})", total=total, enabled=not quiet) as advance:
+        for vision in ["fp32", *(["int8"] if manifest.get("vision_int8") else [])]:
+            with progress_bar(f"task answers ({vision})", total=len(questions), enabled=not quiet) as advance:
                 task = measure_task(
-                    model, bundle, questions, videos_dir, gguf_type, precision, reference, on_answer=advance
+                    reference, bundle, questions, videos_dir, gguf_type, vision, on_answer=advance
                 )
-            reference = task.reference
-            levels["task" if precision == "fp32" else f"task_{precision}"] = task
+            levels["task" if vision == "fp32" else f"task_{vision}"] = task
         if "f32" in ggufs and gguf_type not in (None, "f32"):
             from panda_edge.parity.runtime import measure_gguf_agreement
 

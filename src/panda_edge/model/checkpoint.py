@@ -63,11 +63,16 @@ def weight_files(directory: Path) -> list[Path]:
     )
 
 
-def read_weight_file(path: Path) -> dict[str, torch.Tensor]:
-    """One weight file; pickles only through `torch.load(weights_only=True)`."""
+def read_weight_file(path: Path, mmap: bool = False) -> dict[str, torch.Tensor]:
+    """One weight file; pickles only through `torch.load(weights_only=True)`.
+
+    `mmap`: a `.bin` in the zip format is memory-mapped instead of read (the legacy format is read).
+    """
     try:
         if path.suffix == ".safetensors":
             state = load_file(str(path))
+        elif mmap and _is_zip(path):
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
@@ -80,6 +85,14 @@ def read_weight_file(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: cannot read weights (not a mapping of names to tensors)")
     return state
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"PK\x03\x04"
+    except OSError:
+        return False
 
 
 def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
@@ -95,18 +108,25 @@ class NormalizedWeights:
     skipped: list[str] = field(default_factory=list)  # training-only or derived names, reported
 
 
+def canonical_name(name: str) -> str | None:
+    """The model's name for a checkpoint tensor; None for training-only or derived tensors."""
+    if name.startswith(TRAINING_ONLY) or name.endswith(DERIVED_SUFFIXES):
+        return None
+    for alias, canonical in ALIASES.items():
+        if name.startswith(alias):
+            return canonical + name[len(alias) :]
+    return name
+
+
 def normalize_names(state: Mapping[str, torch.Tensor]) -> NormalizedWeights:
     """Map aliases to the canonical names and set aside training-only modules."""
     out: dict[str, torch.Tensor] = {}
     skipped: list[str] = []
-    for name, tensor in state.items():
-        if name.startswith(TRAINING_ONLY) or name.endswith(DERIVED_SUFFIXES):
-            skipped.append(name)
+    for raw_name, tensor in state.items():
+        name = canonical_name(raw_name)
+        if name is None:
+            skipped.append(raw_name)
             continue
-        for alias, canonical in ALIASES.items():
-            if name.startswith(alias):
-                name = canonical + name[len(alias) :]
-                break
         if name in out and not torch.equal(out[name], tensor):
             raise CheckpointError(f"'{name}' appears under both of its aliases with different values")
         out[name] = tensor
@@ -115,20 +135,24 @@ def normalize_names(state: Mapping[str, torch.Tensor]) -> NormalizedWeights:
 
 def check_names(expected: Mapping[str, torch.Size], found: Mapping[str, torch.Tensor]) -> None:
     """Every expected weight present with its shape, nothing unexpected; else one error naming them."""
-    missing = sorted(set(expected) - set(found))
-    unexpected = sorted(set(found) - set(expected))
     wrong = sorted(
         f"{n} {tuple(found[n].shape)} (expected {tuple(expected[n])})"
         for n in set(expected) & set(found)
         if tuple(found[n].shape) != tuple(expected[n])
     )
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected or wrong:
+        raise CheckpointError(describe_mismatch(missing, unexpected, wrong))
+
+
+def describe_mismatch(missing: list[str], unexpected: list[str], wrong: list[str]) -> str:
+    """One line naming the weights that are missing, unexpected or of the wrong shape."""
     problems = []
     for label, names in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
         if names:
             shown = ", ".join(names[:8]) + (f" and {len(names) - 8} more" if len(names) > 8 else "")
             problems.append(f"{label}: {shown}")
-    if problems:
-        raise CheckpointError("checkpoint does not match the model; " + "; ".join(problems))
+    return "checkpoint does not match the model; " + "; ".join(problems)
 
 
 # --- writing ------------------------------------------------------------------------------------------

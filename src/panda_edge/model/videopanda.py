@@ -30,10 +30,10 @@ from panda_edge.model.checkpoint import (
     atomic_path,
     check_names,
     normalize_names,
-    read_weights,
     write_json,
     write_weights,
 )
+from panda_edge.model.loading import ReferencePrecision, build_on_meta, load_reference, working_bytes
 from panda_edge.model.stab import STAB, build_projector
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
 from panda_edge.sampling import GREEDY, Sampling, pick_token
@@ -58,6 +58,23 @@ def llama_config(llm: LlmConfig):
         tie_word_embeddings=False,
         attn_implementation="sdpa",
     )
+
+
+def load_llm_reference(
+    path: str | Path, precision: ReferencePrecision | None = None, tokens: int = 256, attention: str = "eager"
+):
+    """The checkpoint's LlamaForCausalLM alone (LLM parity): no vision weights are read."""
+    from transformers import LlamaForCausalLM
+
+    precision = precision or ReferencePrecision()
+    directory = resolve_checkpoint(path)
+    config = read_config(directory)
+    hf_config = llama_config(config.llm)
+    hf_config._attn_implementation = attention
+    llm = build_on_meta(lambda: LlamaForCausalLM(hf_config))
+    working = working_bytes(config, precision, tokens, vision=False, llm=True)
+    load_reference({"": llm}, directory, precision, "the LLM reference", working, widen="")
+    return llm.eval()
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -106,15 +123,27 @@ class VideoPanda(nn.Module):
         return normalized.skipped
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> VideoPanda:
+    def from_pretrained(
+        cls, path: str | Path, precision: ReferencePrecision | None = None, tokens: int = 2400
+    ) -> VideoPanda:
+        """The whole reference, built on the meta device and filled shard by shard (model/loading.py).
+
+        `tokens`: the longest sequence it will run, for the memory check made before loading.
+        """
+        precision = precision or ReferencePrecision()
         directory = resolve_checkpoint(path)
         config = read_config(directory)
         tokenizer_file = directory / TOKENIZER_FILE
         if not tokenizer_file.is_file():
             raise CheckpointError(f"{directory}: no {TOKENIZER_FILE}")
-        model = cls(config, PromptTokenizer(tokenizer_file))
-        model.skipped_weights = model.load_official_state_dict(read_weights(directory))
-        return model.to(dtype).eval()
+        model = build_on_meta(lambda: cls(config, PromptTokenizer(tokenizer_file)))
+        parts = {VIDEO_TOWER: model.stab, VIDEO_PROJECTOR: model.projector, "": model.llm}
+        working = working_bytes(config, precision, tokens, vision=True, llm=True)
+        model.skipped_weights = load_reference(
+            parts, directory, precision, "the PyTorch reference", working, widen=""
+        )
+        model.precision = precision
+        return model.eval()
 
     def save_pretrained(
         self, path: str | Path, max_shard_bytes: int | None = None, dtype: torch.dtype | None = None
@@ -147,8 +176,10 @@ class VideoPanda(nn.Module):
                 f"expected (n_frames, 4, {v.image_size}, {v.image_size}) with n_frames a multiple of "
                 f"{v.chunk_frames}, got {tuple(frames.shape)}"
             )
-        dtype = self.stab.patch_embedding.weight.dtype
-        chunks = frames.to(dtype).reshape(n // v.chunk_frames, v.chunk_frames, *frames.shape[1:])
+        weight = self.stab.patch_embedding.weight
+        chunks = frames.to(weight.device, weight.dtype).reshape(
+            n // v.chunk_frames, v.chunk_frames, *frames.shape[1:]
+        )
         return self.stab(chunks, self.projector)
 
     def load_frames(self, video_or_frames: str | Path | Tensor | np.ndarray) -> Tensor:
@@ -170,15 +201,16 @@ class VideoPanda(nn.Module):
     def prompt_embeddings(self, ids: Sequence[int], visual: Sequence[Tensor]) -> Tensor:
         """Token ids with IMAGE_TOKEN_INDEX placeholders -> (1, L, hidden); frame t fills placeholder t."""
         embed = self.llm.get_input_embeddings()
+        dtype = self.stab.patch_embedding.weight.dtype  # the compute dtype (embeddings may be kept 16-bit)
         parts, text, frame = [], [], 0
         for i in [*ids, None]:
             if (i is None or i == IMAGE_TOKEN_INDEX) and text:
-                parts.append(embed(torch.tensor(text)))
+                parts.append(embed(torch.tensor(text, device=embed.weight.device)).to(dtype))
                 text = []
             if i == IMAGE_TOKEN_INDEX:
                 if frame >= len(visual):
                     raise ValueError(f"the prompt has more <image> places than the {len(visual)} frames")
-                parts.append(visual[frame].to(embed.weight.dtype))
+                parts.append(visual[frame].to(dtype))
                 frame += 1
             elif i is not None:
                 text.append(i)
@@ -204,14 +236,19 @@ class VideoPanda(nn.Module):
         ids, _ = tokenizer.conversation_ids([*history, (question, None)], n_frames=len(visual))
         embeds = self.prompt_embeddings(ids, visual)
         rng = None if sampling.greedy else sampling.generator()
-        out = self.llm(inputs_embeds=embeds, use_cache=True)
+        device = embeds.device
+        # logits at the last position only: all-position logits of a video prefix are 0.3 GB at 7B
+        out = self.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
         for _ in range(max_new_tokens):
-            token = pick_token(out.logits[0, -1].float().numpy(), sampling, rng)
+            token = pick_token(out.logits[0, -1].float().cpu().numpy(), sampling, rng)
             if token == tokenizer.eos_id:
                 return
             yield token
             out = self.llm(
-                input_ids=torch.tensor([[token]]), past_key_values=out.past_key_values, use_cache=True
+                input_ids=torch.tensor([[token]], device=device),
+                cache=out.cache,
+                use_cache=True,
+                logits_to_keep=1,
             )
 
     def generate(

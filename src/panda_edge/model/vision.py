@@ -13,19 +13,10 @@ import torch
 from torch import nn
 
 from panda_edge.config import ModelConfig, read_config
-from panda_edge.model.checkpoint import (
-    ALIASES,
-    VIDEO_PROJECTOR,
-    VIDEO_TOWER,
-    check_names,
-    normalize_names,
-    read_weight_file,
-    weight_files,
-)
+from panda_edge.model.checkpoint import VIDEO_PROJECTOR, VIDEO_TOWER
+from panda_edge.model.loading import ReferencePrecision, build_on_meta, load_reference, working_bytes
 from panda_edge.model.stab import STAB, build_projector
 from panda_edge.model.videopanda import VideoPanda, resolve_checkpoint
-
-VISION_PREFIXES = (VIDEO_TOWER, VIDEO_PROJECTOR, *ALIASES)
 
 
 class VisionTower(nn.Module):
@@ -49,19 +40,16 @@ class VisionTower(nn.Module):
         return cls(model.config, model.stab, model.projector)
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, dtype: torch.dtype = torch.float32) -> VisionTower:
+    def from_checkpoint(cls, path: str | Path, precision: ReferencePrecision | None = None) -> VisionTower:
         """Load only `model.video_tower.*` and `model.video_projector.*` (or their aliases)."""
+        precision = precision or ReferencePrecision()
         directory = resolve_checkpoint(path)
-        tower = cls(read_config(directory))
-        state = normalize_names(read_vision_weights(directory)).state
-        expected = {VIDEO_TOWER + k: v.shape for k, v in tower.stab.state_dict().items()}
-        expected.update({VIDEO_PROJECTOR + k: v.shape for k, v in tower.projector.state_dict().items()})
-        check_names(expected, state)
-        with torch.no_grad():
-            for prefix, module in ((VIDEO_TOWER, tower.stab), (VIDEO_PROJECTOR, tower.projector)):
-                sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-                module.load_state_dict(sub, strict=True)
-        return tower.to(dtype).eval()
+        config = read_config(directory)
+        tower = build_on_meta(lambda: cls(config))
+        parts = {VIDEO_TOWER: tower.stab, VIDEO_PROJECTOR: tower.projector}
+        working = working_bytes(config, precision, 0, vision=True, llm=False)
+        load_reference(parts, directory, precision, "the vision reference", working)
+        return tower.eval()
 
     @classmethod
     def random(cls, config: ModelConfig, seed: int = 0) -> VisionTower:
@@ -77,24 +65,3 @@ class VisionTower(nn.Module):
                 elif name.endswith("running_var"):
                     b.uniform_(0.5, 1.5)
         return tower.eval()
-
-
-def read_vision_weights(directory: Path) -> dict[str, torch.Tensor]:
-    """The vision tensors of a checkpoint; safetensors files are read lazily, name by name."""
-    from safetensors import SafetensorError, safe_open
-
-    from panda_edge.errors import CheckpointError
-
-    state: dict[str, torch.Tensor] = {}
-    for path in weight_files(directory):
-        if path.suffix != ".safetensors":
-            state.update({k: v for k, v in read_weight_file(path).items() if k.startswith(VISION_PREFIXES)})
-            continue
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                for name in f.keys():  # noqa: SIM118 (safe_open is not a mapping)
-                    if name.startswith(VISION_PREFIXES):
-                        state[name] = f.get_tensor(name)
-        except (SafetensorError, OSError) as exc:
-            raise CheckpointError(f"{path}: cannot read weights ({exc})") from None
-    return state

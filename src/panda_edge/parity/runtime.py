@@ -1,7 +1,9 @@
 """The e2e and task levels wired to their engines: the PyTorch reference vs `VideoRuntime` on a bundle.
 
-`panda parity` and `panda demo` both call these. The reference decodes each video once for all its
-questions; the runtime keeps each video's prefix in its KV cache between questions.
+`panda parity` and `panda demo` both call these. The reference answers first (`reference_tokens`,
+`evaluate(reference_answerer(...))`), so a 7B reference can be freed before the runtime maps its
+GGUF. The reference decodes each video once for all its questions; the runtime keeps each video's
+prefix in its KV cache between questions.
 """
 
 from __future__ import annotations
@@ -10,63 +12,75 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from panda_edge.parity.e2e import E2eParity, TaskParity, TokenAnswerer, e2e_parity, task_parity
+from panda_edge.parity.e2e import E2eParity, TaskParity, e2e_parity, task_parity
 from panda_edge.parity.task import QAResult, Question
 from panda_edge.runtime.pipeline import VideoRuntime
 
 MAX_NEW_TOKENS = 16
 
 
-def reference_tokens(model, max_new_tokens: int = MAX_NEW_TOKENS) -> TokenAnswerer:
-    """(video, question) -> the reference's greedy token ids."""
+def reference_tokens(
+    model,
+    questions: Sequence[Question],
+    videos_dir: str | Path,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    on_video: Callable[[int], None] | None = None,
+) -> list[list[int]]:
+    """The reference's greedy token ids for each question (the e2e level's expected answers)."""
     frames = lru_cache(maxsize=4)(model.load_frames)
-    return lambda video, question: list(model.stream_generate(frames(Path(video)), question, max_new_tokens))
+    answers = []
+    for i, q in enumerate(questions):
+        answers.append(
+            list(model.stream_generate(frames(Path(videos_dir) / q.video), q.question, max_new_tokens))
+        )
+        if on_video is not None:
+            on_video(i + 1)
+    return answers
 
 
 def measure_e2e(
-    model,
+    reference: Sequence[list[int]],
     bundle: str | Path,
     questions: Sequence[Question],
     videos_dir: str | Path,
+    gguf_type: str = "f32",
     threads: int | None = None,
     on_video: Callable[[int], None] | None = None,
 ) -> E2eParity:
-    """fp32 vision (ONNX Runtime) + the f32 GGUF with an f32 KV cache against the reference."""
-    with VideoRuntime(bundle, vision="ort", gguf_type="f32", kv_cache="f32", threads=threads) as runtime:
+    """fp32 vision (ONNX Runtime) + the `gguf_type` GGUF with an f32 KV cache against the reference's
+    answers (`reference_tokens`)."""
+    with VideoRuntime(bundle, vision="ort", gguf_type=gguf_type, kv_cache="f32", threads=threads) as runtime:
         result = e2e_parity(
-            reference_tokens(model),
+            reference,
             lambda video, question: runtime.answer(video, question, MAX_NEW_TOKENS).tokens,
             questions,
             videos_dir,
             on_video,
         )
-    result.config = {"vision": "ort fp32", "gguf": "f32", "kv_cache": "f32"}
+    result.config = {"vision": "ort fp32", "gguf": gguf_type, "kv_cache": "f32"}
     return result
 
 
 def measure_task(
-    model,
+    reference: QAResult,
     bundle: str | Path,
     questions: Sequence[Question],
     videos_dir: str | Path,
     gguf_type: str | None = None,
     precision: str = "fp32",
-    reference_result: QAResult | None = None,
     threads: int | None = None,
     on_answer: Callable[[int], None] | None = None,
 ) -> TaskParity:
-    """Exact-match accuracy of the runtime (as users run it: f16 KV cache) and of the reference."""
-    from panda_edge.model.videopanda import reference_answerer
-
+    """Exact-match accuracy of the runtime (as users run it: f16 KV cache) against the reference's
+    result on the same questions (`evaluate(reference_answerer(model), ...)`)."""
     with VideoRuntime(
         bundle, vision="ort", precision=precision, gguf_type=gguf_type, threads=threads
     ) as runtime:
         result = task_parity(
-            reference_answerer(model, MAX_NEW_TOKENS),
+            reference,
             lambda video, question: runtime.answer(video, question, MAX_NEW_TOKENS).text,
             questions,
             videos_dir,
-            reference_result,
             on_answer,
         )
         result.config = {"vision": f"ort {precision}", "gguf": runtime.parts.gguf_type}
