@@ -1,0 +1,267 @@
+"""The user's journey on a Video-Panda-7B in the released layout, with wall time and peak RSS per step.
+
+Writes a random-weight Video-Panda-7B as the release ships it (official key names, float16 safetensors
+shards with an index, `torch_dtype: float16`, the official tower name and no preprocessor config, a
+32,000-piece SentencePiece tokenizer), then runs each `panda` command a user would, each in its own
+process under `/usr/bin/time -v` (peak RSS = that process's VmHWM): info, export --target all
+(q4_k_m, then q8_0 and f16 GGUFs), calibrate, run, chat with and without --cache, parity, plan.
+Records `benchmarks/results/scale_7b.json`. Needs about 55 GB of disk in --workdir (removed after
+unless --keep) and about 2 hours on 2 cores.
+
+    python benchmarks/scale_7b.py --workdir /big/disk/scale7b [--keep] [--steps info,export,...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from panda_edge.bench.release import write_release_checkpoint
+from panda_edge.config import preset
+
+RESULTS = Path(__file__).parent / "results" / "scale_7b.json"
+QUESTIONS = ("What is moving in the video?", "Which direction does it move?")
+
+
+def write_clips(directory: Path) -> Path:
+    """Four 8-second clips (2:1, 16:9, 4:3, square) and a QA file about them."""
+    from panda_edge.bench.e2e import bench_video
+
+    videos = directory / "videos"
+    videos.mkdir(parents=True, exist_ok=True)
+    qa = []
+    for i, size in enumerate(((640, 320), (640, 360), (640, 480), (480, 480))):
+        name = f"clip{i}.mp4"
+        bench_video(videos / name, size)
+        qa.append({"id": str(i), "video": name, "question": QUESTIONS[i % 2], "answer": "a square"})
+    (directory / "qa.json").write_text(json.dumps(qa, indent=1))
+    return directory / "qa.json"
+
+
+def timed(name: str, args: list[str], log: Path, stdin: str | None = None) -> dict:
+    """One `panda` command in its own process: exit status, wall seconds, peak RSS (VmHWM) in MB.
+    Its stdout goes to `log` with `.out` for a suffix, its stderr (and time's report) to `log`."""
+    start = time.perf_counter()
+    with log.open("w") as err, log.with_suffix(".out").open("w") as out:
+        done = subprocess.run(
+            ["/usr/bin/time", "-v", sys.executable, "-m", "panda_edge.cli.main", *args],
+            stdout=out,
+            stderr=err,
+            input=stdin,
+            text=True,
+        )
+    wall = time.perf_counter() - start
+    text = log.read_text(errors="replace")
+    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    record = {
+        "command": "panda " + " ".join(args),
+        "exit": done.returncode,
+        "wall_s": round(wall, 1),
+        "peak_rss_mb": round(int(rss.group(1)) / 1024) if rss else None,
+        "log": str(log),
+    }
+    print(f"{name}: exit {record['exit']}, {record['wall_s']} s, {record['peak_rss_mb']} MB", flush=True)
+    return record
+
+
+def read_json(path: Path) -> object:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def machine() -> dict:
+    """The CPU's name and the features that change INT8 and llama.cpp speeds a lot."""
+    flags: set[str] = set()
+    name = platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
+    return {"cpu": name, "cores": os.cpu_count(), "features": [f for f in wanted if f in flags]}
+
+
+STEPS = ("info", "export", "calibrate", "run", "chat", "parity", "plan")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, required=True, help="needs about 55 GB of free disk")
+    parser.add_argument(
+        "--steps", default=",".join(STEPS), help="comma-separated subset of " + ",".join(STEPS)
+    )
+    parser.add_argument("--keep", action="store_true", help="keep the checkpoint and bundle")
+    parser.add_argument("--json", type=Path, default=RESULTS)
+    args = parser.parse_args()
+    steps = args.steps.split(",")
+    work = args.workdir
+    work.mkdir(parents=True, exist_ok=True)
+    ckpt, bundle, logs = work / "Video-Panda-7B", work / "bundle", work / "logs"
+    logs.mkdir(exist_ok=True)
+    report = read_json(args.json) if args.json.is_file() else None
+    report = report if isinstance(report, dict) else {}
+    report.setdefault("steps", {})
+    report["machine"] = machine()
+    if not (ckpt / "model.safetensors.index.json").is_file():
+        start = time.perf_counter()
+        info = write_release_checkpoint(ckpt, preset("full"))
+        report["checkpoint"] = {**info, "write_s": round(time.perf_counter() - start, 1)}
+    qa = write_clips(work)
+    clip = work / "videos" / "clip0.mp4"
+    s = report["steps"]
+
+    def save() -> None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+
+    def step(name: str, argv: list[str], stdin: str | None = None, json_path: Path | None = None) -> None:
+        record = timed(name, argv, logs / f"{name}.log", stdin)
+        if json_path is not None:
+            record["result"] = read_json(json_path)
+        s[name] = record
+        save()
+
+    if "info" in steps:
+        step("info", ["info", str(ckpt), "--json"], json_path=logs / "info.out")
+    if "export" in steps:
+        step(
+            "export_all_q4_k_m",
+            [
+                "export",
+                "--target",
+                "all",
+                "--checkpoint",
+                str(ckpt),
+                "--out",
+                str(bundle),
+                "--gguf-type",
+                "q4_k_m",
+            ],
+        )
+        for t in ("q8_0", "f16"):
+            step(
+                f"export_gguf_{t}",
+                [
+                    "export",
+                    "--target",
+                    "gguf",
+                    "--checkpoint",
+                    str(ckpt),
+                    "--out",
+                    str(bundle),
+                    "--gguf-type",
+                    t,
+                ],
+            )
+    if "calibrate" in steps:
+        step(
+            "calibrate",
+            [
+                "calibrate",
+                "--bundle",
+                str(bundle),
+                "--videos",
+                str(work / "videos"),
+                "--samples",
+                "3",
+                "--holdout",
+                "1",
+                "--json",
+                str(logs / "calibrate.json"),
+            ],
+            json_path=logs / "calibrate.json",
+        )
+    if "run" in steps:
+        step(
+            "run_q4_k_m",
+            [
+                "run",
+                "--bundle",
+                str(bundle),
+                str(clip),
+                QUESTIONS[0],
+                "--gguf-type",
+                "q4_k_m",
+                "--max-new-tokens",
+                "16",
+                "--json",
+                str(logs / "run.json"),
+            ],
+            json_path=logs / "run.json",
+        )
+    if "chat" in steps:
+        cache = work / "prefix-cache"
+        shutil.rmtree(cache, ignore_errors=True)
+        both = "\n".join(QUESTIONS) + "\n"
+        common = [
+            "chat",
+            "--bundle",
+            str(bundle),
+            str(clip),
+            "--gguf-type",
+            "q4_k_m",
+            "--max-new-tokens",
+            "16",
+        ]
+        step("chat_no_cache", [*common, "--json", str(logs / "chat.json")], both, logs / "chat.json")
+        step(
+            "chat_cache_cold",
+            [*common, "--cache", str(cache), "--json", str(logs / "chat_cold.json")],
+            both,
+            logs / "chat_cold.json",
+        )
+        step(
+            "chat_cache_warm",
+            [*common, "--cache", str(cache), "--json", str(logs / "chat_warm.json")],
+            both,
+            logs / "chat_warm.json",
+        )
+    if "parity" in steps:
+        step(
+            "parity",
+            [
+                "parity",
+                "--checkpoint",
+                str(ckpt),
+                "--bundle",
+                str(bundle),
+                str(clip),
+                "--levels",
+                "stab_fp32,stab_int8,tokenizer,llm,e2e",
+                "--qa",
+                str(qa),
+                "--e2e-videos",
+                "2",
+                "--json",
+                str(logs / "parity.json"),
+            ],
+            json_path=logs / "parity.json",
+        )
+    if "plan" in steps:
+        step(
+            "plan_cpu",
+            ["plan", "--device", "cpu", "--bundle", str(bundle), "--json", str(logs / "plan.json")],
+            json_path=logs / "plan.json",
+        )
+    if not args.keep:
+        shutil.rmtree(ckpt, ignore_errors=True)
+        shutil.rmtree(bundle, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
