@@ -61,7 +61,7 @@ def runtime(bundle: Path):
 # --- the decoder ----------------------------------------------------------------------------------
 
 
-def test_embeddings_in_slices_give_the_token_path_logits(bundle: Path, reference) -> None:
+def test_embeddings_in_slices_give_the_token_path_logits(bundle: Path, reference, tmp_path: Path) -> None:
     from panda_edge.runtime.llm.decoder import ContextFull, LlamaDecoder
 
     ids = reference.tokenizer.encode("Which direction does the red square move? It moves left.", bos=True)
@@ -79,8 +79,17 @@ def test_embeddings_in_slices_give_the_token_path_logits(bundle: Path, reference
         decoder.load_state(state, n_past)
         decoder.feed_tokens([5, 6])
         np.testing.assert_array_equal(decoder.logits(), after)
+        decoder.truncate(n_past)
+        state_file = tmp_path / "prefix.kv"
+        assert decoder.save_state_file(state_file) == state_file.stat().st_size > 0
+        decoder.truncate(0)
+        assert decoder.load_state_file(state_file, n_past) and decoder.n_past == n_past
+        decoder.feed_tokens([5, 6])
+        np.testing.assert_array_equal(decoder.logits(), after)
+        state_file.write_bytes(b"not a state")
+        assert not decoder.load_state_file(state_file, n_past) and decoder.n_past == 0
         with pytest.raises(ContextFull, match=f"do not fit the context of {decoder.n_ctx}"):
-            decoder.feed_tokens([5] * decoder.n_ctx)
+            decoder.feed_tokens([5] * (decoder.n_ctx + 1))
 
 
 # --- answers: the runtime against the reference ------------------------------------------------------
@@ -140,6 +149,47 @@ def test_prefix_cache_on_disk_skips_vision_and_prefill(bundle: Path, toy: Path, 
     assert cached.tokens == computed.tokens
     with VideoRuntime(bundle, gguf_type="f32", prefix_cache=tmp_path / "cache") as rt:  # another GGUF
         assert rt.answer(video, "How many?").prefix == "computed"
+
+
+def test_prefix_cache_is_bounded_least_recently_used_out(bundle: Path, toy: Path, tmp_path: Path) -> None:
+    from panda_edge.runtime.pipeline import VideoRuntime
+
+    videos = sorted({q.video for q in read_questions(toy / "heldout.json")})[:3]
+    cache = tmp_path / "cache"
+    with VideoRuntime(bundle, prefix_cache=cache) as rt:
+        rt.answer(toy / "videos" / videos[0], "How many?", 2)
+        one = next(cache.glob("*.kv")).stat().st_size
+    with VideoRuntime(bundle, prefix_cache=cache, cache_max_bytes=int(2.5 * one)) as rt:
+        for video in videos[1:]:
+            rt.answer(toy / "videos" / video, "How many?", 2)
+        assert len(list(cache.glob("*.kv"))) == 2 and len(list(cache.glob("*.json"))) == 2
+        assert rt.answer(toy / "videos" / videos[0], "How many?", 2).prefix == "computed"  # evicted
+        assert rt.answer(toy / "videos" / videos[2], "How many?", 2).prefix in ("memory", "disk")
+
+
+FULL_DISK = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (50_000, 50_000))  # files past 50 kB cannot be written
+from panda_edge.cli.main import main
+sys.argv = ["panda", *sys.argv[1:]]
+main()
+"""
+
+
+def test_a_full_cache_disk_is_a_warning_not_a_failure(bundle: Path, toy: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    video = toy / "videos" / read_questions(toy / "heldout.json")[0].video
+    args = ["run", "--bundle", str(bundle), str(video), "How many?", "--cache", str(tmp_path / "c")]
+    done = subprocess.run(
+        [sys.executable, "-c", FULL_DISK, *args, "--json", "-"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert "warning: the prefix cache" in done.stderr and "could not keep" in done.stderr
+    assert json.loads(done.stdout)["prefix"] == "computed"
+    assert not list((tmp_path / "c").iterdir())  # no half-written state left behind
 
 
 def test_the_ort_runtime_never_imports_torch(bundle: Path, toy: Path) -> None:

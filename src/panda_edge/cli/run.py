@@ -41,6 +41,14 @@ CacheOpt = Annotated[
         "--cache", help="Keep each video's prefix (visual tokens in the KV cache) here for next time."
     ),
 ]
+CacheMaxOpt = Annotated[
+    float,
+    typer.Option(
+        "--cache-max-gb",
+        min=0.0,
+        help="Bound on --cache (GB); least recently used prefixes go first (a 7B prefix is 0.5-1.2 GB).",
+    ),
+]
 KvOpt = Annotated[
     str,
     typer.Option("--kv-cache", help="KV cache type: f16, q8_0 (half the memory; flash attention) or f32."),
@@ -94,6 +102,7 @@ def run(
     top_p: TopPOpt = 1.0,
     seed: SeedOpt = None,
     cache: CacheOpt = None,
+    cache_max_gb: CacheMaxOpt = 20.0,
     kv_cache: KvOpt = "f16",
     checkpoint: CheckpointOpt = None,
     json_out: JsonOpt = None,
@@ -114,6 +123,7 @@ def run(
         n_gpu_layers=n_gpu_layers,
         n_ctx=n_ctx,
         prefix_cache=cache,
+        cache_max_bytes=int(cache_max_gb * 1e9),
         kv_cache=kv_cache,
         checkpoint=checkpoint,
     ) as runtime:
@@ -124,6 +134,7 @@ def run(
     if not quiet:
         out.print()
         err.print(_timing_line(answer), highlight=False, soft_wrap=True)
+    _warn(runtime.warnings)
     if json_out is not None:
         emit_json({**info, "video": str(video), "question": question, **answer.to_dict()}, json_out)
 
@@ -143,6 +154,7 @@ def chat(
     top_p: TopPOpt = 1.0,
     seed: SeedOpt = None,
     cache: CacheOpt = None,
+    cache_max_gb: CacheMaxOpt = 20.0,
     kv_cache: KvOpt = "f16",
     checkpoint: CheckpointOpt = None,
     json_out: JsonOpt = None,
@@ -166,6 +178,7 @@ def chat(
         n_gpu_layers=n_gpu_layers,
         n_ctx=n_ctx,
         prefix_cache=cache,
+        cache_max_bytes=int(cache_max_gb * 1e9),
         kv_cache=kv_cache,
         checkpoint=checkpoint,
     ) as runtime:
@@ -190,8 +203,14 @@ def chat(
                 out.print()
                 err.print(_timing_line(answer), highlight=False, soft_wrap=True)
         info = _describe(runtime)
+    _warn(runtime.warnings)
     if json_out is not None:
         emit_json({**info, "video": str(video), "turns": turns}, json_out)
+
+
+def _warn(warnings: list[str]) -> None:
+    for warning in dict.fromkeys(warnings):
+        err.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
 
 
 def _print_piece(piece: str) -> None:

@@ -23,7 +23,7 @@ from panda_edge.errors import PandaError, VideoError
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
 from panda_edge.runtime.llm.decoder import LlamaDecoder
 from panda_edge.runtime.parts import VISION_BACKENDS, BundleParts, check_fit, open_bundle
-from panda_edge.runtime.prefix_cache import CachedPrefix, PrefixCache
+from panda_edge.runtime.prefix_cache import PrefixCache
 from panda_edge.runtime.vision.base import VisionBackend
 from panda_edge.sampling import GREEDY, Sampling, pick_token
 
@@ -92,6 +92,7 @@ class VideoRuntime:
         kv_cache: str = "f16",
         prefix_cache: str | Path | None = None,
         checkpoint: str | None = None,
+        cache_max_bytes: int | None = None,
     ) -> None:
         self.parts = open_bundle(bundle, gguf_type, precision)
         self.vision_name = vision
@@ -122,7 +123,10 @@ class VideoRuntime:
             "backend": f"{vision}-{precision}",
             "kv_cache": kv_cache,
         }
-        self.disk_cache = PrefixCache(prefix_cache, self.identity) if prefix_cache is not None else None
+        self.disk_cache = (
+            PrefixCache(prefix_cache, self.identity, cache_max_bytes) if prefix_cache is not None else None
+        )
+        self.warnings: list[str] = []  # what went wrong without failing an answer (a full cache disk)
         self._prefix_ids = self.tokenizer.video_prefix_ids(self.parts.frames)
         self._resident: tuple[Any, int] | None = None  # (video identity, prefix length) in the KV cache
 
@@ -187,18 +191,20 @@ class VideoRuntime:
         disk_key = self.disk_cache.key(video) if self.disk_cache is not None else None
         if disk_key is not None and (cached := self.disk_cache.load(disk_key)) is not None:
             start = time.perf_counter()
-            self.decoder.load_state(cached.state, cached.n_past)
-            self._resident = (resident_key, cached.n_past)
-            return "disk", {"load_prefix": time.perf_counter() - start}
+            if self.decoder.load_state_file(cached.state_file, cached.n_past):
+                self._resident = (resident_key, cached.n_past)
+                return "disk", {"load_prefix": time.perf_counter() - start}
         visual, timings = self.encode_video(video)
         start = time.perf_counter()
         self._feed_prefix(visual)
         timings["prefill"] = time.perf_counter() - start
         self._resident = (resident_key, self.decoder.n_past)
         if disk_key is not None:
-            self.disk_cache.save(
-                disk_key, CachedPrefix(self.decoder.save_state(), self.decoder.n_past), video
-            )
+            start = time.perf_counter()
+            warning = self.disk_cache.save(disk_key, self.decoder.save_state_file, self.decoder.n_past, video)
+            timings["save_prefix"] = time.perf_counter() - start
+            if warning is not None:
+                self.warnings.append(warning)
         return "computed", timings
 
     def _feed_prefix(self, visual: list[np.ndarray]) -> None:

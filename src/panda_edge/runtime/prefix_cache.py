@@ -3,30 +3,38 @@
 Asking about a video seen before then skips decoding, vision and prefill. The key is the video
 file's sha256 and everything the state depends on (the GGUF's and vision graph's hashes, the vision
 backend and precision, the KV cache type), so a changed bundle or file never reuses a stale state.
+llama.cpp writes and reads the state file itself, tensor by tensor: at 7B a prefix is 0.5-1.2 GB,
+and a copy of it in memory would show in the peak RSS. The directory is bounded (`max_bytes`): the
+least recently used prefixes go first. A cache that cannot be written (a full disk) is a warning,
+never a failed answer.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from panda_edge.bundle import sha256_file
+from panda_edge.errors import PandaError
 from panda_edge.fileio import atomic_path, write_json
 
 
 @dataclass(frozen=True)
 class CachedPrefix:
-    state: bytes
+    state_file: Path
     n_past: int
 
 
 class PrefixCache:
-    def __init__(self, directory: str | Path, identity: dict[str, str]) -> None:
+    def __init__(self, directory: str | Path, identity: dict[str, str], max_bytes: int | None = None) -> None:
         """`identity`: what besides the video decides the state (hashes, backend, KV type)."""
         self.directory = Path(directory)
         self.identity = identity
+        self.max_bytes = max_bytes
 
     def key(self, video: Path) -> str:
         data = json.dumps({"video": sha256_file(video), **self.identity}, sort_keys=True)
@@ -34,25 +42,52 @@ class PrefixCache:
 
     def load(self, key: str) -> CachedPrefix | None:
         meta, state = self._paths(key)
-        if not (meta.is_file() and state.is_file()):
-            return None
         try:
             info = json.loads(meta.read_text(encoding="utf-8"))
-            data = state.read_bytes()
-        except (OSError, ValueError):
+            if state.stat().st_size != info.get("bytes"):
+                return None
+            os.utime(state)  # recently used: evicted last
+            return CachedPrefix(state, int(info["n_past"]))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        if len(data) != info.get("bytes"):
-            return None
-        return CachedPrefix(data, int(info["n_past"]))
 
-    def save(self, key: str, prefix: CachedPrefix, video: Path) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+    def save(self, key: str, write: Callable[[Path], int], n_past: int, video: Path) -> str | None:
+        """Store a state `write(path)` puts into a file; returns a warning instead of raising when the
+        directory cannot take it (full disk, no permission)."""
         meta, state = self._paths(key)
-        with atomic_path(state) as tmp:
-            tmp.write_bytes(prefix.state)
-        write_json(
-            meta, {"video": str(video), "n_past": prefix.n_past, "bytes": len(prefix.state), **self.identity}
-        )
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with atomic_path(state) as tmp:
+                write(tmp)
+            size = state.stat().st_size
+            write_json(meta, {"video": str(video), "n_past": n_past, "bytes": size, **self.identity})
+        except (OSError, PandaError) as exc:
+            state.unlink(missing_ok=True)
+            meta.unlink(missing_ok=True)
+            return f"the prefix cache in {self.directory} could not keep this video's prefix ({exc})"
+        self._evict(keep=key)
+        return None
+
+    def _evict(self, keep: str) -> None:
+        """Least recently used prefixes out until the directory fits `max_bytes` (the newest stays)."""
+        if self.max_bytes is None:
+            return
+        entries = []
+        for state in self.directory.glob("*.kv"):
+            try:
+                stat = state.stat()
+            except OSError:
+                continue
+            entries.append((stat.st_mtime_ns, stat.st_size, state))
+        total = sum(size for _, size, _ in entries)
+        for _, size, state in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            if state.stem == keep:
+                continue
+            state.unlink(missing_ok=True)
+            state.with_suffix(".json").unlink(missing_ok=True)
+            total -= size
 
     def _paths(self, key: str) -> tuple[Path, Path]:
         return self.directory / f"{key}.json", self.directory / f"{key}.kv"
