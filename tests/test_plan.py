@@ -229,3 +229,17 @@ def test_plan_of_a_bundle_uses_its_gguf_file(tmp_path: Path) -> None:
 def test_plan_bad_input_exits_2(args: list[str], message: str) -> None:
     result = runner.invoke(app, ["plan", *args])
     assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output
+
+
+def test_this_machine_as_the_device() -> None:
+    """`--device cpu`: this machine's memory and measured bandwidth, ONNX Runtime fp32 vision, no CUDA
+    runtime; what `panda run` here should peak at (checked at 7B by benchmarks/scale_7b.py)."""
+    result = runner.invoke(app, ["plan", "--device", "cpu", "--preset", "full", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.stdout)
+    assert plan["device"]["name"] == "cpu" and plan["device"]["unified"] is True
+    assert plan["device"]["bandwidth_gb_s"] > 0 and plan["device"]["memory_gib"] > 1
+    assert plan["vision_precision"] == "fp32"
+    parts = {o["gguf_type"]: o["parts_bytes"] for o in plan["options"]}["q4_k_m"]
+    assert "cuda_runtime" not in parts and parts["host_process"] > 0
+    assert 180e6 < parts["vision_engine"] < 190e6  # 46.5M parameters in float32

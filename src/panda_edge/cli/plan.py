@@ -26,7 +26,8 @@ def plan(
     device: Annotated[
         str,
         typer.Option(
-            help="orin-nano-8gb, orin-nx-16gb, agx-orin-32gb, agx-orin-64gb, rtx-4090, ... or custom."
+            help="orin-nano-8gb, orin-nx-16gb, agx-orin-32gb, agx-orin-64gb, rtx-4090, ..., custom, or cpu "
+            "(this machine: its memory, its measured bandwidth, ONNX Runtime fp32 vision)."
         ),
     ],
     bundle: Annotated[Path | None, typer.Option(help="Plan this bundle (its config and GGUF files).")] = None,
@@ -40,8 +41,9 @@ def plan(
         str, typer.Option(help="KV cache type: f16, q8_0 or q4_0 (quantized V: flash attention).")
     ] = "f16",
     vision_precision: Annotated[
-        str, typer.Option(help="Vision engine precision: fp16, int8 or fp32.")
-    ] = "fp16",
+        str | None,
+        typer.Option(help="Vision engine precision: fp16, int8 or fp32 (default fp16; on cpu fp32)."),
+    ] = None,
     gguf_type: Annotated[
         list[str] | None,
         typer.Option(help="GGUF type(s) to plan (default f16, q8_0, q5_k_m, q4_k_m + the bundle's)."),
@@ -82,6 +84,7 @@ def plan(
         from panda_edge.config import preset as get_preset
 
         model = ModelShape.from_config(asdict(get_preset(preset)), f"preset:{preset}")
+    vision_precision = vision_precision or ("fp32" if dev.name == "cpu" else "fp16")
     result = plan_memory(
         model, dev, context, kv_type, vision_precision, tuple(gguf_type) if gguf_type else None
     )

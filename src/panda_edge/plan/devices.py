@@ -63,6 +63,29 @@ DEVICES: dict[str, Device] = {
 }
 
 
+CPU_RESERVE_GIB = 1.0  # the OS, its page cache floor and a shell: a machine's memory a job cannot take
+
+
+def this_machine() -> Device:
+    """`--device cpu`: this machine as the device (ONNX Runtime + llama.cpp on its CPU), its memory
+    read from /proc/meminfo and its bandwidth measured (a 512 MiB copy), so the plan can be checked
+    against `panda run`'s peak RSS here."""
+    from pathlib import Path
+
+    from panda_edge.bench.machine import memory_bandwidth_gbs
+
+    total_kib, name = 0, "CPU"
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            total_kib = int(line.split()[1])
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            name = line.split(":", 1)[1].strip()
+            break
+    memory_gib, bandwidth = total_kib / 2**20, memory_bandwidth_gbs()
+    return Device("cpu", f"this machine ({name})", memory_gib, bandwidth, True, None, CPU_RESERVE_GIB)
+
+
 def get_device(
     name: str,
     memory_gib: float | None = None,
@@ -86,8 +109,10 @@ def get_device(
         )
     elif name in DEVICES:
         base = DEVICES[name]
+    elif name == "cpu":
+        base = this_machine()
     else:
-        raise PandaError(f"unknown device '{name}'; choose one of: {', '.join(DEVICES)}, custom")
+        raise PandaError(f"unknown device '{name}'; choose one of: {', '.join(DEVICES)}, cpu, custom")
     values = {
         "memory_gib": memory_gib,
         "bandwidth_gb_s": bandwidth_gb_s,

@@ -176,11 +176,12 @@ def plan_memory(
     visual = visual_tokens_per_video(vision)
     needed = visual + PROMPT_TEXT_TOKENS + ANSWER_TOKENS
     position = min(context, visual + PROMPT_TEXT_TOKENS)
+    on_cpu = device.name == "cpu"  # ONNX Runtime and llama.cpp on this machine's CPU: no CUDA
     fixed = {
         "vision_engine": engine_weight_bytes(params, vision_precision),
-        "vision_activations": model.engine_memory.get(vision_precision)
+        "vision_activations": (0 if on_cpu else model.engine_memory.get(vision_precision))
         or activation_bytes(vision, hidden, vision_precision),
-        "cuda_runtime": CUDA_RUNTIME_BYTES,
+        **({} if on_cpu else {"cuda_runtime": CUDA_RUNTIME_BYTES}),
         **({"host_process": HOST_PROCESS_BYTES} if device.unified else {}),
     }
     available = int(device.memory_gib * GIB) - int(device.reserve_gib * GIB)
