@@ -244,6 +244,16 @@ def _fails_with(args: list[str], message: str) -> None:
     assert message in result.output and "Traceback" not in result.output
 
 
+def test_not_enough_memory_for_the_runtime_is_exit_2(bundle: Path, toy: Path) -> None:
+    from panda_edge.memory import BUDGET_ENV
+
+    video = str(next((toy / "videos").iterdir()))
+    result = runner.invoke(app, ["run", "--bundle", str(bundle), video, "q"], env={BUDGET_ENV: "0.1"})
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "the runtime (llm.q8_0.gguf, a 2048-position f16 KV cache) needs about" in result.stderr
+    assert "--n-ctx" in result.stderr and "Traceback" not in result.output
+
+
 def test_bad_videos_and_bundles_exit_2_with_one_line(bundle: Path, toy: Path, tmp_path: Path) -> None:
     video = str(next((toy / "videos").iterdir()))
     _fails_with(["run", "--bundle", str(bundle), str(tmp_path / "none.mp4"), "q"], "no such video file")

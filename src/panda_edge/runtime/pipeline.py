@@ -76,6 +76,28 @@ def open_vision(parts: BundleParts, backend: str, checkpoint: str | None = None)
     raise PandaError(f"unknown vision backend '{backend}'; choose one of: {', '.join(VISION_BACKENDS)}")
 
 
+def check_runtime_memory(parts: BundleParts, n_ctx: int, kv_cache: str) -> None:
+    """Exit-2 error before loading when the GGUF, its KV cache for `n_ctx` and the vision graph do not
+    fit in the memory available (CPU: llama.cpp maps the GGUF and allocates the whole KV cache)."""
+    from panda_edge.memory import check_memory
+    from panda_edge.plan.ggml import kv_cache_bytes
+    from panda_edge.plan.memory import HOST_PROCESS_BYTES, compute_buffer_bytes
+
+    llm = parts.manifest["model"]["llm"]
+    need = (
+        parts.gguf.stat().st_size
+        + kv_cache_bytes(llm, n_ctx, kv_cache)
+        + compute_buffer_bytes(llm, n_ctx)
+        + 2 * parts.vision_onnx.stat().st_size  # weights + activations, roughly
+        + HOST_PROCESS_BYTES
+    )
+    check_memory(
+        need,
+        f"the runtime ({parts.gguf.name}, a {n_ctx}-position {kv_cache} KV cache)",
+        "a smaller GGUF (--gguf-type q4_k_m), a shorter --n-ctx, --kv-cache q8_0, or --n-gpu-layers on a GPU",
+    )
+
+
 class VideoRuntime:
     """A bundle loaded for answering: vision backend + llama.cpp decoder + tokenizer."""
 
@@ -102,6 +124,8 @@ class VideoRuntime:
         n_ctx = n_ctx or min(
             DEFAULT_N_CTX, int(self.parts.manifest["model"]["llm"]["max_position_embeddings"])
         )
+        if n_gpu_layers == 0:
+            check_runtime_memory(self.parts, n_ctx, kv_cache)
         self.engine = open_vision(self.parts, vision, checkpoint)
         self.engine.__enter__()
         try:
