@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.bench.timing import rate
 from panda_edge.config import VisionConfig
 from panda_edge.cores import available_cores
 from panda_edge.errors import PandaError, VideoError
@@ -42,15 +43,16 @@ class Answer:
     timings_s: dict[str, float] = field(default_factory=dict)  # decode_video, vision, prefill, question
 
     @property
-    def decode_tok_s(self) -> float:
-        return (len(self.tokens) - 1) / self.decode_s if len(self.tokens) > 1 and self.decode_s > 0 else 0.0
+    def decode_tok_s(self) -> float | None:
+        """None when there is no decode rate: one token, or a decode too short for the timer."""
+        return rate(len(self.tokens) - 1, self.decode_s) if len(self.tokens) > 1 else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.text,
             "tokens": len(self.tokens),
             "ttft_ms": round(self.ttft_s * 1e3, 2),
-            "decode_tok_s": round(self.decode_tok_s, 2),
+            "decode_tok_s": None if self.decode_tok_s is None else round(self.decode_tok_s, 2),
             "prefix": self.prefix,
             "timings_ms": {k: round(v * 1e3, 2) for k, v in self.timings_s.items()},
         }
