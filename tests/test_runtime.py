@@ -241,6 +241,84 @@ def test_a_gguf_from_another_model_is_refused(
     _fails_with(["run", "--bundle", str(mixed), video, "q"], "parts do not fit together")
 
 
+def _one_line_exit_2(args: list[str], message: str) -> None:
+    """Exit 2 and one line on stderr saying `message`, no traceback."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def _edited_copy(bundle: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the bundle whose manifest `edit` changed (its files and their hashes untouched)."""
+    copy = tmp_path / "edited"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+OUTSIDE = {  # manifest field -> extra `panda run` options that make the runtime open it
+    ("vision", "file"): [],
+    ("llm", "gguf", "q8_0", "file"): [],
+    ("tokenizer",): [],
+    ("prompt",): [],
+    ("vision_int8", "cpu_file"): ["--precision", "int8"],
+    ("engines", "stab.gpu.fp16.engine", "file"): ["--vision", "trt"],
+}
+
+
+@pytest.mark.parametrize("field", list(OUTSIDE), ids=[".".join(k) for k in OUTSIDE])
+def test_a_manifest_naming_a_file_outside_the_bundle_is_refused(
+    bundle: Path, toy: Path, tmp_path: Path, field: tuple[str, ...]
+) -> None:
+    """Not only `files`: a field naming ../x/stab.onnx would load a file whose hash nobody checked."""
+    (tmp_path / "x").mkdir()
+    shutil.copyfile(bundle / "stab.onnx", tmp_path / "x" / "stab.onnx")
+
+    def point_outside(manifest: dict) -> None:
+        *parents, last = field
+        node = manifest
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = "../x/stab.onnx"
+
+    copy = _edited_copy(bundle, tmp_path, point_outside)
+    video = str(next((toy / "videos").iterdir()))
+    _one_line_exit_2(["run", "--bundle", str(copy), video, "q", *OUTSIDE[field]], "outside the bundle")
+
+
+def test_a_manifest_naming_a_file_it_does_not_hash_is_refused(
+    bundle: Path, toy: Path, tmp_path: Path
+) -> None:
+    def unlisted(manifest: dict) -> None:
+        manifest["vision"]["file"] = "copy.onnx"
+
+    copy = _edited_copy(bundle, tmp_path, unlisted)
+    shutil.copyfile(copy / "stab.onnx", copy / "copy.onnx")
+    video = str(next((toy / "videos").iterdir()))
+    _one_line_exit_2(["run", "--bundle", str(copy), video, "q"], "which its 'files' does not list")
+
+
+@pytest.mark.parametrize(
+    "key", ["model.vision.video_frames", "vision.outputs", "llm.gguf.q8_0.file", "model.llm.hidden_size"]
+)
+def test_a_manifest_missing_a_key_names_it(bundle: Path, toy: Path, tmp_path: Path, key: str) -> None:
+    def drop(manifest: dict) -> None:
+        *parents, last = key.split(".")
+        node = manifest
+        for part in parents:
+            node = node[part]
+        del node[last]
+
+    copy = _edited_copy(bundle, tmp_path, drop)
+    video = str(next((toy / "videos").iterdir()))
+    _one_line_exit_2(["run", "--bundle", str(copy), video, "q"], f"the manifest has no '{key.split('.')[0]}")
+    result = runner.invoke(app, ["run", "--bundle", str(copy), video, "q"])
+    assert f"'{key}'" in result.output or key.startswith("vision.outputs"), result.output
+
+
 # --- parity levels ------------------------------------------------------------------------------------
 
 

@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from panda_edge.bench.timing import rate
+from panda_edge.bundle import manifest_value
 from panda_edge.config import VisionConfig
 from panda_edge.cores import available_cores
-from panda_edge.errors import PandaError, VideoError
+from panda_edge.errors import BundleError, PandaError, VideoError
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
 from panda_edge.runtime.llm.decoder import LlamaDecoder
 from panda_edge.runtime.parts import VISION_BACKENDS, BundleParts, check_fit, open_bundle
@@ -56,6 +57,15 @@ class Answer:
             "prefix": self.prefix,
             "timings_ms": {k: round(v * 1e3, 2) for k, v in self.timings_s.items()},
         }
+
+
+def _vision_config(fields: Any, root: Path) -> VisionConfig:
+    """The manifest's `model.vision` as a VisionConfig; a field missing or unknown is a BundleError."""
+    try:
+        return VisionConfig(**fields)
+    except TypeError as exc:  # a missing or unexpected field, or not a mapping
+        message = f"{root}: the manifest's 'model.vision' does not fit ({exc}); export again"
+        raise BundleError(message) from None
 
 
 def open_vision(parts: BundleParts, backend: str, checkpoint: str | None = None) -> VisionBackend:
@@ -97,11 +107,12 @@ class VideoRuntime:
     ) -> None:
         self.parts = open_bundle(bundle, gguf_type, precision)
         self.vision_name = vision
-        self.vision_config = VisionConfig(**self.parts.manifest["model"]["vision"])
+        manifest, root = self.parts.manifest, self.parts.root
+        self.vision_config = _vision_config(manifest_value(manifest, "model.vision", root), root)
         self.tokenizer = PromptTokenizer(self.parts.tokenizer)
         threads = threads or available_cores()
         n_ctx = n_ctx or min(
-            DEFAULT_N_CTX, int(self.parts.manifest["model"]["llm"]["max_position_embeddings"])
+            DEFAULT_N_CTX, int(manifest_value(manifest, "model.llm.max_position_embeddings", root))
         )
         self.engine = open_vision(self.parts, vision, checkpoint)
         self.engine.__enter__()
@@ -117,10 +128,10 @@ class VideoRuntime:
         except BaseException:
             self.close()
             raise
-        files = self.parts.manifest["files"]
+        files = manifest["files"]  # open_bundle took both from it: listed, and their hashes checked
         self.identity = {
-            "gguf": files[self.parts.gguf.name]["sha256"],
-            "vision": files[self.parts.vision_onnx.name]["sha256"],
+            "gguf": files[self.parts.gguf.relative_to(root).as_posix()]["sha256"],
+            "vision": files[self.parts.vision_onnx.relative_to(root).as_posix()]["sha256"],
             "backend": f"{vision}-{precision}",
             "kv_cache": kv_cache,
         }
