@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -317,6 +318,27 @@ def test_a_manifest_missing_a_key_names_it(bundle: Path, toy: Path, tmp_path: Pa
     _one_line_exit_2(["run", "--bundle", str(copy), video, "q"], f"the manifest has no '{key.split('.')[0]}")
     result = runner.invoke(app, ["run", "--bundle", str(copy), video, "q"])
     assert f"'{key}'" in result.output or key.startswith("vision.outputs"), result.output
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the address-space limit that keeps this safe is Linux's")
+def test_a_context_too_large_for_memory_says_what_to_do(bundle: Path, toy: Path) -> None:
+    """llama-cpp-python's ValueError('Failed to create llama_context') for a 10**9-token KV cache (~1 TB
+    for the tiny model), through the real llama.cpp. In a child process limited to 8 GiB of address
+    space, so the allocation fails on any machine, whatever its overcommit policy."""
+    video = str(next((toy / "videos").iterdir()))
+    args = ["run", "--bundle", str(bundle), video, "q", "--n-ctx", str(10**9)]
+    code = "import sys, resource\n" + (
+        "resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
+        "from panda_edge.cli.main import main\nsys.argv = ['panda', *sys.argv[1:]]\nmain()"
+    )
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "smaller --n-ctx" in lines[0] and "Traceback" not in done.stderr, done.stderr
 
 
 # --- parity levels ------------------------------------------------------------------------------------

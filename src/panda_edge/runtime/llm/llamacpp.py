@@ -33,21 +33,41 @@ def load_llama(
         raise BundleError(f"{path}: no such GGUF file")
     if kv_cache not in KV_TYPES:
         raise PandaError(f"unknown KV cache type '{kv_cache}'; choose one of: {', '.join(KV_TYPES)}")
-    return lib.Llama(
-        model_path=str(path),
-        n_ctx=n_ctx,
-        n_batch=n_batch,
-        n_ubatch=min(n_batch, 512),
-        n_threads=threads,
-        n_threads_batch=threads,
-        n_gpu_layers=n_gpu_layers,
-        logits_all=logits_all,
-        vocab_only=vocab_only,
-        type_k=KV_TYPES[kv_cache],
-        type_v=KV_TYPES[kv_cache],
-        flash_attn=kv_cache == "q8_0",
-        verbose=False,
-    )
+    try:
+        return lib.Llama(
+            model_path=str(path),
+            n_ctx=n_ctx,
+            n_batch=n_batch,
+            n_ubatch=min(n_batch, 512),
+            n_threads=threads,
+            n_threads_batch=threads,
+            n_gpu_layers=n_gpu_layers,
+            logits_all=logits_all,
+            vocab_only=vocab_only,
+            type_k=KV_TYPES[kv_cache],
+            type_v=KV_TYPES[kv_cache],
+            flash_attn=kv_cache == "q8_0",
+            verbose=False,
+        )
+    except ValueError as exc:  # llama-cpp-python's only report of a failed load; the reason went to stderr
+        raise _load_error(path, exc, n_ctx, n_gpu_layers, kv_cache) from None
+
+
+def _load_error(path: Path, exc: ValueError, n_ctx: int, n_gpu_layers: int, kv_cache: str) -> PandaError:
+    """What to do about llama-cpp-python's ValueError: its message says which step failed."""
+    message = str(exc)
+    if "llama_context" in message:  # the weights loaded; the KV cache and buffers for n_ctx did not fit
+        return PandaError(
+            f"{path}: llama.cpp could not create a context of {n_ctx} tokens ({kv_cache} KV cache, "
+            f"{n_gpu_layers} layers on the GPU): not enough memory for it. Use a smaller --n-ctx, fewer "
+            "--n-gpu-layers, --kv-cache q8_0, or a smaller GGUF (--gguf-type q4_k_m)"
+        )
+    if "load model" in message:
+        return BundleError(
+            f"{path}: llama.cpp cannot load it ({message}): a truncated file, a GGUF this llama.cpp is "
+            "too old for, or too little memory for its weights (try a smaller GGUF or fewer --n-gpu-layers)"
+        )
+    return PandaError(f"{path}: llama.cpp failed to load it ({message})")
 
 
 class LlamaCppModel:
