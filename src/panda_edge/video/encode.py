@@ -2,17 +2,19 @@
 
 Used by the tests and by the toy-world generator, so both exercise the same
 container/codec paths that users' files go through. H.264 output is a pure function of the frames
-and the FFmpeg/x264 build: not of the CPU, the core count or the load. Two things made it depend
-on the machine, and both are pinned here:
+and the FFmpeg/x264 build: not of the CPU, the core count or the load. Three things made it
+depend on the machine, and all are pinned here:
 
-- x264's hand-written SIMD: on CPUs with AVX-512 its output differed from the C code's, and even
-  from run to run in one process (it reads bytes outside the picture that nobody initialized), so
-  toy-world videos differed between workers=1 and one worker per core. `asm=0` runs x264's C code,
-  which every CPU computes alike (AVX2 and older x264 SIMD give the same bytes as C; ~1.7x slower,
-  ~20 ms per toy video).
+- The bytes right of the picture in each plane row: PyAV leaves them uninitialized and x264's
+  SIMD reads some (setting them made repeated encodes identical), so on an AVX-512 CPU one process
+  encoding the same frames twice could write two files, and toy-world videos differed between
+  workers=1 and one worker per core. Every plane byte is set here.
+- x264's hand-written SIMD itself: with clean input, its AVX-512, AVX2 and C code still gave three
+  different streams for some toy videos (the SIMD kernels are not all bit-exact with C). `asm=0`
+  runs the C code, which every CPU computes alike (~1.7x slower: ~21 ms instead of ~12 ms per toy
+  video).
 - swscale's RGB -> YUV conversion, which has CPU-specific code paths. Frames are converted here in
-  integer numpy (BT.601 limited range, 2x2 chroma average) and handed to the encoder as yuv420p with
-  every byte of the planes set, padding included.
+  integer numpy (BT.601 limited range, 2x2 chroma average) and handed to the encoder as yuv420p.
 
 Threads: one encoder thread (`threads=1`, no sliced threads, one lookahead thread); x264 writes
 these settings into the stream's SEI, which the tests read back.
