@@ -147,17 +147,11 @@ def _timed(run: Callable[[], tuple[float, float]], repeat: int, prompt: int, new
 
 def _llama_runner(path: Path, prompt: list[int], new: int, threads: int) -> Callable[[], tuple[float, float]]:
     from panda_edge.lazy import llama_cpp
+    from panda_edge.runtime.llm.llamacpp import load_llama
 
     lib = llama_cpp()
-    llm = lib.Llama(
-        model_path=str(path),
-        n_ctx=len(prompt) + new + 8,
-        n_batch=len(prompt),
-        n_threads=threads,
-        n_threads_batch=threads,
-        logits_all=False,
-        verbose=False,
-    )
+    # loaded as the runtime loads it (the same buffers on AMX CPUs)
+    llm = load_llama(path, n_ctx=len(prompt) + new + 8, n_batch=len(prompt), threads=threads)
 
     n_vocab = llm.n_vocab()
 

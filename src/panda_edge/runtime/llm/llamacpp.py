@@ -5,8 +5,11 @@ Parity and benchmarks use this; the chat runtime will add embeddings input on to
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -34,23 +37,49 @@ def load_llama(
     if kv_cache not in KV_TYPES:
         raise PandaError(f"unknown KV cache type '{kv_cache}'; choose one of: {', '.join(KV_TYPES)}")
     try:
-        return lib.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=n_batch,
-            n_ubatch=min(n_batch, 512),
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=n_gpu_layers,
-            logits_all=logits_all,
-            vocab_only=vocab_only,
-            type_k=KV_TYPES[kv_cache],
-            type_v=KV_TYPES[kv_cache],
-            flash_attn=kv_cache == "q8_0",
-            verbose=False,
-        )
+        with _plain_cpu_buffers(lib):
+            return lib.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=min(n_batch, 512),
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=n_gpu_layers,
+                logits_all=logits_all,
+                vocab_only=vocab_only,
+                type_k=KV_TYPES[kv_cache],
+                type_v=KV_TYPES[kv_cache],
+                flash_attn=kv_cache == "q8_0",
+                verbose=False,
+            )
     except ValueError as exc:  # llama-cpp-python's only report of a failed load; the reason went to stderr
         raise _load_error(path, exc, n_ctx, n_gpu_layers, kv_cache) from None
+
+
+@contextmanager
+def _plain_cpu_buffers(lib: Any) -> Iterator[None]:
+    """Load weights into plain CPU buffers on CPUs with AMX: llama.cpp's AMX matmul (an "extra buffer
+    type" it repacks q8_0/q4 weights into) segfaults in llama_decode on the tiny model's small
+    matrices (ggml-org/llama.cpp#20824, open), so the same bundle crashed on a Sapphire Rapids CPU
+    and ran elsewhere. llama-cpp-python does not pass `use_extra_bufts` through, so its default
+    model parameters are adjusted while one Llama loads. Elsewhere nothing changes."""
+    if b"AMX_INT8 = 1" not in lib.llama_print_system_info():
+        yield
+        return
+    module = sys.modules[lib.Llama.__module__].llama_cpp  # what llama.py calls
+    defaults = module.llama_model_default_params
+
+    def without_extra_buffers():
+        params = defaults()
+        params.use_extra_bufts = False
+        return params
+
+    module.llama_model_default_params = without_extra_buffers
+    try:
+        yield
+    finally:
+        module.llama_model_default_params = defaults
 
 
 def _load_error(path: Path, exc: ValueError, n_ctx: int, n_gpu_layers: int, kv_cache: str) -> PandaError:
