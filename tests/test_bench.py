@@ -93,3 +93,82 @@ def test_a_childs_peak_memory_is_its_own_not_its_parents() -> None:
     big, _, out = child_peak_rss(["-c", "import numpy; a = numpy.ones(40_000_000); print(a.size)"])
     assert small < 300 < 320 <= big and out.strip() == "40000000"
     del held
+
+
+# --- a time too short for the timer: None with the reason, never a division by it -------------------
+
+
+def _strict(report: object) -> object:
+    """The report as the CLI writes it: strict JSON, so a NaN or infinity fails here."""
+    import json
+
+    return json.loads(json.dumps(report, allow_nan=False))
+
+
+def test_sub_resolution_gemm_gives_a_null_ratio_with_its_reason() -> None:
+    """A fast CPU runs the tiny GEMM in less than the old rounding kept (0.0 ms), then divided by it."""
+    from panda_edge.bench.timing import BELOW_RESOLUTION
+    from panda_edge.bench.vision import gemm_report
+
+    report = _strict(gemm_report({"fp32": [0.0, 0.0, 0.0], "int8_u8s8": [2e-5] * 3}, rows=8, width=16))
+    assert report["ratio_int8_vs_fp32"] is None and report["fp32_gop_s"] is None
+    assert report["unmeasured"] == {"ratio_int8_vs_fp32": BELOW_RESOLUTION, "fp32_gop_s": BELOW_RESOLUTION}
+    assert report["int8_u8s8_median_ms"] == 0.02 and report["int8_u8s8_gop_s"] > 0
+
+
+def test_ratios_use_unrounded_times() -> None:
+    """0.04 ms and 0.02 ms both rounded to 0.0 at 0.1 ms; their ratio is 2, not a ZeroDivisionError."""
+    from panda_edge.bench.vision import ratios, summary_ms
+
+    times = {"torch": [4e-5], "ort": [2e-5]}
+    assert ratios(times, {"ratio_ort_vs_torch": ("torch", "ort")}) == {"ratio_ort_vs_torch": 2.0}
+    assert summary_ms(times["ort"])["median_ms"] == 0.02  # significant digits: never rounded to 0
+
+
+def test_llm_and_e2e_rates_of_a_zero_time_are_null() -> None:
+    from panda_edge.bench.e2e import summarize
+    from panda_edge.bench.llm import _summary
+
+    llm = _strict(_summary([0.0], [0.5], prompt=128, new=64))
+    assert (
+        llm["prefill_tok_s"] is None and llm["decode_tok_s"] == 128.0 and "prefill_tok_s" in llm["unmeasured"]
+    )
+    runs = [{"first": 0.0, "followup": 0.0, "decode_tok_s": None, "tokens": 1}]
+    e2e = _strict(summarize(runs, peak_rss=100.0))
+    assert e2e["ttft_first_ms"] is None and e2e["decode_tok_s"] is None
+    assert set(e2e["unmeasured"]) == {"ttft_first_ms", "ttft_followup_ms", "decode_tok_s"}
+
+
+def test_report_arithmetic_carries_a_missing_number_through() -> None:
+    """An unmeasured rate (None) gives None in every number built on it, and goals are not met."""
+    llm = {
+        "llm": {
+            "transformers": {"prefill_tok_s": None, "decode_tok_s": 2.0},
+            "llama.cpp-q8_0": {"prefill_tok_s": 200.0, "decode_tok_s": None, "gguf_bytes": 500_000_000},
+        },
+        "model": {"parameters": 250_000_000},
+    }
+    machine = {**MACHINE, "fp32_matmul_gflops": None}
+    lines = _strict(roofline(VISION, llm, machine, gflop=200.0))
+    assert lines["vision"]["fp32_gemm_bound_ms"] is None and lines["prefill"]["fp32_gemm_bound_tok_s"] is None
+    assert lines["decode"]["llama.cpp-q8_0"]["fraction_of_bound"] is None
+    table = _strict(stages(VISION["vision"], llm["llm"]))
+    assert table["PyTorch (torch + transformers)"]["prefill_s"] is None
+    verdicts = goals(
+        {
+            "ratios": {
+                "vision_vs_torch": {"torch": 1.0, "ort_int8": None},
+                "llm_vs_transformers": {"llama.cpp-q8_0": {"prefill_x": None, "decode_x": None}},
+                "e2e": {"runtime_followup_vs_first_ttft": None},
+            }
+        }
+    )
+    assert not any(v["met"] for v in verdicts.values())
+
+
+def test_json_output_refuses_nan_naming_the_key(tmp_path: Path) -> None:
+    from panda_edge.cli._common import emit_json
+
+    with pytest.raises(ValueError, match=r"vision\.ort\.median_ms = nan"):
+        emit_json({"vision": {"ort": {"median_ms": float("nan")}}}, tmp_path / "out.json")
+    assert not (tmp_path / "out.json").exists()

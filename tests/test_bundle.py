@@ -8,7 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from panda_edge.bundle import MANIFEST_FILE, extend_manifest, file_record, load_manifest
+from panda_edge.bundle import (
+    MANIFEST_FILE,
+    bundle_file,
+    extend_manifest,
+    file_record,
+    load_manifest,
+    manifest_value,
+)
 from panda_edge.config import PRESETS
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.stab_onnx.pipeline import export_bundle
@@ -108,6 +115,33 @@ def test_other_format_version_is_refused(bundle: Path, tmp_path: Path) -> None:
     write_json(copy / MANIFEST_FILE, {**manifest, "files": {"../escape": {"sha256": "0", "size": 1}}})
     with pytest.raises(BundleError, match="outside the bundle"):
         load_manifest(copy)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("../x/stab.onnx", "outside the bundle"),
+        ("/tmp/stab.onnx", "outside the bundle"),
+        ("sub/../stab.onnx", "outside the bundle"),
+        ("notes.txt", "does not list"),
+        (7, "not a file name"),
+    ],
+)
+def test_every_file_a_field_names_is_inside_and_hashed(bundle: Path, name: object, message: str) -> None:
+    manifest = load_manifest(bundle)
+    assert bundle_file(bundle, manifest, "vision.file") == bundle / "stab.onnx"
+    with pytest.raises(BundleError, match=message):
+        bundle_file(bundle, {**manifest, "vision": {**manifest["vision"], "file": name}}, "vision.file")
+
+
+def test_a_missing_manifest_key_is_named(bundle: Path) -> None:
+    manifest = load_manifest(bundle)
+    assert manifest_value(manifest, "model.vision.video_frames", bundle) == 8
+    with pytest.raises(BundleError, match=r"no 'model\.nothing'"):
+        manifest_value(manifest, "model.nothing.deeper", bundle)
+    with pytest.raises(BundleError, match="no 'llm'"):
+        bundle_file(bundle, manifest, "llm.gguf.q8_0.file")
+    assert bundle_file(bundle, manifest, "no_such_field", default="tokenizer.model").name == "tokenizer.model"
 
 
 def test_failed_check_writes_no_graph_and_no_manifest(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -299,6 +300,105 @@ def test_a_gguf_from_another_model_is_refused(
     write_manifest(mixed, {k: v for k, v in manifest.items() if k != "files"}, manifest["files"])
     video = str(next((toy / "videos").iterdir()))
     _fails_with(["run", "--bundle", str(mixed), video, "q"], "parts do not fit together")
+
+
+def _one_line_exit_2(args: list[str], message: str) -> None:
+    """Exit 2 and one line on stderr saying `message`, no traceback."""
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
+
+
+def _edited_copy(bundle: Path, tmp_path: Path, edit) -> Path:
+    """A copy of the bundle whose manifest `edit` changed (its files and their hashes untouched)."""
+    copy = tmp_path / "edited"
+    shutil.copytree(bundle, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    edit(manifest)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+OUTSIDE = {  # manifest field -> extra `panda run` options that make the runtime open it
+    ("vision", "file"): [],
+    ("llm", "gguf", "q8_0", "file"): [],
+    ("tokenizer",): [],
+    ("prompt",): [],
+    ("vision_int8", "cpu_file"): ["--precision", "int8"],
+    ("engines", "stab.gpu.fp16.engine", "file"): ["--vision", "trt"],
+}
+
+
+@pytest.mark.parametrize("field", list(OUTSIDE), ids=[".".join(k) for k in OUTSIDE])
+def test_a_manifest_naming_a_file_outside_the_bundle_is_refused(
+    bundle: Path, toy: Path, tmp_path: Path, field: tuple[str, ...]
+) -> None:
+    """Not only `files`: a field naming ../x/stab.onnx would load a file whose hash nobody checked."""
+    (tmp_path / "x").mkdir()
+    shutil.copyfile(bundle / "stab.onnx", tmp_path / "x" / "stab.onnx")
+
+    def point_outside(manifest: dict) -> None:
+        *parents, last = field
+        node = manifest
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[last] = "../x/stab.onnx"
+
+    copy = _edited_copy(bundle, tmp_path, point_outside)
+    video = str(next((toy / "videos").iterdir()))
+    _one_line_exit_2(["run", "--bundle", str(copy), video, "q", *OUTSIDE[field]], "outside the bundle")
+
+
+def test_a_manifest_naming_a_file_it_does_not_hash_is_refused(
+    bundle: Path, toy: Path, tmp_path: Path
+) -> None:
+    def unlisted(manifest: dict) -> None:
+        manifest["vision"]["file"] = "copy.onnx"
+
+    copy = _edited_copy(bundle, tmp_path, unlisted)
+    shutil.copyfile(copy / "stab.onnx", copy / "copy.onnx")
+    video = str(next((toy / "videos").iterdir()))
+    _one_line_exit_2(["run", "--bundle", str(copy), video, "q"], "which its 'files' does not list")
+
+
+@pytest.mark.parametrize(
+    "key", ["model.vision.video_frames", "vision.outputs", "llm.gguf.q8_0.file", "model.llm.hidden_size"]
+)
+def test_a_manifest_missing_a_key_names_it(bundle: Path, toy: Path, tmp_path: Path, key: str) -> None:
+    def drop(manifest: dict) -> None:
+        *parents, last = key.split(".")
+        node = manifest
+        for part in parents:
+            node = node[part]
+        del node[last]
+
+    copy = _edited_copy(bundle, tmp_path, drop)
+    video = str(next((toy / "videos").iterdir()))
+    _one_line_exit_2(["run", "--bundle", str(copy), video, "q"], f"the manifest has no '{key.split('.')[0]}")
+    result = runner.invoke(app, ["run", "--bundle", str(copy), video, "q"])
+    assert f"'{key}'" in result.output or key.startswith("vision.outputs"), result.output
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the address-space limit that keeps this safe is Linux's")
+def test_a_context_too_large_for_memory_says_what_to_do(bundle: Path, toy: Path) -> None:
+    """llama-cpp-python's ValueError('Failed to create llama_context') for a 10**9-token KV cache (~1 TB
+    for the tiny model), through the real llama.cpp. In a child process limited to 8 GiB of address
+    space, so the allocation fails on any machine, whatever its overcommit policy."""
+    video = str(next((toy / "videos").iterdir()))
+    args = ["run", "--bundle", str(bundle), video, "q", "--n-ctx", str(10**9)]
+    code = "import sys, resource\n" + (
+        "resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
+        "from panda_edge.cli.main import main\nsys.argv = ['panda', *sys.argv[1:]]\nmain()"
+    )
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 2, done.stderr[-3000:]
+    lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "smaller --n-ctx" in lines[0] and "Traceback" not in done.stderr, done.stderr
 
 
 # --- parity levels ------------------------------------------------------------------------------------

@@ -175,14 +175,66 @@ def load_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
         )
     if verify:
         for name, record in manifest["files"].items():
-            _verify_file(bundle, name, record)
+            _verify_file(bundle, manifest, name, record)
     return manifest
 
 
-def _verify_file(bundle: Path, name: str, record: dict[str, Any]) -> None:
-    if Path(name).is_absolute() or ".." in Path(name).parts:
-        raise BundleError(f"{bundle}: the manifest names a file outside the bundle ({name})")
-    path = bundle / name
+def bundle_file(bundle: str | Path, manifest: dict[str, Any], field: str, default: str | None = None) -> Path:
+    """The file that the manifest's `field` ('vision.file', 'llm.gguf.q8_0.file') names, checked.
+
+    `default` is the name when the manifest lacks the field; without one, a missing field is a
+    BundleError naming it. `manifest` is as `load_manifest` returned it (hashes verified).
+    """
+    name = manifest_value(manifest, field, bundle) if default is None else _get(manifest, field, default)
+    return checked_path(bundle, manifest, name, f"'{field}'")
+
+
+def checked_path(bundle: str | Path, manifest: dict[str, Any], name: Any, field: str) -> Path:
+    """The one check for every file name a manifest holds, its `files` keys included.
+
+    The name must be relative, stay inside the bundle and be listed in `files`, so the file opened
+    is one whose size and hash `load_manifest` verified: a name of `../x/stab.onnx`, or one the
+    manifest never hashed, is refused.
+    """
+    bundle = Path(bundle)
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"{bundle}: the manifest's {field} is {name!r}, not a file name; export again")
+    if Path(name).is_absolute() or ".." in Path(name).parts or "\\" in name:
+        raise BundleError(f"{bundle}: the manifest's {field} names a file outside the bundle ({name})")
+    if name not in manifest.get("files", {}):
+        raise BundleError(
+            f"{bundle}: the manifest's {field} names {name}, which its 'files' does not list (no hash to "
+            "check it against); export again"
+        )
+    return bundle / name
+
+
+def _get(manifest: dict[str, Any], key: str, default: Any) -> Any:
+    value: Any = manifest
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            return default
+        value = value[part]
+    return value
+
+
+def manifest_value(manifest: dict[str, Any], key: str, bundle: str | Path) -> Any:
+    """`manifest[a][b]...` for key 'a.b...', or a BundleError naming the key the manifest lacks."""
+    value: Any = manifest
+    for i, part in enumerate(key.split(".")):
+        if not isinstance(value, dict) or part not in value:
+            missing = ".".join(key.split(".")[: i + 1])
+            raise BundleError(
+                f"{bundle}: the manifest has no '{missing}' (an older or hand-edited manifest); export again"
+            )
+        value = value[part]
+    return value
+
+
+def _verify_file(bundle: Path, manifest: dict[str, Any], name: str, record: Any) -> None:
+    path = checked_path(bundle, manifest, name, "'files'")
+    if not isinstance(record, dict):
+        raise BundleError(f"{bundle}: the manifest's record of {name} is not a size and hash; export again")
     if not path.is_file():
         raise BundleError(f"{bundle}: {name} is listed in the manifest but missing")
     if path.stat().st_size != record.get("size") or sha256_file(path) != record.get("sha256"):

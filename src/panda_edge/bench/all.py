@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from panda_edge.bench.timing import quotient
+
 VISUAL_TOKENS = 2184  # a full-size 8-frame video (DESIGN.md §2)
 TEXT_TOKENS = 64  # system prompt and question around them
 ANSWER_TOKENS = 32
@@ -52,7 +54,7 @@ def bench_all(
         "gguf_memory": gguf_memory,
         "ratios": {
             "vision_vs_torch": {
-                name: round(vision["vision"]["torch"]["median_ms"] / r["median_ms"], 2)
+                name: quotient(vision["vision"]["torch"]["median_ms"], r["median_ms"])
                 for name, r in vision["vision"].items()
             },
             "llm_vs_transformers": llm["ratios_vs_transformers"],
@@ -78,47 +80,52 @@ def roofline(
     vision: dict[str, Any], llm: dict[str, Any], machine: dict[str, Any], gflop: float
 ) -> dict[str, Any]:
     bandwidth, gemm = machine["memory_bandwidth_gbs"], machine["fp32_matmul_gflops"]
-    bound_ms = gflop / gemm * 1e3
     params = llm["model"]["parameters"]
     weight_bytes = {"transformers": params * 4}
     weight_bytes.update({name: r["gguf_bytes"] for name, r in llm["llm"].items() if "gguf_bytes" in r})
-    prefill_bound = gemm * 1e9 / (2 * params)
+    # Unrounded bounds for the fractions; only what the report shows is rounded.
+    bound_ms = quotient(gflop * 1e3, gemm, digits=None)
+    prefill_bound = quotient(None if gemm is None else gemm * 1e9, 2 * params, digits=None)
+    decode_bound = {
+        name: quotient(None if bandwidth is None else bandwidth * 1e9, size, digits=None)
+        for name, size in weight_bytes.items()
+    }
     return {
         "vision": {
             "gflop_per_video": gflop,
-            "fp32_gemm_bound_ms": round(bound_ms, 1),
+            "fp32_gemm_bound_ms": quotient(bound_ms, 1),
             "fraction_of_bound": {
-                name: round(bound_ms / r["median_ms"], 3) for name, r in vision["vision"].items()
+                name: quotient(bound_ms, r["median_ms"]) for name, r in vision["vision"].items()
             },
             "note": "int8 backends can beat the fp32 GEMM bound; their fraction is against fp32 peak",
         },
         "decode": {
             name: {
-                "bandwidth_bound_tok_s": round(bandwidth * 1e9 / weight_bytes[name], 2),
+                "bandwidth_bound_tok_s": quotient(decode_bound[name], 1),
                 "measured_tok_s": r["decode_tok_s"],
-                "fraction_of_bound": round(r["decode_tok_s"] / (bandwidth * 1e9 / weight_bytes[name]), 3),
+                "fraction_of_bound": quotient(r["decode_tok_s"], decode_bound[name]),
             }
             for name, r in llm["llm"].items()
         },
         "prefill": {
-            "fp32_gemm_bound_tok_s": round(prefill_bound, 1),
+            "fp32_gemm_bound_tok_s": quotient(prefill_bound, 1),
             "fraction_of_bound": {
-                name: round(r["prefill_tok_s"] / prefill_bound, 3) for name, r in llm["llm"].items()
+                name: quotient(r["prefill_tok_s"], prefill_bound) for name, r in llm["llm"].items()
             },
         },
     }
 
 
-def stages(vision: dict[str, Any], llm: dict[str, Any]) -> dict[str, dict[str, float]]:
+def stages(vision: dict[str, Any], llm: dict[str, Any]) -> dict[str, dict[str, float | None]]:
     """Seconds per stage of one question about a full-size video, assembled from the component
     benchmarks: vision, prefill of the visual + text tokens, decode of a 32-token answer."""
     prompt = VISUAL_TOKENS + TEXT_TOKENS
 
-    def stack(vision_name: str, llm_name: str) -> dict[str, float]:
+    def stack(vision_name: str, llm_name: str) -> dict[str, float | None]:
         return {
-            "vision_s": round(vision[vision_name]["median_ms"] / 1e3, 2),
-            "prefill_s": round(prompt / llm[llm_name]["prefill_tok_s"], 2),
-            "decode_s": round(ANSWER_TOKENS / llm[llm_name]["decode_tok_s"], 2),
+            "vision_s": quotient(vision[vision_name]["median_ms"], 1e3),
+            "prefill_s": quotient(prompt, llm[llm_name]["prefill_tok_s"]),
+            "decode_s": quotient(ANSWER_TOKENS, llm[llm_name]["decode_tok_s"]),
         }
 
     stacks = {"PyTorch (torch + transformers)": stack("torch", "transformers")}
@@ -131,9 +138,9 @@ def stages(vision: dict[str, Any], llm: dict[str, Any]) -> dict[str, dict[str, f
 def goals(result: dict[str, Any]) -> dict[str, Any]:
     """DESIGN.md §6 (and the GGUF conversion's memory limit), met or the gap stated."""
     vision = result["ratios"]["vision_vs_torch"]
-    int8 = max((r for name, r in vision.items() if "int8" in name), default=None)
+    int8 = max((r for name, r in vision.items() if "int8" in name and r is not None), default=None)
     decode = result["ratios"]["llm_vs_transformers"]
-    best_decode = max(r["decode_x"] for r in decode.values()) if decode else None
+    best_decode = max((r["decode_x"] for r in decode.values() if r["decode_x"] is not None), default=None)
     q8 = decode.get("llama.cpp-q8_0", {}).get("decode_x")
     followup = result["ratios"]["e2e"]["runtime_followup_vs_first_ttft"]
     rss = result.get("gguf_memory", {}).get("ratio_peak_rss_to_checkpoint")  # of the checkpoint's size
@@ -144,7 +151,10 @@ def goals(result: dict[str, Any]) -> dict[str, Any]:
             "best_x": best_decode,
             "met": q8 is not None and q8 >= 3,
         },
-        "followup_ttft_at_most_10pct": {"measured": followup, "met": followup <= 0.10},
+        "followup_ttft_at_most_10pct": {
+            "measured": followup,
+            "met": followup is not None and followup <= 0.10,
+        },
         "gguf_conversion_peak_rss_below_25pct": {"measured": rss, "met": rss is not None and rss < 0.25},
     }
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.bench.machine import peak_rss_mb
+from panda_edge.bench.timing import BELOW_RESOLUTION, measurable, median_s, quotient, rate, significant
 
 QUESTIONS = ("What color is the ring?", "Which direction does the square move?")
 MODELS = ("tiny", "bench")
@@ -109,16 +110,14 @@ def bench_e2e(
     return {
         "e2e": results,
         "ratios": {
-            "runtime_followup_vs_first_ttft": round(
-                runtime_r["ttft_followup_ms"] / runtime_r["ttft_first_ms"], 4
+            "runtime_followup_vs_first_ttft": quotient(
+                runtime_r["ttft_followup_ms"], runtime_r["ttft_first_ms"], 4
             ),
-            "runtime_vs_torch_ttft_first_x": round(torch_r["ttft_first_ms"] / runtime_r["ttft_first_ms"], 2),
-            "runtime_vs_torch_ttft_followup_x": round(
-                torch_r["ttft_followup_ms"] / runtime_r["ttft_followup_ms"], 2
+            "runtime_vs_torch_ttft_first_x": quotient(torch_r["ttft_first_ms"], runtime_r["ttft_first_ms"]),
+            "runtime_vs_torch_ttft_followup_x": quotient(
+                torch_r["ttft_followup_ms"], runtime_r["ttft_followup_ms"]
             ),
-            "runtime_vs_torch_decode_x": round(runtime_r["decode_tok_s"] / torch_r["decode_tok_s"], 2)
-            if torch_r["decode_tok_s"]
-            else None,
+            "runtime_vs_torch_decode_x": quotient(runtime_r["decode_tok_s"], torch_r["decode_tok_s"]),
         },
         "goal": "a follow-up's TTFT <= 10% of the first question's (DESIGN.md §6)",
         "model": model,
@@ -143,17 +142,30 @@ def _run_worker(job: dict[str, Any]) -> dict[str, Any]:
 
 def _measure(job: dict[str, Any]) -> dict[str, Any]:
     runs = [_runtime_run, _torch_run][job["engine"] == "torch"](job)
-    timed = runs[1:]  # the first is the warm-up
-    decode = [r["decode_tok_s"] for r in timed if r["decode_tok_s"]]
-    return {
-        "ttft_first_ms": round(statistics.median(r["first"] for r in timed) * 1e3, 2),
-        "ttft_followup_ms": round(statistics.median(r["followup"] for r in timed) * 1e3, 2),
-        "decode_tok_s": round(statistics.median(decode), 2) if decode else 0.0,
-        "peak_rss_mb": round(peak_rss_mb(), 1),
+    return summarize(runs[1:], peak_rss_mb())  # the first is the warm-up
+
+
+def summarize(timed: list[dict[str, Any]], peak_rss: float) -> dict[str, Any]:
+    """The report for one engine from its runs' unrounded seconds. A time too short to measure is
+    None with the reason (decode: an answer of one token has no decode time), never 0 or a division."""
+    decode = [r["decode_tok_s"] for r in timed if r["decode_tok_s"] is not None]
+    first = median_s([r["first"] for r in timed])
+    followup = median_s([r["followup"] for r in timed])
+    report: dict[str, Any] = {
+        "ttft_first_ms": significant(first * 1e3) if measurable(first) else None,
+        "ttft_followup_ms": significant(followup * 1e3) if measurable(followup) else None,
+        "decode_tok_s": significant(statistics.median(decode)) if decode else None,
+        "peak_rss_mb": round(peak_rss, 1),
         "tokens": [r["tokens"] for r in timed],
-        "runs_ttft_first_ms": [round(r["first"] * 1e3, 2) for r in timed],
-        "runs_ttft_followup_ms": [round(r["followup"] * 1e3, 2) for r in timed],
+        "runs_ttft_first_ms": [significant(r["first"] * 1e3) for r in timed],
+        "runs_ttft_followup_ms": [significant(r["followup"] * 1e3) for r in timed],
     }
+    unmeasured = {k: BELOW_RESOLUTION for k in ("ttft_first_ms", "ttft_followup_ms") if report[k] is None}
+    if report["decode_tok_s"] is None:
+        unmeasured["decode_tok_s"] = "no run decoded more than one token in a measurable time"
+    if unmeasured:
+        report["unmeasured"] = unmeasured
+    return report
 
 
 def _runtime_run(job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -197,8 +209,10 @@ def _torch_run(job: dict[str, Any]) -> list[dict[str, Any]]:
                 job["video"], QUESTIONS[1], job["max_new_tokens"], history=[(QUESTIONS[0], answer)]
             )
         )
-        rate = (len(tokens) - 1) / decode_s if len(tokens) > 1 and decode_s > 0 else 0.0
-        runs.append({"first": first, "followup": followup, "decode_tok_s": rate, "tokens": len(tokens)})
+        decode_tok_s = rate(len(tokens) - 1, decode_s) if len(tokens) > 1 else None
+        runs.append(
+            {"first": first, "followup": followup, "decode_tok_s": decode_tok_s, "tokens": len(tokens)}
+        )
     return runs
 
 

@@ -7,7 +7,6 @@ every engine starts from identical numbers; speed does not depend on their value
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.bench.timing import BELOW_RESOLUTION, median_s, quotient, rate, significant
 from panda_edge.config import LlmConfig, ModelConfig
 
 # ~0.54B parameters: Llama-7B's head size and vocabulary, narrower and shallower.
@@ -46,12 +46,17 @@ def synthetic_tokenizer(path: Path, vocab: int) -> None:
 
 
 def _summary(prefill: list[float], decode: list[float], prompt: int, new: int) -> dict[str, Any]:
-    return {
-        "prefill_tok_s": round(prompt / statistics.median(prefill), 2),
-        "decode_tok_s": round(new / statistics.median(decode), 2),
-        "prefill_runs_s": [round(t, 3) for t in prefill],
-        "decode_runs_s": [round(t, 3) for t in decode],
+    """Tokens/s from the unrounded medians (None, with the reason, when a time is too short to measure)."""
+    summary: dict[str, Any] = {
+        "prefill_tok_s": rate(prompt, median_s(prefill)),
+        "decode_tok_s": rate(new, median_s(decode)),
+        "prefill_runs_s": [significant(t) for t in prefill],
+        "decode_runs_s": [significant(t) for t in decode],
     }
+    unmeasured = {k: BELOW_RESOLUTION for k in ("prefill_tok_s", "decode_tok_s") if summary[k] is None}
+    if unmeasured:
+        summary["unmeasured"] = unmeasured
+    return summary
 
 
 def bench_llm(
@@ -116,8 +121,8 @@ def bench_llm(
     base = result["transformers"]
     ratios = {
         name: {
-            "prefill_x": round(r["prefill_tok_s"] / base["prefill_tok_s"], 2),
-            "decode_x": round(r["decode_tok_s"] / base["decode_tok_s"], 2),
+            "prefill_x": quotient(r["prefill_tok_s"], base["prefill_tok_s"]),
+            "decode_x": quotient(r["decode_tok_s"], base["decode_tok_s"]),
         }
         for name, r in result.items()
         if name != "transformers"
@@ -142,17 +147,11 @@ def _timed(run: Callable[[], tuple[float, float]], repeat: int, prompt: int, new
 
 def _llama_runner(path: Path, prompt: list[int], new: int, threads: int) -> Callable[[], tuple[float, float]]:
     from panda_edge.lazy import llama_cpp
+    from panda_edge.runtime.llm.llamacpp import load_llama
 
     lib = llama_cpp()
-    llm = lib.Llama(
-        model_path=str(path),
-        n_ctx=len(prompt) + new + 8,
-        n_batch=len(prompt),
-        n_threads=threads,
-        n_threads_batch=threads,
-        logits_all=False,
-        verbose=False,
-    )
+    # loaded as the runtime loads it (the same buffers on AMX CPUs)
+    llm = load_llama(path, n_ctx=len(prompt) + new + 8, n_batch=len(prompt), threads=threads)
 
     n_vocab = llm.n_vocab()
 

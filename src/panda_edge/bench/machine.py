@@ -14,8 +14,10 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.bench.timing import rate
 
-def memory_bandwidth_gbs(megabytes: int = 512, repeat: int = 5) -> float:
+
+def memory_bandwidth_gbs(megabytes: int = 512, repeat: int = 5) -> float | None:
     """Copy bandwidth in GB/s, counting the bytes read and the bytes written (median of `repeat`)."""
     src = np.ones(megabytes * 2**20 // 8, dtype=np.float64)
     dst = np.empty_like(src)
@@ -25,10 +27,10 @@ def memory_bandwidth_gbs(megabytes: int = 512, repeat: int = 5) -> float:
         start = time.perf_counter()
         np.copyto(dst, src)
         times.append(time.perf_counter() - start)
-    return round(2 * src.nbytes / statistics.median(times) / 1e9, 2)
+    return rate(2 * src.nbytes / 1e9, statistics.median(times))
 
 
-def matmul_gflops(threads: int, n: int = 2048, repeat: int = 5) -> float:
+def matmul_gflops(threads: int, n: int = 2048, repeat: int = 5) -> float | None:
     """fp32 GEMM throughput through PyTorch (the reference's own kernels), GFLOP/s."""
     import torch
 
@@ -44,7 +46,7 @@ def matmul_gflops(threads: int, n: int = 2048, repeat: int = 5) -> float:
             times.append(time.perf_counter() - start)
     finally:
         torch.set_num_threads(previous)
-    return round(2 * n**3 / statistics.median(times) / 1e9, 1)
+    return rate(2 * n**3 / 1e9, statistics.median(times))
 
 
 def vision_gflop_per_video(preset_name: str = "full") -> float:

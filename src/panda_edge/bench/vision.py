@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.bench.timing import BELOW_RESOLUTION, median_s, rate, significant, time_ratio
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.config import ModelConfig, preset
 from panda_edge.parity.clips import clip_frames
@@ -58,10 +59,12 @@ def machine_info() -> dict[str, Any]:
     }
 
 
-def interleaved_runs(runs: dict[str, Callable[[], object]], repeat: int, warmup: int = 1) -> dict[str, Any]:
-    """Milliseconds of `repeat` runs of each engine after `warmup` untimed ones, one run of each per
+def interleaved_runs(
+    runs: dict[str, Callable[[], object]], repeat: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds of `repeat` runs of each engine after `warmup` untimed ones, one run of each per
     round: load from other work on the machine then slows every engine alike, not whichever ran
-    while it lasted."""
+    while it lasted. Unrounded: ratios are computed from these, and rounding comes last."""
     for _ in range(warmup):
         for run in runs.values():
             run()
@@ -70,16 +73,33 @@ def interleaved_runs(runs: dict[str, Callable[[], object]], repeat: int, warmup:
         for name, run in runs.items():
             start = time.perf_counter()
             run()
-            times[name].append((time.perf_counter() - start) * 1000)
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def summary_ms(runs_s: list[float]) -> dict[str, Any]:
+    """The report's view of one engine's runs: milliseconds to 4 significant digits (never 0 for a
+    run that took any measurable time)."""
     return {
-        name: {
-            "median_ms": round(statistics.median(t), 1),
-            "min_ms": round(min(t), 1),
-            "max_ms": round(max(t), 1),
-            "runs_ms": [round(x, 1) for x in t],
-        }
-        for name, t in times.items()
+        "median_ms": significant(statistics.median(runs_s) * 1e3),
+        "min_ms": significant(min(runs_s) * 1e3),
+        "max_ms": significant(max(runs_s) * 1e3),
+        "runs_ms": [significant(x * 1e3) for x in runs_s],
     }
+
+
+def ratios(times: dict[str, list[float]], pairs: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """{key: median of the first / median of the second} from unrounded times; a ratio whose time
+    is too short to measure is None, and `unmeasured` says why."""
+    result: dict[str, Any] = {}
+    unmeasured = {}
+    for key, (slow, fast) in pairs.items():
+        result[key] = time_ratio(median_s(times[slow]), median_s(times[fast]))
+        if result[key] is None:
+            unmeasured[key] = BELOW_RESOLUTION
+    if unmeasured:
+        result["unmeasured"] = unmeasured
+    return result
 
 
 BACKENDS = {
@@ -148,19 +168,21 @@ def bench_vision(
     vision = {
         name: {
             "backend": BACKENDS[name] + ("" if name == "torch" else f", {provider}, {threads} threads"),
-            **t,
+            **summary_ms(t),
         }
         for name, t in times.items()
     }
+    pairs = {"ratio_ort_vs_torch": ("torch", "ort")}
+    if int8:
+        pairs["ratio_ort_int8_vs_torch"] = ("torch", "ort_int8")
+        pairs["ratio_ort_int8_vs_ort"] = ("ort", "ort_int8")
+        pairs["ratio_ort_int8_tensorrt_vs_torch"] = ("torch", "ort_int8_tensorrt")
     result: dict[str, Any] = {
         "vision": vision,
-        "ratio_ort_vs_torch": _ratio(times, "torch", "ort"),
+        **ratios(times, pairs),
         "ratio_definition": "median of the first / median of the second (above 1: the second is faster)",
     }
     if int8:
-        result["ratio_ort_int8_vs_torch"] = _ratio(times, "torch", "ort_int8")
-        result["ratio_ort_int8_vs_ort"] = _ratio(times, "ort", "ort_int8")
-        result["ratio_ort_int8_tensorrt_vs_torch"] = _ratio(times, "torch", "ort_int8_tensorrt")
         result["gemm_ceiling"] = ceiling
         result["int8"] = {
             **calibration,
@@ -223,17 +245,23 @@ def gemm_ceiling(repeat: int, rows: int = 2184, width: int = 4096, seed: int = 0
     times = interleaved_runs(
         {name: (lambda s=s: s.run(None, {"x": x})) for name, s in sessions.items()}, repeat
     )
+    return gemm_report(times, rows, width)
+
+
+def gemm_report(times: dict[str, list[float]], rows: int, width: int) -> dict[str, Any]:
+    """The GEMM ceiling's numbers from its unrounded run times (seconds): medians, GOP/s, the ratio."""
     ops = 2 * rows * width * width
-    return {
+    medians = {name: median_s(t) for name, t in times.items()}
+    report: dict[str, Any] = {
         "shape": f"({rows} x {width}) @ ({width} x {width})",
-        **{f"{name}_median_ms": t["median_ms"] for name, t in times.items()},
-        **{f"{name}_gop_s": round(ops / t["median_ms"] / 1e6, 1) for name, t in times.items()},
-        "ratio_int8_vs_fp32": _ratio(times, "fp32", "int8_u8s8"),
+        **{f"{name}_median_ms": significant(m * 1e3) for name, m in medians.items()},
+        **{f"{name}_gop_s": rate(ops / 1e9, m) for name, m in medians.items()},
+        **ratios(times, {"ratio_int8_vs_fp32": ("fp32", "int8_u8s8")}),
     }
-
-
-def _ratio(times: dict[str, dict[str, Any]], slow: str, fast: str) -> float:
-    return round(times[slow]["median_ms"] / times[fast]["median_ms"], 3)
+    unmeasured = {key: BELOW_RESOLUTION for key, value in report.items() if value is None}
+    if unmeasured:
+        report["unmeasured"] = {**report.get("unmeasured", {}), **unmeasured}
+    return report
 
 
 def _int8_entry(result: Any) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -43,8 +44,15 @@ def handle_errors(func: F) -> F:
 
 
 def emit_json(data: Any, path: Path | None = None) -> None:
-    """Write one JSON document to `path` (atomically), or to stdout when `path` is None or '-'."""
-    text = json.dumps(data, indent=2, default=str) + "\n"
+    """Write one JSON document to `path` (atomically), or to stdout when `path` is None or '-'.
+
+    Strict JSON: a NaN or infinity is a bug in whatever made `data` (a report says None and why
+    instead), so it raises naming the key rather than writing a document that parsers refuse.
+    """
+    try:
+        text = json.dumps(data, indent=2, default=str, allow_nan=False) + "\n"
+    except ValueError:
+        raise ValueError(f"not finite, cannot be written as JSON: {_non_finite(data) or data!r}") from None
     if path is None or str(path) == "-":
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -53,6 +61,25 @@ def emit_json(data: Any, path: Path | None = None) -> None:
 
     with atomic_path(Path(path)) as tmp:
         tmp.write_text(text)
+
+
+def _non_finite(data: Any, where: str = "") -> str | None:
+    """The key path of the first NaN or infinity in `data` ('vision.ort.median_ms = nan'), if any."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return f"{where or '(document)'} = {data}"
+    items = (
+        data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list | tuple) else ()
+    )
+    for key, value in items:
+        found = _non_finite(value, f"{where}.{key}" if where else str(key))
+        if found:
+            return found
+    return None
+
+
+def number(value: float | None, spec: str, missing: str = "n/a") -> str:
+    """`value` formatted by `spec`, or `missing` for a number a report could not measure (None)."""
+    return missing if value is None else format(value, spec)
 
 
 def check_choice(what: str, value: str, options: Sequence[str]) -> None:

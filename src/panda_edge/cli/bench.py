@@ -15,6 +15,7 @@ from panda_edge.cli._common import (
     emit_result,
     handle_errors,
     json_to_stdout,
+    number,
     out,
     reference_precision,
     step_printer,
@@ -70,14 +71,15 @@ def vision(
         return
     for name, e in result["vision"].items():
         out.print(
-            f"{name:>17}: median {e['median_ms']:.0f} ms (min {e['min_ms']:.0f}, max {e['max_ms']:.0f})"
+            f"{name:>17}: median {e['median_ms']:.1f} ms (min {e['min_ms']:.1f}, max {e['max_ms']:.1f})"
         )
-    out.print(f"ONNX Runtime fp32 vs PyTorch: {result['ratio_ort_vs_torch']:.2f}x")
+    out.print(f"ONNX Runtime fp32 vs PyTorch: {number(result['ratio_ort_vs_torch'], '.2f')}x")
     if int8:
         parity = result["int8"]["stab_int8"]["cpu"]
         out.print(
-            f"ONNX Runtime INT8 vs PyTorch: {result['ratio_ort_int8_vs_torch']:.2f}x "
-            f"(vs ONNX Runtime fp32 {result['ratio_ort_int8_vs_ort']:.2f}x); INT8 tokens vs PyTorch: "
+            f"ONNX Runtime INT8 vs PyTorch: {number(result['ratio_ort_int8_vs_torch'], '.2f')}x "
+            f"(vs ONNX Runtime fp32 {number(result['ratio_ort_int8_vs_ort'], '.2f')}x); "
+            "INT8 tokens vs PyTorch: "
             f"cosine mean {parity['cosine_mean']:.5f}, min {parity['cosine_min']:.5f}; "
             f"float groups: {', '.join(result['int8']['float_groups']) or 'none'}"
         )
@@ -112,7 +114,9 @@ def llm(
         return
     for name, r in result["llm"].items():
         prefill, decode = r["prefill_tok_s"], r["decode_tok_s"]
-        out.print(f"{name:>18}: prefill {prefill:8.1f} tok/s, decode {decode:6.1f} tok/s")
+        out.print(
+            f"{name:>18}: prefill {number(prefill, '8.1f')} tok/s, decode {number(decode, '6.1f')} tok/s"
+        )
 
 
 @app.command()
@@ -149,12 +153,12 @@ def e2e(
         return
     for name, r in result["e2e"].items():
         out.print(
-            f"{name:>8}: first question {r['ttft_first_ms']:.0f} ms to first token, follow-up "
-            f"{r['ttft_followup_ms']:.0f} ms, decode {r['decode_tok_s']:.1f} tok/s, "
+            f"{name:>8}: first question {number(r['ttft_first_ms'], '.0f')} ms to first token, follow-up "
+            f"{number(r['ttft_followup_ms'], '.0f')} ms, decode {number(r['decode_tok_s'], '.1f')} tok/s, "
             f"peak RSS {r['peak_rss_mb']:.0f} MB"
         )
     ratio = result["ratios"]["runtime_followup_vs_first_ttft"]
-    out.print(f"runtime follow-up / first TTFT: {ratio:.1%} (goal <= 10%)")
+    out.print(f"runtime follow-up / first TTFT: {number(ratio, '.1%')} (goal <= 10%)")
 
 
 @app.command(name="all")
@@ -188,14 +192,17 @@ def all_benchmarks(
     if emit_result(result, json_out):
         return
     for name, ratio in result["ratios"]["vision_vs_torch"].items():
-        out.print(f"vision {name:>10}: {result['vision'][name]['median_ms']:8.0f} ms  ({ratio:.2f}x torch)")
+        median = result["vision"][name]["median_ms"]
+        out.print(f"vision {name:>10}: {median:8.0f} ms  ({number(ratio, '.2f')}x torch)")
     for name, r in result["llm"].items():
         out.print(
-            f"llm {name:>16}: prefill {r['prefill_tok_s']:8.1f} tok/s, decode {r['decode_tok_s']:6.1f} tok/s"
+            f"llm {name:>16}: prefill {number(r['prefill_tok_s'], '8.1f')} tok/s, "
+            f"decode {number(r['decode_tok_s'], '6.1f')} tok/s"
         )
     for name, r in result["e2e"].items():
         out.print(
-            f"e2e {name:>8}: TTFT first {r['ttft_first_ms']:.0f} ms, follow-up {r['ttft_followup_ms']:.0f} ms"
+            f"e2e {name:>8}: TTFT first {number(r['ttft_first_ms'], '.0f')} ms, "
+            f"follow-up {number(r['ttft_followup_ms'], '.0f')} ms"
         )
     memory = result["gguf_memory"]
     out.print(

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, out
+from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, number, out
 
 BundleOpt = Annotated[Path, typer.Option("--bundle", help="Bundle directory written by panda export.")]
 VideoArg = Annotated[Path, typer.Argument(help="Video file (mp4, mkv, webm, avi, mov, gif).")]
@@ -221,5 +221,5 @@ def _print_piece(piece: str) -> None:
 def _timing_line(answer) -> str:
     parts = [f"first token {answer.ttft_s * 1e3:.0f} ms (prefix {answer.prefix})"]
     parts += [f"{name} {seconds * 1e3:.0f} ms" for name, seconds in answer.timings_s.items()]
-    parts.append(f"{len(answer.tokens)} tokens, {answer.decode_tok_s:.1f} tok/s")
+    parts.append(f"{len(answer.tokens)} tokens, {number(answer.decode_tok_s, '.1f')} tok/s")
     return "  ".join(parts)

@@ -8,11 +8,12 @@ frame count against the prompt's `<image>` places.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from panda_edge.bundle import load_manifest
+from panda_edge.bundle import TOKENIZER_FILE, bundle_file, load_manifest, manifest_value
 from panda_edge.errors import BundleError
 
 # Preference when a bundle holds several GGUF types and none is asked for.
@@ -40,7 +41,10 @@ class BundleParts:
 
 
 def open_bundle(bundle: str | Path, gguf_type: str | None = None, precision: str = "fp32") -> BundleParts:
-    """Resolve the bundle's GGUF (`gguf_type`, or the preferred one it holds) and vision graph."""
+    """Resolve the bundle's GGUF (`gguf_type`, or the preferred one it holds) and vision graph.
+
+    Every file comes through `bundle_file`: inside the bundle and hash-checked, or refused.
+    """
     root = Path(bundle)
     manifest = load_manifest(root)
     if precision not in VISION_PRECISIONS:
@@ -63,31 +67,43 @@ def open_bundle(bundle: str | Path, gguf_type: str | None = None, precision: str
         int8 = manifest.get("vision_int8")
         if not int8:
             raise BundleError(f"{root}: no INT8 vision graph; run panda calibrate --bundle {root}")
-        onnx = root / int8.get("cpu_file", int8["file"])
+        onnx = bundle_file(
+            root, manifest, "vision_int8.cpu_file" if "cpu_file" in int8 else "vision_int8.file"
+        )
     else:
-        onnx = root / manifest["vision"]["file"]
-    prompt = manifest.get("prompt")
-    frames = int(manifest["model"]["vision"]["video_frames"])
-    if prompt and (root / prompt).is_file():
-        import json
-
-        frames = int(json.loads((root / prompt).read_text(encoding="utf-8")).get("frames", frames))
-    width = int(manifest["vision"]["outputs"]["visual_tokens"]["shape"][-1])
-    if width != int(manifest["model"]["llm"]["hidden_size"]):
+        onnx = bundle_file(root, manifest, "vision.file")
+    gguf = bundle_file(root, manifest, f"llm.gguf.{gguf_type}.file")
+    tokenizer = bundle_file(root, manifest, "tokenizer", default=TOKENIZER_FILE)
+    frames = int(manifest_value(manifest, "model.vision.video_frames", root))
+    if manifest.get("prompt"):
+        frames = int(_read_json(bundle_file(root, manifest, "prompt")).get("frames", frames))
+    width = int(manifest_value(manifest, "vision.outputs.visual_tokens.shape", root)[-1])
+    hidden = int(manifest_value(manifest, "model.llm.hidden_size", root))
+    if width != hidden:
         raise BundleError(
             f"{root}: the vision graph gives tokens of width {width} but the model's LLM is "
-            f"{manifest['model']['llm']['hidden_size']} wide; export both parts from one checkpoint"
+            f"{hidden} wide; export both parts from one checkpoint"
         )
     return BundleParts(
         root=root,
         manifest=manifest,
         gguf_type=gguf_type,
-        gguf=root / ggufs[gguf_type]["file"],
+        gguf=gguf,
         vision_precision=precision,
         vision_onnx=onnx,
-        tokenizer=root / manifest.get("tokenizer", "tokenizer.model"),
+        tokenizer=tokenizer,
         frames=frames,
     )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not readable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: not a JSON object")
+    return data
 
 
 def check_fit(parts: BundleParts, n_embd: int, n_vocab: int, tokenizer_vocab: int, graph_frames: int) -> None:

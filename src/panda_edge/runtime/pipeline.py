@@ -17,9 +17,11 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.bench.timing import rate
+from panda_edge.bundle import manifest_value
 from panda_edge.config import VisionConfig
 from panda_edge.cores import available_cores
-from panda_edge.errors import PandaError, VideoError
+from panda_edge.errors import BundleError, PandaError, VideoError
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
 from panda_edge.runtime.llm.decoder import LlamaDecoder
 from panda_edge.runtime.parts import VISION_BACKENDS, BundleParts, check_fit, open_bundle
@@ -42,18 +44,28 @@ class Answer:
     timings_s: dict[str, float] = field(default_factory=dict)  # decode_video, vision, prefill, question
 
     @property
-    def decode_tok_s(self) -> float:
-        return (len(self.tokens) - 1) / self.decode_s if len(self.tokens) > 1 and self.decode_s > 0 else 0.0
+    def decode_tok_s(self) -> float | None:
+        """None when there is no decode rate: one token, or a decode too short for the timer."""
+        return rate(len(self.tokens) - 1, self.decode_s) if len(self.tokens) > 1 else None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.text,
             "tokens": len(self.tokens),
             "ttft_ms": round(self.ttft_s * 1e3, 2),
-            "decode_tok_s": round(self.decode_tok_s, 2),
+            "decode_tok_s": None if self.decode_tok_s is None else round(self.decode_tok_s, 2),
             "prefix": self.prefix,
             "timings_ms": {k: round(v * 1e3, 2) for k, v in self.timings_s.items()},
         }
+
+
+def _vision_config(fields: Any, root: Path) -> VisionConfig:
+    """The manifest's `model.vision` as a VisionConfig; a field missing or unknown is a BundleError."""
+    try:
+        return VisionConfig(**fields)
+    except TypeError as exc:  # a missing or unexpected field, or not a mapping
+        message = f"{root}: the manifest's 'model.vision' does not fit ({exc}); export again"
+        raise BundleError(message) from None
 
 
 def open_vision(parts: BundleParts, backend: str, checkpoint: str | None = None) -> VisionBackend:
@@ -118,11 +130,12 @@ class VideoRuntime:
     ) -> None:
         self.parts = open_bundle(bundle, gguf_type, precision)
         self.vision_name = vision
-        self.vision_config = VisionConfig(**self.parts.manifest["model"]["vision"])
+        manifest, root = self.parts.manifest, self.parts.root
+        self.vision_config = _vision_config(manifest_value(manifest, "model.vision", root), root)
         self.tokenizer = PromptTokenizer(self.parts.tokenizer)
         threads = threads or available_cores()
         n_ctx = n_ctx or min(
-            DEFAULT_N_CTX, int(self.parts.manifest["model"]["llm"]["max_position_embeddings"])
+            DEFAULT_N_CTX, int(manifest_value(manifest, "model.llm.max_position_embeddings", root))
         )
         if n_gpu_layers == 0:
             check_runtime_memory(self.parts, n_ctx, kv_cache)
@@ -140,10 +153,10 @@ class VideoRuntime:
         except BaseException:
             self.close()
             raise
-        files = self.parts.manifest["files"]
+        files = manifest["files"]  # open_bundle took both from it: listed, and their hashes checked
         self.identity = {
-            "gguf": files[self.parts.gguf.name]["sha256"],
-            "vision": files[self.parts.vision_onnx.name]["sha256"],
+            "gguf": files[self.parts.gguf.relative_to(root).as_posix()]["sha256"],
+            "vision": files[self.parts.vision_onnx.relative_to(root).as_posix()]["sha256"],
             "backend": f"{vision}-{precision}",
             "kv_cache": kv_cache,
         }

@@ -1,8 +1,23 @@
 """Write RGB frames to a real video file.
 
 Used by the tests and by the toy-world generator, so both exercise the same
-container/codec paths that users' files go through. Output is byte-for-byte
-deterministic for the same frames, codec and FFmpeg build.
+container/codec paths that users' files go through. H.264 output is a pure function of the frames
+and the FFmpeg/x264 build: not of the CPU, the core count or the load. Three things made it
+depend on the machine, and all are pinned here:
+
+- The bytes right of the picture in each plane row: PyAV leaves them uninitialized and x264's
+  SIMD reads some (setting them made repeated encodes identical), so on an AVX-512 CPU one process
+  encoding the same frames twice could write two files, and toy-world videos differed between
+  workers=1 and one worker per core. Every plane byte is set here.
+- x264's hand-written SIMD itself: with clean input, its AVX-512, AVX2 and C code still gave three
+  different streams for some toy videos (the SIMD kernels are not all bit-exact with C). `asm=0`
+  runs the C code, which every CPU computes alike (~1.7x slower: ~21 ms instead of ~12 ms per toy
+  video).
+- swscale's RGB -> YUV conversion, which has CPU-specific code paths. Frames are converted here in
+  integer numpy (BT.601 limited range, 2x2 chroma average) and handed to the encoder as yuv420p.
+
+Threads: one encoder thread (`threads=1`, no sliced threads, one lookahead thread); x264 writes
+these settings into the stream's SEI, which the tests read back.
 """
 
 from __future__ import annotations
@@ -27,8 +42,13 @@ _CODEC_BY_SUFFIX = {
 }
 
 # One encoder thread: x264/libvpx output can depend on the thread count, which differs between machines.
+# x264: C code only (asm=0), one thread that also does the lookahead, no slices (see the module doc).
 _CODEC_OPTIONS = {
-    "libx264": {"preset": "medium", "threads": "1"},
+    "libx264": {
+        "preset": "medium",
+        "threads": "1",
+        "x264-params": "asm=0:threads=1:lookahead-threads=1:sliced-threads=0",
+    },
     "libvpx-vp9": {"threads": "1"},
     "libvpx": {"threads": "1"},
     "mpeg4": {"threads": "1"},
@@ -105,6 +125,9 @@ def _encode(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str, widt
         stream = container.add_stream(codec, rate=fps, options=_CODEC_OPTIONS.get(codec, {}))
         stream.width, stream.height = width, height
         stream.pix_fmt = "pal8" if codec == "gif" else "yuv420p"
+        # PyAV's own default is one thread per CPU, slice-threaded; `threads` above overrides the
+        # count when the codec opens, and this makes the choice visible before it does.
+        stream.codec_context.thread_count = 1
         for i, rgb in enumerate(frames):
             frame = _to_av_frame(rgb, stream.pix_fmt)
             frame.pts, frame.time_base = i, time_base
@@ -113,10 +136,42 @@ def _encode(path: Path, frames: Sequence[np.ndarray], fps: int, codec: str, widt
 
 
 def _to_av_frame(rgb: np.ndarray, pix_fmt: str) -> av.VideoFrame:
-    """Swscale cannot convert to pal8, so GIF frames get their palette here."""
+    """The encoder's input frame, converted here rather than by swscale (see the module doc)."""
     if pix_fmt == "pal8":
         return av.VideoFrame.from_ndarray(_to_pal8(rgb), format="pal8")
-    return av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    frame = av.VideoFrame(rgb.shape[1], rgb.shape[0], "yuv420p")
+    for plane, values in zip(frame.planes, rgb_to_yuv420(rgb), strict=True):
+        _fill_plane(plane, values)
+    return frame
+
+
+# BT.601, limited range, in 1/256ths: what decoders assume for a stream that does not say (as ours).
+_RGB_TO_Y = np.array([66, 129, 25], dtype=np.int32)
+_RGB_TO_U = np.array([-38, -74, 112], dtype=np.int32)
+_RGB_TO_V = np.array([112, -94, -18], dtype=np.int32)
+
+
+def rgb_to_yuv420(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(H, W, 3) uint8 RGB -> Y (H, W), U and V (ceil(H/2), ceil(W/2)) uint8, in integers only.
+
+    Chroma is the rounded mean of each 2x2 block's (odd sizes: the edge is repeated). Integer
+    arithmetic gives the same bytes on every CPU, which swscale's SIMD paths do not promise.
+    """
+    pixels = rgb.astype(np.int32)
+    y = ((pixels @ _RGB_TO_Y + 128) >> 8) + 16
+    h, w = rgb.shape[:2]
+    even = np.pad(pixels, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    blocks = even.reshape(even.shape[0] // 2, 2, even.shape[1] // 2, 2, 3).sum(axis=(1, 3))  # 4x the mean
+    u = ((blocks @ _RGB_TO_U + 512) >> 10) + 128
+    v = ((blocks @ _RGB_TO_V + 512) >> 10) + 128
+    return tuple(np.clip(c, 0, 255).astype(np.uint8) for c in (y, u, v))  # type: ignore[return-value]
+
+
+def _fill_plane(plane: av.video.plane.VideoPlane, values: np.ndarray) -> None:
+    """Write every byte of the plane, the padding right of the picture too (repeating the last
+    column): a frame from PyAV is uninitialized memory, and an encoder's SIMD may read past the edge."""
+    padded = np.pad(values, ((0, 0), (0, plane.line_size - values.shape[1])), mode="edge")
+    plane.update(padded.tobytes())
 
 
 def _to_pal8(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from panda_edge.bundle import MANIFEST_FILE, extend_manifest, load_manifest
+from panda_edge.bundle import MANIFEST_FILE, bundle_file, checked_path, extend_manifest, load_manifest
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.trt.device import TrtUnavailable, trt_status
 from panda_edge.export.trt.recipe import DEFAULT_WORKSPACE_MB, Recipe, engine_file_name, recipe_for
@@ -87,7 +87,7 @@ def build_engine(
     recipe = recipe_for(manifest, family_for(version), precision, bundle=str(bundle))
     step(f"TensorRT {version} on {status.gpu}: {recipe.onnx_file} -> {precision} engine")
     data = build_serialized_engine(
-        bundle / recipe.onnx_file,
+        checked_path(bundle, manifest, recipe.onnx_file, f"'{recipe.graph_key}.file'"),
         recipe,
         workspace_mb,
         Path(timing_cache) if timing_cache is not None else None,
@@ -104,7 +104,7 @@ def build_engine(
         recipe=recipe,
         version=version,
         gpu=status.gpu,
-        source_sha256=manifest["files"][recipe.onnx_file]["sha256"],
+        source_sha256=_source_sha256(bundle, manifest, recipe),
         inputs=inputs,
         outputs=outputs,
         workspace_mb=workspace_mb,
@@ -170,7 +170,7 @@ def register_engine(
         recipe=recipe,
         version=version,
         gpu=gpu,
-        source_sha256=manifest["files"][recipe.onnx_file]["sha256"],
+        source_sha256=_source_sha256(bundle, manifest, recipe),
         inputs=inputs,
         outputs=outputs,
         workspace_mb=workspace,
@@ -233,6 +233,12 @@ def _move_into(source: Path, target: Path) -> None:
     os.unlink(source)
 
 
+def _source_sha256(bundle: Path, manifest: dict[str, Any], recipe: Recipe) -> str:
+    """The verified hash of the graph an engine is built from (refused when the manifest never hashed it)."""
+    checked_path(bundle, manifest, recipe.onnx_file, f"'{recipe.graph_key}.file'")
+    return manifest["files"][recipe.onnx_file]["sha256"]
+
+
 # --- panda export --target trt ----------------------------------------------------------------------
 
 
@@ -244,7 +250,7 @@ def write_fp16_graph(bundle: Path, manifest: dict[str, Any], on_step: Step = Non
     vision = manifest["vision"]
     _step(on_step)(f"writing {FP16_ONNX_FILE} (fp16, LayerNorm in fp32) for strongly typed TensorRT")
     with atomic_path(bundle / FP16_ONNX_FILE) as tmp:
-        convert_file(bundle / vision["file"], tmp)
+        convert_file(bundle_file(bundle, manifest, "vision.file"), tmp)
         problems = check_onnx(tmp, vision["profile"])
         if problems:
             raise CheckFailed(

@@ -5,10 +5,11 @@ Parity and benchmarks use this; the chat runtime will add embeddings input on to
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,55 +36,67 @@ def load_llama(
         raise BundleError(f"{path}: no such GGUF file")
     if kv_cache not in KV_TYPES:
         raise PandaError(f"unknown KV cache type '{kv_cache}'; choose one of: {', '.join(KV_TYPES)}")
-    with _model_defaults(lib, use_extra_bufts=not amx_cpu()):
-        return lib.Llama(
-            model_path=str(path),
-            n_ctx=n_ctx,
-            n_batch=n_batch,
-            n_ubatch=min(n_batch, 512),
-            n_threads=threads,
-            n_threads_batch=threads,
-            n_gpu_layers=n_gpu_layers,
-            logits_all=logits_all,
-            vocab_only=vocab_only,
-            type_k=KV_TYPES[kv_cache],
-            type_v=KV_TYPES[kv_cache],
-            flash_attn=kv_cache == "q8_0",
-            verbose=False,
-        )
-
-
-@cache
-def amx_cpu() -> bool:
-    """Whether this llama.cpp build runs its AMX kernels (Intel Xeon since Sapphire Rapids).
-
-    Its AMX buffer type crashes on our q8_0 and q4_k_m GGUFs (a segmentation fault in the first
-    decode, measured with llama-cpp-python 0.3.36 on a Xeon with AMX_INT8; llama.cpp issues #20824,
-    #16315 report crashes and wrong results there), so on such CPUs the decoder does without it.
-    """
-    return "AMX_INT8 = 1" in llama_cpp().llama_print_system_info().decode(errors="replace")
+    try:
+        with _plain_cpu_buffers(lib):
+            return lib.Llama(
+                model_path=str(path),
+                n_ctx=n_ctx,
+                n_batch=n_batch,
+                n_ubatch=min(n_batch, 512),
+                n_threads=threads,
+                n_threads_batch=threads,
+                n_gpu_layers=n_gpu_layers,
+                logits_all=logits_all,
+                vocab_only=vocab_only,
+                type_k=KV_TYPES[kv_cache],
+                type_v=KV_TYPES[kv_cache],
+                flash_attn=kv_cache == "q8_0",
+                verbose=False,
+            )
+    except ValueError as exc:  # llama-cpp-python's only report of a failed load; the reason went to stderr
+        raise _load_error(path, exc, n_ctx, n_gpu_layers, kv_cache) from None
 
 
 @contextmanager
-def _model_defaults(lib, use_extra_bufts: bool) -> Iterator[None]:
-    """llama-cpp-python's `Llama` does not expose `use_extra_bufts` (AMX and repacked weight layouts);
-    it starts from `llama_model_default_params()`, so this load gets defaults with it turned off."""
-    binding = lib.llama_cpp
-    original = binding.llama_model_default_params
-    if use_extra_bufts or not hasattr(original(), "use_extra_bufts"):
+def _plain_cpu_buffers(lib: Any) -> Iterator[None]:
+    """Load weights into plain CPU buffers on CPUs with AMX: llama.cpp's AMX matmul (an "extra buffer
+    type" it repacks q8_0/q4 weights into) segfaults in llama_decode on the tiny model's small
+    matrices (ggml-org/llama.cpp#20824, open), so the same bundle crashed on a Sapphire Rapids CPU
+    and ran elsewhere. llama-cpp-python does not pass `use_extra_bufts` through, so its default
+    model parameters are adjusted while one Llama loads. Elsewhere nothing changes."""
+    if b"AMX_INT8 = 1" not in lib.llama_print_system_info():
         yield
         return
+    module = sys.modules[lib.Llama.__module__].llama_cpp  # what llama.py calls
+    defaults = module.llama_model_default_params
 
-    def defaults():
-        params = original()
+    def without_extra_buffers():
+        params = defaults()
         params.use_extra_bufts = False
         return params
 
-    binding.llama_model_default_params = defaults
+    module.llama_model_default_params = without_extra_buffers
     try:
         yield
     finally:
-        binding.llama_model_default_params = original
+        module.llama_model_default_params = defaults
+
+
+def _load_error(path: Path, exc: ValueError, n_ctx: int, n_gpu_layers: int, kv_cache: str) -> PandaError:
+    """What to do about llama-cpp-python's ValueError: its message says which step failed."""
+    message = str(exc)
+    if "llama_context" in message:  # the weights loaded; the KV cache and buffers for n_ctx did not fit
+        return PandaError(
+            f"{path}: llama.cpp could not create a context of {n_ctx} tokens ({kv_cache} KV cache, "
+            f"{n_gpu_layers} layers on the GPU): not enough memory for it. Use a smaller --n-ctx, fewer "
+            "--n-gpu-layers, --kv-cache q8_0, or a smaller GGUF (--gguf-type q4_k_m)"
+        )
+    if "load model" in message:
+        return BundleError(
+            f"{path}: llama.cpp cannot load it ({message}): a truncated file, a GGUF this llama.cpp is "
+            "too old for, or too little memory for its weights (try a smaller GGUF or fewer --n-gpu-layers)"
+        )
+    return PandaError(f"{path}: llama.cpp failed to load it ({message})")
 
 
 class LlamaCppModel:

@@ -73,7 +73,7 @@ class OrtVisionEngine(VisionBackend):
     ) -> OrtVisionEngine:
         """The bundle's graph of `precision` (fp32, int8, int8-tensorrt), after its manifest's hashes
         are checked."""
-        from panda_edge.bundle import load_manifest
+        from panda_edge.bundle import bundle_file, load_manifest
 
         if precision not in PRECISIONS:
             raise PandaError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
@@ -82,7 +82,7 @@ class OrtVisionEngine(VisionBackend):
         if section not in manifest:
             hint = "run panda calibrate on it" if section == "vision_int8" else "export it with --target onnx"
             raise BundleError(f"{bundle}: the bundle has no {precision} vision graph; {hint}")
-        return cls(Path(bundle) / manifest[section][key], providers, qdq_in_float=qdq_in_float)
+        return cls(bundle_file(bundle, manifest, f"{section}.{key}"), providers, qdq_in_float=qdq_in_float)
 
     def _activate(self) -> None:
         ort = require("onnxruntime", extra="full")

@@ -19,7 +19,7 @@ import numpy as np
 
 from panda_edge.errors import BundleError
 from panda_edge.export.trt.device import TrtStatus, TrtUnavailable, cuda_check, cudart, tensorrt, trt_status
-from panda_edge.export.trt.record import select_engine
+from panda_edge.export.trt.record import ENGINES_KEY, select_engine
 from panda_edge.export.trt.versions import TrtVersion
 from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS, TensorSpec, VisionBackend
 from panda_edge.runtime.vision.layout import TokenLayout
@@ -30,12 +30,15 @@ def trt_available(device: int = 0) -> TrtStatus:
     return trt_status(device)
 
 
-def layout_from_manifest(manifest: dict[str, Any]) -> TokenLayout:
+def layout_from_manifest(manifest: dict[str, Any], bundle: str | Path | None = None) -> TokenLayout:
     """The graph geometry from the manifest (a device has no onnx package to read the graph's metadata)."""
-    v = manifest["model"]["vision"]
-    hidden = manifest["vision"]["outputs"][VISUAL_TOKENS]["shape"][-1]
+    from panda_edge.bundle import manifest_value
+
+    bundle = bundle or "BUNDLE"
+    hidden = manifest_value(manifest, f"vision.outputs.{VISUAL_TOKENS}.shape", bundle)[-1]
     fields = ("video_frames", "image_size", "patch", "conv_stride", "pad_frame_patches")
-    return TokenLayout.from_config(SimpleNamespace(**{k: v[k] for k in fields}), int(hidden))
+    values = {k: manifest_value(manifest, f"model.vision.{k}", bundle) for k in fields}
+    return TokenLayout.from_config(SimpleNamespace(**values), int(hidden))
 
 
 class TrtVisionEngine(VisionBackend):
@@ -53,19 +56,22 @@ class TrtVisionEngine(VisionBackend):
         self._buffers: dict[str, tuple[int, np.ndarray]] = {}  # name -> (device pointer, host array)
 
     def _activate(self) -> None:
-        from panda_edge.bundle import load_manifest
+        from panda_edge.bundle import checked_path, load_manifest
 
         manifest = load_manifest(self.bundle)
+        for key, entry in (manifest.get(ENGINES_KEY) or {}).items():  # before any is chosen, on any machine
+            name = entry.get("file") if isinstance(entry, dict) else None
+            checked_path(self.bundle, manifest, name, f"'{ENGINES_KEY}.{key}.file'")
         status = trt_available(self.device)
         if not status.usable:
             raise TrtUnavailable(f"the trt vision backend cannot run here: {status.reason}")
         record = select_engine(
             manifest, self.precision, TrtVersion.parse(status.tensorrt), status.gpu, bundle=str(self.bundle)
         )
-        self._layout = layout_from_manifest(manifest)
+        self._layout = layout_from_manifest(manifest, self.bundle)
         trt, rt = tensorrt(), cudart()
         cuda_check(rt.cudaSetDevice(self.device))
-        data = (self.bundle / record["file"]).read_bytes()
+        data = checked_path(self.bundle, manifest, record["file"], f"'{ENGINES_KEY}' record").read_bytes()
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)  # outlives the engine
         self._engine = self._runtime.deserialize_cuda_engine(data)
