@@ -382,19 +382,34 @@ def test_a_manifest_missing_a_key_names_it(bundle: Path, toy: Path, tmp_path: Pa
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the address-space limit that keeps this safe is Linux's")
 def test_a_context_too_large_for_memory_says_what_to_do(bundle: Path, toy: Path) -> None:
-    """llama-cpp-python's ValueError('Failed to create llama_context') for a 10**9-token KV cache (~1 TB
-    for the tiny model), through the real llama.cpp. In a child process limited to 8 GiB of address
-    space, so the allocation fails on any machine, whatever its overcommit policy."""
+    """`panda run` refuses a 10**9-token context before loading (the memory check); below it,
+    llama-cpp-python's ValueError('Failed to create llama_context') from the real llama.cpp becomes a
+    message too (in a child process limited to 8 GiB of address space, so the allocation fails on any
+    machine, whatever its overcommit policy)."""
     video = str(next((toy / "videos").iterdir()))
-    args = ["run", "--bundle", str(bundle), video, "q", "--n-ctx", str(10**9)]
-    code = "import sys, resource\n" + (
+    result = runner.invoke(app, ["run", "--bundle", str(bundle), video, "q", "--n-ctx", str(10**9)])
+    assert result.exit_code == 2 and len(result.stderr.strip().splitlines()) == 1
+    assert "1000000000-position f16 KV cache) needs about" in result.stderr and "--n-ctx" in result.stderr
+    code = (
+        "import sys, resource\n"
+        "from pathlib import Path\n"
         "resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30))\n"
-        "from panda_edge.cli.main import main\nsys.argv = ['panda', *sys.argv[1:]]\nmain()"
+        "from panda_edge.errors import PandaError\n"
+        "from panda_edge.runtime.llm.llamacpp import load_llama\n"
+        "try:\n"
+        "    load_llama(Path(sys.argv[1]), 10**9, 512, 1)\n"
+        "except PandaError as exc:\n"
+        "    print(f'error: {exc}', file=sys.stderr)\n"
+        "    sys.exit(2)\n"
     )
     src = str(Path(__file__).parents[1] / "src")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=300, env=env
+        [sys.executable, "-c", code, str(bundle / "llm.q8_0.gguf")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert done.returncode == 2, done.stderr[-3000:]
     lines = [line for line in done.stderr.splitlines() if line.startswith("error:")]

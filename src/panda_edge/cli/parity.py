@@ -111,14 +111,14 @@ def parity(
             if not stab:
                 failed.append(f"{level} parity failed: {_overall(stab)}")
     if ggufs and "tokenizer" in wanted:
-        tokenizer = _tokenizer_level(checkpoint, bundle, ggufs)
+        tokenizer = _tokenizer_level(checkpoint, bundle, manifest)
         result["tokenizer"] = tokenizer.to_dict()
         if not quiet:
             out.print(str(tokenizer))
         if not tokenizer.passed:
             failed.append(str(tokenizer))
     if ggufs and "llm" in wanted:
-        llm = _llm_level(checkpoint, bundle, ggufs, precision, quiet)
+        llm = _llm_level(checkpoint, bundle, manifest, precision, quiet)
         result["llm"] = {t: r.to_dict() for t, r in llm.items()}
         if not quiet:
             for r in llm.values():
@@ -203,8 +203,9 @@ def _print_stab(level: str, stab: Any) -> None:
         out.print(str(part.overall))
 
 
-def _tokenizer_level(checkpoint: str, bundle: Path, ggufs: dict[str, Any]):
+def _tokenizer_level(checkpoint: str, bundle: Path, manifest: dict[str, Any]):
     """llama.cpp's ids (a GGUF's vocabulary only) vs SentencePiece's: no weights are loaded."""
+    from panda_edge.bundle import bundle_file
     from panda_edge.lazy import llama_cpp
     from panda_edge.model.checkpoint import TOKENIZER_FILE
     from panda_edge.model.videopanda import resolve_checkpoint
@@ -212,15 +213,17 @@ def _tokenizer_level(checkpoint: str, bundle: Path, ggufs: dict[str, Any]):
 
     llama_cpp()
     tokenizer_file = resolve_checkpoint(checkpoint) / TOKENIZER_FILE
-    gguf = bundle / (ggufs.get("f32") or next(iter(ggufs.values())))["file"]
+    ggufs = manifest["llm"]["gguf"]
+    gguf = bundle_file(bundle, manifest, f"llm.gguf.{'f32' if 'f32' in ggufs else next(iter(ggufs))}.file")
     tokenizer = tokenizer_parity(gguf, tokenizer_file)
     tokenizer.others["transformers_llama_tokenizer"] = hf_tokenizer_agreement(tokenizer_file)
     return tokenizer
 
 
-def _llm_level(checkpoint: str, bundle: Path, ggufs: dict[str, Any], precision: Any, quiet: bool):
+def _llm_level(checkpoint: str, bundle: Path, manifest: dict[str, Any], precision: Any, quiet: bool):
     """Every GGUF type in the bundle against the Llama alone; the reference is freed before llama.cpp
     loads a GGUF. Without an f32 GGUF, an f16 one over float16-stored weights is judged in its place."""
+    from panda_edge.bundle import bundle_file
     from panda_edge.lazy import llama_cpp
     from panda_edge.model.checkpoint import TOKENIZER_FILE
     from panda_edge.model.videopanda import resolve_checkpoint
@@ -235,7 +238,8 @@ def _llm_level(checkpoint: str, bundle: Path, ggufs: dict[str, Any], precision: 
         err.print(f"loading the LLM reference ({precision.dtype}) from {checkpoint}", highlight=False)
     with progress_bar("reference logits", total=len(sequences), enabled=not quiet) as advance:
         reference = reference_logits(directory, sequences, precision, on_sequence=advance)
-    paths = {t: bundle / e["file"] for t, e in ggufs.items()}
+    ggufs = manifest["llm"]["gguf"]
+    paths = {t: bundle_file(bundle, manifest, f"llm.gguf.{t}.file") for t in ggufs}
     standin = _f16_standin(directory, ggufs)
     with progress_bar("llama.cpp logits", total=len(paths), enabled=not quiet) as advance:
         return llm_parity(reference, paths, sequences, on_gguf=advance, f16_standin=standin)

@@ -37,7 +37,7 @@ _KQUANT = {"q4_k_m": "Q4_K", "q5_k_m": "Q5_K"}
 _KQUANT_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
 GGUF_TYPES = (*_PLAIN, *_KQUANT)
 # KV cache element types llama.cpp offers (--cache-type-k/-v); quantized V needs flash attention.
-KV_TYPES = {"f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}
+KV_TYPES = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}  # f32: the parity runs
 
 
 def bytes_per_weight(ggml_type: str) -> float:

@@ -166,6 +166,7 @@ class VideoRuntime:
         self.warnings: list[str] = []  # what went wrong without failing an answer (a full cache disk)
         self._prefix_ids = self.tokenizer.video_prefix_ids(self.parts.frames)
         self._resident: tuple[Any, int] | None = None  # (video identity, prefix length) in the KV cache
+        self._unsaved: tuple[str, Path, int] | None = None  # a computed prefix for the disk cache
 
     # --- lifetime --------------------------------------------------------------------------------
 
@@ -204,6 +205,7 @@ class VideoRuntime:
     def forget_video(self) -> None:
         """Drop the resident video prefix, so the next question computes it again (benchmarks)."""
         self._resident = None
+        self._unsaved = None
         self.decoder.truncate(0)
 
     def encode_video(self, video: Path) -> tuple[list[np.ndarray], dict[str, float]]:
@@ -216,6 +218,19 @@ class VideoRuntime:
         tokens = self.engine.encode(frames)
         return tokens, {"decode_video": decoded - start, "vision": time.perf_counter() - decoded}
 
+    def _save_prefix(self) -> float:
+        """Put a computed prefix into the disk cache (seconds it took). Called after the first answer
+        about the video, so the state holds that turn too; a load cuts it back to the prefix."""
+        if self._unsaved is None or self.disk_cache is None:
+            return 0.0
+        key, video, n_prefix = self._unsaved
+        self._unsaved = None
+        start = time.perf_counter()
+        warning = self.disk_cache.save(key, self.decoder.save_state_file, n_prefix, video)
+        if warning is not None:
+            self.warnings.append(warning)
+        return time.perf_counter() - start
+
     def _enter_video(self, video: Path) -> tuple[str, dict[str, float]]:
         """Make the KV cache hold exactly `video`'s prefix; says how (computed, memory, disk)."""
         stat = video.stat()
@@ -224,11 +239,13 @@ class VideoRuntime:
             self.decoder.truncate(self._resident[1])
             return "memory", {}
         self._resident = None
+        self._unsaved = None
         self.decoder.truncate(0)
         disk_key = self.disk_cache.key(video) if self.disk_cache is not None else None
         if disk_key is not None and (cached := self.disk_cache.load(disk_key)) is not None:
             start = time.perf_counter()
             if self.decoder.load_state_file(cached.state_file, cached.n_past):
+                self.decoder.truncate(cached.n_past)  # the state was saved with its first answer
                 self._resident = (resident_key, cached.n_past)
                 return "disk", {"load_prefix": time.perf_counter() - start}
         visual, timings = self.encode_video(video)
@@ -236,12 +253,8 @@ class VideoRuntime:
         self._feed_prefix(visual)
         timings["prefill"] = time.perf_counter() - start
         self._resident = (resident_key, self.decoder.n_past)
-        if disk_key is not None:
-            start = time.perf_counter()
-            warning = self.disk_cache.save(disk_key, self.decoder.save_state_file, self.decoder.n_past, video)
-            timings["save_prefix"] = time.perf_counter() - start
-            if warning is not None:
-                self.warnings.append(warning)
+        if disk_key is not None:  # saved after this first answer: the first token does not wait for it
+            self._unsaved = (disk_key, video, self.decoder.n_past)
         return "computed", timings
 
     def _feed_prefix(self, visual: list[np.ndarray]) -> None:
@@ -309,6 +322,8 @@ class VideoChat:
             stream.push(token)
         end = time.perf_counter()
         first_token_at = first_token_at or end
+        if saved := runtime._save_prefix():
+            timings["save_prefix"] = saved
         self._position = decoder.n_past
         answer = stream.answer()
         self.turns.append((question, answer))
