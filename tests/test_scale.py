@@ -175,6 +175,25 @@ def test_journey_on_the_released_layout(released: Path, bundle: Path, make_video
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
     assert report["reference"] == {"dtype": "fp32", "device": "cpu", "weights_stored": "float16"}
-    assert report["llm"]["f16"]["passed"] is True and report["llm"]["f16"]["top1_agreement"] >= 0.99
+    f16 = report["llm"]["f16"]
+    assert f16["passed"] is True and f16["required_max_rel"] == 0.01 and f16["top1_agreement"] >= 0.99
+    assert f16["max_abs_diff"] <= 0.01 * f16["reference_max_abs"]
     assert report["e2e"]["gguf"] == "f16" and report["e2e"]["identical_answers"] == 1
     assert report["stab_fp32"]["passed"] is True
+
+
+@needs_llama
+def test_the_f16_standin_catches_a_wrong_export(released: Path, tmp_path: Path) -> None:
+    """Judged by the size of its error, the f16 stand-in still fails an export without the q/k
+    permutation llama.cpp's RoPE needs."""
+    from panda_edge.export.llm_gguf.pipeline import export_gguf
+    from panda_edge.parity.llm import llm_parity, parity_sequences
+    from panda_edge.parity.llm_reference import reference_logits
+    from panda_edge.prompt import PromptTokenizer
+
+    export_gguf(released, tmp_path, "f16", permute=False)
+    sequences = parity_sequences(PromptTokenizer(released / "tokenizer.model"))[:3]
+    wrong = llm_parity(
+        reference_logits(released, sequences), {"f16": tmp_path / "llm.f16.gguf"}, sequences, f16_standin=True
+    )["f16"]
+    assert not wrong.passed and wrong.max_abs_diff > 0.01 * wrong.reference_max_abs
