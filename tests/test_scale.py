@@ -197,3 +197,26 @@ def test_the_f16_standin_catches_a_wrong_export(released: Path, tmp_path: Path) 
         reference_logits(released, sequences), {"f16": tmp_path / "llm.f16.gguf"}, sequences, f16_standin=True
     )["f16"]
     assert not wrong.passed and wrong.max_abs_diff > 0.01 * wrong.reference_max_abs
+
+
+def test_e2e_standin_accepts_a_difference_only_at_a_near_tie(tmp_path: Path) -> None:
+    """The comparison itself: identical tokens pass; a first difference passes for the f16 stand-in
+    only where the reference's top-2 margin is within twice the allowed error, never otherwise."""
+    from panda_edge.parity.e2e import ReferenceAnswer, e2e_parity
+    from panda_edge.parity.task import Question
+
+    questions = [Question(str(i), f"v{i}.mp4", "q", "a", "") for i in range(3)]
+    reference = [
+        ReferenceAnswer([5, 6, 7], [(3.0, 10.0), (0.1, 10.0), (2.0, 10.0)]),  # step 1: a near tie at 1%
+        ReferenceAnswer([5, 6, 7], [(3.0, 10.0), (1.0, 10.0), (2.0, 10.0)]),  # step 1: decisive
+        ReferenceAnswer([5, 6], [(3.0, 10.0), (3.0, 10.0)]),
+    ]
+    answers = {"v0.mp4": [5, 9, 9], "v1.mp4": [5, 9, 9], "v2.mp4": [5, 6]}
+    runtime = lambda video, question: answers[Path(video).name]  # noqa: E731
+    exact = e2e_parity(reference, runtime, questions, tmp_path)
+    assert exact.identical_answers == 1 and exact.near_tie_divergences == 0 and not exact.passed
+    standin = e2e_parity(reference, runtime, questions, tmp_path, tie_max_rel=0.01)
+    assert standin.near_tie_divergences == 1 and not standin.passed
+    assert [m["first_difference"] for m in standin.mismatches] == [1, 1]
+    assert [m["near_tie"] for m in standin.mismatches] == [True, False]
+    assert e2e_parity(reference[::2], runtime, questions[::2], tmp_path, tie_max_rel=0.01).passed

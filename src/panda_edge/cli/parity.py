@@ -332,7 +332,10 @@ def _runtime_levels(
     levels: dict[str, Any] = {}
     if expected is not None:
         with progress_bar("e2e runtime answers", total=len(chosen), enabled=not quiet) as advance:
-            levels["e2e"] = measure_e2e(expected, bundle, chosen, videos_dir, e2e_gguf, on_video=advance)
+            standin = e2e_gguf == "f16"
+            levels["e2e"] = measure_e2e(
+                expected, bundle, chosen, videos_dir, e2e_gguf, on_video=advance, f16_standin=standin
+            )
     if reference is not None:
         gguf_type = "q8_0" if "q8_0" in ggufs else None
         for vision in ["fp32", *(["int8"] if manifest.get("vision_int8") else [])]:

@@ -226,10 +226,12 @@ class VideoPanda(nn.Module):
         max_new_tokens: int = 64,
         sampling: Sampling = GREEDY,
         history: Sequence[tuple[str, str]] = (),
+        margins: list[tuple[float, float]] | None = None,
     ) -> Iterator[int]:
         """Yield generated token ids (greedy unless `sampling` says otherwise), stopping at `</s>`.
 
-        `history` holds earlier (question, answer) turns about the same video.
+        `history` holds earlier (question, answer) turns about the same video. `margins`, when given,
+        receives (top-1 minus top-2 logit, largest |logit|) for each step: how close a choice was.
         """
         tokenizer = self._require_tokenizer()
         visual = self.encode_frames(self.load_frames(video_or_frames))
@@ -240,7 +242,11 @@ class VideoPanda(nn.Module):
         # logits at the last position only: all-position logits of a video prefix are 0.3 GB at 7B
         out = self.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1)
         for _ in range(max_new_tokens):
-            token = pick_token(out.logits[0, -1].float().cpu().numpy(), sampling, rng)
+            logits = out.logits[0, -1].float().cpu().numpy()
+            if margins is not None:
+                top2 = np.partition(logits, -2)[-2:]
+                margins.append((float(top2[1] - top2[0]), float(np.abs(logits).max())))
+            token = pick_token(logits, sampling, rng)
             if token == tokenizer.eos_id:
                 return
             yield token

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from panda_edge.parity.e2e import E2eParity, TaskParity, e2e_parity, task_parity
+from panda_edge.parity.e2e import E2eParity, ReferenceAnswer, TaskParity, e2e_parity, task_parity
 from panda_edge.parity.task import QAResult, Question
 from panda_edge.runtime.pipeline import VideoRuntime
 
@@ -25,39 +25,54 @@ def reference_tokens(
     videos_dir: str | Path,
     max_new_tokens: int = MAX_NEW_TOKENS,
     on_video: Callable[[int], None] | None = None,
-) -> list[list[int]]:
-    """The reference's greedy token ids for each question (the e2e level's expected answers)."""
+) -> list[ReferenceAnswer]:
+    """The reference's greedy answer to each question with how close each choice was (e2e level)."""
     frames = lru_cache(maxsize=4)(model.load_frames)
     answers = []
     for i, q in enumerate(questions):
-        answers.append(
-            list(model.stream_generate(frames(Path(videos_dir) / q.video), q.question, max_new_tokens))
-        )
+        answer = ReferenceAnswer([])
+        video = frames(Path(videos_dir) / q.video)
+        answer.tokens = list(model.stream_generate(video, q.question, max_new_tokens, margins=answer.margins))
+        answers.append(answer)
         if on_video is not None:
             on_video(i + 1)
     return answers
 
 
 def measure_e2e(
-    reference: Sequence[list[int]],
+    reference: Sequence[ReferenceAnswer],
     bundle: str | Path,
     questions: Sequence[Question],
     videos_dir: str | Path,
     gguf_type: str = "f32",
     threads: int | None = None,
     on_video: Callable[[int], None] | None = None,
+    f16_standin: bool = False,
 ) -> E2eParity:
     """fp32 vision (ONNX Runtime) + the `gguf_type` GGUF with an f32 KV cache against the reference's
-    answers (`reference_tokens`)."""
-    with VideoRuntime(bundle, vision="ort", gguf_type=gguf_type, kv_cache="f32", threads=threads) as runtime:
+    answers (`reference_tokens`). The context holds a square video's prefix and one answer, not the
+    model's 4096: an f32 KV cache for 4096 positions is 4.3 GB at 7B. `f16_standin`: the f16 GGUF
+    stands in for f32, and answers may part at a near tie for its error (F16_STANDIN_MAX_REL)."""
+    from panda_edge.bundle import load_manifest
+    from panda_edge.parity.llm import F16_STANDIN_MAX_REL
+    from panda_edge.plan.vision import visual_tokens_per_video
+
+    vision = load_manifest(bundle, verify=False)["model"]["vision"]
+    n_ctx = visual_tokens_per_video(vision) + 128 + MAX_NEW_TOKENS
+    with VideoRuntime(
+        bundle, vision="ort", gguf_type=gguf_type, kv_cache="f32", threads=threads, n_ctx=n_ctx
+    ) as runtime:
         result = e2e_parity(
             reference,
             lambda video, question: runtime.answer(video, question, MAX_NEW_TOKENS).tokens,
             questions,
             videos_dir,
             on_video,
+            tie_max_rel=F16_STANDIN_MAX_REL if f16_standin else None,
         )
-    result.config = {"vision": "ort fp32", "gguf": gguf_type, "kv_cache": "f32"}
+    result.config = {"vision": "ort fp32", "gguf": gguf_type, "kv_cache": "f32", "n_ctx": n_ctx}
+    if f16_standin:
+        result.config["f16_standin_max_rel"] = F16_STANDIN_MAX_REL
     return result
 
 
