@@ -258,9 +258,38 @@ def main() -> None:
             ["plan", "--device", "cpu", "--bundle", str(bundle), "--json", str(logs / "plan.json")],
             json_path=logs / "plan.json",
         )
+    report["summary"] = summary(s)
+    save()
     if not args.keep:
         shutil.rmtree(ckpt, ignore_errors=True)
         shutil.rmtree(bundle, ignore_errors=True)
+        shutil.rmtree(work / "prefix-cache", ignore_errors=True)
+
+
+def summary(s: dict) -> dict:
+    """The issue's checks from the steps' records: plan vs measured RSS, the cache's cost."""
+    out: dict = {}
+    try:
+        plan = next(o for o in s["plan_cpu"]["result"]["options"] if o["gguf_type"] == "q4_k_m")
+        predicted = plan["total_bytes"] / 2**20
+        out["plan_q4_k_m_mb"] = round(predicted)
+        out["run_peak_over_plan"] = round(s["run_q4_k_m"]["peak_rss_mb"] / predicted, 3)
+    except (KeyError, StopIteration, TypeError):
+        pass
+    try:
+        cold, plain = s["chat_cache_cold"], s["chat_no_cache"]
+        out["cache_rss_over_no_cache"] = round(cold["peak_rss_mb"] / plain["peak_rss_mb"], 4)
+        ttft = [r["result"]["turns"][0]["ttft_ms"] for r in (cold, plain)]
+        out["cache_cold_ttft_over_no_cache"] = round(ttft[0] / ttft[1], 4)
+        out["warm_cache_first_ttft_ms"] = s["chat_cache_warm"]["result"]["turns"][0]["ttft_ms"]
+    except (KeyError, IndexError, TypeError, ZeroDivisionError):
+        pass
+    try:
+        out["parity_peak_rss_mb"] = s["parity"]["peak_rss_mb"]
+        out["parity_passed"] = s["parity"]["exit"] == 0
+    except KeyError:
+        pass
+    return out
 
 
 if __name__ == "__main__":
