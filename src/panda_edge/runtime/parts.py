@@ -20,6 +20,8 @@ from panda_edge.errors import BundleError
 GGUF_PREFERENCE = ("q8_0", "f16", "q5_k_m", "q4_k_m", "bf16", "f32")
 VISION_BACKENDS = ("ort", "trt", "torch")
 VISION_PRECISIONS = ("fp32", "int8")
+# TensorRT runs an engine of the asked precision; fp16 exists only as an engine.
+TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -40,16 +42,22 @@ class BundleParts:
         return int(self.manifest["model"]["llm"]["hidden_size"])
 
 
-def open_bundle(bundle: str | Path, gguf_type: str | None = None, precision: str = "fp32") -> BundleParts:
+def open_bundle(
+    bundle: str | Path, gguf_type: str | None = None, precision: str = "fp32", backend: str = "ort"
+) -> BundleParts:
     """Resolve the bundle's GGUF (`gguf_type`, or the preferred one it holds) and vision graph.
 
-    Every file comes through `bundle_file`: inside the bundle and hash-checked, or refused.
+    Every file comes through `bundle_file`: inside the bundle and hash-checked, or refused. With
+    `backend` trt, `vision_onnx` is the graph its engine was built from (memory estimates, reports);
+    the engine itself is chosen when the backend starts.
     """
     root = Path(bundle)
     manifest = load_manifest(root)
-    if precision not in VISION_PRECISIONS:
+    precisions = TRT_PRECISIONS if backend == "trt" else VISION_PRECISIONS
+    if precision not in precisions:
         raise BundleError(
-            f"unknown vision precision '{precision}'; choose one of: {', '.join(VISION_PRECISIONS)}"
+            f"unknown vision precision '{precision}' for --vision {backend}; choose one of: "
+            f"{', '.join(precisions)}"
         )
     if "vision" not in manifest:
         raise BundleError(f"{root}: no vision graph; run panda export --target onnx --out {root}")
