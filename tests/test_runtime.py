@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -330,6 +332,51 @@ def test_the_prefix_cache_identity_is_the_file_the_vision_backend_runs(bundle: P
     assert vision_file(open_bundle(with_engine), "ort") == "stab.onnx"
     files = load_manifest(with_engine)["files"]
     assert files[record["file"]]["sha256"] != files["stab.onnx"]["sha256"]
+
+
+def test_a_killed_export_leaves_the_working_bundle_working(toy: Path, tmp_path: Path) -> None:
+    """`panda export --target gguf` into a bundle that works, killed while it writes: the bundle
+    still answers (its manifest was never removed), and the export then completes; the second start
+    reads no file again (this machine hashed each at its present stat)."""
+    out = tmp_path / "B"
+    first = ["export", "--target", "all", "--checkpoint", "tiny", "--out", str(out), "--gguf-type", "f32"]
+    assert runner.invoke(app, first).exit_code == 0
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    args = ["export", "--target", "gguf", "--checkpoint", "tiny", "--out", str(out), "--gguf-type", "q8_0"]
+    export = subprocess.Popen(
+        [sys.executable, "-m", "panda_edge.cli.main", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while export.poll() is None and time.monotonic() < deadline:
+            if any(p.name.startswith(".llm.q8_0.gguf.") for p in out.iterdir()):
+                export.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        assert export.wait(timeout=60) == -signal.SIGKILL, "the export ended before it could be killed"
+    finally:
+        if export.poll() is None:
+            export.kill()
+    video = str(next((toy / "videos").iterdir()))
+    result = runner.invoke(
+        app, ["run", "--bundle", str(out), video, "What color is the ring?", "--json", "-"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["answer"] and report["decoder"] == "llama.cpp llm.f32.gguf"
+    assert report["verified"] == {
+        "hashed": [],
+        "unchanged": sorted(json.loads((out / "manifest.json").read_text())["files"]),
+    }
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(
+        app, ["run", "--bundle", str(out), video, "q", "--gguf-type", "q8_0", "--json", "-"]
+    )
+    assert result.exit_code == 0 and json.loads(result.stdout)["verified"]["hashed"] == []
 
 
 def _fails_with(args: list[str], message: str) -> None:

@@ -427,6 +427,7 @@ def test_export_trt_as_a_new_user_runs_it(tmp_path: Path, monkeypatch: pytest.Mo
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "B").iterdir())
     assert names == [
+        ".verified.json",
         "build_engine.sh",
         "manifest.json",
         "prompt.json",

@@ -96,6 +96,10 @@ def _describe(runtime) -> dict[str, Any]:
         "bundle": str(parts.root),
         "vision": f"{runtime.vision_name} {parts.vision_precision} ({runtime.vision_file})",
         "decoder": f"llama.cpp {parts.gguf.name}",
+        # files hashed at this start, and those this machine hashed before at the same stat
+        "verified": {
+            how: sorted(n for n, h in parts.verified.items() if h == how) for how in ("hashed", "unchanged")
+        },
     }
 
 

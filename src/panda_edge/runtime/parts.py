@@ -9,11 +9,11 @@ frame count against the prompt's `<image>` places.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from panda_edge.bundle import TOKENIZER_FILE, bundle_file, load_manifest, manifest_value
+from panda_edge.bundle import TOKENIZER_FILE, bundle_file, load_manifest, manifest_value, verify_files
 from panda_edge.errors import BundleError
 
 # Preference when a bundle holds several GGUF types and none is asked for.
@@ -36,6 +36,8 @@ class BundleParts:
     vision_onnx: Path
     tokenizer: Path
     frames: int
+    # name -> 'hashed' or 'unchanged' (this machine hashed it at the same stat: not read again)
+    verified: dict[str, str] = field(default_factory=dict)
 
     @property
     def hidden(self) -> int:
@@ -52,7 +54,8 @@ def open_bundle(
     the engine itself is chosen when the backend starts.
     """
     root = Path(bundle)
-    manifest = load_manifest(root)
+    manifest = load_manifest(root, verify=False)
+    verified = verify_files(root, manifest)
     precisions = TRT_PRECISIONS if backend == "trt" else VISION_PRECISIONS
     if precision not in precisions:
         raise BundleError(
@@ -101,6 +104,7 @@ def open_bundle(
         vision_onnx=onnx,
         tokenizer=tokenizer,
         frames=frames,
+        verified=verified,
     )
 
 
