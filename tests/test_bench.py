@@ -1,13 +1,18 @@
-"""The benchmark report's arithmetic and chart (speed itself is measured by `panda bench`, never here)."""
+"""The benchmark report's arithmetic and chart, and the commands run small (speed itself is measured by
+`panda bench`, never here)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
 from panda_edge.bench.all import ANSWER_TOKENS, TEXT_TOKENS, VISUAL_TOKENS, goals, plot, roofline, stages
 from panda_edge.bench.machine import memory_bandwidth_gbs
+from panda_edge.cli.main import app
+from panda_edge.lazy import has_llama_cpp
 
 VISION = {
     "vision": {
@@ -172,3 +177,29 @@ def test_json_output_refuses_nan_naming_the_key(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"vision\.ort\.median_ms = nan"):
         emit_json({"vision": {"ort": {"median_ms": float("nan")}}}, tmp_path / "out.json")
     assert not (tmp_path / "out.json").exists()
+
+
+# --- the commands, as a user runs them (tiny sizes; the speeds themselves are not checked) ----------
+
+
+@pytest.mark.skipif(
+    not has_llama_cpp(), reason="llama-cpp-python is not installed (pip install 'panda-edge[llama]')"
+)
+def test_bench_llm_through_the_cli() -> None:
+    """One layer of the bench Llama (its 32000 x 2048 embeddings dominate: ~30 s, ~1 GB)."""
+    result = CliRunner().invoke(app, ["bench", "llm", "--layers", "1", "--repeat", "1", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert {"transformers", "llama.cpp-f16", "llama.cpp-q8_0"} <= set(report["llm"])
+    for numbers in report["llm"].values():
+        assert len(numbers["decode_runs_s"]) == 1 and numbers["decode_runs_s"][0] > 0
+        assert numbers["decode_tok_s"] is None or numbers["decode_tok_s"] > 0
+
+
+def test_bench_all_refuses_an_unknown_model_before_any_work() -> None:
+    """The full `panda bench all` does not fit a test: the full-size STAB at least 3 times, the 8-layer
+    0.54B bench Llama in transformers and llama.cpp, and a full-width GGUF conversion take minutes and
+    several GB here. Its option checks run first, through the CLI."""
+    result = CliRunner().invoke(app, ["bench", "all", "--e2e-model", "huge", "--repeat", "1"])
+    assert result.exit_code == 2 and "unknown e2e model 'huge'" in result.stderr
+    assert "Traceback" not in result.output

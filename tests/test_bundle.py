@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import time
 from pathlib import Path
 
 import pytest
 
 from panda_edge.bundle import (
     MANIFEST_FILE,
+    VERIFIED_FILE,
     bundle_file,
     extend_manifest,
     file_record,
     load_manifest,
     manifest_value,
+    record_files,
+    verify_files,
 )
 from panda_edge.config import PRESETS
 from panda_edge.errors import BundleError, CheckFailed, PandaError
@@ -43,6 +48,7 @@ def test_manifest_describes_the_bundle(bundle: Path, tiny_checkpoint: Path) -> N
     assert manifest["format_version"] == 1
     assert set(manifest["files"]) == {"stab.onnx", "tokenizer.model", "prompt.json"}
     assert sorted(p.name for p in bundle.iterdir()) == [
+        ".verified.json",  # this machine's hashes, by stat (test_unchanged_files_are_not_hashed_again)
         "manifest.json",
         "prompt.json",
         "stab.onnx",
@@ -144,19 +150,51 @@ def test_a_missing_manifest_key_is_named(bundle: Path) -> None:
     assert bundle_file(bundle, manifest, "no_such_field", default="tokenizer.model").name == "tokenizer.model"
 
 
-def test_failed_check_writes_no_graph_and_no_manifest(
+def test_a_failed_export_leaves_the_bundle_as_it_was(
     tiny_checkpoint: Path, bundle: Path, tmp_path: Path
 ) -> None:
-    """A profile whose parser knows none of our operators: the export stops, and the bundle it was
-    about to replace is no longer valid (its manifest is gone), rather than half-updated."""
+    """A profile whose parser knows none of our operators: the export stops, its files never get
+    their names, and the bundle it was about to replace still loads (its manifest untouched)."""
     copy = _copy(bundle, tmp_path)
-    before = (copy / "stab.onnx").read_bytes()
+    before = {p.name: p.read_bytes() for p in copy.iterdir() if p.name != VERIFIED_FILE}
     strict = dataclasses.replace(PROFILES["10"], name="none", allowed_ops=frozenset())
     with pytest.raises(CheckFailed, match="operator MatMul"):
         export_bundle(tiny_checkpoint, copy, strict)
-    assert (copy / "stab.onnx").read_bytes() == before
-    assert not (copy / MANIFEST_FILE).exists()
-    assert not [p for p in copy.iterdir() if p.name.endswith(".tmp")]
+    assert {p.name: p.read_bytes() for p in copy.iterdir() if p.name != VERIFIED_FILE} == before
+    assert load_manifest(copy)["vision"]["profile"] == "10"
+
+
+def test_unchanged_files_are_not_hashed_again(bundle: Path, tmp_path: Path) -> None:
+    """`panda run` verifies every file at each start: one this machine hashed at the same size,
+    mtime, ctime and inode is not read again; any change is hashed, and refused if it differs."""
+    copy = _copy(bundle, tmp_path)  # new inodes: the copied .verified.json does not apply
+    manifest = load_manifest(copy, verify=False)
+    assert set(verify_files(copy, manifest).values()) == {"hashed"}
+    assert set(verify_files(copy, manifest).values()) == {"unchanged"}
+    assert record_files(copy, ["stab.onnx"]) == (
+        {"stab.onnx": manifest["files"]["stab.onnx"]},
+        {"stab.onnx": "unchanged"},
+    )
+    onnx = copy / "stab.onnx"
+    st = onnx.stat()
+    os.utime(onnx, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # touched, same bytes: hashed, accepted
+    assert verify_files(copy, manifest) == {
+        **dict.fromkeys(manifest["files"], "unchanged"),
+        "stab.onnx": "hashed",
+    }
+    data = bytearray(onnx.read_bytes())
+    data[-1] ^= 0xFF  # same size, other bytes, and the mtime set back: the ctime still moved
+    st = onnx.stat()
+    time.sleep(0.05)  # file times tick with the kernel's coarse clock (a few ms)
+    onnx.write_bytes(bytes(data))
+    os.utime(onnx, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(BundleError, match=r"stab\.onnx does not match its manifest hash"):
+        load_manifest(copy)
+    onnx.write_bytes((bundle / "stab.onnx").read_bytes())
+    assert verify_files(copy, manifest)["stab.onnx"] == "hashed"
+    cache = json.loads((copy / VERIFIED_FILE).read_text())
+    write_json(copy / VERIFIED_FILE, {**cache, "host": "another machine"})  # a copied bundle's cache
+    assert set(verify_files(copy, manifest).values()) == {"hashed"}
 
 
 def test_unknown_profile_and_checkpoint(tmp_path: Path) -> None:

@@ -238,6 +238,7 @@ def test_bad_input_exits_2_and_leaves_the_bundle(tmp_path: Path, toy: Path) -> N
         assert "Traceback" not in result.output
     assert (bundle / "manifest.json").read_bytes() == manifest
     assert sorted(p.name for p in bundle.iterdir()) == [
+        ".verified.json",
         "manifest.json",
         "prompt.json",
         "stab.onnx",

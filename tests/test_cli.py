@@ -91,3 +91,12 @@ def test_help_does_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_model_text_is_printed_as_it_is(capsys) -> None:
+    """An answer is not Rich markup: "[red]" used to vanish from `panda chat` and `panda run`."""
+    from panda_edge.cli._common import print_model_text
+
+    for piece in ("[red]", "x[/] [bold]y", " :smile: ", "0.5 [1/2]"):
+        print_model_text(piece)
+    assert capsys.readouterr().out == "[red]x[/] [bold]y :smile: 0.5 [1/2]"

@@ -152,6 +152,57 @@ def test_without_the_qk_permutation_logits_differ(tiny_checkpoint: Path, referen
 
 
 @needs_llama
+def test_grouped_query_attention_logits_match_transformers(tokenizer_file: Path, tmp_path: Path) -> None:
+    """4 query heads over 2 key/value heads: k_proj has 2 heads' rows, permuted per KV head. f32 runs
+    through llama.cpp with the reference's top-1 everywhere, and without the permutation it does not."""
+    from dataclasses import replace
+
+    from tests.conftest import random_tiny_model
+
+    from panda_edge.parity.llm import llm_parity, parity_sequences
+    from panda_edge.parity.llm_reference import reference_logits
+
+    tiny = PRESETS["tiny"]
+    config = replace(tiny, llm=replace(tiny.llm, num_key_value_heads=2))
+    random_tiny_model(tokenizer_file, config, seed=1).save_pretrained(tmp_path / "gqa")
+    assert read_config(tmp_path / "gqa").llm.num_key_value_heads == 2
+    sequences = parity_sequences(PromptTokenizer(tokenizer_file))[:6]
+    logits = reference_logits(tmp_path / "gqa", sequences)
+    export_gguf(tmp_path / "gqa", tmp_path / "bundle", "f32")
+    meta, _ = fields(tmp_path / "bundle" / "llm.f32.gguf")
+    assert meta["llama.attention.head_count_kv"] == 2 and meta["llama.attention.head_count"] == 4
+    result = llm_parity(logits, {"f32": tmp_path / "bundle" / "llm.f32.gguf"}, sequences)["f32"]
+    # measured: top-1 1.0 over 306 positions, max abs diff 4.8e-7 (logits up to 0.98)
+    assert result.top1_agreement == 1.0 and result.passed and result.max_abs_diff < 1e-4, result
+    export_gguf(tmp_path / "gqa", tmp_path / "unpermuted", "f32", permute=False)
+    wrong = llm_parity(logits, {"f32": tmp_path / "unpermuted" / "llm.f32.gguf"}, sequences)["f32"]
+    # measured: top-1 0.954, max abs diff 0.022; random weights keep the logits small
+    assert wrong.top1_agreement < 1.0 and wrong.max_abs_diff > 1000 * result.max_abs_diff and not wrong.passed
+
+
+@needs_llama
+def test_the_shipped_tiny_model_quantized_stays_near_its_measured_logits(tmp_path: Path) -> None:
+    """The trained embedded model, whose logits are peaked (up to 10.8), unlike the random model's:
+    measured over 604 positions f32 top-1 1.0 / max abs 4.8e-6, q8_0 0.995 / 0.091, q4_k_m 0.985 /
+    0.356. Guards a little below those, DESIGN.md §5's f32 rule included."""
+    from panda_edge.assets import tiny_checkpoint
+    from panda_edge.parity.llm import llm_parity, parity_sequences
+    from panda_edge.parity.llm_reference import reference_logits
+
+    sequences = parity_sequences(PromptTokenizer(tiny_checkpoint() / "tokenizer.model"))
+    logits = reference_logits("tiny", sequences)
+    for t in ("f32", "q8_0", "q4_k_m"):
+        export_gguf("tiny", tmp_path, t)
+    results = llm_parity(
+        logits, {t: tmp_path / f"llm.{t}.gguf" for t in ("f32", "q8_0", "q4_k_m")}, sequences
+    )
+    floors = {"f32": (1.0, 1e-4), "q8_0": (0.99, 0.15), "q4_k_m": (0.97, 0.6)}  # top-1, max abs diff
+    for t, (top1, max_abs) in floors.items():
+        assert results[t].positions == 604 and results[t].top1_agreement >= top1, results[t]
+        assert results[t].max_abs_diff <= max_abs, results[t]
+
+
+@needs_llama
 def test_k_quant_types_come_from_llama_cpp(bundle: Path) -> None:
     manifest = load_manifest(bundle)
     entry = manifest["llm"]["gguf"]["q4_k_m"]
@@ -162,7 +213,8 @@ def test_k_quant_types_come_from_llama_cpp(bundle: Path) -> None:
         entry["tensor_types"]["Q4_K"] > 0
         and set(entry["tensor_types"]) <= {"F32", "Q4_K", "Q6_K"} | fallbacks
     )
-    assert not list(bundle.glob(".*"))  # the intermediate f16 file and temporaries are gone
+    # the intermediate f16 file and temporaries are gone (.verified.json: this machine's hashes)
+    assert [p.name for p in bundle.glob(".*")] == [".verified.json"]
 
 
 @needs_llama

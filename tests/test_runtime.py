@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +128,20 @@ def test_follow_up_reuses_the_prefix_and_matches_the_reference_with_history(
     assert again.prefix == "memory" and again.tokens == first.tokens
 
 
+def test_two_conversations_at_the_same_position_do_not_share_the_kv_cache(runtime, toy: Path) -> None:
+    """Both ask the same first question, so both end at the same position: the first one's follow-up
+    would continue the second's turns if positions told them apart."""
+    from panda_edge.errors import PandaError
+
+    video = toy / "videos" / read_questions(toy / "train.json")[0].video
+    first, second = runtime.chat(video), runtime.chat(video)
+    first.ask("What color is the ring?", max_new_tokens=6)
+    second.ask("What color is the ring?", max_new_tokens=6)
+    with pytest.raises(PandaError, match="another conversation used the runtime"):
+        first.ask("Which direction does the square move?", max_new_tokens=6)
+    assert second.ask("Which direction does the square move?", max_new_tokens=6).prefix == "memory"
+
+
 def test_sampling_is_seeded_and_matches_the_reference(runtime, reference, toy: Path) -> None:
     from panda_edge.sampling import Sampling
 
@@ -237,6 +253,130 @@ def test_panda_chat_reads_turns_from_stdin(bundle: Path, toy: Path) -> None:
     turns = json.loads(result.stdout)["turns"]
     assert [t["prefix"] for t in turns] == ["computed", "memory"]
     assert all(t["answer"] for t in turns)
+
+
+def test_a_full_context_in_chat_keeps_the_transcript_and_exits_2(
+    bundle: Path, toy: Path, tmp_path: Path
+) -> None:
+    """The tiny model's prefix is 161 positions and llama.cpp pads a small context to 256: some turns
+    fit, the rest of twelve do not."""
+    video = toy / "videos" / read_questions(toy / "train.json")[0].video
+    transcript = tmp_path / "chat.json"
+    questions = ["What color is the ring?", "Which direction does the red square move?"] * 6
+    args = ["chat", "--bundle", str(bundle), str(video), "--n-ctx", "180", "--max-new-tokens", "8"]
+    result = runner.invoke(app, [*args, "--json", str(transcript)], input="\n".join(questions) + "\n")
+    assert result.exit_code == 2, result.output
+    assert "do not fit the context of" in result.stderr and "Traceback" not in result.output
+    last = result.stderr.strip().splitlines()[-1]  # after one timing line per answered turn
+    assert last.startswith("error: ") and "do not fit the context" in last, result.stderr
+    report = json.loads(transcript.read_text())
+    asked = [t["question"] for t in report["turns"]]
+    assert 1 <= len(asked) < len(questions) and asked == questions[: len(asked)]
+    assert all(t["answer"] for t in report["turns"]) and "do not fit the context" in report["error"]
+
+
+def _with_engine(bundle: Path, target: Path) -> tuple[Path, dict]:
+    """A copy of the bundle with an fp16 engine recorded as panda build-engine records one (its bytes
+    a stand-in: TensorRT cannot be installed here, and nothing below deserializes it)."""
+    from panda_edge.bundle import extend_manifest, load_manifest
+
+    shutil.copytree(bundle, target)
+    record = {
+        "file": "stab.orin.fp16.engine",
+        "precision": "fp16",
+        "tensorrt": "10.3.0",
+        "gpu": {"name": "Orin", "compute_capability": "8.7"},
+    }
+    (target / record["file"]).write_bytes(b"serialized engine")
+    extend_manifest(target, load_manifest(target), {"engines": {record["file"]: record}}, [record["file"]])
+    return target, record
+
+
+def test_trt_runs_the_engine_of_the_asked_precision_or_names_what_to_build(
+    bundle: Path, toy: Path, tmp_path: Path
+) -> None:
+    """--precision fp32 used to run the fp16 engine and report fp32; now the bundle's engines are
+    read before TensorRT is imported and another precision never stands in."""
+    from panda_edge.runtime.vision import trt_available
+
+    with_engine, _ = _with_engine(bundle, tmp_path / "B")
+    video = str(next((toy / "videos").iterdir()))
+    args = ["run", "--bundle", str(with_engine), video, "q", "--vision", "trt"]
+    _one_line_exit_2(
+        [*args, "--precision", "fp32"],
+        f"{with_engine}: no fp32 TensorRT engine (it has stab.orin.fp16.engine (fp16, TensorRT 10.3.0, "
+        f"Orin)); build one on this device: panda build-engine --bundle {with_engine} --precision fp32",
+    )
+    _one_line_exit_2([*args, "--precision", "int4"], "unknown vision precision 'int4' for --vision trt")
+    _one_line_exit_2(
+        ["run", "--bundle", str(with_engine), video, "q", "--precision", "fp16"],
+        "unknown vision precision 'fp16' for --vision ort",
+    )
+    if not trt_available().usable:  # the fp16 engine exists: what stops it here is TensorRT itself
+        _one_line_exit_2(args, "the trt vision backend cannot run here")
+        _one_line_exit_2([*args, "--precision", "fp16"], "the trt vision backend cannot run here")
+
+
+def test_the_prefix_cache_identity_is_the_file_the_vision_backend_runs(bundle: Path, tmp_path: Path) -> None:
+    """A rebuilt engine must not reuse a prefix its predecessor computed: with trt the identity
+    hashes the engine, not the ONNX graph it was built from."""
+    from panda_edge.bundle import load_manifest
+    from panda_edge.runtime.parts import open_bundle
+    from panda_edge.runtime.pipeline import vision_file
+
+    with_engine, record = _with_engine(bundle, tmp_path / "B")
+    assert (
+        vision_file(open_bundle(with_engine, precision="fp16", backend="trt"), "trt", record)
+        == record["file"]
+    )
+    assert vision_file(open_bundle(with_engine), "ort") == "stab.onnx"
+    files = load_manifest(with_engine)["files"]
+    assert files[record["file"]]["sha256"] != files["stab.onnx"]["sha256"]
+
+
+def test_a_killed_export_leaves_the_working_bundle_working(toy: Path, tmp_path: Path) -> None:
+    """`panda export --target gguf` into a bundle that works, killed while it writes: the bundle
+    still answers (its manifest was never removed), and the export then completes; the second start
+    reads no file again (this machine hashed each at its present stat)."""
+    out = tmp_path / "B"
+    first = ["export", "--target", "all", "--checkpoint", "tiny", "--out", str(out), "--gguf-type", "f32"]
+    assert runner.invoke(app, first).exit_code == 0
+    src = str(Path(__file__).parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    args = ["export", "--target", "gguf", "--checkpoint", "tiny", "--out", str(out), "--gguf-type", "q8_0"]
+    export = subprocess.Popen(
+        [sys.executable, "-m", "panda_edge.cli.main", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while export.poll() is None and time.monotonic() < deadline:
+            if any(p.name.startswith(".llm.q8_0.gguf.") for p in out.iterdir()):
+                export.send_signal(signal.SIGKILL)
+                break
+            time.sleep(0.002)
+        assert export.wait(timeout=60) == -signal.SIGKILL, "the export ended before it could be killed"
+    finally:
+        if export.poll() is None:
+            export.kill()
+    video = str(next((toy / "videos").iterdir()))
+    result = runner.invoke(
+        app, ["run", "--bundle", str(out), video, "What color is the ring?", "--json", "-"]
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["answer"] and report["decoder"] == "llama.cpp llm.f32.gguf"
+    assert report["verified"] == {
+        "hashed": [],
+        "unchanged": sorted(json.loads((out / "manifest.json").read_text())["files"]),
+    }
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(
+        app, ["run", "--bundle", str(out), video, "q", "--gguf-type", "q8_0", "--json", "-"]
+    )
+    assert result.exit_code == 0 and json.loads(result.stdout)["verified"]["hashed"] == []
 
 
 def _fails_with(args: list[str], message: str) -> None:

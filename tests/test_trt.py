@@ -192,7 +192,11 @@ def test_select_engine_picks_the_one_for_this_device_or_says_rebuild() -> None:
         EngineMismatch, match=r"rebuild it on this device: panda build-engine --bundle B --precision"
     ):
         select_engine(manifest, "fp16", TrtVersion.parse("10.4.0"), ORIN, bundle="B")
-    with pytest.raises(BundleError, match=r"no fp32 TensorRT engine; build one on this device"):
+    with pytest.raises(
+        BundleError,
+        match=r"no fp32 TensorRT engine \(it has .*stab.x.int8.engine \(int8, TensorRT 10.3.0.30, Orin\)\); "
+        r"build one on this device: panda build-engine --bundle BUNDLE --precision fp32",
+    ):
         select_engine(manifest, "fp32", ten, ORIN)
 
 
@@ -423,6 +427,7 @@ def test_export_trt_as_a_new_user_runs_it(tmp_path: Path, monkeypatch: pytest.Mo
     assert result.exit_code == 0, result.output
     names = sorted(p.name for p in (tmp_path / "B").iterdir())
     assert names == [
+        ".verified.json",
         "build_engine.sh",
         "manifest.json",
         "prompt.json",
@@ -484,8 +489,8 @@ def test_trt_backend_says_why_it_cannot_run(jetpack6_bundle: Path) -> None:
     if status.usable:
         pytest.skip("TensorRT and a GPU are here: see test_engine_matches_onnx_runtime")
     assert status.reason
-    with (
-        pytest.raises(PandaError, match="the trt vision backend cannot run here"),
+    with (  # the bundle's engines are read first, on any machine (test_runtime: one that has one)
+        pytest.raises(PandaError, match=r"no fp16 TensorRT engine \(it has no engine\); build one"),
         TrtVisionEngine(jetpack6_bundle),
     ):
         pass

@@ -3,14 +3,22 @@
 `panda export` writes it and `panda run` / the runtime read it, on devices without torch. The
 manifest records where the bundle came from (checkpoint, weight hashes, tool versions), what its
 graphs take and give, and the sha256 and size of every file, so a missing or altered file is found
-before anything runs. The manifest is removed first and written last: a bundle whose export was
-interrupted has no manifest and is refused as a whole.
+before anything runs. An export writes its new files under temporary names and replaces the
+manifest last, atomically: a bundle whose export failed or was killed still opens as it was.
+
+Hashing a 7B GGUF takes tens of seconds, so `.verified.json` remembers, per file, the sha256 this
+machine last computed with the file's size, mtime, ctime and inode: a file whose stat still matches
+is not read again, and any change (a write, a copy, another machine) hashes it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import socket
+import tempfile
 from collections.abc import Iterable, Sequence
 from importlib import metadata
 from pathlib import Path
@@ -28,6 +36,7 @@ STAB_INT8_CPU_FILE = "stab.int8.cpu.onnx"  # ONNX Runtime CPU form (U8S8)
 CALIBRATION_FILE = "calibration.npz"
 PROMPT_FILE = "prompt.json"
 TOKENIZER_FILE = "tokenizer.model"
+VERIFIED_FILE = ".verified.json"  # this machine's hashes by file stat (not listed, not shipped)
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -76,13 +85,155 @@ def prompt_settings(video_frames: int) -> dict[str, Any]:
 
 
 def start_bundle(bundle: str | Path) -> Path:
-    """Create the directory and remove an old manifest, so a half-written bundle is never valid."""
+    """Create the directory; a manifest already there stays valid until `StagedFiles.commit`."""
     bundle = Path(bundle)
     if bundle.exists() and not bundle.is_dir():
         raise BundleError(f"{bundle}: exists and is not a directory")
     bundle.mkdir(parents=True, exist_ok=True)
-    (bundle / MANIFEST_FILE).unlink(missing_ok=True)
     return bundle
+
+
+class StagedFiles:
+    """An export's new files under temporary names in the bundle, made live with the new manifest.
+
+    `path(name)` gives the temporary path to write `name` to; `commit` hashes them, renames them onto
+    their names and writes the manifest; leaving the block without a commit (an error) deletes them.
+    Until the commit the old manifest and the files it lists are untouched. A killed export leaves
+    `.NAME.*.tmp` files behind, which no manifest lists.
+    """
+
+    def __init__(self, bundle: str | Path) -> None:
+        self.bundle = start_bundle(bundle)
+        self._paths: dict[str, Path] = {}
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def __enter__(self) -> StagedFiles:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for tmp in self._paths.values():
+            tmp.unlink(missing_ok=True)
+        self._paths = {}
+
+    def path(self, name: str) -> Path:
+        if name in self._paths:
+            return self._paths[name]
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=self.bundle)
+        os.close(fd)
+        self._paths[name] = Path(tmp)
+        return self._paths[name]
+
+    def record(self, name: str) -> dict[str, Any]:
+        """The staged file's size and sha256 (hashed once, also used by `commit`)."""
+        if name not in self._records:
+            self._records[name] = file_record(self._paths[name])
+        return self._records[name]
+
+    def commit(
+        self, manifest: dict[str, Any], files: Iterable[str], known: dict[str, dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """Rename the staged files onto their names, then write the manifest listing `files`
+        (`known`: records of files already verified, as for `write_manifest`)."""
+        records = {name: self.record(name) for name in self._paths}
+        mode = 0o666 & ~_umask()
+        for name, tmp in self._paths.items():
+            os.chmod(tmp, mode)  # mkstemp makes 0600
+            os.replace(tmp, self.bundle / name)
+        self._paths = {}
+        cache = VerifiedCache(self.bundle)
+        for name, record in records.items():
+            cache.remember(name, record["sha256"])
+        cache.save()
+        return write_manifest(self.bundle, manifest, files, known={**(known or {}), **records})
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _host_id() -> str:
+    """This machine: /etc/machine-id where there is one, else the host name."""
+    try:
+        machine = Path("/etc/machine-id").read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        machine = ""
+    return machine or socket.gethostname()
+
+
+class VerifiedCache:
+    """`.verified.json`: name -> the sha256 this machine computed, with the file's stat at that time.
+
+    A file whose size, mtime, ctime and inode all still match was not written since it was hashed
+    here (ctime cannot be set back by a program), so its hash is taken from here. A cache from
+    another machine, or one that cannot be read, is ignored; one that cannot be written is skipped.
+    """
+
+    def __init__(self, bundle: Path) -> None:
+        self.path = bundle / VERIFIED_FILE
+        self.bundle = bundle
+        self.host = _host_id()
+        self.entries: dict[str, dict[str, Any]] = {}
+        self._changed = False
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            return
+        if isinstance(data, dict) and data.get("host") == self.host and isinstance(data.get("files"), dict):
+            self.entries = data["files"]
+
+    @staticmethod
+    def _stat(path: Path) -> dict[str, int]:
+        st = path.stat()
+        return {
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "ctime_ns": st.st_ctime_ns,
+            "inode": st.st_ino,
+        }
+
+    def known_sha256(self, name: str) -> str | None:
+        """The sha256 hashed here when the file's stat was what it is now; None: hash it."""
+        entry = self.entries.get(name)
+        if not isinstance(entry, dict):
+            return None
+        try:
+            now = self._stat(self.bundle / name)
+        except OSError:
+            return None
+        return entry.get("sha256") if {k: entry.get(k) for k in now} == now else None
+
+    def remember(self, name: str, sha256: str) -> None:
+        self.entries[name] = {**self._stat(self.bundle / name), "sha256": sha256}
+        self._changed = True
+
+    def save(self) -> None:
+        if not self._changed:
+            return
+        with contextlib.suppress(OSError):  # a read-only bundle: its files are hashed again next time
+            write_json(self.path, {"host": self.host, "files": dict(sorted(self.entries.items()))})
+        self._changed = False
+
+
+def record_files(
+    bundle: str | Path, names: Iterable[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """Size and sha256 of each file, and how each was had: 'hashed', or 'unchanged' (the hash this
+    machine computed when the file's stat was the same; see `VerifiedCache`)."""
+    bundle = Path(bundle)
+    cache = VerifiedCache(bundle)
+    records, how = {}, {}
+    for name in names:
+        size = (bundle / name).stat().st_size
+        sha = cache.known_sha256(name)
+        how[name] = "hashed" if sha is None else "unchanged"
+        if sha is None:
+            sha = sha256_file(bundle / name)
+            cache.remember(name, sha)
+        records[name] = {"sha256": sha, "size": size}
+    cache.save()
+    return records, how
 
 
 def previous_manifest(bundle: str | Path, weights: dict[str, Any]) -> dict[str, Any] | None:
@@ -126,13 +277,15 @@ def write_manifest(
 ) -> dict[str, Any]:
     """Hash `files` (names inside `bundle`) into the manifest and write it, last and atomically.
 
-    `known` holds records already verified, used instead of hashing those files again.
+    `known` holds records already verified, used instead of hashing those files again; so are the
+    hashes this machine made of files unchanged since (`record_files`).
     """
-    bundle, known = Path(bundle), known or {}
+    bundle, known, files = Path(bundle), known or {}, sorted(files)
+    records, _ = record_files(bundle, [name for name in files if name not in known])
     out = {
         "format_version": FORMAT_VERSION,
         **manifest,
-        "files": {name: known.get(name) or file_record(bundle / name) for name in sorted(files)},
+        "files": {name: known.get(name) or records[name] for name in files},
     }
     write_json(bundle / MANIFEST_FILE, out)
     return out
@@ -146,11 +299,19 @@ def extend_manifest(
     Files it already lists keep their records, as they were verified when it was loaded: adding a
     graph to a 7B bundle does not hash its 13 GB of GGUF again. Files since removed are dropped.
     """
+    data, files, kept = extended(bundle, manifest, updates, new_files)
+    return write_manifest(bundle, data, files, known=kept)
+
+
+def extended(
+    bundle: str | Path, manifest: dict[str, Any], updates: dict[str, Any], new_files: Iterable[str]
+) -> tuple[dict[str, Any], list[str], dict[str, dict[str, Any]]]:
+    """What `extend_manifest` writes: the manifest's fields, the files to list, the records kept."""
     bundle, new_files = Path(bundle), list(new_files)
     data = {k: v for k, v in manifest.items() if k not in ("format_version", "files")} | updates
     listed = manifest.get("files", {})
     kept = {n: r for n, r in listed.items() if n not in new_files and (bundle / n).is_file()}
-    return write_manifest(bundle, data, [*kept, *new_files], known=kept)
+    return data, [*kept, *new_files], kept
 
 
 def load_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
@@ -174,9 +335,22 @@ def load_manifest(bundle: str | Path, verify: bool = True) -> dict[str, Any]:
             "export the bundle again"
         )
     if verify:
-        for name, record in manifest["files"].items():
-            _verify_file(bundle, manifest, name, record)
+        verify_files(bundle, manifest)
     return manifest
+
+
+def verify_files(bundle: str | Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """Every listed file must exist with its size and hash; returns name -> 'hashed' or 'unchanged'
+    (not read again: this machine hashed it at this very stat, see `VerifiedCache`)."""
+    bundle = Path(bundle)
+    cache = VerifiedCache(bundle)
+    how = {}
+    try:
+        for name, record in manifest["files"].items():
+            how[name] = _verify_file(bundle, manifest, name, record, cache)
+    finally:
+        cache.save()  # what was hashed before a refusal need not be hashed again
+    return how
 
 
 def bundle_file(bundle: str | Path, manifest: dict[str, Any], field: str, default: str | None = None) -> Path:
@@ -231,13 +405,21 @@ def manifest_value(manifest: dict[str, Any], key: str, bundle: str | Path) -> An
     return value
 
 
-def _verify_file(bundle: Path, manifest: dict[str, Any], name: str, record: Any) -> None:
+def _verify_file(bundle: Path, manifest: dict[str, Any], name: str, record: Any, cache: VerifiedCache) -> str:
     path = checked_path(bundle, manifest, name, "'files'")
     if not isinstance(record, dict):
         raise BundleError(f"{bundle}: the manifest's record of {name} is not a size and hash; export again")
     if not path.is_file():
         raise BundleError(f"{bundle}: {name} is listed in the manifest but missing")
-    if path.stat().st_size != record.get("size") or sha256_file(path) != record.get("sha256"):
-        raise BundleError(
-            f"{bundle}: {name} does not match its manifest hash (changed or corrupted); export again"
-        )
+    changed = BundleError(
+        f"{bundle}: {name} does not match its manifest hash (changed or corrupted); export again"
+    )
+    if path.stat().st_size != record.get("size"):
+        raise changed
+    if cache.known_sha256(name) == record.get("sha256"):
+        return "unchanged"
+    sha = sha256_file(path)
+    if sha != record.get("sha256"):
+        raise changed
+    cache.remember(name, sha)
+    return "hashed"

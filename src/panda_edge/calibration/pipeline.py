@@ -3,8 +3,9 @@
 `stab.int8.onnx` is the TensorRT form (symmetric int8 Q/DQ, checked against the bundle's TensorRT
 profile), `stab.int8.cpu.onnx` the ONNX Runtime CPU form (U8S8), both from the same activation
 ranges and the same choice of float groups; `calibration.npz` holds the tensors they came from.
-As with every export, the manifest is removed while files change and written last, with the
-`vision_int8` entry. No torch: the fp32 graph is the reference (see `search.py`).
+As with every export, the new files are written under temporary names and the manifest, with the
+`vision_int8` entry, replaces the old one last: the bundle works as it was until then.
+No torch: the fp32 graph is the reference (see `search.py`).
 """
 
 from __future__ import annotations
@@ -25,9 +26,9 @@ from panda_edge.bundle import (
     STAB_INT8_CPU_FILE,
     STAB_INT8_FILE,
     STAB_ONNX_FILE,
-    extend_manifest,
+    StagedFiles,
+    extended,
     load_manifest,
-    start_bundle,
     tool_versions,
 )
 from panda_edge.calibration.data import (
@@ -45,7 +46,6 @@ from panda_edge.calibration.search import MixedPrecision, TokenScorer, choose_pr
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.stab_onnx.check import check_onnx, qdq_problems
 from panda_edge.export.stab_onnx.profiles import get_profile
-from panda_edge.fileio import atomic_path
 from panda_edge.parity.compare import LEVELS, OutputParity
 from panda_edge.video import load_videos
 
@@ -162,17 +162,15 @@ def calibrate_bundle(
         tensorrt, cpu = score_forms(source, graphs, heldout_frames, target_cosine)
         heldout = {"videos": heldout_names, "tensorrt": parity_entry(tensorrt), "cpu": parity_entry(cpu)}
     entry = _entry(manifest, profile.name, graphs, names, target_cosine, heldout)
-    with tempfile.TemporaryDirectory(prefix="panda-int8-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="panda-int8-") as tmp, StagedFiles(bundle) as staged:
         written = _write_checked(graphs, Path(tmp), profile)
         step("writing the INT8 graphs, calibration.npz and the manifest")
-        start_bundle(bundle)
-        for name, path in written.items():
-            with atomic_path(bundle / name) as target:
-                shutil.copyfile(path, target)  # a copy: the temporary directory may be on another disk
-        save_calibration(bundle / CALIBRATION_FILE, frames, names)
-    updates = {"vision_int8": entry, "tools": {**manifest.get("tools", {}), **tool_versions()}}
-    new_files = [STAB_INT8_FILE, STAB_INT8_CPU_FILE, CALIBRATION_FILE]
-    return extend_manifest(bundle, manifest, updates, new_files)["vision_int8"]
+        for name, path in written.items():  # a copy: the temporary directory may be on another disk
+            shutil.copyfile(path, staged.path(name))
+        save_calibration(staged.path(CALIBRATION_FILE), frames, names)
+        updates = {"vision_int8": entry, "tools": {**manifest.get("tools", {}), **tool_versions()}}
+        new_files = [STAB_INT8_FILE, STAB_INT8_CPU_FILE, CALIBRATION_FILE]
+        return staged.commit(*extended(bundle, manifest, updates, new_files))["vision_int8"]
 
 
 def _calibration_data(

@@ -43,6 +43,13 @@ def handle_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def print_model_text(piece: str) -> None:
+    """Model text as it is, streamed to stdout: no Rich markup (an answer "[red]" would vanish),
+    highlighting or emoji codes."""
+    out.print(piece, end="", markup=False, highlight=False, emoji=False)
+    out.file.flush()
+
+
 def emit_json(data: Any, path: Path | None = None) -> None:
     """Write one JSON document to `path` (atomically), or to stdout when `path` is None or '-'.
 

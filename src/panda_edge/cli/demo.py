@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from panda_edge.cli._common import (
     ReferenceDevice,
@@ -60,7 +61,8 @@ def demo(
         samples.add_column(column)
     for s in report.samples:
         mark = "[green]✓[/]" if s["correct"] else "[red]✗[/]"
-        samples.add_row(s["video"], s["question"], f"{s['prediction']} {mark}", s["answer"])
+        answer = Text(s["prediction"]).append_text(Text.from_markup(f" {mark}"))  # model text, no markup
+        samples.add_row(Text(s["video"]), Text(s["question"]), answer, Text(s["answer"]))
     out.print(samples)
     out.print(accuracy_table(report))
     out.print(parity_table(report))

@@ -15,6 +15,7 @@ from panda_edge.cli._common import (
     err,
     handle_errors,
     out,
+    print_model_text,
     reference_precision,
 )
 
@@ -47,7 +48,7 @@ def generate(
     frames = load_video(video, model.config.vision)
     start = time.perf_counter()
     streaming = json_out is None or str(json_out) != "-"
-    text = TextStream(model.tokenizer, (lambda piece: out.print(piece, end="")) if streaming else None)
+    text = TextStream(model.tokenizer, print_model_text if streaming else None)
     for token in model.stream_generate(frames, question, max_new_tokens):
         text.push(token)
     answer, tokens = text.answer(), text.tokens

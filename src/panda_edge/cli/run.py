@@ -8,7 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
-from panda_edge.cli._common import emit_json, err, handle_errors, json_to_stdout, number, out
+from panda_edge.cli._common import (
+    emit_json,
+    err,
+    handle_errors,
+    json_to_stdout,
+    number,
+    out,
+    print_model_text,
+)
+from panda_edge.errors import PandaError
 
 BundleOpt = Annotated[Path, typer.Option("--bundle", help="Bundle directory written by panda export.")]
 VideoArg = Annotated[Path, typer.Argument(help="Video file (mp4, mkv, webm, avi, mov, gif).")]
@@ -16,7 +25,12 @@ VisionOpt = Annotated[
     str, typer.Option("--vision", help="Vision backend: ort (ONNX Runtime), trt (TensorRT engine), torch.")
 ]
 PrecisionOpt = Annotated[
-    str, typer.Option("--precision", help="Vision graph: fp32 (stab.onnx) or int8 (the calibrated graph).")
+    str | None,
+    typer.Option(
+        "--precision",
+        help="Vision graph: fp32 (stab.onnx, the default) or int8 (the calibrated graph); with --vision "
+        "trt, the engine's: fp16 (default), fp32 or int8, one the bundle has (panda build-engine).",
+    ),
 ]
 GgufOpt = Annotated[
     str | None,
@@ -61,7 +75,7 @@ JsonOpt = Annotated[
 ]
 
 
-def _open_runtime(bundle: Path, vision: str, precision: str, gguf_type: str | None, **options: Any):
+def _open_runtime(bundle: Path, vision: str, precision: str | None, gguf_type: str | None, **options: Any):
     from panda_edge.runtime.pipeline import VideoRuntime
 
     with err.status("loading the bundle"):
@@ -69,7 +83,6 @@ def _open_runtime(bundle: Path, vision: str, precision: str, gguf_type: str | No
 
 
 def _sampling(temperature: float, top_p: float, seed: int | None):
-    from panda_edge.errors import PandaError
     from panda_edge.sampling import Sampling
 
     if top_p <= 0:
@@ -81,8 +94,12 @@ def _describe(runtime) -> dict[str, Any]:
     parts = runtime.parts
     return {
         "bundle": str(parts.root),
-        "vision": f"{runtime.vision_name} {parts.vision_precision} ({parts.vision_onnx.name})",
+        "vision": f"{runtime.vision_name} {parts.vision_precision} ({runtime.vision_file})",
         "decoder": f"llama.cpp {parts.gguf.name}",
+        # files hashed at this start, and those this machine hashed before at the same stat
+        "verified": {
+            how: sorted(n for n, h in parts.verified.items() if h == how) for how in ("hashed", "unchanged")
+        },
     }
 
 
@@ -92,7 +109,7 @@ def run(
     question: Annotated[str, typer.Argument(help="The question about the video.")],
     bundle: BundleOpt,
     vision: VisionOpt = "ort",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = None,
     gguf_type: GgufOpt = None,
     max_new_tokens: MaxTokensOpt = 64,
     n_gpu_layers: GpuLayersOpt = 0,
@@ -128,7 +145,7 @@ def run(
         checkpoint=checkpoint,
     ) as runtime:
         answer = runtime.answer(
-            video, question, max_new_tokens, sampling, on_text=None if quiet else _print_piece
+            video, question, max_new_tokens, sampling, on_text=None if quiet else print_model_text
         )
         info = _describe(runtime)
     if not quiet:
@@ -144,7 +161,7 @@ def chat(
     video: VideoArg,
     bundle: BundleOpt,
     vision: VisionOpt = "ort",
-    precision: PrecisionOpt = "fp32",
+    precision: PrecisionOpt = None,
     gguf_type: GgufOpt = None,
     max_new_tokens: MaxTokensOpt = 256,
     n_gpu_layers: GpuLayersOpt = 0,
@@ -195,9 +212,19 @@ def chat(
             if question == "/reset":
                 conversation = runtime.chat(video)
                 continue
-            answer = conversation.ask(
-                question, max_new_tokens, sampling, on_text=None if quiet else _print_piece
-            )
+            try:
+                answer = conversation.ask(
+                    question, max_new_tokens, sampling, on_text=None if quiet else print_model_text
+                )
+            except PandaError as exc:  # a full context: the turns so far are still the user's
+                if not quiet:
+                    out.print()
+                if json_out is not None:
+                    emit_json(
+                        {**_describe(runtime), "video": str(video), "turns": turns, "error": str(exc)},
+                        json_out,
+                    )
+                raise
             turns.append({"question": question, **answer.to_dict()})
             if not quiet:
                 out.print()
@@ -211,11 +238,6 @@ def chat(
 def _warn(warnings: list[str]) -> None:
     for warning in dict.fromkeys(warnings):
         err.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
-
-
-def _print_piece(piece: str) -> None:
-    out.print(piece, end="")
-    out.file.flush()
 
 
 def _timing_line(answer) -> str:

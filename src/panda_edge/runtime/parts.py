@@ -9,17 +9,19 @@ frame count against the prompt's `<image>` places.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from panda_edge.bundle import TOKENIZER_FILE, bundle_file, load_manifest, manifest_value
+from panda_edge.bundle import TOKENIZER_FILE, bundle_file, load_manifest, manifest_value, verify_files
 from panda_edge.errors import BundleError
 
 # Preference when a bundle holds several GGUF types and none is asked for.
 GGUF_PREFERENCE = ("q8_0", "f16", "q5_k_m", "q4_k_m", "bf16", "f32")
 VISION_BACKENDS = ("ort", "trt", "torch")
 VISION_PRECISIONS = ("fp32", "int8")
+# TensorRT runs an engine of the asked precision; fp16 exists only as an engine.
+TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -34,22 +36,31 @@ class BundleParts:
     vision_onnx: Path
     tokenizer: Path
     frames: int
+    # name -> 'hashed' or 'unchanged' (this machine hashed it at the same stat: not read again)
+    verified: dict[str, str] = field(default_factory=dict)
 
     @property
     def hidden(self) -> int:
         return int(self.manifest["model"]["llm"]["hidden_size"])
 
 
-def open_bundle(bundle: str | Path, gguf_type: str | None = None, precision: str = "fp32") -> BundleParts:
+def open_bundle(
+    bundle: str | Path, gguf_type: str | None = None, precision: str = "fp32", backend: str = "ort"
+) -> BundleParts:
     """Resolve the bundle's GGUF (`gguf_type`, or the preferred one it holds) and vision graph.
 
-    Every file comes through `bundle_file`: inside the bundle and hash-checked, or refused.
+    Every file comes through `bundle_file`: inside the bundle and hash-checked, or refused. With
+    `backend` trt, `vision_onnx` is the graph its engine was built from (memory estimates, reports);
+    the engine itself is chosen when the backend starts.
     """
     root = Path(bundle)
-    manifest = load_manifest(root)
-    if precision not in VISION_PRECISIONS:
+    manifest = load_manifest(root, verify=False)
+    verified = verify_files(root, manifest)
+    precisions = TRT_PRECISIONS if backend == "trt" else VISION_PRECISIONS
+    if precision not in precisions:
         raise BundleError(
-            f"unknown vision precision '{precision}'; choose one of: {', '.join(VISION_PRECISIONS)}"
+            f"unknown vision precision '{precision}' for --vision {backend}; choose one of: "
+            f"{', '.join(precisions)}"
         )
     if "vision" not in manifest:
         raise BundleError(f"{root}: no vision graph; run panda export --target onnx --out {root}")
@@ -93,6 +104,7 @@ def open_bundle(bundle: str | Path, gguf_type: str | None = None, precision: str
         vision_onnx=onnx,
         tokenizer=tokenizer,
         frames=frames,
+        verified=verified,
     )
 
 

@@ -77,7 +77,7 @@ def open_vision(parts: BundleParts, backend: str, checkpoint: str | None = None)
     if backend == "trt":
         from panda_edge.runtime.vision.trt import TrtVisionEngine
 
-        return TrtVisionEngine(parts.root, precision="int8" if parts.vision_precision == "int8" else "fp16")
+        return TrtVisionEngine(parts.root, precision=parts.vision_precision)
     if backend == "torch":
         if checkpoint is None:
             raise PandaError("--vision torch runs the PyTorch reference: give --checkpoint (or 'tiny')")
@@ -86,6 +86,18 @@ def open_vision(parts: BundleParts, backend: str, checkpoint: str | None = None)
 
         return TorchVisionReference(VisionTower.from_checkpoint(checkpoint))
     raise PandaError(f"unknown vision backend '{backend}'; choose one of: {', '.join(VISION_BACKENDS)}")
+
+
+def vision_file(parts: BundleParts, backend: str, engine_record: dict[str, Any] | None = None) -> str:
+    """The bundle file the vision backend runs, whose hash keys the prefix cache: the engine chosen
+    for trt (a rebuilt engine must not reuse a prefix computed by the old one), the graph of the asked
+    precision for ort (the INT8 CPU graph, or stab.onnx). torch runs the checkpoint: stab.onnx stands
+    in, as the bundle's export of it."""
+    if backend == "trt":
+        if engine_record is None:
+            raise PandaError("the trt backend has not chosen its engine yet")
+        return str(engine_record["file"])
+    return parts.vision_onnx.relative_to(parts.root).as_posix()
 
 
 def check_runtime_memory(parts: BundleParts, n_ctx: int, kv_cache: str) -> None:
@@ -117,7 +129,7 @@ class VideoRuntime:
         self,
         bundle: str | Path,
         vision: str = "ort",
-        precision: str = "fp32",
+        precision: str | None = None,
         gguf_type: str | None = None,
         threads: int | None = None,
         n_gpu_layers: int = 0,
@@ -128,7 +140,8 @@ class VideoRuntime:
         checkpoint: str | None = None,
         cache_max_bytes: int | None = None,
     ) -> None:
-        self.parts = open_bundle(bundle, gguf_type, precision)
+        precision = precision or ("fp16" if vision == "trt" else "fp32")  # trt: what build-engine builds
+        self.parts = open_bundle(bundle, gguf_type, precision, vision)
         self.vision_name = vision
         manifest, root = self.parts.manifest, self.parts.root
         self.vision_config = _vision_config(manifest_value(manifest, "model.vision", root), root)
@@ -153,10 +166,11 @@ class VideoRuntime:
         except BaseException:
             self.close()
             raise
-        files = manifest["files"]  # open_bundle took both from it: listed, and their hashes checked
+        files = manifest["files"]  # listed, and their hashes checked when the bundle was opened
+        self.vision_file = vision_file(self.parts, vision, getattr(self.engine, "record", None))
         self.identity = {
             "gguf": files[self.parts.gguf.relative_to(root).as_posix()]["sha256"],
-            "vision": files[self.parts.vision_onnx.relative_to(root).as_posix()]["sha256"],
+            "vision": files[self.vision_file]["sha256"],
             "backend": f"{vision}-{precision}",
             "kv_cache": kv_cache,
         }
@@ -167,6 +181,9 @@ class VideoRuntime:
         self._prefix_ids = self.tokenizer.video_prefix_ids(self.parts.frames)
         self._resident: tuple[Any, int] | None = None  # (video identity, prefix length) in the KV cache
         self._unsaved: tuple[str, Path, int] | None = None  # a computed prefix for the disk cache
+        # The conversation whose turns follow the prefix in the KV cache: positions alone cannot tell
+        # two conversations apart when both reach the same length.
+        self._owner: VideoChat | None = None
 
     # --- lifetime --------------------------------------------------------------------------------
 
@@ -206,6 +223,7 @@ class VideoRuntime:
         """Drop the resident video prefix, so the next question computes it again (benchmarks)."""
         self._resident = None
         self._unsaved = None
+        self._owner = None
         self.decoder.truncate(0)
 
     def encode_video(self, video: Path) -> tuple[list[np.ndarray], dict[str, float]]:
@@ -289,7 +307,6 @@ class VideoChat:
         self.video = video
         self.turns: list[tuple[str, str]] = []
         self._pending: list[int] = []  # tokens that close the last answer, fed with the next question
-        self._position: int | None = None  # where this conversation's cache ends
 
     def ask(
         self,
@@ -306,9 +323,13 @@ class VideoChat:
         if not self.turns:
             how, timings = runtime._enter_video(self.video)
         else:
-            if runtime._resident is None or decoder.n_past != self._position:
-                raise PandaError("another conversation used the runtime since this one's last turn")
+            if runtime._resident is None or runtime._owner is not self:
+                raise PandaError(
+                    "another conversation used the runtime since this one's last turn (or that turn "
+                    "failed); start a new conversation"
+                )
             how, timings = "memory", {}
+        runtime._owner = None  # until this turn is complete: a failed turn leaves no owner
         step = time.perf_counter()
         decoder.feed_tokens([*self._pending, *tokenizer.turn_ids(question, first=not self.turns)])
         timings["question"] = time.perf_counter() - step
@@ -324,7 +345,7 @@ class VideoChat:
         first_token_at = first_token_at or end
         if saved := runtime._save_prefix():
             timings["save_prefix"] = saved
-        self._position = decoder.n_past
+        runtime._owner = self
         answer = stream.answer()
         self.turns.append((question, answer))
         return Answer(answer, stream.tokens, first_token_at - start, end - first_token_at, how, timings)

@@ -1,8 +1,8 @@
 """`panda export --target gguf`: checkpoint -> `BUNDLE/llm.<type>.gguf` + manifest entry.
 
 The bundle may already hold the ONNX export (or other GGUF types): the manifest is read first and
-extended, never replaced. As with every export, the manifest is removed while files are written and
-written back last, so an interrupted export leaves no valid-looking bundle.
+extended, never replaced. As with every export, new files are written under temporary names and the
+manifest is replaced last, so a bundle that worked keeps working when the export fails or is killed.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ from typing import Any
 from panda_edge.bundle import (
     PROMPT_FILE,
     TOKENIZER_FILE,
+    StagedFiles,
     file_record,
     previous_manifest,
     prompt_settings,
-    start_bundle,
     tool_versions,
-    write_manifest,
 )
 from panda_edge.errors import CheckpointError, PandaError
 from panda_edge.export.llm_gguf.names import (
@@ -31,7 +30,7 @@ from panda_edge.export.llm_gguf.names import (
     GgufType,
     gguf_file_name,
 )
-from panda_edge.fileio import atomic_path, write_json
+from panda_edge.fileio import write_json
 
 TOOLS = ("torch", "onnx", "onnxruntime", "gguf", "llama_cpp_python", "panda-edge")
 
@@ -104,10 +103,10 @@ def export_gguf(
     plan = plan_tensors(files, config.llm, _writer_type(gtype), permute=permute)
     weights = {p.name: file_record(p) for p in files}  # hashed once: the 7B weights are 13 GB
     previous = previous_manifest(out_dir, weights)
-    bundle = start_bundle(out_dir)
     name = gguf_file_name(gtype.name)
     progress = (lambda done: on_tensor(done, len(plan))) if on_tensor is not None else None
-    with atomic_path(bundle / name) as final_tmp:
+    with StagedFiles(out_dir) as staged:
+        final_tmp = staged.path(name)
         if gtype.llama_ftype is None:
             step(f"writing {name} ({len(plan)} tensors, one at a time)")
             write_gguf(final_tmp, plan, config.llm, gtype, vocab, on_tensor=progress)
@@ -121,31 +120,32 @@ def export_gguf(
                 kquantize(src_tmp, final_tmp, gtype.llama_ftype)
             finally:
                 src_tmp.unlink(missing_ok=True)
-    types = tensor_types(bundle / name)
-    counts: dict[str, int] = {}
-    for t in types.values():
-        counts[t] = counts.get(t, 0) + 1
-    entry = {
-        "file": name,
-        "type": gtype.name,
-        "architecture": ARCH_NAME,
-        "tensor_count": len(types),
-        "tensor_types": dict(sorted(counts.items())),
-        "qk_permuted": permute,
-        **file_record(bundle / name),
-    }
-    step("hashing the bundle")
-    return _write_manifest(bundle, previous, directory, config, weights, entry)
+        types = tensor_types(final_tmp)
+        counts: dict[str, int] = {}
+        for t in types.values():
+            counts[t] = counts.get(t, 0) + 1
+        step("hashing the bundle")
+        entry = {
+            "file": name,
+            "type": gtype.name,
+            "architecture": ARCH_NAME,
+            "tensor_count": len(types),
+            "tensor_types": dict(sorted(counts.items())),
+            "qk_permuted": permute,
+            **staged.record(name),
+        }
+        return _write_manifest(staged, previous, directory, config, weights, entry)
 
 
 def _write_manifest(
-    bundle: Path,
+    staged: StagedFiles,
     previous: dict[str, Any] | None,
     directory: Path,
     config,
     weights: dict[str, Any],
     entry: dict[str, Any],
 ) -> dict[str, Any]:
+    bundle = staged.bundle
     manifest = dict(previous or {})
     manifest.pop("format_version", None)
     listed = {name for name in manifest.pop("files", {}) if (bundle / name).is_file()}
@@ -156,10 +156,9 @@ def _write_manifest(
         }
         manifest["model"] = config.to_dict()
     if not (bundle / TOKENIZER_FILE).is_file():
-        with atomic_path(bundle / TOKENIZER_FILE) as tmp:
-            shutil.copyfile(directory / TOKENIZER_FILE, tmp)
+        shutil.copyfile(directory / TOKENIZER_FILE, staged.path(TOKENIZER_FILE))
     if not (bundle / PROMPT_FILE).is_file():
-        write_json(bundle / PROMPT_FILE, prompt_settings(config.vision.video_frames))
+        write_json(staged.path(PROMPT_FILE), prompt_settings(config.vision.video_frames))
     manifest.setdefault("prompt", PROMPT_FILE)
     manifest.setdefault("tokenizer", TOKENIZER_FILE)
     llm = dict(manifest.get("llm") or {})
@@ -168,4 +167,5 @@ def _write_manifest(
     manifest["llm"] = llm
     manifest["tools"] = {**manifest.get("tools", {}), **tool_versions(TOOLS)}
     names = listed | {TOKENIZER_FILE, PROMPT_FILE} | {e["file"] for e in llm["gguf"].values()}
-    return write_manifest(bundle, manifest, sorted(n for n in names if (bundle / n).is_file()))
+    staged_names = {TOKENIZER_FILE, PROMPT_FILE, entry["file"]}  # those written now, or already there
+    return staged.commit(manifest, sorted(n for n in names if n in staged_names or (bundle / n).is_file()))

@@ -11,18 +11,17 @@ from panda_edge.bundle import (
     PROMPT_FILE,
     STAB_ONNX_FILE,
     TOKENIZER_FILE,
+    StagedFiles,
     file_record,
     previous_manifest,
     prompt_settings,
-    start_bundle,
     tool_versions,
-    write_manifest,
 )
 from panda_edge.errors import CheckFailed, CheckpointError
 from panda_edge.export.stab_onnx.check import check_onnx
 from panda_edge.export.stab_onnx.convert import INPUT_NAME, OUTPUT_NAME, export_graph
 from panda_edge.export.stab_onnx.profiles import DEFAULT_PROFILE, Profile, get_profile
-from panda_edge.fileio import atomic_path, write_json
+from panda_edge.fileio import write_json
 
 # Parts of an existing bundle of the same checkpoint that a new ONNX export leaves in place (an INT8
 # graph is not kept: it was calibrated from the graph this export replaces).
@@ -57,9 +56,9 @@ def export_bundle(
     step("hashing the source weights")
     weights = {p.name: file_record(p) for p in weight_files(directory)}
     previous = previous_manifest(out_dir, weights) or {}
-    bundle = start_bundle(out_dir)
-    step(f"exporting STAB + projector to ONNX (TensorRT {target.tensorrt} profile, opset {target.opset})")
-    with atomic_path(bundle / STAB_ONNX_FILE) as tmp:
+    with StagedFiles(out_dir) as staged:  # the bundle as it was stays valid until the commit
+        step(f"exporting STAB + projector to ONNX (TensorRT {target.tensorrt} profile, opset {target.opset})")
+        tmp = staged.path(STAB_ONNX_FILE)
         graph = export_graph(tower.stab, tower.projector, tmp, target)
         step("checking the graph")
         problems = check_onnx(tmp, target)
@@ -67,10 +66,16 @@ def export_bundle(
             raise CheckFailed(
                 f"the exported graph fails the TensorRT {target.tensorrt} checks: " + "; ".join(problems)
             )
-    with atomic_path(bundle / TOKENIZER_FILE) as tmp:
-        shutil.copyfile(tokenizer, tmp)
-    write_json(bundle / PROMPT_FILE, prompt_settings(tower.config.vision.video_frames))
-    step("hashing the bundle")
+        shutil.copyfile(tokenizer, staged.path(TOKENIZER_FILE))
+        write_json(staged.path(PROMPT_FILE), prompt_settings(tower.config.vision.video_frames))
+        step("hashing the bundle")
+        return staged.commit(*_manifest(staged.bundle, previous, directory, weights, tower, graph, target))
+
+
+def _manifest(
+    bundle: Path, previous: dict[str, Any], directory: Path, weights: dict[str, Any], tower, graph, target
+) -> tuple[dict[str, Any], list[str]]:
+    """The new manifest and the files it lists: this export's, and a GGUF already in the bundle."""
     kept = {key: previous[key] for key in KEPT_PARTS if key in previous}  # a GGUF already there
     kept_files = [e["file"] for e in (kept.get("llm") or {}).get("gguf", {}).values()]
     manifest = {
@@ -93,4 +98,4 @@ def export_bundle(
         **kept,
     }
     files = [STAB_ONNX_FILE, TOKENIZER_FILE, PROMPT_FILE, *(f for f in kept_files if (bundle / f).is_file())]
-    return write_manifest(bundle, manifest, files)
+    return manifest, files

@@ -88,14 +88,33 @@ def engine_problems(record: dict[str, Any], version: TrtVersion, gpu: GpuInfo) -
     return problems
 
 
+def engines_of_precision(manifest: dict[str, Any], precision: str, bundle: str = "BUNDLE") -> list[dict]:
+    """The bundle's engine records of `precision`, or an error naming the engines it has instead.
+
+    Pure: the runtime calls it before TensorRT is imported, so asking for an engine the bundle lacks
+    is refused the same way on every machine, never answered by an engine of another precision.
+    """
+    records = [r for r in (manifest.get(ENGINES_KEY) or {}).values() if isinstance(r, dict)]
+    candidates = [r for r in records if r.get("precision") == precision]
+    if not candidates:
+        has = "; ".join(
+            f"{r.get('file')} ({r.get('precision')}, TensorRT {r.get('tensorrt')}, "
+            f"{(r.get('gpu') or {}).get('name')})"
+            for r in records
+        )
+        raise BundleError(
+            f"{bundle}: no {precision} TensorRT engine (it has {has or 'no engine'}); build one on "
+            f"this device: panda build-engine --bundle {bundle} --precision {precision}"
+        )
+    return candidates
+
+
 def select_engine(
     manifest: dict[str, Any], precision: str, version: TrtVersion, gpu: GpuInfo, bundle: str = "BUNDLE"
 ) -> dict[str, Any]:
     """The bundle's `precision` engine that runs here, or an error that says to rebuild it."""
     rebuild = f"panda build-engine --bundle {bundle} --precision {precision}"
-    candidates = [r for r in manifest.get(ENGINES_KEY, {}).values() if r.get("precision") == precision]
-    if not candidates:
-        raise BundleError(f"{bundle}: no {precision} TensorRT engine; build one on this device: {rebuild}")
+    candidates = engines_of_precision(manifest, precision, bundle)
     for record in candidates:
         if not engine_problems(record, version, gpu):
             return record

@@ -19,7 +19,7 @@ import numpy as np
 
 from panda_edge.errors import BundleError
 from panda_edge.export.trt.device import TrtStatus, TrtUnavailable, cuda_check, cudart, tensorrt, trt_status
-from panda_edge.export.trt.record import ENGINES_KEY, select_engine
+from panda_edge.export.trt.record import ENGINES_KEY, engines_of_precision, select_engine
 from panda_edge.export.trt.versions import TrtVersion
 from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS, TensorSpec, VisionBackend
 from panda_edge.runtime.vision.layout import TokenLayout
@@ -62,6 +62,7 @@ class TrtVisionEngine(VisionBackend):
         for key, entry in (manifest.get(ENGINES_KEY) or {}).items():  # before any is chosen, on any machine
             name = entry.get("file") if isinstance(entry, dict) else None
             checked_path(self.bundle, manifest, name, f"'{ENGINES_KEY}.{key}.file'")
+        engines_of_precision(manifest, self.precision, str(self.bundle))  # no other precision stands in
         status = trt_available(self.device)
         if not status.usable:
             raise TrtUnavailable(f"the trt vision backend cannot run here: {status.reason}")
