@@ -15,6 +15,7 @@ parameters) is converted to the compute dtype once.
 from __future__ import annotations
 
 import json
+import math
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -106,11 +107,8 @@ def stored_llm_dtype(directory: Path) -> str:
     """The dtype most of the Llama's weights are stored in ('float16' for the released 7B)."""
     counts: dict[torch.dtype, int] = {}
     for name, (dtype, shape) in tensor_specs(directory).items():
-        if dtype.is_floating_point and not name.startswith((VIDEO_TOWER, VIDEO_PROJECTOR, *ALIASES)):
-            numel = 1
-            for d in shape:
-                numel *= d
-            counts[dtype] = counts.get(dtype, 0) + numel
+        if dtype.is_floating_point and not name.startswith((*_VISION_PREFIXES, *ALIASES)):
+            counts[dtype] = counts.get(dtype, 0) + math.prod(shape)
     return str(max(counts, key=counts.get)).removeprefix("torch.") if counts else "unknown"
 
 
@@ -130,10 +128,7 @@ def _safetensors_header(path: Path) -> tuple[dict[str, _Entry], int]:
             dtype = _SAFETENSORS_DTYPES[entry["dtype"]]
             shape = tuple(int(d) for d in entry["shape"])
             begin, end = (int(o) for o in entry["data_offsets"])
-            numel = 1
-            for d in shape:
-                numel *= d
-            if end - begin != numel * dtype.itemsize or 8 + length + end > size:
+            if end - begin != math.prod(shape) * dtype.itemsize or 8 + length + end > size:
                 raise ValueError(f"'{name}' does not fit its shape or the file")
             entries[name] = (dtype, shape, (begin, end))
     except (OSError, struct.error, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -288,10 +283,7 @@ def weight_bytes(
     for name, (dtype, shape) in specs.items():
         if canonical_name(name) is None:
             continue
-        numel = 1
-        for d in shape:
-            numel *= d
-        total += numel * precision.kept(dtype, keep_16bit(name, shape)).itemsize
+        total += math.prod(shape) * precision.kept(dtype, keep_16bit(name, shape)).itemsize
     return total
 
 
