@@ -72,21 +72,22 @@ def test_embeddings_in_slices_give_the_token_path_logits(bundle: Path, reference
     with LlamaDecoder(bundle / "llm.f32.gguf", n_ctx=64, n_batch=4, kv_cache="f32") as decoder:
         decoder.feed_tokens(ids)
         from_tokens = decoder.logits().copy()
-        state, n_past = decoder.save_state(), decoder.n_past
+        n_past, state_file = decoder.n_past, tmp_path / "prefix.kv"
+        assert decoder.save_state_file(state_file) == state_file.stat().st_size > 0
         decoder.truncate(0)
         decoder.feed_embeddings(rows)  # len(ids) > n_batch: several llama_decode calls
         assert decoder.n_past == len(ids)
         np.testing.assert_allclose(decoder.logits(), from_tokens, atol=1e-4)
         decoder.feed_tokens([5, 6])
         after = decoder.logits().copy()
-        decoder.load_state(state, n_past)
+        assert decoder.load_state_file(state_file, n_past) and decoder.n_past == n_past
         decoder.feed_tokens([5, 6])
         np.testing.assert_array_equal(decoder.logits(), after)
+        decoder.truncate(n_past)  # as the prefix cache saves it: with a turn after the prefix, cut back
+        decoder.feed_tokens([7])
+        decoder.save_state_file(state_file)
+        assert decoder.load_state_file(state_file, n_past + 1)
         decoder.truncate(n_past)
-        state_file = tmp_path / "prefix.kv"
-        assert decoder.save_state_file(state_file) == state_file.stat().st_size > 0
-        decoder.truncate(0)
-        assert decoder.load_state_file(state_file, n_past) and decoder.n_past == n_past
         decoder.feed_tokens([5, 6])
         np.testing.assert_array_equal(decoder.logits(), after)
         state_file.write_bytes(b"not a state")

@@ -95,13 +95,6 @@ def _is_zip(path: Path) -> bool:
         return False
 
 
-def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    state: dict[str, torch.Tensor] = {}
-    for path in weight_files(Path(directory)):
-        state.update(read_weight_file(path))
-    return state
-
-
 @dataclass
 class NormalizedWeights:
     state: dict[str, torch.Tensor]

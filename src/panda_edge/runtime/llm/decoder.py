@@ -113,21 +113,6 @@ class LlamaDecoder:
         self.n_past = min(self.n_past, n_past)
         self._logits = None
 
-    def save_state(self) -> bytes:
-        """The sequence's KV cache as bytes (restored by `load_state`; same GGUF and KV type only)."""
-        size = self.lib.llama_state_seq_get_size(self.ctx, SEQ)
-        buffer = (ctypes.c_uint8 * size)()
-        written = self.lib.llama_state_seq_get_data(self.ctx, buffer, size, SEQ)
-        return ctypes.string_at(buffer, written)  # one copy (slicing would build a list of ints)
-
-    def load_state(self, state: bytes, n_past: int) -> None:
-        """Replace the sequence by a saved one of `n_past` positions; feed tokens before reading logits."""
-        self.truncate(0)
-        buffer = (ctypes.c_uint8 * len(state)).from_buffer_copy(state)
-        if self.lib.llama_state_seq_set_data(self.ctx, buffer, len(state), SEQ) == 0:
-            raise PandaError("llama.cpp refused the saved state (another GGUF, KV type or context size)")
-        self.n_past = n_past
-
     def save_state_file(self, path: Path) -> int:
         """The sequence's KV cache straight into `path`: llama.cpp writes it tensor by tensor, so no copy
         of the whole state (565 MB for a 2:1 clip at 7B) is ever in memory. Returns the bytes written."""
