@@ -53,3 +53,9 @@ def pick_token(
     keep = np.cumsum(sorted_probs) - sorted_probs < sampling.top_p
     kept = sorted_probs[keep] / sorted_probs[keep].sum()
     return int(order[keep][rng.choice(len(kept), p=kept)])
+
+
+def top2_margin(logits: np.ndarray) -> np.ndarray:
+    """Top-1 minus top-2 logit along the last axis: how close a greedy choice was to swapping."""
+    top2 = np.partition(logits, -2, axis=-1)[..., -2:]
+    return top2[..., 1] - top2[..., 0]

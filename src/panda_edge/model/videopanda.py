@@ -36,7 +36,7 @@ from panda_edge.model.checkpoint import (
 from panda_edge.model.loading import ReferencePrecision, build_on_meta, load_reference, working_bytes
 from panda_edge.model.stab import STAB, build_projector
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
-from panda_edge.sampling import GREEDY, Sampling, pick_token
+from panda_edge.sampling import GREEDY, Sampling, pick_token, top2_margin
 
 
 def llama_config(llm: LlmConfig):
@@ -244,8 +244,7 @@ class VideoPanda(nn.Module):
         for _ in range(max_new_tokens):
             logits = out.logits[0, -1].float().cpu().numpy()
             if margins is not None:
-                top2 = np.partition(logits, -2)[-2:]
-                margins.append((float(top2[1] - top2[0]), float(np.abs(logits).max())))
+                margins.append((float(top2_margin(logits)), float(np.abs(logits).max())))
             token = pick_token(logits, sampling, rng)
             if token == tokenizer.eos_id:
                 return

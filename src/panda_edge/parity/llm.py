@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, build_prompt, split_prompt
+from panda_edge.sampling import top2_margin
 
 # Toy-world questions and general text: the prompt's own chunks plus punctuation, digits, unicode,
 # and leading/trailing/multiple spaces, where SentencePiece ports usually drift.
@@ -125,8 +126,6 @@ def compare_logits(
     if ref.shape != cand.shape:
         raise ValueError(f"logits shapes differ: reference {ref.shape}, {gguf_type} {cand.shape}")
     diff = np.abs(ref - cand)
-    top2 = np.partition(ref, -2, axis=-1)[:, -2:]
-    margin = top2[:, 1] - top2[:, 0]
     return LogitsParity(
         gguf_type,
         positions=len(ref),
@@ -136,7 +135,7 @@ def compare_logits(
         reference_max_abs=float(np.abs(ref).max()),
         required_top1=required_top1 if required_top1 is not None else REQUIRED_TOP1.get(gguf_type),
         required_max_rel=required_max_rel,
-        reference_margin_p01=float(np.percentile(margin, 1)),
+        reference_margin_p01=float(np.percentile(top2_margin(ref), 1)),
     )
 
 
