@@ -100,6 +100,9 @@ def parity(
         err.print(
             f"reference: {ref['dtype']} on {ref['device']}, weights stored as {weights}", highlight=False
         )
+    # Without an f32 GGUF, the f16 one stands in over float16-stored weights: it holds them exactly
+    # (a 7B f32 GGUF is 27 GB); judged by its error's size (parity/llm.py F16_STANDIN_MAX_REL).
+    standin = "f32" not in ggufs and "f16" in ggufs and result["reference"]["weights_stored"] == "float16"
     failed: list[str] = []
     if "vision" in manifest and wanted & {"stab_fp32", "stab_int8"}:
         for level, stab in _stab_levels(checkpoint, bundle, chosen, precision, quiet).items():
@@ -118,7 +121,7 @@ def parity(
         if not tokenizer.passed:
             failed.append(str(tokenizer))
     if ggufs and "llm" in wanted:
-        llm = _llm_level(checkpoint, bundle, manifest, precision, quiet)
+        llm = _llm_level(checkpoint, bundle, manifest, precision, standin, quiet)
         result["llm"] = {t: r.to_dict() for t, r in llm.items()}
         if not quiet:
             for r in llm.values():
@@ -126,7 +129,17 @@ def parity(
         failed += [f"llm parity failed: {r}" for r in llm.values() if not r.passed]
     if "vision" in manifest and ggufs and wanted & {"e2e", "task"}:
         for name, level in _runtime_levels(
-            checkpoint, bundle, manifest, qa, video_dir, wanted, e2e_videos, questions, precision, quiet
+            checkpoint,
+            bundle,
+            manifest,
+            qa,
+            video_dir,
+            wanted,
+            e2e_videos,
+            questions,
+            precision,
+            standin,
+            quiet,
         ).items():
             result[name] = level.to_dict()
             if not quiet:
@@ -220,9 +233,11 @@ def _tokenizer_level(checkpoint: str, bundle: Path, manifest: dict[str, Any]):
     return tokenizer
 
 
-def _llm_level(checkpoint: str, bundle: Path, manifest: dict[str, Any], precision: Any, quiet: bool):
+def _llm_level(
+    checkpoint: str, bundle: Path, manifest: dict[str, Any], precision: Any, standin: bool, quiet: bool
+):
     """Every GGUF type in the bundle against the Llama alone; the reference is freed before llama.cpp
-    loads a GGUF. Without an f32 GGUF, an f16 one over float16-stored weights is judged in its place."""
+    loads a GGUF. `standin`: the f16 GGUF is judged in place of a missing f32 one."""
     from panda_edge.bundle import bundle_file
     from panda_edge.lazy import llama_cpp
     from panda_edge.model.checkpoint import TOKENIZER_FILE
@@ -240,17 +255,8 @@ def _llm_level(checkpoint: str, bundle: Path, manifest: dict[str, Any], precisio
         reference = reference_logits(directory, sequences, precision, on_sequence=advance)
     ggufs = manifest["llm"]["gguf"]
     paths = {t: bundle_file(bundle, manifest, f"llm.gguf.{t}.file") for t in ggufs}
-    standin = _f16_standin(directory, ggufs)
     with progress_bar("llama.cpp logits", total=len(paths), enabled=not quiet) as advance:
         return llm_parity(reference, paths, sequences, on_gguf=advance, f16_standin=standin)
-
-
-def _f16_standin(directory: Path, ggufs: dict[str, Any]) -> bool:
-    """True when the f16 GGUF stands in for a missing f32 one: the Llama's weights are stored in float16,
-    so the f16 file holds them exactly (a 7B f32 GGUF is 27 GB)."""
-    from panda_edge.model.loading import stored_llm_dtype
-
-    return "f32" not in ggufs and "f16" in ggufs and stored_llm_dtype(directory) == "float16"
 
 
 LEVELS = ("stab_fp32", "stab_int8", "llm", "tokenizer", "e2e", "task")
@@ -280,6 +286,7 @@ def _runtime_levels(
     e2e_videos: int,
     max_questions: int | None,
     precision: Any,
+    standin: bool,
     quiet: bool,
 ) -> dict[str, Any]:
     """e2e (the f32 GGUF, or f16 over float16 weights) and task (fp32 vision, and int8 when calibrated)
@@ -288,7 +295,7 @@ def _runtime_levels(
     import gc
 
     from panda_edge.errors import PandaError
-    from panda_edge.model.videopanda import VideoPanda, reference_answerer, resolve_checkpoint
+    from panda_edge.model.videopanda import VideoPanda, reference_answerer
     from panda_edge.parity.e2e import one_question_per_video
     from panda_edge.parity.runtime import MAX_NEW_TOKENS, measure_e2e, measure_task, reference_tokens
     from panda_edge.parity.task import evaluate, read_questions
@@ -310,12 +317,12 @@ def _runtime_levels(
     if max_questions is not None:
         questions = questions[:max_questions]
     ggufs = manifest["llm"]["gguf"]
-    e2e_gguf = (
-        "f32" if "f32" in ggufs else "f16" if _f16_standin(resolve_checkpoint(checkpoint), ggufs) else None
-    )
+    e2e_gguf = "f32" if "f32" in ggufs else "f16" if standin else None
     if "e2e" in wanted and e2e_gguf is None and not quiet:
         err.print("e2e skipped: it needs the f32 GGUF (panda export --target gguf --gguf-type f32)")
     chosen = one_question_per_video(questions, e2e_videos) if "e2e" in wanted and e2e_gguf else []
+    if not chosen and "task" not in wanted:
+        return {}  # no level left to run: the reference is not loaded
     if not quiet:
         err.print(f"loading the PyTorch reference ({precision.dtype}) from {checkpoint}", highlight=False)
     model = VideoPanda.from_pretrained(checkpoint, precision)
@@ -332,9 +339,14 @@ def _runtime_levels(
     levels: dict[str, Any] = {}
     if expected is not None:
         with progress_bar("e2e runtime answers", total=len(chosen), enabled=not quiet) as advance:
-            standin = e2e_gguf == "f16"
             levels["e2e"] = measure_e2e(
-                expected, bundle, chosen, videos_dir, e2e_gguf, on_video=advance, f16_standin=standin
+                expected,
+                bundle,
+                chosen,
+                videos_dir,
+                e2e_gguf,
+                on_video=advance,
+                f16_standin=e2e_gguf == "f16",
             )
     if reference is not None:
         gguf_type = "q8_0" if "q8_0" in ggufs else None
