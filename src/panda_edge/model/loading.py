@@ -163,6 +163,26 @@ def iter_tensors(directory: Path, wanted: Callable[[str], bool]) -> Iterator[tup
 # --- assigning ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _Slot:
+    """Where a checkpoint tensor goes: its part's prefix, the module owning it, its attribute name."""
+
+    prefix: str
+    owner: nn.Module
+    leaf: str
+    shape: torch.Size
+
+
+def _slots(parts: Mapping[str, nn.Module]) -> dict[str, _Slot]:
+    """Every weight and buffer of `parts` (prefix -> module) by its checkpoint name."""
+    slots = {}
+    for prefix, module in parts.items():
+        for local, tensor in module.state_dict(keep_vars=True).items():
+            owner_path, _, leaf = local.rpartition(".")
+            slots[prefix + local] = _Slot(prefix, module.get_submodule(owner_path), leaf, tensor.shape)
+    return slots
+
+
 def load_weights(
     parts: Mapping[str, nn.Module],
     directory: Path,
@@ -176,10 +196,7 @@ def load_weights(
     Every expected weight must come with its shape and nothing unexpected may; else one error names
     them. Returns the names skipped as training-only or derived.
     """
-    expected: dict[str, tuple[nn.Module, str, str, torch.Size]] = {}
-    for prefix, module in parts.items():
-        for local, tensor in module.state_dict(keep_vars=True).items():
-            expected[prefix + local] = (module, local, prefix, tensor.shape)
+    expected = _slots(parts)
     assigned: dict[str, Tensor] = {}
     skipped: list[str] = []
     unexpected: list[str] = []
@@ -197,22 +214,20 @@ def load_weights(
         if name not in expected:
             unexpected.append(name)
             continue
-        module, local, prefix, shape = expected[name]
-        if tuple(tensor.shape) != tuple(shape):
-            wrong.append(f"{name} {tuple(tensor.shape)} (expected {tuple(shape)})")
+        slot = expected[name]
+        if tuple(tensor.shape) != tuple(slot.shape):
+            wrong.append(f"{name} {tuple(tensor.shape)} (expected {tuple(slot.shape)})")
             continue
         if name in assigned:
             if not torch.equal(assigned[name].to(tensor.dtype).cpu(), tensor):
                 raise CheckpointError(f"'{name}' appears under both of its aliases with different values")
             continue
-        owner_path, _, leaf = local.rpartition(".")
-        owner = module.get_submodule(owner_path)
-        kept = precision.kept(tensor.dtype, keeps_16bit(prefix, owner))
+        kept = precision.kept(tensor.dtype, keeps_16bit(slot.prefix, slot.owner))
         value = tensor.to(device=precision.device, dtype=kept)
-        if leaf in owner._parameters:
-            owner._parameters[leaf] = nn.Parameter(value, requires_grad=False)
+        if slot.leaf in slot.owner._parameters:
+            slot.owner._parameters[slot.leaf] = nn.Parameter(value, requires_grad=False)
         else:
-            owner._buffers[leaf] = value
+            slot.owner._buffers[slot.leaf] = value
         assigned[name] = value
     missing = sorted(set(expected) - set(assigned))
     if missing or unexpected or wrong:
@@ -274,16 +289,17 @@ def materialize_buffers(root: nn.Module, device: str) -> None:
 
 
 def weight_bytes(
-    specs: Mapping[str, tuple[torch.dtype, tuple[int, ...]]],
+    parts: Mapping[str, nn.Module],
+    stored: Mapping[str, torch.dtype],
     precision: ReferencePrecision,
-    keep_16bit: Callable[[str, tuple[int, ...]], bool],
+    keeps_16bit: Callable[[str, nn.Module], bool],
 ) -> int:
-    """Bytes of the weights as they will be kept, from their stored dtypes and shapes."""
+    """Bytes `parts` take once filled: each slot in the dtype its stored tensor (by canonical name) is
+    kept in, by the rule `load_weights` applies."""
     total = 0
-    for name, (dtype, shape) in specs.items():
-        if canonical_name(name) is None:
-            continue
-        total += math.prod(shape) * precision.kept(dtype, keep_16bit(name, shape)).itemsize
+    for name, slot in _slots(parts).items():
+        dtype = stored.get(name, precision.compute)
+        total += math.prod(slot.shape) * precision.kept(dtype, keeps_16bit(slot.prefix, slot.owner)).itemsize
     return total
 
 
@@ -329,14 +345,13 @@ def load_reference(
 ) -> list[str]:
     """Check memory, then fill `parts` (built on meta) from `directory`; the modules under the prefix
     `widen` keep 16-bit Linear and Embedding weights under fp32 compute. Returns the skipped names."""
+
+    def keeps_16bit(prefix: str, module: nn.Module) -> bool:
+        return prefix == widen and widenable(module)
+
     specs = tensor_specs(directory)
-    wide = (widen,) if widen is not None else ()
-
-    def keep_16bit(name: str, shape: tuple[int, ...]) -> bool:
-        return len(shape) == 2 and _part_of(name, parts) in wide
-
-    wanted = {n: s for n, s in specs.items() if _part_of(canonical_name(n) or "", parts) is not None}
-    need = weight_bytes(wanted, precision, keep_16bit) + working
+    stored = {name: specs[n][0] for n in specs if (name := canonical_name(n)) is not None}
+    need = weight_bytes(parts, stored, precision, keeps_16bit) + working
     if precision.device == "cuda":
         free, _ = torch.cuda.mem_get_info()
         if need > free:
@@ -346,9 +361,7 @@ def load_reference(
             )
     else:
         check_memory(need, f"{what} in {precision.dtype}", _hint(precision))
-    skipped = load_weights(
-        parts, directory, precision, lambda prefix, module: prefix in wide and widenable(module)
-    )
+    skipped = load_weights(parts, directory, precision, keeps_16bit)
     for module in parts.values():
         materialize_buffers(module, precision.device)
         widen_compute(module, precision)
