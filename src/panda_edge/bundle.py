@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.errors import BundleError
-from panda_edge.fileio import write_json
+from panda_edge.fileio import file_mode, write_json
 from panda_edge.prompt import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, ROLES, SEP, SEP2, SYSTEM_PROMPT
 
 FORMAT_VERSION = 1
@@ -135,7 +135,7 @@ class StagedFiles:
         """Rename the staged files onto their names, then write the manifest listing `files`
         (`known`: records of files already verified, as for `write_manifest`)."""
         records = {name: self.record(name) for name in self._paths}
-        mode = 0o666 & ~_umask()
+        mode = file_mode()
         for name, tmp in self._paths.items():
             os.chmod(tmp, mode)  # mkstemp makes 0600
             os.replace(tmp, self.bundle / name)
@@ -145,12 +145,6 @@ class StagedFiles:
             cache.remember(name, record["sha256"])
         cache.save()
         return write_manifest(self.bundle, manifest, files, known={**(known or {}), **records})
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _host_id() -> str:

@@ -24,17 +24,18 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     os.close(fd)
     try:
         yield Path(tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 (and writers may recreate the file)
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600 (and writers may recreate the file)
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The mode a new file gets under this process's umask (mkstemp's temporaries are 0600)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
