@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
 import shutil
 import subprocess
@@ -81,19 +80,10 @@ def read_json(path: Path) -> object:
 
 def machine() -> dict:
     """The CPU's name and the features that change INT8 and llama.cpp speeds a lot."""
-    flags: set[str] = set()
-    name = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
-    return {"cpu": name, "cores": os.cpu_count(), "features": [f for f in wanted if f in flags]}
+    from panda_edge.bench.machine import cpu_info
+
+    name, features = cpu_info()
+    return {"cpu": name, "cores": os.cpu_count(), "features": features}
 
 
 STEPS = ("info", "export", "calibrate", "run", "chat", "parity", "plan")

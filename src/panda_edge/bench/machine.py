@@ -7,6 +7,7 @@ so this bounds its time). Both are measured with the thread count the benchmarks
 
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from pathlib import Path
@@ -84,3 +85,22 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB (macOS: bytes)
+
+
+# CPU features that change INT8 (VNNI, AMX) and llama.cpp (AVX-512, AMX) speeds a lot.
+NOTABLE_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
+
+
+def cpu_info() -> tuple[str, list[str]]:
+    """The CPU's model name and which of NOTABLE_FEATURES it has (from /proc/cpuinfo on Linux)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    except OSError:
+        pass
+    return name, [f for f in NOTABLE_FEATURES if f in flags]

@@ -36,19 +36,14 @@ def machine_info() -> dict[str, Any]:
     import onnxruntime
     import torch
 
+    from panda_edge.bench.machine import cpu_info
     from panda_edge.bundle import tool_versions
     from panda_edge.cores import available_cores
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu, features = cpu_info()
     return {
         "cpu": cpu,
+        "cpu_features": features,
         "cores_available": available_cores(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

@@ -72,16 +72,13 @@ def this_machine() -> Device:
     against `panda run`'s peak RSS here."""
     from pathlib import Path
 
-    from panda_edge.bench.machine import memory_bandwidth_gbs
+    from panda_edge.bench.machine import cpu_info, memory_bandwidth_gbs
 
-    total_kib, name = 0, "CPU"
+    total_kib = 0
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             total_kib = int(line.split()[1])
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            name = line.split(":", 1)[1].strip()
-            break
+    name, _ = cpu_info()
     memory_gib, bandwidth = total_kib / 2**20, memory_bandwidth_gbs()
     return Device("cpu", f"this machine ({name})", memory_gib, bandwidth, True, None, CPU_RESERVE_GIB)
 
