@@ -102,13 +102,18 @@ class PromptTokenizer:
             is_answer += [False] * len(prompt)
             if answer is None:
                 break
-            prompt_text = _turn_text(question, first=i == 0)
-            full = self.encode(prompt_text + " " + answer)
-            target = full[len(prompt) :] if full[: len(prompt)] == prompt else self.encode(" " + answer)
-            target.append(self.eos_id)
+            target = self.answer_ids(question, answer, first=i == 0)
             ids += target
             is_answer += [True] * len(target)
         return ids, is_answer
+
+    def answer_ids(self, question: str, answer: str, first: bool) -> list[int]:
+        """The ids of `answer` after its question's `turn_ids`, closing `</s>` included: encoded in
+        context, as the slow tokenizer splits the whole turn, when that keeps the question's ids."""
+        prompt = self.turn_ids(question, first)
+        full = self.encode(_turn_text(question, first) + " " + answer)
+        target = full[len(prompt) :] if full[: len(prompt)] == prompt else self.encode(" " + answer)
+        return [*target, self.eos_id]
 
 
 def _turn_text(question: str, first: bool) -> str:

@@ -9,8 +9,9 @@ follow-up turn) start from it in the KV cache, and `prefix_cache` keeps it on di
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from panda_edge.bench.timing import rate
-from panda_edge.bundle import manifest_value
+from panda_edge.bundle import manifest_value, sha256_file
 from panda_edge.config import VisionConfig
 from panda_edge.cores import available_cores
 from panda_edge.errors import BundleError, PandaError, VideoError
@@ -30,6 +31,7 @@ from panda_edge.runtime.vision.base import VisionBackend
 from panda_edge.sampling import GREEDY, Sampling, pick_token
 
 DEFAULT_N_CTX = 4096
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +44,9 @@ class Answer:
     decode_s: float  # from the first token to the last
     prefix: str  # how the video prefix was had: computed, memory (resident), disk (--cache)
     timings_s: dict[str, float] = field(default_factory=dict)  # decode_video, vision, prefill, question
+    prompt_tokens: int = 0  # positions before the first generated token, visual tokens included
+    cached_tokens: int = 0  # of those, how many were already in the KV cache (memory or disk)
+    finish_reason: str = "stop"  # stop: `</s>` or the caller's `should_stop`; length: max_new_tokens
 
     @property
     def decode_tok_s(self) -> float | None:
@@ -55,6 +60,9 @@ class Answer:
             "ttft_ms": round(self.ttft_s * 1e3, 2),
             "decode_tok_s": None if self.decode_tok_s is None else round(self.decode_tok_s, 2),
             "prefix": self.prefix,
+            "prompt_tokens": self.prompt_tokens,
+            "cached_tokens": self.cached_tokens,
+            "finish_reason": self.finish_reason,
             "timings_ms": {k: round(v * 1e3, 2) for k, v in self.timings_s.items()},
         }
 
@@ -201,12 +209,16 @@ class VideoRuntime:
 
     # --- answering -------------------------------------------------------------------------------
 
-    def chat(self, video: str | Path) -> VideoChat:
-        """A conversation about `video`; its first question computes (or reuses) the video prefix."""
+    def chat(self, video: str | Path, video_sha256: str | None = None) -> VideoChat:
+        """A conversation about `video`; its first question computes (or reuses) the video prefix.
+
+        A prefix is known by the video's content (`video_sha256`, hashed here when not given), so the
+        same clip under another name, a server's temporary copy say, reuses it.
+        """
         path = Path(video)
         if not path.is_file():
             raise VideoError(f"{path}: no such video file")
-        return VideoChat(self, path)
+        return VideoChat(self, path, video_sha256 or sha256_file(path))
 
     def answer(
         self,
@@ -218,6 +230,11 @@ class VideoRuntime:
     ) -> Answer:
         """One question about `video` in a fresh conversation."""
         return self.chat(video).ask(question, max_new_tokens, sampling, on_text)
+
+    @property
+    def resident_video(self) -> str | None:
+        """The sha256 of the video whose prefix is in the KV cache now, if any."""
+        return None if self._resident is None else self._resident[0]
 
     def forget_video(self) -> None:
         """Drop the resident video prefix, so the next question computes it again (benchmarks)."""
@@ -249,28 +266,27 @@ class VideoRuntime:
             self.warnings.append(warning)
         return time.perf_counter() - start
 
-    def _enter_video(self, video: Path) -> tuple[str, dict[str, float]]:
+    def _enter_video(self, video: Path, video_sha256: str) -> tuple[str, dict[str, float]]:
         """Make the KV cache hold exactly `video`'s prefix; says how (computed, memory, disk)."""
-        stat = video.stat()
-        resident_key = (str(video.resolve()), stat.st_size, stat.st_mtime_ns)
-        if self._resident is not None and self._resident[0] == resident_key:
+        if self._resident is not None and self._resident[0] == video_sha256:
             self.decoder.truncate(self._resident[1])
             return "memory", {}
         self._resident = None
         self._unsaved = None
         self.decoder.truncate(0)
-        disk_key = self.disk_cache.key(video) if self.disk_cache is not None else None
+        disk_key = self.disk_cache.key(video_sha256) if self.disk_cache is not None else None
         if disk_key is not None and (cached := self.disk_cache.load(disk_key)) is not None:
             start = time.perf_counter()
             if self.decoder.load_state_file(cached.state_file, cached.n_past):
                 self.decoder.truncate(cached.n_past)  # the state was saved with its first answer
-                self._resident = (resident_key, cached.n_past)
+                self._resident = (video_sha256, cached.n_past)
+                log.debug("video prefix from the disk cache: %s", cached.state_file)
                 return "disk", {"load_prefix": time.perf_counter() - start}
         visual, timings = self.encode_video(video)
         start = time.perf_counter()
         self._feed_prefix(visual)
         timings["prefill"] = time.perf_counter() - start
-        self._resident = (resident_key, self.decoder.n_past)
+        self._resident = (video_sha256, self.decoder.n_past)
         if disk_key is not None:  # saved after this first answer: the first token does not wait for it
             self._unsaved = (disk_key, video, self.decoder.n_past)
         return "computed", timings
@@ -302,11 +318,45 @@ class VideoRuntime:
 class VideoChat:
     """Turns about one video in the Vicuna v1 format; each follow-up adds only its own text."""
 
-    def __init__(self, runtime: VideoRuntime, video: Path) -> None:
+    def __init__(self, runtime: VideoRuntime, video: Path, video_sha256: str) -> None:
         self.runtime = runtime
         self.video = video
+        self.video_sha256 = video_sha256
         self.turns: list[tuple[str, str]] = []
         self._pending: list[int] = []  # tokens that close the last answer, fed with the next question
+
+    def _continue(self) -> tuple[str, dict[str, float], int]:
+        """Ready the KV cache for this conversation's next tokens: how the video prefix was had, its
+        timings, and how many positions were already there."""
+        runtime = self.runtime
+        if not self.turns:
+            how, timings = runtime._enter_video(self.video, self.video_sha256)
+            return how, timings, 0 if how == "computed" else runtime.decoder.n_past
+        if runtime._resident is None or runtime._owner is not self:
+            raise PandaError(
+                "another conversation used the runtime since this one's last turn (or that turn "
+                "failed); start a new conversation"
+            )
+        return "memory", {}, runtime.decoder.n_past
+
+    def replay(self, turns: Sequence[tuple[str, str]]) -> tuple[str, int]:
+        """Earlier (question, answer) turns a client repeats, fed as text without generating them (as
+        training encodes them), so the next `ask` continues that conversation. Returns how the video
+        prefix was had and how many positions were already in the KV cache."""
+        runtime = self.runtime
+        how, _, cached = self._continue()
+        runtime._owner = None
+        tokenizer = runtime.tokenizer
+        for question, answer in turns:
+            first = not self.turns
+            turn = tokenizer.turn_ids(question, first)
+            runtime.decoder.feed_tokens(
+                [*self._pending, *turn, *tokenizer.answer_ids(question, answer, first)]
+            )
+            self._pending = []
+            self.turns.append((question, answer))
+        runtime._owner = self
+        return how, cached
 
     def ask(
         self,
@@ -314,33 +364,32 @@ class VideoChat:
         max_new_tokens: int = 64,
         sampling: Sampling = GREEDY,
         on_text: Callable[[str], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Answer:
-        """Stream the answer's text to `on_text` and return it with its timings."""
+        """Stream the answer's text to `on_text` and return it with its timings. `should_stop`, asked
+        after each token, ends the answer early (a stop string seen, a client gone)."""
         if not question.strip():
             raise PandaError("the question is empty")
         runtime, decoder, tokenizer = self.runtime, self.runtime.decoder, self.runtime.tokenizer
         start = time.perf_counter()
-        if not self.turns:
-            how, timings = runtime._enter_video(self.video)
-        else:
-            if runtime._resident is None or runtime._owner is not self:
-                raise PandaError(
-                    "another conversation used the runtime since this one's last turn (or that turn "
-                    "failed); start a new conversation"
-                )
-            how, timings = "memory", {}
+        how, timings, cached = self._continue()
         runtime._owner = None  # until this turn is complete: a failed turn leaves no owner
         step = time.perf_counter()
         decoder.feed_tokens([*self._pending, *tokenizer.turn_ids(question, first=not self.turns)])
         timings["question"] = time.perf_counter() - step
+        prompt_tokens = decoder.n_past
         stream = TextStream(tokenizer, on_text)
         rng = None if sampling.greedy else sampling.generator()
         first_token_at = None
-        self._pending = [tokenizer.eos_id]
+        finish = "stop"
         for token in self._generate(max_new_tokens, sampling, rng):
             if first_token_at is None:
                 first_token_at = time.perf_counter()
             stream.push(token)
+            if len(stream.tokens) == max_new_tokens:
+                finish = "length"
+            elif should_stop is not None and should_stop():
+                break
         end = time.perf_counter()
         first_token_at = first_token_at or end
         if saved := runtime._save_prefix():
@@ -348,18 +397,33 @@ class VideoChat:
         runtime._owner = self
         answer = stream.answer()
         self.turns.append((question, answer))
-        return Answer(answer, stream.tokens, first_token_at - start, end - first_token_at, how, timings)
+        return Answer(
+            answer,
+            stream.tokens,
+            first_token_at - start,
+            end - first_token_at,
+            how,
+            timings,
+            prompt_tokens=prompt_tokens,
+            cached_tokens=cached,
+            finish_reason=finish,
+        )
 
     def _generate(
         self, max_new_tokens: int, sampling: Sampling, rng: np.random.Generator | None
     ) -> Iterator[int]:
+        """Generated ids; the last one yielded enters the KV cache with the next question, together
+        with the `</s>` that closes the answer (also when the caller stops early)."""
         decoder, eos = self.runtime.decoder, self.runtime.tokenizer.eos_id
+        self._pending = [eos]
         for n in range(max_new_tokens):
             token = pick_token(decoder.logits(), sampling, rng)
             if token == eos:
+                self._pending = [eos]
                 return
+            self._pending = [token, eos]
             yield token
-            if n + 1 == max_new_tokens:  # the cut answer's last token enters the cache with `</s>`
-                self._pending = [token, eos]
+            if n + 1 == max_new_tokens:
                 return
             decoder.feed_tokens([token])
+            self._pending = [eos]

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from panda_edge.bundle import sha256_file
 from panda_edge.errors import PandaError
 from panda_edge.fileio import atomic_path, write_json
 
@@ -36,8 +35,8 @@ class PrefixCache:
         self.identity = identity
         self.max_bytes = max_bytes
 
-    def key(self, video: Path) -> str:
-        data = json.dumps({"video": sha256_file(video), **self.identity}, sort_keys=True)
+    def key(self, video_sha256: str) -> str:
+        data = json.dumps({"video": video_sha256, **self.identity}, sort_keys=True)
         return hashlib.sha256(data.encode()).hexdigest()[:32]
 
     def load(self, key: str) -> CachedPrefix | None:
