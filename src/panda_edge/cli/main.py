@@ -16,6 +16,7 @@ from panda_edge.cli.info import info
 from panda_edge.cli.parity import parity
 from panda_edge.cli.plan import plan
 from panda_edge.cli.run import chat, run
+from panda_edge.cli.serve import serve
 from panda_edge.cli.toyworld import toyworld
 from panda_edge.cli.train import train
 
@@ -39,6 +40,7 @@ app.command(name="build-engine", rich_help_panel="Export")(build_engine)
 app.command(rich_help_panel="Export")(calibrate)
 app.command(rich_help_panel="Run")(run)
 app.command(rich_help_panel="Run")(chat)
+app.command(rich_help_panel="Run")(serve)
 app.command(rich_help_panel="Checks")(parity)
 app.add_typer(bench_app, name="bench", rich_help_panel="Checks")
 app.command(rich_help_panel="Deploy")(plan)

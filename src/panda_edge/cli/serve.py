@@ -1,0 +1,113 @@
+"""`panda serve`: the runtime behind an OpenAI-compatible HTTP API (Chat Completions with a video part)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from panda_edge.cli._common import err, handle_errors
+from panda_edge.cli.run import (
+    BundleOpt,
+    CacheMaxOpt,
+    CacheOpt,
+    CtxOpt,
+    GgufOpt,
+    GpuLayersOpt,
+    KvOpt,
+    PrecisionOpt,
+    ThreadsOpt,
+    VisionOpt,
+    _open_runtime,
+)
+from panda_edge.errors import PandaError
+
+
+@handle_errors
+def serve(
+    bundle: BundleOpt,
+    host: Annotated[
+        str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the server to the network.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one, printed).")] = 8000,
+    vision: VisionOpt = "ort",
+    precision: PrecisionOpt = None,
+    gguf_type: GgufOpt = None,
+    n_gpu_layers: GpuLayersOpt = 0,
+    threads: ThreadsOpt = None,
+    n_ctx: CtxOpt = None,
+    kv_cache: KvOpt = "f16",
+    cache: CacheOpt = None,
+    cache_max_gb: CacheMaxOpt = 20.0,
+    media_dir: Annotated[
+        Path | None,
+        typer.Option("--media-dir", help="file:// video URLs are served from under this directory only."),
+    ] = None,
+    allow_remote_media: Annotated[
+        bool, typer.Option("--allow-remote-media", help="Download http(s) video URLs (refused otherwise).")
+    ] = False,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            "--api-key", envvar="PANDA_API_KEY", help="Require 'Authorization: Bearer KEY' on /v1 routes."
+        ),
+    ] = None,
+    max_queue: Annotated[
+        int, typer.Option("--max-queue", min=0, help="Requests waiting beside the running one; past it 503.")
+    ] = 16,
+    max_request_mb: Annotated[
+        float,
+        typer.Option("--max-request-mb", min=0.01, help="Largest request body (a base64 video) or download."),
+    ] = 64.0,
+    model_name: Annotated[
+        str | None,
+        typer.Option(
+            "--model-name", help="The model id clients ask for (default: the bundle's folder name)."
+        ),
+    ] = None,
+) -> None:
+    """Serve the bundle over HTTP, as OpenAI's Chat Completions API with a video content part.
+
+    POST /v1/chat/completions (stream or not), GET /v1/models, /health, /metrics (Prometheus). One
+    decoder answers requests in order; a later request about the same video (or a follow-up that
+    repeats the earlier turns) starts from the cached video prefix, in memory and with --cache on
+    disk. Ctrl-C stops it.
+    """
+    from panda_edge.serving.app import ServeOptions, create_app
+    from panda_edge.serving.server import bind
+    from panda_edge.serving.server import serve as serve_forever
+
+    if media_dir is not None and not media_dir.is_dir():
+        raise PandaError(f"--media-dir {media_dir}: no such directory")
+    sock = bind(host, port)  # before loading: a busy port fails in a second, not after the model
+    runtime = _open_runtime(
+        bundle,
+        vision,
+        precision,
+        gguf_type,
+        threads=threads,
+        n_gpu_layers=n_gpu_layers,
+        n_ctx=n_ctx,
+        prefix_cache=cache,
+        cache_max_bytes=int(cache_max_gb * 1e9),
+        kv_cache=kv_cache,
+    )
+    options = ServeOptions(
+        model_name=model_name or runtime.parts.root.name,
+        api_key=api_key,
+        media_dir=media_dir,
+        allow_remote_media=allow_remote_media,
+        max_queue=max_queue,
+        max_request_bytes=int(max_request_mb * (1 << 20)),
+    )
+    app = create_app(runtime, options)
+    address, bound_port = sock.getsockname()[:2]
+    if host not in ("127.0.0.1", "::1", "localhost") and api_key is None:
+        err.print(f"warning: listening on {host} without --api-key: anyone who can reach it can use it")
+    err.print(
+        f"serving '{options.model_name}' on http://{address}:{bound_port}/v1 "
+        f"({runtime.vision_name} vision, {runtime.parts.gguf.name}); Ctrl-C stops",
+        highlight=False,
+    )
+    serve_forever(app, sock)

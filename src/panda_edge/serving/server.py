@@ -1,0 +1,60 @@
+"""uvicorn around the app: `serve` for `panda serve`, `running_server` for tests and `panda bench serve`."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from panda_edge.errors import PandaError
+from panda_edge.lazy import require
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket (port 0: a free one), so a busy port is a clear error before anything runs."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise PandaError(f"cannot listen on {host}:{port} ({exc.strerror}); choose another --port") from None
+    sock.listen(128)
+    return sock
+
+
+def _server(app: Any, log_level: str) -> Any:
+    uvicorn = require("uvicorn", "serve")
+    config = uvicorn.Config(
+        app, log_level=log_level, access_log=log_level == "debug", lifespan="on", timeout_graceful_shutdown=5
+    )
+    return uvicorn.Server(config)
+
+
+def serve(app: Any, sock: socket.socket, log_level: str = "warning") -> None:
+    """Answer until interrupted (Ctrl-C or SIGTERM: uvicorn finishes what runs, then the app closes)."""
+    _server(app, log_level).run(sockets=[sock])
+
+
+@contextmanager
+def running_server(app: Any, host: str = "127.0.0.1", log_level: str = "warning") -> Iterator[str]:
+    """The app served on a free local port from a thread; yields its base URL ("http://host:port")."""
+    sock = bind(host, 0)
+    server = _server(app, log_level)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise PandaError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://{host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()

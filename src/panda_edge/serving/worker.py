@@ -1,0 +1,235 @@
+"""One decoder, one thread: requests answered in arrival order from a bounded queue.
+
+llama.cpp holds one sequence, so answers cannot interleave; what a server can do is keep the video
+prefix for the next request (VideoRuntime keeps the last video's prefix resident, `--cache` keeps
+every video's on disk) and keep the last conversation, so a follow-up that repeats its turns goes
+on from the KV cache. Events for each request (text pieces, then the end or an error) cross to the
+event loop through `loop.call_soon_threadsafe`. A request whose client has gone is skipped while it
+waits, and stopped after its next token while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from panda_edge.errors import PandaError, VideoError
+from panda_edge.runtime.llm.decoder import ContextFull
+from panda_edge.runtime.pipeline import Answer, VideoChat, VideoRuntime
+from panda_edge.serving.media import MediaFile
+from panda_edge.serving.metrics import ServerMetrics
+from panda_edge.serving.protocol import ApiError, ChatRequest, bad_request
+
+log = logging.getLogger(__name__)
+
+
+class AnswerText:
+    """Answer text as a client sees it, piece by piece: no surrounding whitespace (as `panda run` prints
+    it) and cut before the first stop string; what could still become one is held back."""
+
+    def __init__(self, stops: tuple[str, ...] = ()) -> None:
+        self.stops = stops
+        self.text = ""
+        self.sent = 0
+        self.stopped = False
+
+    def push(self, piece: str) -> str:
+        if self.stopped:
+            return ""
+        self.text += piece
+        if self.sent == 0:
+            self.text = self.text.lstrip()
+        cut = min((i for s in self.stops if (i := self.text.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            self.stopped = True
+            self.text = self.text[:cut].rstrip()
+            return self._release(len(self.text))
+        hold = max((k for s in self.stops for k in range(1, len(s)) if self.text.endswith(s[:k])), default=0)
+        return self._release(len(self.text[: len(self.text) - hold].rstrip()))
+
+    def finish(self) -> str:
+        return "" if self.stopped else self._release(len(self.text.rstrip()))
+
+    def _release(self, end: int) -> str:
+        if end <= self.sent:
+            return ""
+        piece, self.sent = self.text[self.sent : end], end
+        return piece
+
+    @property
+    def content(self) -> str:
+        return self.text[: self.sent]
+
+
+@dataclass
+class Job:
+    """One request on its way through the queue; `events` receives ("text", str), then ("done", dict)
+    or ("error", ApiError)."""
+
+    request: ChatRequest
+    media: MediaFile
+    loop: asyncio.AbstractEventLoop
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    arrived: float = field(default_factory=time.perf_counter)
+
+    def send(self, kind: str, value: Any) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value))
+
+
+class AnswerWorker:
+    """The decoder thread and its queue (at most `max_queue` requests waiting beside the one running)."""
+
+    def __init__(self, runtime: VideoRuntime, max_queue: int, metrics: ServerMetrics) -> None:
+        self.runtime = runtime
+        self.max_queue = max_queue
+        self.metrics = metrics
+        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._waiting = 0
+        self._lock = threading.Lock()
+        self._live: VideoChat | None = None  # the last conversation, resident in the KV cache
+        self._seconds_per_job = 1.0  # running mean, for Retry-After
+        self._thread = threading.Thread(target=self._run, name="panda-decoder", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Job) -> None:
+        """Queue `job`, or raise a 503 ApiError with Retry-After when the queue is full."""
+        with self._lock:
+            if self._waiting >= self.max_queue:
+                retry = max(1, math.ceil(self._seconds_per_job * (self._waiting + 1)))
+                raise ApiError(
+                    503,
+                    f"the server is busy ({self._waiting} requests waiting); retry later",
+                    None,
+                    "queue_full",
+                    {"Retry-After": str(retry)},
+                )
+            self._waiting += 1
+            self.metrics.queue_depth.set(self._waiting)
+        self._queue.put(job)
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=60)
+
+    def _run(self) -> None:
+        while (job := self._queue.get()) is not None:
+            with self._lock:
+                self._waiting -= 1
+                self.metrics.queue_depth.set(self._waiting)
+            start = time.perf_counter()
+            try:
+                if not job.cancelled.is_set():
+                    self._answer(job)
+            finally:
+                job.media.close()
+            self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.perf_counter() - start)
+
+    def _answer(self, job: Job) -> None:
+        request = job.request
+        try:
+            chat, how, cached = self._conversation(job)
+            text = AnswerText(request.stop)
+            first_token: list[float] = []
+
+            def on_text(piece: str) -> None:
+                if not first_token:
+                    first_token.append(time.perf_counter())
+                if released := text.push(piece):
+                    job.send("text", released)
+
+            answer = chat.ask(
+                request.question,
+                request.max_tokens,
+                request.sampling,
+                on_text,
+                should_stop=lambda: text.stopped or job.cancelled.is_set(),
+            )
+        except ContextFull as exc:
+            self._live = None
+            job.send("error", bad_request(str(exc), code="context_length_exceeded"))
+            return
+        except VideoError as exc:
+            self._live = None
+            job.send("error", bad_request(str(exc), code="invalid_video"))
+            return
+        except PandaError as exc:
+            self._live = None
+            job.send("error", bad_request(str(exc)))
+            return
+        except Exception as exc:  # a bug of ours, not the client's: logged with its traceback
+            self._live = None
+            log.exception("answering failed")
+            job.send(
+                "error",
+                ApiError(500, f"the server failed answering ({type(exc).__name__})", None, "internal_error"),
+            )
+            return
+        if released := text.finish():
+            job.send("text", released)
+        self._live = chat if text.content == answer.text else None  # a client repeats what it was sent
+        job.send("done", self._summary(job, answer, how or answer.prefix, cached, text, first_token))
+
+    def _conversation(self, job: Job) -> tuple[VideoChat, str | None, int | None]:
+        """The live conversation when the request continues it, else a new one with the request's
+        earlier turns replayed; how its video prefix was had and the positions reused (None: the
+        answer's own account)."""
+        request, live = job.request, self._live
+        sha = None
+        if live is not None and live.turns == list(request.turns):
+            sha = _sha256(job.media)
+            if sha == live.video_sha256 and self.runtime.resident_video == sha:
+                return live, None, None
+        self._live = None
+        chat = self.runtime.chat(job.media.path, sha)
+        if not request.turns:
+            return chat, None, None
+        how, cached = chat.replay(request.turns)
+        return chat, how, cached
+
+    def _summary(
+        self,
+        job: Job,
+        answer: Answer,
+        how: str,
+        cached: int | None,
+        text: AnswerText,
+        first_token: list[float],
+    ) -> dict[str, Any]:
+        finish = "length" if answer.finish_reason == "length" and not text.stopped else "stop"
+        metrics = self.metrics
+        metrics.prefix.labels(how).inc()
+        metrics.prompt_tokens.inc(answer.prompt_tokens)
+        metrics.completion_tokens.inc(len(answer.tokens))
+        if first_token:
+            metrics.ttft.observe(first_token[0] - job.arrived)
+        if answer.decode_tok_s is not None:
+            metrics.decode.observe(answer.decode_tok_s)
+        cached_tokens = answer.cached_tokens if cached is None else cached
+        return {
+            "content": text.content,
+            "finish_reason": finish,
+            "usage": {
+                "prompt_tokens": answer.prompt_tokens,
+                "completion_tokens": len(answer.tokens),
+                "total_tokens": answer.prompt_tokens + len(answer.tokens),
+                "prompt_tokens_details": {"cached_tokens": cached_tokens},
+                "video_prefix": how,
+            },
+        }
+
+
+def _sha256(media: MediaFile) -> str:
+    from panda_edge.bundle import sha256_file
+
+    return sha256_file(media.path)
