@@ -161,6 +161,53 @@ def e2e(
     out.print(f"runtime follow-up / first TTFT: {number(ratio, '.1%')} (goal <= 10%)")
 
 
+@app.command()
+@handle_errors
+def serve(
+    bundle: Annotated[
+        Path | None, typer.Option(help="Bundle to serve (default: --model, exported first).")
+    ] = None,
+    model: Annotated[
+        str, typer.Option(help="tiny (the embedded model) or bench (full-size STAB + 0.54B random Llama).")
+    ] = "tiny",
+    requests: Annotated[int, typer.Option(min=1, help="Requests per client at each level.")] = 6,
+    seconds: Annotated[float, typer.Option(min=1.0, help="Time bound per level.")] = 120.0,
+    max_tokens: Annotated[int, typer.Option(min=1, help="Longest answer.")] = 16,
+    small_queue: Annotated[int, typer.Option(min=0, help="--max-queue of the overload run.")] = 1,
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
+    ] = None,
+) -> None:
+    """`panda serve` on 127.0.0.1 under 1, 2, 4 and 8 concurrent openai clients: time to first token
+    p50/p95, completed requests per minute, failures, prefix reuse, and 503s past a small --max-queue."""
+    from panda_edge.bench.serve import MODELS, bench_serve
+    from panda_edge.lazy import llama_cpp, require
+
+    check_choice("model", model, MODELS)
+    llama_cpp()
+    require("openai", "dev")
+    require("uvicorn", "serve")
+    quiet = json_to_stdout(json_out)
+    result = bench_serve(
+        bundle, model, requests, seconds, max_tokens, small_queue, on_step=step_printer(quiet)
+    )
+    if emit_result(result, json_out):
+        return
+    reuse = result["prefix_reuse"]
+    out.print(
+        f"prefix reuse: first request {number(reuse['ttft_first_ms'], '.0f')} ms to first token, same "
+        f"video again {number(reuse['ttft_same_video_ms'], '.0f')} ms "
+        f"({number(reuse['same_video_vs_first'], '.1%')})"
+    )
+    for level in [*result["concurrency"], result["overload"]]:
+        name = f"{level['clients']} clients" + (" (small queue)" if "max_queue" in level else "")
+        out.print(
+            f"{name:>22}: TTFT p50 {number(level['ttft_p50_ms'], '.0f')} ms, p95 "
+            f"{number(level['ttft_p95_ms'], '.0f')} ms, {number(level['completed_per_minute'], '.1f')} "
+            f"completed/min, failures {level['failures']} {level['statuses']}"
+        )
+
+
 @app.command(name="all")
 @handle_errors
 def all_benchmarks(
