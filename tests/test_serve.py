@@ -557,3 +557,35 @@ def test_with_cache_a_restarted_server_takes_the_prefix_from_disk(
             hows.append((reply.usage.video_prefix, reply.choices[0].message.content))
     assert [how for how, _ in hows] == ["computed", "disk"]
     assert hows[0][1] == hows[1][1]
+
+
+def test_remote_videos_are_downloaded_only_when_allowed(bundle: Path, toy: Path) -> None:
+    import functools
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(toy))
+    files = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=files.serve_forever, daemon=True).start()
+    entry = heldout(toy)[5]
+    remote = f"http://127.0.0.1:{files.server_address[1]}/videos/{entry['video']}"
+    part = {"type": "video_url", "video_url": {"url": remote}}
+    try:
+        with in_process_server(bundle, toy, allow_remote_media=True) as url:
+            client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
+            reply = client.chat.completions.create(model="random", messages=ask(part, entry["question"]))
+            local = client.chat.completions.create(
+                model="random", messages=ask(video_part(video_of(toy, entry)), entry["question"])
+            )
+            assert reply.choices[0].message.content == local.choices[0].message.content
+            assert local.usage.video_prefix == "memory"  # the same content, downloaded or local
+            missing = {"type": "video_url", "video_url": {"url": remote + ".none"}}
+            with pytest.raises(openai.BadRequestError) as error:
+                client.chat.completions.create(model="random", messages=ask(missing, "q?"))
+            assert error.value.code == "video_not_found"
+        with in_process_server(bundle, toy, allow_remote_media=True, max_request_bytes=1000) as url:
+            status, reply = raw_post(
+                url, json.dumps({"model": "random", "messages": ask(part, "q?")}).encode()
+            )
+            assert status == 413 and reply["error"]["code"] == "video_too_large"
+    finally:
+        files.shutdown()

@@ -131,6 +131,11 @@ class AnswerWorker:
             try:
                 if not job.cancelled.is_set():
                     self._answer(job)
+            except Exception as exc:  # a bug of ours, not the client's: logged; the thread goes on
+                self._live = None
+                log.exception("answering failed")
+                failed = f"the server failed answering ({type(exc).__name__})"
+                job.send("error", ApiError(500, failed, None, "internal_error"))
             finally:
                 job.media.close()
             self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.perf_counter() - start)
@@ -166,14 +171,6 @@ class AnswerWorker:
         except PandaError as exc:
             self._live = None
             job.send("error", bad_request(str(exc)))
-            return
-        except Exception as exc:  # a bug of ours, not the client's: logged with its traceback
-            self._live = None
-            log.exception("answering failed")
-            job.send(
-                "error",
-                ApiError(500, f"the server failed answering ({type(exc).__name__})", None, "internal_error"),
-            )
             return
         if released := text.finish():
             job.send("text", released)
