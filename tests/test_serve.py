@@ -4,11 +4,14 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -86,13 +89,15 @@ def random_client(random_bundle: Path, toy: Path):
 
 
 @contextmanager
-def panda_serve(bundle: Path, media: Path, tmp: Path, *args: str) -> Iterator[tuple[str, subprocess.Popen]]:
+def panda_serve(
+    bundle: Path, media: Path, tmp: Path, *args: str, port: str = "0"
+) -> Iterator[tuple[str, subprocess.Popen]]:
     """`panda serve --port 0` in its own process; yields its base URL and the process. TMPDIR is
     `tmp/tmp`, so a test can see the temporary files it leaves."""
     (tmp / "tmp").mkdir(parents=True, exist_ok=True)
     log = tmp / "serve.log"
     env = {**os.environ, "TMPDIR": str(tmp / "tmp"), "PANDA_API_KEY": KEY}
-    command = [sys.executable, "-m", "panda_edge.cli.main", "serve", "--bundle", str(bundle), "--port", "0"]
+    command = [sys.executable, "-m", "panda_edge.cli.main", "serve", "--bundle", str(bundle), "--port", port]
     with log.open("w") as stderr:
         process = subprocess.Popen([*command, "--media-dir", str(media), *args], stderr=stderr, env=env)
     try:
@@ -589,3 +594,43 @@ def test_remote_videos_are_downloaded_only_when_allowed(bundle: Path, toy: Path)
             assert status == 413 and reply["error"]["code"] == "video_too_large"
     finally:
         files.shutdown()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="panda serve --ray needs panda-edge[ray]")
+def test_ray_replicas_answer_like_panda_serve_and_share_the_disk_cache(
+    client, bundle: Path, toy: Path, tmp_path: Path
+) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    cache = tmp_path / "cache"
+    args = ["--ray", "local", "--replicas", "2", "--threads", "1", "--max-queue", "0", "--cache", str(cache)]
+    short = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
+    with panda_serve(bundle, toy, short, *args, port=port) as (url, _):
+        replicas = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        for entry in heldout(toy, 3):
+            request = {"model": "tiny", "messages": ask(video_part(video_of(toy, entry)), entry["question"])}
+            expected = client.chat.completions.create(**request, max_tokens=16).choices[0].message.content
+            assert (
+                replicas.chat.completions.create(**request, max_tokens=16).choices[0].message.content
+                == expected
+            )
+        # two at once about a video one replica has seen: the other takes the prefix from the cache
+        video = video_part(video_of(toy, heldout(toy)[6]))
+        first = replicas.chat.completions.create(model="tiny", messages=ask(video, "What color is it?"))
+        assert first.usage.video_prefix == "computed"
+        hows: list[str] = []
+
+        def ask_again() -> None:
+            reply = replicas.chat.completions.create(model="tiny", messages=ask(video, "Which shape is it?"))
+            hows.append(reply.usage.video_prefix)
+
+        threads = [threading.Thread(target=ask_again) for _ in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(hows) in (["disk", "memory"], ["disk", "disk"]), hows
+    shutil.rmtree(short, ignore_errors=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
@@ -66,6 +67,20 @@ def serve(
             "--model-name", help="The model id clients ask for (default: the bundle's folder name)."
         ),
     ] = None,
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Serve as Ray Serve replicas: 'local' (a cluster on this machine), 'auto' (the running "
+            "cluster) or a cluster address. Needs panda-edge[ray].",
+        ),
+    ] = None,
+    replicas: Annotated[
+        int, typer.Option("--replicas", min=1, help="With --ray: runtimes behind the one address.")
+    ] = 1,
+    gpus_per_replica: Annotated[
+        float, typer.Option("--gpus-per-replica", min=0.0, help="With --ray: GPUs each replica asks for.")
+    ] = 0.0,
 ) -> None:
     """Serve the bundle over HTTP, as OpenAI's Chat Completions API with a video content part.
 
@@ -75,32 +90,36 @@ def serve(
     disk. Ctrl-C stops it.
     """
     from panda_edge.serving.app import ServeOptions, create_app
+    from panda_edge.serving.ray_replicas import RuntimeOptions
     from panda_edge.serving.server import bind
     from panda_edge.serving.server import serve as serve_forever
 
     if media_dir is not None and not media_dir.is_dir():
         raise PandaError(f"--media-dir {media_dir}: no such directory")
-    sock = bind(host, port)  # before loading: a busy port fails in a second, not after the model
-    runtime = _open_runtime(
-        bundle,
-        vision,
-        precision,
-        gguf_type,
-        threads=threads,
-        n_gpu_layers=n_gpu_layers,
-        n_ctx=n_ctx,
-        prefix_cache=cache,
-        cache_max_bytes=int(cache_max_gb * 1e9),
-        kv_cache=kv_cache,
-    )
     options = ServeOptions(
-        model_name=model_name or runtime.parts.root.name,
+        model_name=model_name or bundle.resolve().name,
         api_key=api_key,
         media_dir=media_dir,
         allow_remote_media=allow_remote_media,
         max_queue=max_queue,
         max_request_bytes=int(max_request_mb * (1 << 20)),
     )
+    runtime_options = RuntimeOptions(
+        vision=vision,
+        precision=precision,
+        gguf_type=gguf_type,
+        threads=threads,
+        n_gpu_layers=n_gpu_layers,
+        n_ctx=n_ctx,
+        kv_cache=kv_cache,
+        prefix_cache=None if cache is None else str(cache.resolve()),
+        cache_max_bytes=int(cache_max_gb * 1e9),
+    )
+    if ray is not None:
+        _serve_on_ray(ray, replicas, gpus_per_replica, bundle, host, port, options, runtime_options)
+        return
+    sock = bind(host, port)  # before loading: a busy port fails in a second, not after the model
+    runtime = _open_runtime(bundle, **asdict(runtime_options))
     app = create_app(runtime, options)
     address, bound_port = sock.getsockname()[:2]
     if host not in ("127.0.0.1", "::1", "localhost") and api_key is None:
@@ -111,3 +130,27 @@ def serve(
         highlight=False,
     )
     serve_forever(app, sock)
+
+
+def _serve_on_ray(
+    address: str, replicas: int, gpus: float, bundle: Path, host: str, port: int, options, runtime
+) -> None:
+    """The same app as Ray Serve replicas; the bundle is checked here first (exit 2, not a replica
+    that fails to start)."""
+    from panda_edge.runtime.parts import default_precision, open_bundle
+    from panda_edge.serving import ray_replicas
+
+    open_bundle(
+        bundle, runtime.gguf_type, runtime.precision or default_precision(runtime.vision), runtime.vision
+    )
+    url = ray_replicas.deploy(
+        bundle, runtime, options, replicas, host, port, None if address == "local" else address, gpus
+    )
+    err.print(
+        f"serving '{options.model_name}' on {url}/v1 with {replicas} Ray Serve replicas; Ctrl-C stops",
+        highlight=False,
+    )
+    try:
+        ray_replicas.wait_forever()
+    finally:
+        ray_replicas.shutdown()

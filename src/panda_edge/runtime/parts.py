@@ -24,6 +24,12 @@ VISION_PRECISIONS = ("fp32", "int8")
 TRT_PRECISIONS = ("fp32", "fp16", "int8")
 
 
+def default_precision(backend: str) -> str:
+    """The vision precision a backend runs when none is asked: TensorRT the fp16 engine `panda
+    build-engine` builds by default, the others the fp32 graph."""
+    return "fp16" if backend == "trt" else "fp32"
+
+
 @dataclass(frozen=True)
 class BundleParts:
     """The files a runtime session uses, resolved and hash-checked."""

@@ -25,7 +25,7 @@ from panda_edge.cores import available_cores
 from panda_edge.errors import BundleError, PandaError, VideoError
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
 from panda_edge.runtime.llm.decoder import LlamaDecoder
-from panda_edge.runtime.parts import VISION_BACKENDS, BundleParts, check_fit, open_bundle
+from panda_edge.runtime.parts import VISION_BACKENDS, BundleParts, check_fit, default_precision, open_bundle
 from panda_edge.runtime.prefix_cache import PrefixCache
 from panda_edge.runtime.vision.base import VisionBackend
 from panda_edge.sampling import GREEDY, Sampling, pick_token
@@ -148,7 +148,7 @@ class VideoRuntime:
         checkpoint: str | None = None,
         cache_max_bytes: int | None = None,
     ) -> None:
-        precision = precision or ("fp16" if vision == "trt" else "fp32")  # trt: what build-engine builds
+        precision = precision or default_precision(vision)
         self.parts = open_bundle(bundle, gguf_type, precision, vision)
         self.vision_name = vision
         manifest, root = self.parts.manifest, self.parts.root

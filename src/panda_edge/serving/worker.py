@@ -91,7 +91,8 @@ class AnswerWorker:
         self.max_queue = max_queue
         self.metrics = metrics
         self._queue: queue.Queue[Job | None] = queue.Queue()
-        self._waiting = 0
+        self._pending = 0  # submitted and not finished: waiting, and the one running
+        self._running = False
         self._lock = threading.Lock()
         self._live: VideoChat | None = None  # the last conversation, resident in the KV cache
         self._seconds_per_job = 1.0  # running mean, for Retry-After
@@ -99,34 +100,34 @@ class AnswerWorker:
         self._thread.start()
 
     def submit(self, job: Job) -> None:
-        """Queue `job`, or raise a 503 ApiError with Retry-After when the queue is full."""
+        """Queue `job`, or raise a 503 ApiError with Retry-After when `max_queue` wait already."""
         with self._lock:
-            if self._waiting >= self.max_queue:
-                retry = max(1, math.ceil(self._seconds_per_job * (self._waiting + 1)))
-                raise ApiError(
-                    503,
-                    f"the server is busy ({self._waiting} requests waiting); retry later",
-                    None,
-                    "queue_full",
-                    {"Retry-After": str(retry)},
-                )
-            self._waiting += 1
-            self.metrics.queue_depth.set(self._waiting)
+            waiting = self._pending - (1 if self._running else 0)
+            if self._pending > self.max_queue:  # the running one and max_queue waiting
+                retry = max(1, math.ceil(self._seconds_per_job * (waiting + 1)))
+                message = f"the server is busy ({waiting} requests waiting); retry later"
+                raise ApiError(503, message, None, "queue_full", {"Retry-After": str(retry)})
+            self._pending += 1
+            self._show_depth()
         self._queue.put(job)
 
     @property
     def waiting(self) -> int:
-        return self._waiting
+        """Requests submitted and not yet started."""
+        return self._pending - (1 if self._running else 0)
 
     def close(self) -> None:
         self._queue.put(None)
         self._thread.join(timeout=60)
 
+    def _show_depth(self) -> None:
+        self.metrics.queue_depth.set(self.waiting)
+
     def _run(self) -> None:
         while (job := self._queue.get()) is not None:
             with self._lock:
-                self._waiting -= 1
-                self.metrics.queue_depth.set(self._waiting)
+                self._running = True
+                self._show_depth()
             start = time.perf_counter()
             try:
                 if not job.cancelled.is_set():
@@ -138,6 +139,10 @@ class AnswerWorker:
                 job.send("error", ApiError(500, failed, None, "internal_error"))
             finally:
                 job.media.close()
+                with self._lock:
+                    self._pending -= 1
+                    self._running = False
+                    self._show_depth()
             self._seconds_per_job = 0.8 * self._seconds_per_job + 0.2 * (time.perf_counter() - start)
 
     def _answer(self, job: Job) -> None:
