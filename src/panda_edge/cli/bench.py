@@ -199,7 +199,7 @@ def serve(
         f"video again {number(reuse['ttft_same_video_ms'], '.0f')} ms "
         f"({number(reuse['same_video_vs_first'], '.1%')})"
     )
-    for level in [*result["concurrency"], result["overload"]]:
+    for level in [*result.get("concurrency", []), *filter(None, [result.get("overload")])]:
         name = f"{level['clients']} clients" + (" (small queue)" if "max_queue" in level else "")
         out.print(
             f"{name:>22}: TTFT p50 {number(level['ttft_p50_ms'], '.0f')} ms, p95 "
