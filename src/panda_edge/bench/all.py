@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from panda_edge.bench.timing import quotient
+from panda_edge.timing import quotient
 
 VISUAL_TOKENS = 2184  # a full-size 8-frame video (DESIGN.md §2)
 TEXT_TOKENS = 64  # system prompt and question around them

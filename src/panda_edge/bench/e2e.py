@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.bench.machine import peak_rss_mb
-from panda_edge.bench.timing import BELOW_RESOLUTION, measurable, median_s, quotient, rate, significant
+from panda_edge.timing import BELOW_RESOLUTION, measurable, median_s, quotient, rate, significant
 
 QUESTIONS = ("What color is the ring?", "Which direction does the square move?")
 MODELS = ("tiny", "bench")

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from panda_edge.bench.timing import BELOW_RESOLUTION, median_s, quotient, rate, significant
 from panda_edge.config import LlmConfig, ModelConfig
+from panda_edge.timing import BELOW_RESOLUTION, median_s, quotient, rate, significant
 
 # ~0.54B parameters: Llama-7B's head size and vocabulary, narrower and shallower.
 BENCH_LLM = LlmConfig(

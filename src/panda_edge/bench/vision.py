@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from panda_edge.bench.timing import BELOW_RESOLUTION, median_s, rate, significant, time_ratio
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.config import ModelConfig, preset
 from panda_edge.parity.clips import clip_frames
 from panda_edge.parity.compare import LEVELS, compare_tokens
+from panda_edge.timing import BELOW_RESOLUTION, median_s, rate, significant, time_ratio
 from panda_edge.video.preprocess import preprocess_frames
 
 
@@ -36,9 +36,8 @@ def machine_info() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from panda_edge.bench.machine import cpu_info
     from panda_edge.bundle import tool_versions
-    from panda_edge.cores import available_cores
+    from panda_edge.host import available_cores, cpu_info
 
     cpu, features = cpu_info()
     return {
@@ -217,7 +216,7 @@ def gemm_ceiling(repeat: int, rows: int = 2184, width: int = 4096, seed: int = 0
     from onnx import TensorProto, helper, numpy_helper
 
     from panda_edge.calibration.qdq import CPU, QdqWriter
-    from panda_edge.cores import available_cores
+    from panda_edge.host import available_cores
     from panda_edge.runtime.vision.ort import session_options
 
     rng = np.random.default_rng(seed)

@@ -17,7 +17,7 @@ import numpy as np
 
 from panda_edge.errors import PandaError
 from panda_edge.lazy import require
-from panda_edge.runtime.vision.base import FRAMES
+from panda_edge.token_layout import FRAMES
 
 METHODS = ("minmax", "entropy", "percentile")
 # Entropy (KL-divergence thresholds, TensorRT's classic calibrator) kept the trained tiny model's

@@ -23,12 +23,11 @@ import onnx
 
 from panda_edge.calibration.groups import GROUPS, OTHER, group_nodes
 from panda_edge.calibration.qdq import CPU, TENSORRT, QdqWriter
-from panda_edge.cores import available_cores
+from panda_edge.host import available_cores
 from panda_edge.lazy import require
 from panda_edge.parity.compare import LEVELS, OutputParity, Thresholds, combine, compare_tokens
-from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS
-from panda_edge.runtime.vision.layout import METADATA_KEY, TokenLayout
 from panda_edge.runtime.vision.ort import session_options
+from panda_edge.token_layout import FRAMES, METADATA_KEY, VISUAL_TOKENS, TokenLayout
 
 DESCRIPTIONS = {g.name: g.description for g in (*GROUPS, OTHER)}
 

@@ -175,7 +175,7 @@ def _export_trt(
     """Graphs for TensorRT + build_engine.sh; the engine too when TensorRT and a GPU are here."""
     from panda_edge.export.stab_onnx.profiles import get_profile
     from panda_edge.export.trt.pipeline import export_trt
-    from panda_edge.export.trt.versions import check_precision
+    from panda_edge.trt.versions import check_precision
 
     get_profile(profile)
     check_precision(precision)

@@ -17,17 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from panda_edge.bench.timing import rate
 from panda_edge.bundle import manifest_value
 from panda_edge.config import VisionConfig
-from panda_edge.cores import available_cores
 from panda_edge.errors import BundleError, PandaError, VideoError
+from panda_edge.host import available_cores
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
 from panda_edge.runtime.llm.decoder import LlamaDecoder
 from panda_edge.runtime.parts import VISION_BACKENDS, BundleParts, check_fit, open_bundle
 from panda_edge.runtime.prefix_cache import PrefixCache
 from panda_edge.runtime.vision.base import VisionBackend
 from panda_edge.sampling import GREEDY, Sampling, pick_token
+from panda_edge.timing import rate
 
 DEFAULT_N_CTX = 4096
 

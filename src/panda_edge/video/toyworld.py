@@ -24,8 +24,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from panda_edge.cores import worker_count
 from panda_edge.fileio import write_json
+from panda_edge.host import worker_count
 from panda_edge.video.encode import write_video
 
 T = TypeVar("T")

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.errors import CheckFailed, PandaError
-from panda_edge.export.trt.device import tensorrt
-from panda_edge.export.trt.recipe import Recipe
 from panda_edge.fileio import atomic_path
+from panda_edge.trt.device import tensorrt
+from panda_edge.trt.recipe import Recipe
 
 
 class EngineBuildFailed(CheckFailed):

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from panda_edge.cores import available_cores
 from panda_edge.errors import BundleError, PandaError
+from panda_edge.host import available_cores
 from panda_edge.lazy import require
-from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS, TensorSpec, VisionBackend
-from panda_edge.runtime.vision.layout import METADATA_KEY, TokenLayout
+from panda_edge.runtime.vision.base import TensorSpec, VisionBackend
+from panda_edge.token_layout import FRAMES, METADATA_KEY, VISUAL_TOKENS, TokenLayout
 
 _ORT_TYPES = {"tensor(float)": np.dtype(np.float32)}
 # precision -> (manifest section, key of the graph's file name, Q/DQ computed in float)

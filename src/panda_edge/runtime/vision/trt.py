@@ -18,11 +18,11 @@ from typing import Any
 import numpy as np
 
 from panda_edge.errors import BundleError
-from panda_edge.export.trt.device import TrtStatus, TrtUnavailable, cuda_check, cudart, tensorrt, trt_status
-from panda_edge.export.trt.record import ENGINES_KEY, engines_of_precision, select_engine
-from panda_edge.export.trt.versions import TrtVersion
-from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS, TensorSpec, VisionBackend
-from panda_edge.runtime.vision.layout import TokenLayout
+from panda_edge.runtime.vision.base import TensorSpec, VisionBackend
+from panda_edge.token_layout import FRAMES, VISUAL_TOKENS, TokenLayout
+from panda_edge.trt.device import TrtStatus, TrtUnavailable, cuda_check, cudart, tensorrt, trt_status
+from panda_edge.trt.record import ENGINES_KEY, engines_of_precision, select_engine
+from panda_edge.trt.versions import TrtVersion
 
 
 def trt_available(device: int = 0) -> TrtStatus:

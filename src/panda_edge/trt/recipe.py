@@ -1,7 +1,8 @@
 """Which graph of a bundle to build, with which flags, and the equivalent `trtexec` command (pure).
 
-One recipe serves both builders: `build.py` sets the recipe's network and builder flags through the
-TensorRT Python API, `build_engine.sh` passes its `trtexec` options; both read the same ONNX file.
+One recipe serves both builders: `export/trt/build.py` sets the recipe's network and builder flags
+through the TensorRT Python API, `build_engine.sh` passes its `trtexec` options; both read the same
+ONNX file.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from panda_edge.errors import BundleError
-from panda_edge.export.trt.versions import Family, check_precision
+from panda_edge.trt.versions import Family, check_precision
 
 DEFAULT_WORKSPACE_MB = 1024
 # trtexec options that choose precision or typing; a log's command must carry exactly the recipe's.

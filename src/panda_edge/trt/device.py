@@ -14,8 +14,8 @@ from types import ModuleType
 from typing import Any
 
 from panda_edge.errors import MissingDependency, PandaError
-from panda_edge.export.trt.record import GpuInfo
-from panda_edge.export.trt.versions import TrtUnsupported, TrtVersion, family_for
+from panda_edge.trt.record import GpuInfo
+from panda_edge.trt.versions import TrtUnsupported, TrtVersion, family_for
 
 TENSORRT_HINT = (
     "TensorRT's Python package is not installed: on Jetson it comes with JetPack "
