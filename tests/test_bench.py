@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from panda_edge.bench.all import ANSWER_TOKENS, TEXT_TOKENS, VISUAL_TOKENS, goals, plot, roofline, stages
 from panda_edge.cli.main import app
 from panda_edge.host import memory_bandwidth_gbs
-from panda_edge.lazy import has_llama_cpp
+from panda_edge.optional import has_llama_cpp
 
 VISION = {
     "vision": {

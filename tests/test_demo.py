@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from panda_edge.assets import TINY_DIR
 from panda_edge.cli.main import app
-from panda_edge.lazy import has_llama_cpp
 from panda_edge.model.loading import WidenedEmbedding, WidenedLinear
 from panda_edge.model.videopanda import VideoPanda
+from panda_edge.optional import has_llama_cpp
 
 
 def test_embedded_model_is_small_and_computes_in_float32() -> None:

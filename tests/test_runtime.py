@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from panda_edge.cli.main import app
 from panda_edge.export.llm_gguf.pipeline import export_gguf
 from panda_edge.export.stab_onnx.pipeline import export_bundle
-from panda_edge.lazy import has_llama_cpp
+from panda_edge.optional import has_llama_cpp
 from panda_edge.parity.task import read_questions
 
 pytestmark = pytest.mark.skipif(

@@ -95,8 +95,8 @@ def run_demo(
 ) -> DemoReport:
     """The whole chain on the embedded model: reference answers, ONNX + GGUF export, the runtime's
     answers (ONNX Runtime vision + llama.cpp), and parity (stab_fp32, e2e, task) with timings."""
-    from panda_edge.lazy import has_llama_cpp
     from panda_edge.model.videopanda import VideoPanda, reference_answerer
+    from panda_edge.optional import has_llama_cpp
     from panda_edge.parity.task import evaluate, read_questions
 
     workdir = workdir or cache_dir() / "demo"

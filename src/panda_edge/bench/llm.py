@@ -146,7 +146,7 @@ def _timed(run: Callable[[], tuple[float, float]], repeat: int, prompt: int, new
 
 
 def _llama_runner(path: Path, prompt: list[int], new: int, threads: int) -> Callable[[], tuple[float, float]]:
-    from panda_edge.lazy import llama_cpp
+    from panda_edge.optional import llama_cpp
     from panda_edge.runtime.llm.llamacpp import load_llama
 
     lib = llama_cpp()

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from panda_edge.errors import PandaError
-from panda_edge.lazy import require
+from panda_edge.optional import require
 from panda_edge.token_layout import FRAMES
 
 METHODS = ("minmax", "entropy", "percentile")

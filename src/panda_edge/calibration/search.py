@@ -24,7 +24,7 @@ import onnx
 from panda_edge.calibration.groups import GROUPS, OTHER, group_nodes
 from panda_edge.calibration.qdq import CPU, TENSORRT, QdqWriter
 from panda_edge.host import available_cores
-from panda_edge.lazy import require
+from panda_edge.optional import require
 from panda_edge.parity.compare import LEVELS, OutputParity, Thresholds, combine, compare_tokens
 from panda_edge.runtime.vision.ort import session_options
 from panda_edge.token_layout import FRAMES, METADATA_KEY, VISUAL_TOKENS, TokenLayout

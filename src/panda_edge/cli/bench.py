@@ -100,7 +100,7 @@ def llm(
     from dataclasses import replace
 
     from panda_edge.bench.llm import BENCH_LLM, bench_llm
-    from panda_edge.lazy import llama_cpp
+    from panda_edge.optional import llama_cpp
 
     llama_cpp()
     quiet = json_to_stdout(json_out)
@@ -139,7 +139,7 @@ def e2e(
     the PyTorch reference vs the runtime (ONNX Runtime + llama.cpp), each in its own process."""
     from panda_edge.bench.e2e import MODELS, bench_e2e
     from panda_edge.export.llm_gguf.pipeline import get_gguf_type
-    from panda_edge.lazy import llama_cpp
+    from panda_edge.optional import llama_cpp
 
     check_choice("model", model, MODELS)
     get_gguf_type(gguf_type)
@@ -179,7 +179,7 @@ def all_benchmarks(
     the DESIGN.md §6 goals."""
     from panda_edge.bench.all import bench_all, plot
     from panda_edge.bench.e2e import MODELS
-    from panda_edge.lazy import llama_cpp, require
+    from panda_edge.optional import llama_cpp, require
 
     check_choice("e2e model", e2e_model, MODELS)
     llama_cpp()

@@ -219,9 +219,9 @@ def _print_stab(level: str, stab: Any) -> None:
 def _tokenizer_level(checkpoint: str, bundle: Path, manifest: dict[str, Any]):
     """llama.cpp's ids (a GGUF's vocabulary only) vs SentencePiece's: no weights are loaded."""
     from panda_edge.bundle import bundle_file
-    from panda_edge.lazy import llama_cpp
     from panda_edge.model.checkpoint import TOKENIZER_FILE
     from panda_edge.model.videopanda import resolve_checkpoint
+    from panda_edge.optional import llama_cpp
     from panda_edge.parity.llm import hf_tokenizer_agreement, tokenizer_parity
 
     llama_cpp()
@@ -239,9 +239,9 @@ def _llm_level(
     """Every GGUF type in the bundle against the Llama alone; the reference is freed before llama.cpp
     loads a GGUF. `standin`: the f16 GGUF is judged in place of a missing f32 one."""
     from panda_edge.bundle import bundle_file
-    from panda_edge.lazy import llama_cpp
     from panda_edge.model.checkpoint import TOKENIZER_FILE
     from panda_edge.model.videopanda import resolve_checkpoint
+    from panda_edge.optional import llama_cpp
     from panda_edge.parity.llm import llm_parity, parity_sequences
     from panda_edge.parity.llm_reference import reference_logits
     from panda_edge.prompt import PromptTokenizer

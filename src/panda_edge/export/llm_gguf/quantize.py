@@ -12,7 +12,7 @@ import ctypes
 from pathlib import Path
 
 from panda_edge.errors import PandaError
-from panda_edge.lazy import llama_cpp
+from panda_edge.optional import llama_cpp
 
 
 def kquantize(source: Path, target: Path, ftype_name: str, threads: int = 2) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from panda_edge.errors import BundleError, PandaError
-from panda_edge.lazy import llama_cpp
+from panda_edge.optional import llama_cpp
 
 # ggml_type ids of the KV cache element types we use; a quantized V cache needs flash attention.
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}

@@ -15,7 +15,7 @@ import numpy as np
 
 from panda_edge.errors import BundleError, PandaError
 from panda_edge.host import available_cores
-from panda_edge.lazy import require
+from panda_edge.optional import require
 from panda_edge.runtime.vision.base import TensorSpec, VisionBackend
 from panda_edge.token_layout import FRAMES, METADATA_KEY, VISUAL_TOKENS, TokenLayout
 
