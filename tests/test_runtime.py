@@ -39,7 +39,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from panda_edge.video.toyworld import generate
+    from panda_edge.toyworld.writer import generate
 
     directory = tmp_path_factory.mktemp("toy")
     generate(directory, videos=10, seed=3, heldout_fraction=0.5)

@@ -11,10 +11,10 @@ from torch import nn
 
 from panda_edge.errors import PandaError
 from panda_edge.model.videopanda import VideoPanda
+from panda_edge.toyworld.writer import generate
 from panda_edge.train.data import IGNORE, build_examples, read_conversations
 from panda_edge.train.recipe import TINY_RECIPE, Stage
 from panda_edge.train.trainer import STATE_FILE, Progress, load_state, train
-from panda_edge.video.toyworld import generate
 
 # Same stages as the real recipe, a fraction of an epoch each: seconds, not minutes.
 QUICK = tuple(replace(s, epochs=0.2, batch_size=2) for s in TINY_RECIPE)

@@ -457,7 +457,7 @@ def test_export_trt_json_and_int8_with_calibration(jetpack6_bundle: Path, tmp_pa
     assert "vision_fp16" not in report["manifest"]  # TensorRT 8.5 takes fp16 from a builder flag
     result = runner.invoke(app, [*args, "--precision", "int8"])
     assert result.exit_code == 2 and "--videos" in result.stderr  # int8 needs calibration data
-    from panda_edge.video.toyworld import generate
+    from panda_edge.toyworld.writer import generate
 
     generate(tmp_path / "toy", videos=4, seed=0, heldout_fraction=0.5)
     calibration = ["--qa", str(tmp_path / "toy" / "train.json"), "--samples", "2", "--holdout", "1"]

@@ -60,7 +60,7 @@ class DemoReport:
 
 def toy_world(workdir: Path) -> Path:
     """The toy world the tiny model was trained on (its held-out split is the test set)."""
-    from panda_edge.video.toyworld import generate
+    from panda_edge.toyworld.writer import generate
 
     data = workdir / "toyworld"
     if not (data / "heldout.json").is_file():

@@ -26,7 +26,7 @@ def toyworld(
     ] = None,
 ) -> None:
     """Write a toy world: moving, appearing and disappearing shapes, with questions of six types."""
-    from panda_edge.video.toyworld import generate
+    from panda_edge.toyworld.writer import generate
 
     with progress_bar("writing videos", total=videos, enabled=json_out is None) as advance:
         summary = generate(
