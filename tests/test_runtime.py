@@ -322,7 +322,7 @@ def test_the_prefix_cache_identity_is_the_file_the_vision_backend_runs(bundle: P
     """A rebuilt engine must not reuse a prefix its predecessor computed: with trt the identity
     hashes the engine, not the ONNX graph it was built from."""
     from panda_edge.bundle import load_manifest
-    from panda_edge.runtime.parts import open_bundle
+    from panda_edge.runtime.bundle_parts import open_bundle
     from panda_edge.runtime.pipeline import vision_file
 
     with_engine, record = _with_engine(bundle, tmp_path / "B")

@@ -154,7 +154,7 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
     """GGUF export, then the runtime's answers and the e2e / task levels."""
     from panda_edge.export.llm_gguf.pipeline import export_gguf
     from panda_edge.parity.e2e import one_question_per_video
-    from panda_edge.parity.runtime import (
+    from panda_edge.parity.runtime_answers import (
         measure_e2e,
         measure_gguf_agreement,
         measure_task,

@@ -297,7 +297,7 @@ def _runtime_levels(
     from panda_edge.errors import PandaError
     from panda_edge.model.videopanda import VideoPanda, reference_answerer
     from panda_edge.parity.e2e import one_question_per_video
-    from panda_edge.parity.runtime import MAX_NEW_TOKENS, measure_e2e, measure_task, reference_tokens
+    from panda_edge.parity.runtime_answers import MAX_NEW_TOKENS, measure_e2e, measure_task, reference_tokens
     from panda_edge.parity.task import evaluate, read_questions
 
     if qa is None:
@@ -357,7 +357,7 @@ def _runtime_levels(
                 )
             levels["task" if vision == "fp32" else f"task_{vision}"] = task
         if "f32" in ggufs and gguf_type not in (None, "f32"):
-            from panda_edge.parity.runtime import measure_gguf_agreement
+            from panda_edge.parity.runtime_answers import measure_gguf_agreement
 
             task = levels["task"]
             task.gguf_agreement = measure_gguf_agreement(bundle, task, questions, videos_dir)

@@ -22,8 +22,8 @@ from panda_edge.config import VisionConfig
 from panda_edge.errors import BundleError, PandaError, VideoError
 from panda_edge.host import available_cores
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
+from panda_edge.runtime.bundle_parts import VISION_BACKENDS, BundleParts, check_fit, open_bundle
 from panda_edge.runtime.llm.decoder import LlamaDecoder
-from panda_edge.runtime.parts import VISION_BACKENDS, BundleParts, check_fit, open_bundle
 from panda_edge.runtime.prefix_cache import PrefixCache
 from panda_edge.runtime.vision.base import VisionBackend
 from panda_edge.sampling import GREEDY, Sampling, pick_token

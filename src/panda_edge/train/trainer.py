@@ -50,14 +50,16 @@ class TrainResult:
         return {"out_dir": str(self.out_dir), "stages": self.stages, "seconds": self.seconds}
 
 
-class Batches:
-    """Turns examples into padded LLM inputs: text embeddings + each frame's visual tokens."""
+class TrainingLoss:
+    """The training objective on a batch of examples: next-token cross entropy on the answers, plus the
+    distillation loss (eq. 19) when there is a teacher. Builds the padded LLM inputs (text embeddings
+    + each frame's visual tokens) on the way."""
 
     def __init__(self, model: VideoPanda, frames: Tensor, teacher: nn.Module | None, head: nn.Module | None):
         self.model, self.frames, self.teacher, self.head = model, frames, teacher, head
         self._teacher_cache: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
-    def loss(self, batch: Sequence[Example]) -> Tensor:
+    def __call__(self, batch: Sequence[Example]) -> Tensor:
         model = self.model
         videos = sorted({ex.video for ex in batch if ex.video >= 0})
         visual: dict[int, list[Tensor]] = {}
@@ -229,8 +231,8 @@ def train(
     frames = load_frames(data_dir / "videos", names, config.vision)
     index = {name: i for i, name in enumerate(names)}
     if teacher is not None:
-        teacher.eval()  # its tokens are computed once per video (Batches._teacher_tokens)
-    batches = Batches(model, frames, teacher, head)
+        teacher.eval()  # its tokens are computed once per video (TrainingLoss._teacher_tokens)
+    training_loss = TrainingLoss(model, frames, teacher, head)
 
     state = load_state(out_dir / STATE_FILE)
     done: list[str] = state["done"] if state else []
@@ -265,7 +267,7 @@ def train(
         loss_value = float("nan")
         for step in range(first, total):
             batch = [examples[i] for i in order[step * stage.batch_size : (step + 1) * stage.batch_size]]
-            loss = batches.loss(batch)
+            loss = training_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

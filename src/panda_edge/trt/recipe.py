@@ -8,7 +8,6 @@ ONNX file.
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -106,7 +105,3 @@ def trtexec_command(
     if timing_cache:
         command.append(f"--timingCacheFile={timing_cache}")
     return command + list(recipe.trtexec_flags)
-
-
-def format_command(command: list[str]) -> str:
-    return shlex.join(command)

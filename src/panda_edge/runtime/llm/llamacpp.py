@@ -1,6 +1,10 @@
-"""A GGUF decoder through llama-cpp-python: token ids -> logits, text -> ids (no torch).
+"""Loading a GGUF into llama.cpp through llama-cpp-python, and parity's all-position logits (no torch).
 
-Parity and benchmarks use this; the chat runtime will add embeddings input on top of it.
+`load_llama` is how every caller loads a GGUF (the runtime's `LlamaDecoder`, parity, the llm
+benchmark): it sets the KV cache type, keeps llama.cpp off its AMX buffers, and turns
+llama-cpp-python's bare ValueError into an error that says what to do. `LlamaCppModel` gives token
+ids -> logits at every position and text -> ids, for the llm and tokenizer parity levels; the
+runtime's embeddings input is `decoder.py`.
 """
 
 from __future__ import annotations
