@@ -9,6 +9,7 @@ follow-up turn) start from it in the KV cache, and `prefix_cache` keeps it on di
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ from panda_edge.runtime.prefix_cache import PrefixCache
 from panda_edge.runtime.vision.base import VisionBackend
 from panda_edge.sampling import GREEDY, Sampling, pick_token
 from panda_edge.timing import rate
+
+log = logging.getLogger(__name__)
 
 DEFAULT_N_CTX = 4096
 
@@ -168,6 +171,14 @@ class VideoRuntime:
             raise
         files = manifest["files"]  # listed, and their hashes checked when the bundle was opened
         self.vision_file = vision_file(self.parts, vision, getattr(self.engine, "record", None))
+        log.info(
+            "vision backend %s (%s %s), %d threads, n_ctx %d",
+            vision,
+            self.vision_file,
+            precision,
+            threads,
+            n_ctx,
+        )
         self.identity = {
             "gguf": files[self.parts.gguf.relative_to(root).as_posix()]["sha256"],
             "vision": files[self.vision_file]["sha256"],
@@ -198,6 +209,20 @@ class VideoRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def describe(self) -> dict[str, Any]:
+        """What this runtime runs, for a report: the bundle, the vision backend and file, the decoder,
+        and which files were hashed at this start and which this machine had hashed before."""
+        parts = self.parts
+        return {
+            "bundle": str(parts.root),
+            "vision": f"{self.vision_name} {parts.vision_precision} ({self.vision_file})",
+            "decoder": f"llama.cpp {parts.gguf.name}",
+            "verified": {
+                how: sorted(n for n, h in parts.verified.items() if h == how)
+                for how in ("hashed", "unchanged")
+            },
+        }
 
     # --- answering -------------------------------------------------------------------------------
 
@@ -255,6 +280,7 @@ class VideoRuntime:
         resident_key = (str(video.resolve()), stat.st_size, stat.st_mtime_ns)
         if self._resident is not None and self._resident[0] == resident_key:
             self.decoder.truncate(self._resident[1])
+            log.debug("%s: prefix already in the KV cache", video)
             return "memory", {}
         self._resident = None
         self._unsaved = None
@@ -265,6 +291,7 @@ class VideoRuntime:
             if self.decoder.load_state_file(cached.state_file, cached.n_past):
                 self.decoder.truncate(cached.n_past)  # the state was saved with its first answer
                 self._resident = (resident_key, cached.n_past)
+                log.debug("%s: prefix loaded from the disk cache", video)
                 return "disk", {"load_prefix": time.perf_counter() - start}
         visual, timings = self.encode_video(video)
         start = time.perf_counter()
@@ -273,6 +300,7 @@ class VideoRuntime:
         self._resident = (resident_key, self.decoder.n_past)
         if disk_key is not None:  # saved after this first answer: the first token does not wait for it
             self._unsaved = (disk_key, video, self.decoder.n_past)
+        log.debug("%s: prefix computed (%d positions)", video, self.decoder.n_past)
         return "computed", timings
 
     def _feed_prefix(self, visual: list[np.ndarray]) -> None:
