@@ -246,6 +246,27 @@ def test_panda_run_streams_and_writes_json(bundle: Path, toy: Path, tmp_path: Pa
     assert streamed.exit_code == 0 and streamed.stdout.strip()
 
 
+def test_verbose_lets_llama_cpps_log_through_and_quiet_leaves_the_answer(bundle: Path, toy: Path) -> None:
+    """`panda -v run`: llama.cpp's model load report and panda_edge's debug log on stderr; by default
+    neither; `panda -q run`: the answer on stdout and nothing on stderr."""
+    q = read_questions(toy / "heldout.json")[0]
+    args = ["run", "--bundle", str(bundle), str(toy / "videos" / q.video), q.question]
+
+    def panda(*flags: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "panda_edge.cli.main", *flags, *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    verbose, default, quiet = panda("-v"), panda(), panda("-q")
+    assert "llama_model_loader: loaded meta data" in verbose.stderr
+    assert "info panda_edge.runtime.llm.llamacpp: loading" in verbose.stderr
+    assert "debug panda_edge.memory: the runtime (llm.q8_0.gguf" in verbose.stderr
+    assert "llama_model_loader" not in default.stderr and "panda_edge." not in default.stderr
+    assert "first token" in default.stderr  # the timing line
+    assert quiet.stderr == "" and quiet.stdout == default.stdout == verbose.stdout
+
+
 def test_panda_chat_reads_turns_from_stdin(bundle: Path, toy: Path) -> None:
     video = toy / "videos" / read_questions(toy / "train.json")[0].video
     questions = "What color is the ring?\nHow many shapes are in the video at the end?\n"

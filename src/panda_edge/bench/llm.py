@@ -69,6 +69,8 @@ def bench_llm(
     seed: int = 0,
     on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """transformers eager fp32 vs llama.cpp per GGUF type on one random Llama: prefill and decode
+    tokens/s, each engine `repeat` times after a warm-up."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -77,7 +79,9 @@ def bench_llm(
     from panda_edge.fileio import write_json
     from panda_edge.model.checkpoint import write_weights
     from panda_edge.model.videopanda import llama_config
+    from panda_edge.optional import llama_cpp
 
+    llama_cpp()  # missing llama-cpp-python fails before the model is built
     step = on_step or (lambda message: None)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)

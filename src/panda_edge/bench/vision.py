@@ -116,12 +116,16 @@ def bench_vision(
 ) -> dict[str, Any]:
     """Export a random-weight STAB + projector (and, with `int8`, calibrate it on `calibration_videos`
     other clips), then time every engine on one video, interleaved."""
+    from panda_edge.calibration.ranges import check_method
     from panda_edge.export.stab_onnx.convert import export_graph
+    from panda_edge.export.stab_onnx.profiles import get_profile
     from panda_edge.model.vision import VisionTower
     from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
 
+    config = preset(preset_name)  # a bad preset, profile or method fails before anything is built
+    get_profile(profile)
+    check_method(method)
     step = on_step or (lambda message: None)
-    config = preset(preset_name)
     tower = VisionTower.random(config, seed)
     frames = bench_video(config, seed)
     load_before = os.getloadavg()
@@ -212,12 +216,14 @@ def bench_vision(
 def gemm_ceiling(repeat: int, rows: int = 2184, width: int = 4096, seed: int = 0) -> dict[str, Any]:
     """The projector's second Linear alone (rows x width x width), fp32 vs the CPU form's U8S8 Q/DQ, in
     ONNX Runtime: the most INT8 can gain on this CPU, since the graph's INT8 time is mostly such GEMMs."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from panda_edge.calibration.qdq import CPU, QdqWriter
     from panda_edge.host import available_cores
+    from panda_edge.optional import onnxruntime
     from panda_edge.runtime.vision.ort import session_options
+
+    ort = onnxruntime()
 
     rng = np.random.default_rng(seed)
     weight = (rng.standard_normal((width, width)) * width**-0.5).astype(np.float32)

@@ -13,12 +13,12 @@ from panda_edge.cli._common import (
     ReferenceDevice,
     ReferenceDtype,
     emit_result,
-    err,
     handle_errors,
     json_to_stdout,
     out,
     progress_bar,
     reference_precision,
+    step_printer,
 )
 
 
@@ -51,7 +51,7 @@ def demo(
             workdir,
             questions,
             reference_precision(dtype, device),
-            on_step=lambda m: None if quiet else err.print(m),
+            on_step=step_printer(quiet),
             on_answer=advance,
         )
     if emit_result(report.to_dict(), json_out):

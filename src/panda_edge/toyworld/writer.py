@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.assets import TINY_TRAINING
 from panda_edge.fileio import write_json
 from panda_edge.host import worker_count
 from panda_edge.toyworld.questions import caption_entry, question_entries
@@ -167,3 +168,12 @@ def generate(
     parameters = _parameters(seed, videos, heldout_fraction, drill)
     write_json(out / "toyworld.json", {**parameters, "counts": counts})
     return ToyWorldSummary(videos, len(train), len(heldout), per_type, str(out))
+
+
+def tiny_training_world(workdir: Path) -> Path:
+    """`workdir`/toyworld: the toy world the embedded tiny model was trained on (written once), whose
+    held-out split it never saw: the demo's and parity's test set."""
+    data = workdir / "toyworld"
+    if not (data / "heldout.json").is_file():
+        generate(data, videos=TINY_TRAINING["videos"], seed=TINY_TRAINING["seed"])
+    return data
