@@ -127,7 +127,7 @@ def main() -> None:
         save()
 
     if "info" in steps:
-        step("info", ["info", str(ckpt), "--json"], json_path=logs / "info.out")
+        step("info", ["info", str(ckpt), "--json", "-"], json_path=logs / "info.out")
     if "export" in steps:
         step(
             "export_all_q4_k_m",
