@@ -190,19 +190,13 @@ def check_calibration_source(videos: str | Path | None, qa: str | Path | None, m
 
 
 def bundle_calibrator(
-    videos: str | Path | None = None,
-    qa: str | Path | None = None,
-    samples: int = DEFAULT_SAMPLES,
-    method: str = DEFAULT_METHOD,
-    target_cosine: float = DEFAULT_TARGET,
-    holdout: int = DEFAULT_HOLDOUT,
+    videos: str | Path | None, qa: str | Path | None, **options: Any
 ) -> Callable[[Path, Callable[[str], None] | None], dict[str, Any]]:
-    """`calibrate(bundle, on_step)` for an export that ends in INT8 graphs (`export.target`); the
-    source is checked now, so a missing one fails before the export, not after it."""
-    check_calibration_source(videos, qa, method)
-    return lambda bundle, on_step: calibrate_bundle(
-        bundle, videos, qa, samples, method, target_cosine, holdout, on_step=on_step
-    )
+    """`calibrate(bundle, on_step)`: `calibrate_bundle` with these arguments, for an export that ends
+    in INT8 graphs (`export.target`); the source is checked now, so a missing one fails before the
+    export, not after it."""
+    check_calibration_source(videos, qa, options.get("method", DEFAULT_METHOD))
+    return lambda bundle, on_step: calibrate_bundle(bundle, videos, qa, on_step=on_step, **options)
 
 
 def _calibration_data(

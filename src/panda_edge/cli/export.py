@@ -79,7 +79,8 @@ def export(
         return
     calibrate = None
     if precision == "int8" and target != "gguf":
-        calibrate = bundle_calibrator(videos, qa, samples, method, target_cosine, holdout)
+        options = {"samples": samples, "method": method, "target_cosine": target_cosine, "holdout": holdout}
+        calibrate = bundle_calibrator(videos, qa, **options)
     result = export_target(
         checkpoint, out_dir, target, trt_profile, gguf_type, precision, calibrate, step_printer(quiet)
     )
