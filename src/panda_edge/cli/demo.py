@@ -15,6 +15,7 @@ from panda_edge.cli._common import (
     emit_result,
     handle_errors,
     json_to_stdout,
+    note,
     out,
     progress_bar,
     reference_precision,
@@ -66,9 +67,9 @@ def demo(
     out.print(samples)
     out.print(accuracy_table(report))
     out.print(parity_table(report))
-    for note in report.skipped:
-        out.print(f"[yellow]skipped:[/] {note}")
-    out.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings_s.items()))
+    for skipped in report.skipped:
+        out.print(f"[yellow]skipped:[/] {skipped}")
+    note("timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings_s.items()))
 
 
 def accuracy_table(report) -> Table:
