@@ -45,7 +45,7 @@ def panda(args: list[str], log: Path) -> dict:
 def tiny(workdir: Path, videos: int, questions: int) -> dict:
     """The training's toy world (its held-out split), the first `questions` held-out questions."""
     from panda_edge.assets import TINY_TRAINING
-    from panda_edge.video.toyworld import generate
+    from panda_edge.toyworld.writer import generate
 
     data = workdir / "toyworld"
     generate(data, videos=videos, seed=TINY_TRAINING["seed"])
@@ -158,7 +158,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
-    from panda_edge.bench.machine import cpu_info
+    from panda_edge.host import cpu_info
 
     steps = args.steps.split(",")
     args.workdir.mkdir(parents=True, exist_ok=True)

@@ -65,12 +65,12 @@ def main() -> int:
     import onnxruntime as ort
 
     from panda_edge.errors import PandaError
-    from panda_edge.export.trt.device import trt_status
     from panda_edge.export.trt.pipeline import build_engine, export_trt, int8_calibrator
-    from panda_edge.export.trt.versions import family_for
     from panda_edge.model.vision import VisionTower
     from panda_edge.parity.clips import write_parity_clips
     from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference, TrtVisionEngine
+    from panda_edge.trt.device import trt_status
+    from panda_edge.trt.versions import family_for
 
     cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if not cuda and not args.allow_cpu:

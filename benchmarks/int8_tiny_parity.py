@@ -22,7 +22,7 @@ from int8_full_parity import run
 
 from panda_edge.assets import TINY_TRAINING
 from panda_edge.calibration.data import spread
-from panda_edge.video.toyworld import generate
+from panda_edge.toyworld.writer import generate
 
 RESULTS = Path(__file__).parent / "results"
 

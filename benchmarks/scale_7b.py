@@ -80,7 +80,7 @@ def read_json(path: Path) -> object:
 
 def machine() -> dict:
     """The CPU's name and the features that change INT8 and llama.cpp speeds a lot."""
-    from panda_edge.bench.machine import cpu_info
+    from panda_edge.host import cpu_info
 
     name, features = cpu_info()
     return {"cpu": name, "cores": os.cpu_count(), "features": features}
@@ -127,7 +127,7 @@ def main() -> None:
         save()
 
     if "info" in steps:
-        step("info", ["info", str(ckpt), "--json"], json_path=logs / "info.out")
+        step("info", ["info", str(ckpt), "--json", "-"], json_path=logs / "info.out")
     if "export" in steps:
         step(
             "export_all_q4_k_m",

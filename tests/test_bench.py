@@ -10,9 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from panda_edge.bench.all import ANSWER_TOKENS, TEXT_TOKENS, VISUAL_TOKENS, goals, plot, roofline, stages
-from panda_edge.bench.machine import memory_bandwidth_gbs
 from panda_edge.cli.main import app
-from panda_edge.lazy import has_llama_cpp
+from panda_edge.host import memory_bandwidth_gbs
+from panda_edge.optional import has_llama_cpp
 
 VISION = {
     "vision": {
@@ -112,8 +112,8 @@ def _strict(report: object) -> object:
 
 def test_sub_resolution_gemm_gives_a_null_ratio_with_its_reason() -> None:
     """A fast CPU runs the tiny GEMM in less than the old rounding kept (0.0 ms), then divided by it."""
-    from panda_edge.bench.timing import BELOW_RESOLUTION
     from panda_edge.bench.vision import gemm_report
+    from panda_edge.timing import BELOW_RESOLUTION
 
     report = _strict(gemm_report({"fp32": [0.0, 0.0, 0.0], "int8_u8s8": [2e-5] * 3}, rows=8, width=16))
     assert report["ratio_int8_vs_fp32"] is None and report["fp32_gop_s"] is None

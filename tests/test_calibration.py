@@ -49,7 +49,7 @@ INT8_KEYS = {
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from panda_edge.video.toyworld import generate
+    from panda_edge.toyworld.writer import generate
 
     out = tmp_path_factory.mktemp("toy")
     generate(out, videos=12, seed=5, heldout_fraction=0.25)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ def _json(args: list[str]) -> dict:
 
 
 def test_info_full_preset() -> None:
-    report = _json(["info", "--preset", "full", "--json"])
+    report = _json(["info", "--preset", "full", "--json", "-"])
     params = report["parameters"]
     assert round(params["vision"] / 1e6, 1) == 46.5
     assert round(params["vision_without_lmhra2"] / 1e6, 1) == 45.1
@@ -32,19 +33,32 @@ def test_info_full_preset() -> None:
 
 
 def test_info_non_square_and_short() -> None:
-    report = _json(["info", "--preset", "full", "--size", "1920x1080", "--frames", "5", "--json"])
+    report = _json(["info", "--preset", "full", "--size", "1920x1080", "--frames", "5", "--json", "-"])
     assert report["visual_tokens"]["per_frame"] == 154
     assert report["visual_tokens"]["per_video"] == 5 * 154 + 3 * 73
     assert (
-        _json(["info", "--preset", "full", "--size", "1080x1920", "--json"])["visual_tokens"]["per_frame"]
+        _json(["info", "--preset", "full", "--size", "1080x1920", "--json", "-"])["visual_tokens"][
+            "per_frame"
+        ]
         == 161
     )
 
 
 def test_info_checkpoint(tiny_checkpoint: Path) -> None:
-    report = _json(["info", str(tiny_checkpoint), "--json"])
+    report = _json(["info", str(tiny_checkpoint), "--json", "-"])
     assert report["config"]["llm"]["hidden_size"] == PRESETS["tiny"].llm.hidden_size
     assert report["visual_tokens"]["per_frame"] == 21
+
+
+def test_quiet_verbose_and_the_log_left_as_found() -> None:
+    logger = logging.getLogger("panda_edge")
+    before = (list(logger.handlers), logger.level)
+    result = runner.invoke(app, ["-q", "info", "--preset", "tiny"])
+    assert result.exit_code == 0 and "visual tokens" in result.stdout and result.stderr == ""
+    assert runner.invoke(app, ["-v", "info", "--preset", "tiny"]).exit_code == 0
+    assert (list(logger.handlers), logger.level) == before  # the command put the log back
+    result = runner.invoke(app, ["-v", "-q", "info", "--preset", "tiny"])
+    assert result.exit_code == 2 and "do not go together" in result.stderr
 
 
 def test_info_usage_errors_exit_2(tmp_path: Path) -> None:

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from panda_edge.assets import TINY_DIR
 from panda_edge.cli.main import app
-from panda_edge.lazy import has_llama_cpp
 from panda_edge.model.loading import WidenedEmbedding, WidenedLinear
 from panda_edge.model.videopanda import VideoPanda
+from panda_edge.optional import has_llama_cpp
 
 
 def test_embedded_model_is_small_and_computes_in_float32() -> None:
@@ -73,7 +73,7 @@ def test_the_shipped_tiny_model_answers_held_out_questions(tmp_path: Path) -> No
     and its index, so these are the very held-out videos. Measured 58/72 (80.6%; the full held-out set
     79.6%); the floor is 10 points below."""
     from panda_edge.assets import TINY_TRAINING
-    from panda_edge.video.toyworld import _heldout_videos
+    from panda_edge.toyworld.writer import _heldout_videos
 
     runner = CliRunner()
     world = tmp_path / "toy"

@@ -26,8 +26,8 @@ from panda_edge.export.llm_gguf.names import GGUF_TYPES
 from panda_edge.export.llm_gguf.pipeline import export_gguf
 from panda_edge.export.llm_gguf.vocab import read_vocab
 from panda_edge.fileio import write_json
-from panda_edge.lazy import has_llama_cpp
 from panda_edge.model.checkpoint import weight_files, write_weights
+from panda_edge.optional import has_llama_cpp
 from panda_edge.prompt import PromptTokenizer
 
 needs_llama = pytest.mark.skipif(
@@ -380,7 +380,7 @@ def test_missing_llama_cpp_is_a_clear_error() -> None:
     code = (
         "import sys; sys.modules['llama_cpp'] = None\n"
         "from panda_edge.errors import MissingDependency\n"
-        "from panda_edge.lazy import llama_cpp\n"
+        "from panda_edge.optional import llama_cpp\n"
         "try:\n    llama_cpp()\nexcept MissingDependency as e:\n    print(e)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -59,7 +59,7 @@ def test_planned_types_and_bytes_are_those_of_the_written_files(tmp_path: Path) 
     import gguf
 
     from panda_edge.export.llm_gguf.pipeline import export_gguf
-    from panda_edge.lazy import has_llama_cpp
+    from panda_edge.optional import has_llama_cpp
 
     types = ["f16", "q8_0"] + (["q4_k_m", "q5_k_m"] if has_llama_cpp() else [])
     llm = asdict(PRESETS["tiny"].llm)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 from panda_edge.cli.main import app
 from panda_edge.export.llm_gguf.pipeline import export_gguf
 from panda_edge.export.stab_onnx.pipeline import export_bundle
-from panda_edge.lazy import has_llama_cpp
+from panda_edge.optional import has_llama_cpp
 from panda_edge.parity.task import read_questions
 
 pytestmark = pytest.mark.skipif(
@@ -39,7 +39,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from panda_edge.video.toyworld import generate
+    from panda_edge.toyworld.writer import generate
 
     directory = tmp_path_factory.mktemp("toy")
     generate(directory, videos=10, seed=3, heldout_fraction=0.5)
@@ -246,6 +246,27 @@ def test_panda_run_streams_and_writes_json(bundle: Path, toy: Path, tmp_path: Pa
     assert streamed.exit_code == 0 and streamed.stdout.strip()
 
 
+def test_verbose_lets_llama_cpps_log_through_and_quiet_leaves_the_answer(bundle: Path, toy: Path) -> None:
+    """`panda -v run`: llama.cpp's model load report and panda_edge's debug log on stderr; by default
+    neither; `panda -q run`: the answer on stdout and nothing on stderr."""
+    q = read_questions(toy / "heldout.json")[0]
+    args = ["run", "--bundle", str(bundle), str(toy / "videos" / q.video), q.question]
+
+    def panda(*flags: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-m", "panda_edge.cli.main", *flags, *args]
+        done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done
+
+    verbose, default, quiet = panda("-v"), panda(), panda("-q")
+    assert "llama_model_loader: loaded meta data" in verbose.stderr
+    assert "info panda_edge.runtime.llm.llamacpp: loading" in verbose.stderr
+    assert "debug panda_edge.memory: the runtime (llm.q8_0.gguf" in verbose.stderr
+    assert "llama_model_loader" not in default.stderr and "panda_edge." not in default.stderr
+    assert "first token" in default.stderr  # the timing line
+    assert quiet.stderr == "" and quiet.stdout == default.stdout == verbose.stdout
+
+
 def test_panda_chat_reads_turns_from_stdin(bundle: Path, toy: Path) -> None:
     video = toy / "videos" / read_questions(toy / "train.json")[0].video
     questions = "What color is the ring?\nHow many shapes are in the video at the end?\n"
@@ -322,7 +343,7 @@ def test_the_prefix_cache_identity_is_the_file_the_vision_backend_runs(bundle: P
     """A rebuilt engine must not reuse a prefix its predecessor computed: with trt the identity
     hashes the engine, not the ONNX graph it was built from."""
     from panda_edge.bundle import load_manifest
-    from panda_edge.runtime.parts import open_bundle
+    from panda_edge.runtime.bundle_parts import open_bundle
     from panda_edge.runtime.pipeline import vision_file
 
     with_engine, record = _with_engine(bundle, tmp_path / "B")

@@ -20,10 +20,10 @@ from typer.testing import CliRunner
 from panda_edge.bench.release import write_release_checkpoint
 from panda_edge.cli.main import app
 from panda_edge.config import PRESETS, LlmConfig
-from panda_edge.lazy import has_llama_cpp
 from panda_edge.memory import BUDGET_ENV
 from panda_edge.model.loading import ReferencePrecision, WidenedLinear
 from panda_edge.model.videopanda import VideoPanda
+from panda_edge.optional import has_llama_cpp
 
 runner = CliRunner()
 needs_llama = pytest.mark.skipif(not has_llama_cpp(), reason="needs llama-cpp-python (the 'llama' extra)")

@@ -24,7 +24,7 @@ import pytest
 from typer.testing import CliRunner
 
 from panda_edge.cli.main import app as cli_app
-from panda_edge.lazy import has_llama_cpp
+from panda_edge.optional import has_llama_cpp
 from panda_edge.serving.worker import AnswerText
 
 openai = pytest.importorskip("openai", reason="the tests speak to the server with openai (the dev extra)")
@@ -51,7 +51,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20 toy videos of a seed the tiny model never trained on; half of them in heldout.json."""
-    from panda_edge.video.toyworld import generate
+    from panda_edge.toyworld.writer import generate
 
     directory = tmp_path_factory.mktemp("toy")
     generate(directory, videos=20, seed=3, heldout_fraction=0.5)

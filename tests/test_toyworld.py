@@ -16,17 +16,18 @@ import av
 import numpy as np
 import pytest
 
-from panda_edge.video import toyworld as tw
+from panda_edge.toyworld import questions, scenes, writer
+from panda_edge.toyworld.render import render
 from panda_edge.video.encode import write_video
 
 VIDEOS = 24
-SAMPLED = list(range(0, tw.FRAMES, 2))  # what a model that takes 8 of the 16 frames sees
+SAMPLED = list(range(0, scenes.FRAMES, 2))  # what a model that takes 8 of the 16 frames sees
 OPTIONS = {
-    "color": set(tw.COLORS),
-    "shape": set(tw.SHAPES),
+    "color": set(scenes.COLORS),
+    "shape": set(scenes.SHAPES),
     "count": {"1", "2", "3"},
-    "motion": set(tw.DIRECTIONS),
-    "order": set(tw.SHAPES),
+    "motion": set(scenes.DIRECTIONS),
+    "order": set(scenes.SHAPES),
     "appear": {"appear", "disappear"},
 }
 
@@ -34,13 +35,13 @@ Entry = dict[str, Any]
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tw.ToyWorldSummary]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, writer.ToyWorldSummary]:
     out = tmp_path_factory.mktemp("toy") / "seed0"
-    return out, tw.generate(out, videos=VIDEOS, seed=0)
+    return out, writer.generate(out, videos=VIDEOS, seed=0)
 
 
 @pytest.fixture(scope="module")
-def entries(world: tuple[Path, tw.ToyWorldSummary]) -> list[Entry]:
+def entries(world: tuple[Path, writer.ToyWorldSummary]) -> list[Entry]:
     out, _ = world
     return _load(out, "train.json") + _load(out, "heldout.json")
 
@@ -61,7 +62,7 @@ def _distance(frame: np.ndarray, rgb: Any) -> np.ndarray:
 
 def _mask(frame: np.ndarray, color: str) -> np.ndarray:
     """Pixels clearly of this colour (the codec blends edges, so those may be left out)."""
-    return _distance(frame, tw.COLORS[color]) < 60
+    return _distance(frame, scenes.COLORS[color]) < 60
 
 
 def _present(frame: np.ndarray, color: str) -> bool:
@@ -81,7 +82,7 @@ def _fill_shape(frame: np.ndarray, color: str) -> str:
     """Tell the shape from its bounding box: a square fills it; a ring's centre is empty, a cross's not."""
     ys, xs = np.nonzero(_mask(frame, color))
     window = frame[max(ys.min() - 2, 0) : ys.max() + 3, max(xs.min() - 2, 0) : xs.max() + 3]  # no other shape
-    rgb = np.array(tw.COLORS[color])
+    rgb = np.array(scenes.COLORS[color])
     half_way = _distance(np.median(frame, axis=(0, 1)), rgb) / 2  # the median pixel is background
     ys, xs = np.nonzero(_distance(window, rgb) < half_way)  # edge pixels blended 50/50 are the true edge
     fill = len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
@@ -92,7 +93,7 @@ def _fill_shape(frame: np.ndarray, color: str) -> str:
 
 
 def _color_in(question: str) -> str:
-    return next(c for c in tw.COLORS if f" {c} " in question)
+    return next(c for c in scenes.COLORS if f" {c} " in question)
 
 
 def _named(question: str) -> tuple[str, str]:
@@ -151,7 +152,7 @@ def check_count(out: Path, entries: list[Entry]) -> int:
     """The answer is the number of shape colours in the last frame."""
     for e in (e for e in entries if e["type"] == "count"):
         last = _frames(out, e["video"])[-1]
-        assert str(sum(_present(last, c) for c in tw.COLORS)) == e["answer"], e["id"]
+        assert str(sum(_present(last, c) for c in scenes.COLORS)) == e["answer"], e["id"]
     return sum(e["type"] == "count" for e in entries)
 
 
@@ -176,7 +177,7 @@ def check_order(out: Path, entries: list[Entry], seed: int) -> int:
     """In the sampled frames the answer's shape shows up clearly (>= 2 samples) before the other."""
     checked = 0
     for e in (e for e in entries if e["type"] == "order"):
-        scene = tw._plan(seed, int(e["video"][4:10]))
+        scene = scenes.plan_scene(seed, int(e["video"][4:10]))
         color_of = {o.shape: o.color for o in scene.objects}
         first, second = e["answer"], next(s for s in _named(e["question"]) if s != e["answer"])
         frames = [_frames(out, e["video"])[t] for t in SAMPLED]
@@ -189,7 +190,7 @@ def check_order(out: Path, entries: list[Entry], seed: int) -> int:
 # --- tests -----------------------------------------------------------------------------------------
 
 
-def test_files_and_summary(world: tuple[Path, tw.ToyWorldSummary], entries: list[Entry]) -> None:
+def test_files_and_summary(world: tuple[Path, writer.ToyWorldSummary], entries: list[Entry]) -> None:
     out, summary = world
     assert sorted(p.name for p in (out / "videos").iterdir()) == [f"toy_{i:06d}.mp4" for i in range(VIDEOS)]
     assert not [p for p in out.rglob(".*") if p.is_file()], "temp files left behind"
@@ -203,7 +204,7 @@ def test_files_and_summary(world: tuple[Path, tw.ToyWorldSummary], entries: list
     assert params["counts"]["per_type"] == summary.per_type
 
 
-def test_split_is_by_video(world: tuple[Path, tw.ToyWorldSummary]) -> None:
+def test_split_is_by_video(world: tuple[Path, writer.ToyWorldSummary]) -> None:
     out, _ = world
     train = {e["video"] for e in _load(out, "train.json")}
     heldout = {e["video"] for e in _load(out, "heldout.json")}
@@ -234,7 +235,7 @@ def test_schema(entries: list[Entry]) -> None:
 
 
 def test_drill_questions_ask_about_every_object_in_training_videos(
-    world: tuple[Path, tw.ToyWorldSummary],
+    world: tuple[Path, writer.ToyWorldSummary],
 ) -> None:
     """Each training video asks the colour and the shape of each of its objects exactly once, and the
     direction of each moving one; held-out videos keep only the balanced questions."""
@@ -248,9 +249,9 @@ def test_drill_questions_ask_about_every_object_in_training_videos(
         elif e["type"] == "motion":
             asked[e["video"]][(e["type"], _color_in(e["question"]))] += 1
     for video, counts in asked.items():
-        scene = tw._plan(0, int(video[4:10]))
+        scene = scenes.plan_scene(0, int(video[4:10]))
         expected = {("color", o.color) for o in scene.objects} | {("shape", o.shape) for o in scene.objects}
-        expected |= {("motion", o.color) for o in scene.objects if tw.direction(o) is not None}
+        expected |= {("motion", o.color) for o in scene.objects if scenes.direction(o) is not None}
         assert set(counts) == expected and set(counts.values()) == {1}, video
     assert len(asked) == len({e["video"] for e in train})
 
@@ -266,7 +267,7 @@ def test_answers_balanced_at_full_size() -> None:
     """Planning alone (no encoding) for the default 400 videos: each type's answers within a few."""
     counts: dict[str, Counter[str]] = defaultdict(Counter)
     for i in range(400):
-        for qtype, question, answer in tw._plan(0, i).questions:
+        for qtype, question, answer in scenes.plan_scene(0, i).questions:
             counts[qtype][answer] += 1
             if qtype == "order":  # the answer must not always be the first-named shape
                 counts["order named first"][str(_named(question)[0] == answer)] += 1
@@ -276,12 +277,12 @@ def test_answers_balanced_at_full_size() -> None:
 
 
 def test_deterministic_bytes_whatever_the_workers(
-    world: tuple[Path, tw.ToyWorldSummary], tmp_path: Path
+    world: tuple[Path, writer.ToyWorldSummary], tmp_path: Path
 ) -> None:
     out, _ = world  # one worker per CPU
-    tw.generate(tmp_path / "again", videos=VIDEOS, seed=0, workers=1)
-    tw.generate(tmp_path / "three", videos=VIDEOS, seed=0, workers=3)
-    tw.generate(tmp_path / "other", videos=VIDEOS, seed=1, workers=3)
+    writer.generate(tmp_path / "again", videos=VIDEOS, seed=0, workers=1)
+    writer.generate(tmp_path / "three", videos=VIDEOS, seed=0, workers=3)
+    writer.generate(tmp_path / "other", videos=VIDEOS, seed=1, workers=3)
     again, other = _sha256s(tmp_path / "again"), _sha256s(tmp_path / "other")
     assert again == _sha256s(out) == _sha256s(tmp_path / "three")
     assert other.keys() == again.keys()
@@ -292,13 +293,13 @@ def test_deterministic_bytes_whatever_the_workers(
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="taskset (util-linux) is not installed")
 @pytest.mark.parametrize("workers", [1, 3])
 def test_deterministic_bytes_on_one_core(
-    world: tuple[Path, tw.ToyWorldSummary], tmp_path: Path, workers: int
+    world: tuple[Path, writer.ToyWorldSummary], tmp_path: Path, workers: int
 ) -> None:
     """Pinned to one core (another core count, and every worker sharing it): the same bytes."""
-    lines = ["import json, sys", "from panda_edge.video import toyworld as tw"]
-    code = "\n".join([*lines, "tw.generate(**json.loads(sys.argv[1]))"])
+    lines = ["import json, sys", "from panda_edge.toyworld import writer"]
+    code = "\n".join([*lines, "writer.generate(**json.loads(sys.argv[1]))"])
     args = {"out_dir": str(tmp_path / "one"), "videos": VIDEOS, "seed": 0, "workers": workers}
-    src = str(Path(tw.__file__).parents[2])  # the panda_edge under test, not another install
+    src = str(Path(writer.__file__).parents[2])  # the panda_edge under test, not another install
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     cpu = sorted(os.sched_getaffinity(0))[0]
     done = subprocess.run(
@@ -316,80 +317,80 @@ def test_encoding_one_video_again_gives_the_same_bytes(tmp_path: Path) -> None:
     """x264's SIMD read the uninitialized bytes right of the picture: on AVX-512 CPUs the same frames
     gave other bytes from one encode to the next (videos 4 and 14 among the first 24, 112 and 84 wide)."""
     for index in (4, 14):
-        frames = list(tw._render(tw._plan(0, index)))
+        frames = list(render(scenes.plan_scene(0, index)))
         digests = set()
         for k in range(6):
-            write_video(tmp_path / f"{index}_{k}.mp4", frames, fps=tw.FPS)
+            write_video(tmp_path / f"{index}_{k}.mp4", frames, fps=scenes.FPS)
             digests.add(hashlib.sha256((tmp_path / f"{index}_{k}.mp4").read_bytes()).hexdigest())
         assert len(digests) == 1, index
 
 
-def test_x264_runs_its_settings(world: tuple[Path, tw.ToyWorldSummary]) -> None:
+def test_x264_runs_its_settings(world: tuple[Path, writer.ToyWorldSummary]) -> None:
     """The encoder settings the determinism rests on were applied: x264 writes them into the stream."""
-    data = (world[0] / "videos" / f"{tw._plan(0, 0).video_id}.mp4").read_bytes()
+    data = (world[0] / "videos" / f"{scenes.plan_scene(0, 0).video_id}.mp4").read_bytes()
     settings = data[data.index(b"options: ") :].split(b"\x00", 1)[0].decode().split()
     assert {"threads=1", "lookahead_threads=1", "sliced_threads=0"} <= set(settings)
 
 
 def test_plan_is_independent_of_order() -> None:
-    forward = [tw._plan(3, i) for i in range(8)]
-    assert [tw._plan(3, i) for i in reversed(range(8))][::-1] == forward
+    forward = [scenes.plan_scene(3, i) for i in range(8)]
+    assert [scenes.plan_scene(3, i) for i in reversed(range(8))][::-1] == forward
 
 
-def test_videos_decode_to_16_frames_of_the_planned_size(world: tuple[Path, tw.ToyWorldSummary]) -> None:
+def test_videos_decode_to_16_frames_of_the_planned_size(world: tuple[Path, writer.ToyWorldSummary]) -> None:
     out, _ = world
     sizes = set()
     for i in range(VIDEOS):
-        scene = tw._plan(0, i)
+        scene = scenes.plan_scene(0, i)
         frames = _frames(out, f"{scene.video_id}.mp4")
-        assert len(frames) == tw.FRAMES
+        assert len(frames) == scenes.FRAMES
         assert {f.shape for f in frames} == {(scene.height, scene.width, 3)}
         sizes.add((scene.width, scene.height))
     assert len(sizes) >= 3
 
 
-def test_motion_labels_match_pixels(world: tuple[Path, tw.ToyWorldSummary], entries: list[Entry]) -> None:
+def test_motion_labels_match_pixels(world: tuple[Path, writer.ToyWorldSummary], entries: list[Entry]) -> None:
     balanced = sum(e["type"] == "motion" and "_drill" not in e["id"] for e in entries)
     assert balanced == VIDEOS // 4
     assert check_motion(world[0], entries) > 2 * balanced
 
 
-def test_appear_labels_match_pixels(world: tuple[Path, tw.ToyWorldSummary], entries: list[Entry]) -> None:
+def test_appear_labels_match_pixels(world: tuple[Path, writer.ToyWorldSummary], entries: list[Entry]) -> None:
     assert check_appear(world[0], entries) == VIDEOS // 2
 
 
-def test_count_labels_match_pixels(world: tuple[Path, tw.ToyWorldSummary], entries: list[Entry]) -> None:
+def test_count_labels_match_pixels(world: tuple[Path, writer.ToyWorldSummary], entries: list[Entry]) -> None:
     assert check_count(world[0], entries) > 0
 
 
 def test_color_and_shape_labels_match_pixels(
-    world: tuple[Path, tw.ToyWorldSummary], entries: list[Entry]
+    world: tuple[Path, writer.ToyWorldSummary], entries: list[Entry]
 ) -> None:
     assert check_color_shape(world[0], entries) > 0
 
 
-def test_order_labels_match_pixels(world: tuple[Path, tw.ToyWorldSummary], entries: list[Entry]) -> None:
+def test_order_labels_match_pixels(world: tuple[Path, writer.ToyWorldSummary], entries: list[Entry]) -> None:
     assert check_order(world[0], entries, seed=0) == VIDEOS // 4
 
 
 def test_progress_and_validation(tmp_path: Path) -> None:
     seen: list[int] = []
-    tw.generate(tmp_path, videos=3, seed=5, heldout_fraction=0.0, progress=seen.append)
+    writer.generate(tmp_path, videos=3, seed=5, heldout_fraction=0.0, progress=seen.append)
     assert seen == [1, 2, 3]
     assert _load(tmp_path, "heldout.json") == []
     for bad in ({"videos": 0}, {"heldout_fraction": 1.5}, {"seed": -1}, {"workers": 0}):
         with pytest.raises(ValueError):
-            tw.generate(tmp_path, **bad)
+            writer.generate(tmp_path, **bad)
 
 
 def test_corpus_text(entries: list[Entry]) -> None:
-    text = tw.corpus_text(entries[:3])
+    text = questions.corpus_text(entries[:3])
     assert text == [s for e in entries[:3] for s in (e["question"], e["answer"])]
-    assert not any("<video>" in s for s in tw.corpus_text(entries))
+    assert not any("<video>" in s for s in questions.corpus_text(entries))
 
 
 def test_captions_describe_every_training_video(
-    world: tuple[Path, tw.ToyWorldSummary], entries: list[Entry]
+    world: tuple[Path, writer.ToyWorldSummary], entries: list[Entry]
 ) -> None:
     """captions.json: one per training video, naming every object; each question's answer is in it."""
     out, _ = world

@@ -11,10 +11,10 @@ from torch import nn
 
 from panda_edge.errors import PandaError
 from panda_edge.model.videopanda import VideoPanda
+from panda_edge.toyworld.writer import generate
 from panda_edge.train.data import IGNORE, build_examples, read_conversations
 from panda_edge.train.recipe import TINY_RECIPE, Stage
 from panda_edge.train.trainer import STATE_FILE, Progress, load_state, train
-from panda_edge.video.toyworld import generate
 
 # Same stages as the real recipe, a fraction of an epoch each: seconds, not minutes.
 QUICK = tuple(replace(s, epochs=0.2, batch_size=2) for s in TINY_RECIPE)
@@ -134,7 +134,7 @@ def test_packed_branches_see_only_the_prefix_and_themselves(toy: Path, tokenizer
     from tests.conftest import random_tiny_model
 
     from panda_edge.train.data import load_frames
-    from panda_edge.train.trainer import Batches
+    from panda_edge.train.trainer import TrainingLoss
 
     model = random_tiny_model(tokenizer_file)
     tok = model.tokenizer
@@ -143,12 +143,12 @@ def test_packed_branches_see_only_the_prefix_and_themselves(toy: Path, tokenizer
     index = {name: i for i, name in enumerate(names)}
     chosen = [c for c in conversations if c.video in index]
     frames = load_frames(toy / "videos", names, model.config.vision)
-    batches = Batches(model, frames, None, None)
+    training_loss = TrainingLoss(model, frames, None, None)
 
     def summed(examples) -> float:
         answers = sum(sum(label != IGNORE for label in ex.labels) for ex in examples)
         with torch.no_grad():
-            return float(batches.loss(examples)) * answers
+            return float(training_loss(examples)) * answers
 
     single = build_examples(chosen, tok, index, 8)
     packed = build_examples(chosen, tok, index, 8, packed=True)

@@ -21,8 +21,9 @@ import panda_edge
 from panda_edge.cli.main import app
 from panda_edge.errors import BundleError, PandaError
 from panda_edge.export.stab_onnx.fp16 import to_fp16
-from panda_edge.export.trt.recipe import engine_file_name, recipe_for, trtexec_command
-from panda_edge.export.trt.record import (
+from panda_edge.export.trt.script import build_script
+from panda_edge.trt.recipe import engine_file_name, recipe_for, trtexec_command
+from panda_edge.trt.record import (
     EngineMismatch,
     GpuInfo,
     engine_problems,
@@ -30,8 +31,7 @@ from panda_edge.export.trt.record import (
     parse_trtexec_log,
     select_engine,
 )
-from panda_edge.export.trt.script import build_script
-from panda_edge.export.trt.versions import FAMILIES, TrtUnsupported, TrtVersion, family_for
+from panda_edge.trt.versions import FAMILIES, TrtUnsupported, TrtVersion, family_for
 
 runner = CliRunner()
 SRC = str(Path(panda_edge.__file__).parents[1])
@@ -457,7 +457,7 @@ def test_export_trt_json_and_int8_with_calibration(jetpack6_bundle: Path, tmp_pa
     assert "vision_fp16" not in report["manifest"]  # TensorRT 8.5 takes fp16 from a builder flag
     result = runner.invoke(app, [*args, "--precision", "int8"])
     assert result.exit_code == 2 and "--videos" in result.stderr  # int8 needs calibration data
-    from panda_edge.video.toyworld import generate
+    from panda_edge.toyworld.writer import generate
 
     generate(tmp_path / "toy", videos=4, seed=0, heldout_fraction=0.5)
     calibration = ["--qa", str(tmp_path / "toy" / "train.json"), "--samples", "2", "--holdout", "1"]
@@ -524,9 +524,9 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_engine_matches_onnx_runtime(tmp_path: Path) -> None:
     pytest.importorskip("tensorrt", reason="TensorRT is not installable here (DESIGN.md §4)")
-    from panda_edge.export.trt.device import trt_status
     from panda_edge.export.trt.pipeline import build_engine, export_trt
     from panda_edge.runtime.vision import OrtVisionEngine, TrtVisionEngine
+    from panda_edge.trt.device import trt_status
 
     status = trt_status()
     if not status.usable:

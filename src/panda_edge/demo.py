@@ -7,25 +7,20 @@ Later steps (export, runtime, parity) join the same report.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from panda_edge.assets import TINY_TRAINING
 from panda_edge.export.stab_onnx.pipeline import export_bundle
+from panda_edge.fileio import cache_dir
 from panda_edge.model.loading import ReferencePrecision
+from panda_edge.toyworld.writer import tiny_training_world
 
 DEMO_QUESTIONS: int | None = None  # all held-out questions: "within 1 point" needs >= 100
 E2E_VIDEOS = 20
 CALIBRATION_VIDEOS = 8
-
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "panda-edge"
 
 
 @dataclass
@@ -58,16 +53,6 @@ class DemoReport:
         }
 
 
-def toy_world(workdir: Path) -> Path:
-    """The toy world the tiny model was trained on (its held-out split is the test set)."""
-    from panda_edge.video.toyworld import generate
-
-    data = workdir / "toyworld"
-    if not (data / "heldout.json").is_file():
-        generate(data, videos=TINY_TRAINING["videos"], seed=TINY_TRAINING["seed"])
-    return data
-
-
 class _Clock:
     """Named wall-clock spans into the report."""
 
@@ -90,21 +75,22 @@ def run_demo(
     workdir: Path | None = None,
     questions: int | None = DEMO_QUESTIONS,
     precision: ReferencePrecision | None = None,
-    on_step: Callable[[str], None] = lambda text: None,
+    on_step: Callable[[str], None] | None = None,
     on_answer: Callable[[int], None] | None = None,
 ) -> DemoReport:
     """The whole chain on the embedded model: reference answers, ONNX + GGUF export, the runtime's
     answers (ONNX Runtime vision + llama.cpp), and parity (stab_fp32, e2e, task) with timings."""
-    from panda_edge.lazy import has_llama_cpp
     from panda_edge.model.videopanda import VideoPanda, reference_answerer
+    from panda_edge.optional import has_llama_cpp
     from panda_edge.parity.task import evaluate, read_questions
 
+    on_step = on_step or (lambda text: None)
     workdir = workdir or cache_dir() / "demo"
     report = DemoReport(str(workdir))
     clock = _Clock(report.timings_s)
     on_step("writing the held-out toy world")
     with clock("toyworld"):
-        data = toy_world(workdir)
+        data = tiny_training_world(workdir)
     videos = data / "videos"
 
     on_step("loading the embedded tiny model")
@@ -154,7 +140,7 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
     """GGUF export, then the runtime's answers and the e2e / task levels."""
     from panda_edge.export.llm_gguf.pipeline import export_gguf
     from panda_edge.parity.e2e import one_question_per_video
-    from panda_edge.parity.runtime import (
+    from panda_edge.parity.runtime_answers import (
         measure_e2e,
         measure_gguf_agreement,
         measure_task,

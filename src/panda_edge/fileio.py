@@ -42,3 +42,9 @@ def write_json(path: str | os.PathLike, data: Any) -> None:
     """Stable formatting (same data, same bytes), written atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n", encoding="utf-8")
+
+
+def cache_dir() -> Path:
+    """panda-edge's cache directory ($XDG_CACHE_HOME/panda-edge, else ~/.cache/panda-edge)."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "panda-edge"

@@ -7,10 +7,13 @@ killed. Callers that know their need check it before they load anything. No torc
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 from panda_edge.errors import PandaError
+
+log = logging.getLogger(__name__)
 
 GB = 1e9
 # A user's cap on what panda-edge may count as free ("as if this machine had only N GB"): for a
@@ -38,6 +41,7 @@ def available_bytes() -> int:
 def check_memory(need: int, what: str, hint: str) -> None:
     """Exit-2 error when `need` bytes are more than are available; `hint` says which option helps."""
     free = available_bytes()
+    log.debug("%s needs about %.2f GB of memory, %.2f GB is available", what, need / GB, free / GB)
     if need > free:
         raise NotEnoughMemory(
             f"{what} needs about {need / GB:.1f} GB of memory and {free / GB:.1f} GB is available; {hint}"

@@ -11,9 +11,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-from panda_edge.bench.timing import quotient
+from panda_edge.timing import quotient
 
 VISUAL_TOKENS = 2184  # a full-size 8-frame video (DESIGN.md §2)
 TEXT_TOKENS = 64  # system prompt and question around them
@@ -25,12 +26,23 @@ def bench_all(
     threads: int = 2,
     e2e_model: str = "bench",
     on_step: Callable[[str], None] | None = None,
+    plot_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    from panda_edge.bench.e2e import bench_e2e
+    """Every benchmark in one run with the machine's limits, ratios, rooflines and goals; with
+    `plot_path`, the chart too (matplotlib, checked before anything runs)."""
+    from panda_edge.bench.e2e import MODELS, bench_e2e
     from panda_edge.bench.gguf_memory import bench_gguf_memory
     from panda_edge.bench.llm import BENCH_LLM, bench_llm
     from panda_edge.bench.machine import limits, vision_gflop_per_video
     from panda_edge.bench.vision import bench_vision, machine_info
+    from panda_edge.errors import PandaError
+    from panda_edge.optional import llama_cpp, require
+
+    if e2e_model not in MODELS:
+        raise PandaError(f"unknown e2e model '{e2e_model}'; choose one of: {', '.join(MODELS)}")
+    llama_cpp()
+    if plot_path is not None:
+        require("matplotlib", extra="bench")
 
     step = on_step or (lambda message: None)
     started = time.time()
@@ -69,6 +81,8 @@ def bench_all(
         "seconds": round(time.time() - started, 1),
     }
     result["goals"] = goals(result)
+    if plot_path is not None:
+        plot(result, str(plot_path))
     return result
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.bench.machine import peak_rss_mb
-from panda_edge.bench.timing import BELOW_RESOLUTION, measurable, median_s, quotient, rate, significant
+from panda_edge.timing import BELOW_RESOLUTION, measurable, median_s, quotient, rate, significant
 
 QUESTIONS = ("What color is the ring?", "Which direction does the square move?")
 MODELS = ("tiny", "bench")
@@ -75,9 +75,20 @@ def bench_e2e(
     device: str = "cpu",
     on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
+    """Time to first token (first question and follow-up), decode tokens/s and peak RSS of the PyTorch
+    reference and the runtime on `model` (tiny, or bench: full-size STAB + 0.54B random Llama), each in
+    its own process."""
+    from panda_edge.errors import PandaError
+    from panda_edge.export.llm_gguf.pipeline import export_gguf, get_gguf_type
     from panda_edge.export.stab_onnx.pipeline import export_bundle
+    from panda_edge.model.loading import ReferencePrecision
+    from panda_edge.optional import llama_cpp
 
+    if model not in MODELS:  # bad input fails before anything is built
+        raise PandaError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+    get_gguf_type(gguf_type)
+    llama_cpp()
+    ReferencePrecision(dtype, device)
     step = on_step or (lambda message: None)
     with tempfile.TemporaryDirectory(prefix="panda-bench-e2e-") as tmp:
         root = Path(tmp)

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from panda_edge.bench.timing import BELOW_RESOLUTION, median_s, quotient, rate, significant
 from panda_edge.config import LlmConfig, ModelConfig
+from panda_edge.timing import BELOW_RESOLUTION, median_s, quotient, rate, significant
 
 # ~0.54B parameters: Llama-7B's head size and vocabulary, narrower and shallower.
 BENCH_LLM = LlmConfig(
@@ -69,6 +69,8 @@ def bench_llm(
     seed: int = 0,
     on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """transformers eager fp32 vs llama.cpp per GGUF type on one random Llama: prefill and decode
+    tokens/s, each engine `repeat` times after a warm-up."""
     import torch
     from transformers import LlamaForCausalLM
 
@@ -77,7 +79,9 @@ def bench_llm(
     from panda_edge.fileio import write_json
     from panda_edge.model.checkpoint import write_weights
     from panda_edge.model.videopanda import llama_config
+    from panda_edge.optional import llama_cpp
 
+    llama_cpp()  # missing llama-cpp-python fails before the model is built
     step = on_step or (lambda message: None)
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
@@ -146,7 +150,7 @@ def _timed(run: Callable[[], tuple[float, float]], repeat: int, prompt: int, new
 
 
 def _llama_runner(path: Path, prompt: list[int], new: int, threads: int) -> Callable[[], tuple[float, float]]:
-    from panda_edge.lazy import llama_cpp
+    from panda_edge.optional import llama_cpp
     from panda_edge.runtime.llm.llamacpp import load_llama
 
     lib = llama_cpp()

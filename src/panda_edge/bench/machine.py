@@ -1,34 +1,20 @@
 """What this machine can do at best, measured, so every result can be set against its limit.
 
-Memory bandwidth (a large array copy: decode reads every weight once per token, so bandwidth
-bounds tokens/s) and fp32 matrix-multiply throughput (the vision part is matmuls and convolutions,
-so this bounds its time). Both are measured with the thread count the benchmarks use.
+Memory bandwidth (`host.memory_bandwidth_gbs`, a large array copy: decode reads every weight once
+per token, so bandwidth bounds tokens/s) and fp32 matrix-multiply throughput (the vision part is
+matmuls and convolutions, so this bounds its time). Both are measured with the thread count the
+benchmarks use.
 """
 
 from __future__ import annotations
 
-import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from panda_edge.bench.timing import rate
-
-
-def memory_bandwidth_gbs(megabytes: int = 512, repeat: int = 5) -> float | None:
-    """Copy bandwidth in GB/s, counting the bytes read and the bytes written (median of `repeat`)."""
-    src = np.ones(megabytes * 2**20 // 8, dtype=np.float64)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)  # touch every page first
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        np.copyto(dst, src)
-        times.append(time.perf_counter() - start)
-    return rate(2 * src.nbytes / 1e9, statistics.median(times))
+from panda_edge.host import memory_bandwidth_gbs
+from panda_edge.timing import rate
 
 
 def matmul_gflops(threads: int, n: int = 2048, repeat: int = 5) -> float | None:
@@ -85,22 +71,3 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # not Linux: KiB (macOS: bytes)
-
-
-# CPU features that change INT8 (VNNI, AMX) and llama.cpp (AVX-512, AMX) speeds a lot.
-NOTABLE_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
-
-
-def cpu_info() -> tuple[str, list[str]]:
-    """The CPU's model name and which of NOTABLE_FEATURES it has (from /proc/cpuinfo on Linux)."""
-    name, flags = platform.processor() or platform.machine(), set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                break
-    except OSError:
-        pass
-    return name, [f for f in NOTABLE_FEATURES if f in flags]

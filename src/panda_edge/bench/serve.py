@@ -22,9 +22,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from panda_edge.bench.machine import cpu_info
-from panda_edge.bench.timing import quotient, significant
 from panda_edge.errors import PandaError
+from panda_edge.host import cpu_info
+from panda_edge.timing import quotient, significant
 
 CONCURRENCY = (1, 2, 4, 8)
 QUESTION = "What color is the ring?"
@@ -179,9 +179,6 @@ def _prefix_reuse(url: str, model: str, videos: list[Path], warm_up: Path, max_t
     }
 
 
-MODELS = ("tiny", "bench")
-
-
 def _export(model: str, work_dir: Path, step: Callable[[str], None]) -> Path:
     """A bundle of `model` (ONNX + q8_0 GGUF): the embedded tiny model, or bench e2e's full-size STAB
     with the 0.54B random Llama, where the video prefix costs what it costs at scale."""
@@ -211,8 +208,15 @@ def bench_serve(
 ) -> dict[str, Any]:
     """The whole benchmark; without `bundle`, `model` is exported first (`bench`: the prefix reuse
     only, where a new video's prefix costs what it costs at scale)."""
-    from panda_edge.video.toyworld import generate
+    from panda_edge.bench.e2e import MODELS
+    from panda_edge.optional import llama_cpp, require
+    from panda_edge.toyworld.writer import generate
 
+    if bundle is None and model not in MODELS:  # bad input fails before anything is built
+        raise PandaError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+    llama_cpp()
+    require("openai", "dev")
+    require("uvicorn", "serve")
     step = on_step or (lambda _: None)
     with tempfile.TemporaryDirectory(prefix="panda-bench-serve-") as work:
         work_dir = Path(work)

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from panda_edge.bench.timing import BELOW_RESOLUTION, median_s, rate, significant, time_ratio
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.config import ModelConfig, preset
 from panda_edge.parity.clips import clip_frames
 from panda_edge.parity.compare import LEVELS, compare_tokens
+from panda_edge.timing import BELOW_RESOLUTION, median_s, rate, significant, time_ratio
 from panda_edge.video.preprocess import preprocess_frames
 
 
@@ -36,9 +36,8 @@ def machine_info() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from panda_edge.bench.machine import cpu_info
     from panda_edge.bundle import tool_versions
-    from panda_edge.cores import available_cores
+    from panda_edge.host import available_cores, cpu_info
 
     cpu, features = cpu_info()
     return {
@@ -117,12 +116,16 @@ def bench_vision(
 ) -> dict[str, Any]:
     """Export a random-weight STAB + projector (and, with `int8`, calibrate it on `calibration_videos`
     other clips), then time every engine on one video, interleaved."""
+    from panda_edge.calibration.ranges import check_method
     from panda_edge.export.stab_onnx.convert import export_graph
+    from panda_edge.export.stab_onnx.profiles import get_profile
     from panda_edge.model.vision import VisionTower
     from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
 
+    config = preset(preset_name)  # a bad preset, profile or method fails before anything is built
+    get_profile(profile)
+    check_method(method)
     step = on_step or (lambda message: None)
-    config = preset(preset_name)
     tower = VisionTower.random(config, seed)
     frames = bench_video(config, seed)
     load_before = os.getloadavg()
@@ -213,12 +216,14 @@ def bench_vision(
 def gemm_ceiling(repeat: int, rows: int = 2184, width: int = 4096, seed: int = 0) -> dict[str, Any]:
     """The projector's second Linear alone (rows x width x width), fp32 vs the CPU form's U8S8 Q/DQ, in
     ONNX Runtime: the most INT8 can gain on this CPU, since the graph's INT8 time is mostly such GEMMs."""
-    import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
     from panda_edge.calibration.qdq import CPU, QdqWriter
-    from panda_edge.cores import available_cores
+    from panda_edge.host import available_cores
+    from panda_edge.optional import onnxruntime
     from panda_edge.runtime.vision.ort import session_options
+
+    ort = onnxruntime()
 
     rng = np.random.default_rng(seed)
     weight = (rng.standard_normal((width, width)) * width**-0.5).astype(np.float32)

@@ -46,6 +46,8 @@ from panda_edge.calibration.search import MixedPrecision, TokenScorer, choose_pr
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.stab_onnx.check import check_onnx, qdq_problems
 from panda_edge.export.stab_onnx.profiles import get_profile
+from panda_edge.export.trt.pipeline import write_build_script
+from panda_edge.export.trt.script import SCRIPT_FILE
 from panda_edge.parity.compare import LEVELS, OutputParity
 from panda_edge.video import load_videos
 
@@ -170,7 +172,31 @@ def calibrate_bundle(
         save_calibration(staged.path(CALIBRATION_FILE), frames, names)
         updates = {"vision_int8": entry, "tools": {**manifest.get("tools", {}), **tool_versions()}}
         new_files = [STAB_INT8_FILE, STAB_INT8_CPU_FILE, CALIBRATION_FILE]
-        return staged.commit(*extended(bundle, manifest, updates, new_files))["vision_int8"]
+        manifest = staged.commit(*extended(bundle, manifest, updates, new_files))
+    if SCRIPT_FILE in manifest["files"]:  # exported for TensorRT: build_engine.sh gets the INT8 build too
+        write_build_script(bundle, manifest)
+    return manifest["vision_int8"]
+
+
+def check_calibration_source(videos: str | Path | None, qa: str | Path | None, method: str) -> None:
+    """An export that ends in INT8 needs videos to calibrate on (it has no calibration.npz yet)."""
+    check_method(method)
+    if videos is None and qa is None:
+        raise PandaError("--precision int8 needs calibration videos: --videos DIR or --qa QA.json")
+    if qa is not None and not Path(qa).is_file():
+        raise PandaError(f"{qa}: no such QA file")
+    if qa is None and not Path(videos).is_dir():
+        raise PandaError(f"{videos}: no such directory of videos")
+
+
+def bundle_calibrator(
+    videos: str | Path | None, qa: str | Path | None, **options: Any
+) -> Callable[[Path, Callable[[str], None] | None], dict[str, Any]]:
+    """`calibrate(bundle, on_step)`: `calibrate_bundle` with these arguments, for an export that ends
+    in INT8 graphs (`export.target`); the source is checked now, so a missing one fails before the
+    export, not after it."""
+    check_calibration_source(videos, qa, options.get("method", DEFAULT_METHOD))
+    return lambda bundle, on_step: calibrate_bundle(bundle, videos, qa, on_step=on_step, **options)
 
 
 def _calibration_data(

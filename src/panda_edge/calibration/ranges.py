@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from panda_edge.errors import PandaError
-from panda_edge.lazy import require
-from panda_edge.runtime.vision.base import FRAMES
+from panda_edge.optional import onnxruntime
+from panda_edge.token_layout import FRAMES
 
 METHODS = ("minmax", "entropy", "percentile")
 # Entropy (KL-divergence thresholds, TensorRT's classic calibrator) kept the trained tiny model's
@@ -52,7 +52,7 @@ def collect_ranges(
 
     `videos` is (N, frames, 4, S, S): each item is one input of the static graph.
     """
-    require("onnxruntime", extra="full")
+    onnxruntime()
     from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
 
     calibration_method = {

@@ -23,12 +23,11 @@ import onnx
 
 from panda_edge.calibration.groups import GROUPS, OTHER, group_nodes
 from panda_edge.calibration.qdq import CPU, TENSORRT, QdqWriter
-from panda_edge.cores import available_cores
-from panda_edge.lazy import require
+from panda_edge.host import available_cores
+from panda_edge.optional import onnxruntime
 from panda_edge.parity.compare import LEVELS, OutputParity, Thresholds, combine, compare_tokens
-from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS
-from panda_edge.runtime.vision.layout import METADATA_KEY, TokenLayout
 from panda_edge.runtime.vision.ort import session_options
+from panda_edge.token_layout import FRAMES, METADATA_KEY, VISUAL_TOKENS, TokenLayout
 
 DESCRIPTIONS = {g.name: g.description for g in (*GROUPS, OTHER)}
 
@@ -56,7 +55,7 @@ class TokenScorer:
 
     def tokens(self, model: onnx.ModelProto | Path, qdq_in_float: bool = False) -> list[list[np.ndarray]]:
         """Per video, per frame: the tokens the runtime keeps."""
-        ort = require("onnxruntime", extra="full")
+        ort = onnxruntime()
         source = str(model) if isinstance(model, Path) else model.SerializeToString()
         session = ort.InferenceSession(
             source, session_options(self.threads, qdq_in_float), providers=["CPUExecutionProvider"]

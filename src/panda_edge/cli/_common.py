@@ -1,17 +1,19 @@
-"""Shared CLI plumbing: consoles, error mapping, JSON output.
+"""Shared CLI plumbing: consoles, logging, error mapping, JSON output.
 
-stdout carries results only (one JSON document in `--json` mode); progress and diagnostics go to
-stderr. Exit status: 0 ok, 1 a check the user asked for failed, 2 the user's input is wrong.
+stdout carries results only (one JSON document with `--json -`); progress, logs and diagnostics go
+to stderr, and `panda -q` leaves only errors there. Exit status: 0 ok, 1 a check the user asked for
+failed, 2 the user's input is wrong.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import logging
 import math
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -24,6 +26,62 @@ err = Console(stderr=True)
 out = Console(highlight=False, soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+_LOG_STYLES = {logging.WARNING: "yellow", logging.ERROR: "bold red", logging.CRITICAL: "bold red"}
+_quiet = False  # panda -q: no progress, no notes; results on stdout, errors on stderr
+
+
+class _StderrHandler(logging.Handler):
+    """panda_edge's log records on the stderr console: `warning: ...` in yellow, as the CLI printed its
+    warnings before there was a log; below WARNING with the logger's name (`panda -v`)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            message = record.getMessage()
+            where = f" {record.name}" if record.levelno < logging.WARNING else ""
+            style = _LOG_STYLES.get(record.levelno, "dim")
+            line = f"{record.levelname.lower()}{where}: {message}"
+            err.print(line, style=style, markup=False, highlight=False, soft_wrap=True)
+        except Exception:
+            self.handleError(record)
+
+
+def configure_output(verbose: bool = False, quiet: bool = False) -> Callable[[], None]:
+    """Set up the `panda_edge` log for one command: DEBUG with `-v` (llama.cpp, ONNX Runtime and
+    TensorRT logs let through too, see `optional.native_log_level`), errors only with `-q` (and no
+    progress), warnings by default. Returns what puts things back as they were."""
+    global _quiet
+    if verbose and quiet:
+        raise typer.BadParameter("-v/--verbose and -q/--quiet do not go together")
+    logger = logging.getLogger("panda_edge")
+    handler, level = _StderrHandler(), logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG if verbose else logging.ERROR if quiet else logging.WARNING)
+    _quiet = quiet
+
+    def restore() -> None:
+        global _quiet
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        _quiet = False
+
+    return restore
+
+
+def note(message: str) -> None:
+    """A line for the person at the terminal (what is happening, timings) on stderr; none with -q."""
+    if not _quiet:
+        err.print(message, highlight=False, soft_wrap=True)
+
+
+def warn(message: str) -> None:
+    """A warning on stderr through the log (`warning: ...`, yellow); none with -q."""
+    logging.getLogger("panda_edge.cli").warning("%s", message)
+
+
+def spinner(message: str) -> AbstractContextManager[Any]:
+    """A stderr spinner while something loads; none with -q."""
+    return nullcontext() if _quiet else err.status(message)
 
 
 def handle_errors(func: F) -> F:
@@ -89,12 +147,6 @@ def number(value: float | None, spec: str, missing: str = "n/a") -> str:
     return missing if value is None else format(value, spec)
 
 
-def check_choice(what: str, value: str, options: Sequence[str]) -> None:
-    """Exit status 2 with the valid options for a value outside them (options Typer takes as text)."""
-    if value not in options:
-        raise PandaError(f"unknown {what} '{value}'; choose one of: {', '.join(options)}")
-
-
 def parse_size(text: str) -> tuple[int, int]:
     """'640x360' -> (640, 360)."""
     try:
@@ -110,13 +162,19 @@ def parse_size(text: str) -> tuple[int, int]:
 def progress_bar(
     description: str, total: int | None, enabled: bool = True
 ) -> Iterator[Callable[[int], None]]:
-    """A stderr progress bar (total None: not known yet); yields `advance(completed)`. Off in JSON mode."""
+    """A stderr progress bar (total None: not known yet); yields `advance(completed)`. Off when not
+    `enabled` (`--json -`) and with -q."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True, disable=not enabled) as bar:
+    with Progress(*columns, console=err, transient=True, disable=_quiet or not enabled) as bar:
         task = bar.add_task(description, total=total)
         yield lambda completed: bar.update(task, completed=completed)
+
+
+def show_progress(json_out: Path | None) -> bool:
+    """Whether progress may be drawn: not with -q, not while stdout carries the JSON document."""
+    return not (_quiet or json_to_stdout(json_out))
 
 
 def json_to_stdout(json_out: Path | None) -> bool:
@@ -125,8 +183,8 @@ def json_to_stdout(json_out: Path | None) -> bool:
 
 
 def step_printer(quiet: bool) -> Callable[[str], None] | None:
-    """Progress lines on stderr, or none when stdout carries the JSON document alone."""
-    return None if quiet else lambda message: err.print(message, highlight=False)
+    """Progress lines on stderr, or none when stdout carries the JSON document alone or with -q."""
+    return None if quiet or _quiet else note
 
 
 def emit_result(data: Any, json_out: Path | None) -> bool:
@@ -154,15 +212,3 @@ def reference_precision(dtype: str, device: str) -> Any:
     from panda_edge.model.loading import ReferencePrecision
 
     return ReferencePrecision(dtype, device)
-
-
-def describe_reference(checkpoint: str, precision: Any) -> dict[str, str]:
-    """What the report says of the reference: compute dtype, device, how its weights are stored."""
-    from panda_edge.model.loading import stored_llm_dtype
-    from panda_edge.model.videopanda import resolve_checkpoint
-
-    return {
-        "dtype": precision.dtype,
-        "device": precision.device,
-        "weights_stored": stored_llm_dtype(resolve_checkpoint(checkpoint)),
-    }

@@ -11,13 +11,11 @@ from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
     ReferenceDevice,
     ReferenceDtype,
-    check_choice,
     emit_result,
     handle_errors,
     json_to_stdout,
     number,
     out,
-    reference_precision,
     step_printer,
 )
 
@@ -50,13 +48,7 @@ def vision(
     """PyTorch eager fp32 vs ONNX Runtime fp32 and INT8 (CPU form, TensorRT form) on STAB + projector
     with random weights, one video, interleaved rounds; INT8 tokens compared with PyTorch's."""
     from panda_edge.bench.vision import bench_vision
-    from panda_edge.calibration.ranges import check_method
-    from panda_edge.config import preset as get_preset
-    from panda_edge.export.stab_onnx.profiles import get_profile
 
-    get_preset(preset)
-    get_profile(trt_profile)
-    check_method(method)
     quiet = json_to_stdout(json_out)
     result = bench_vision(
         preset,
@@ -100,9 +92,7 @@ def llm(
     from dataclasses import replace
 
     from panda_edge.bench.llm import BENCH_LLM, bench_llm
-    from panda_edge.lazy import llama_cpp
 
-    llama_cpp()
     quiet = json_to_stdout(json_out)
     result = bench_llm(
         replace(BENCH_LLM, num_hidden_layers=layers),
@@ -137,15 +127,9 @@ def e2e(
 ) -> None:
     """Time to first token of a first question and of a follow-up, decode tokens/s and peak RSS:
     the PyTorch reference vs the runtime (ONNX Runtime + llama.cpp), each in its own process."""
-    from panda_edge.bench.e2e import MODELS, bench_e2e
-    from panda_edge.export.llm_gguf.pipeline import get_gguf_type
-    from panda_edge.lazy import llama_cpp
+    from panda_edge.bench.e2e import bench_e2e
 
-    check_choice("model", model, MODELS)
-    get_gguf_type(gguf_type)
-    llama_cpp()
     quiet = json_to_stdout(json_out)
-    reference_precision(dtype, device)  # exit 2 for a bad value before anything is built
     result = bench_e2e(
         model, repeat, threads, gguf_type, max_new_tokens, dtype, device, on_step=step_printer(quiet)
     )
@@ -180,13 +164,8 @@ def serve(
 ) -> None:
     """`panda serve` on 127.0.0.1 under 1, 2, 4 and 8 concurrent openai clients: time to first token
     p50/p95, completed requests per minute, failures, prefix reuse, and 503s past a small --max-queue."""
-    from panda_edge.bench.serve import MODELS, bench_serve
-    from panda_edge.lazy import llama_cpp, require
+    from panda_edge.bench.serve import bench_serve
 
-    check_choice("model", model, MODELS)
-    llama_cpp()
-    require("openai", "dev")
-    require("uvicorn", "serve")
     quiet = json_to_stdout(json_out)
     result = bench_serve(
         bundle, model, requests, seconds, max_tokens, small_queue, on_step=step_printer(quiet)
@@ -224,18 +203,10 @@ def all_benchmarks(
     """vision, llm, e2e and the GGUF conversion's peak memory in one run, with the machine's limits
     (memory bandwidth, fp32 GEMM), a roofline line per result, ratios to the PyTorch baselines and
     the DESIGN.md §6 goals."""
-    from panda_edge.bench.all import bench_all, plot
-    from panda_edge.bench.e2e import MODELS
-    from panda_edge.lazy import llama_cpp, require
+    from panda_edge.bench.all import bench_all
 
-    check_choice("e2e model", e2e_model, MODELS)
-    llama_cpp()
-    if plot_out is not None:
-        require("matplotlib", extra="bench")
     quiet = json_to_stdout(json_out)
-    result = bench_all(repeat, threads, e2e_model, on_step=step_printer(quiet))
-    if plot_out is not None:
-        plot(result, str(plot_out))
+    result = bench_all(repeat, threads, e2e_model, on_step=step_printer(quiet), plot_path=plot_out)
     if emit_result(result, json_out):
         return
     for name, ratio in result["ratios"]["vision_vs_torch"].items():

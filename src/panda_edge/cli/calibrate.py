@@ -51,14 +51,11 @@ def calibrate(
     fails its profile's checks (nothing written), 2 for bad input.
     """
     from panda_edge.calibration.pipeline import calibrate_bundle
-    from panda_edge.calibration.ranges import check_method
 
-    check_method(method)
     quiet = json_to_stdout(json_out)
     report = calibrate_bundle(
         bundle, videos, qa, samples, method, target_cosine, holdout, on_step=step_printer(quiet)
     )
-    _refresh_build_script(bundle)
     if emit_result(report, json_out):
         return
     print_report(bundle, report)
@@ -101,13 +98,3 @@ def print_report(bundle: Path, report: dict[str, Any]) -> None:
     )
     for line in lines:
         out.print(line)
-
-
-def _refresh_build_script(bundle: Path) -> None:
-    """A bundle exported for TensorRT gets the INT8 build in its build_engine.sh too."""
-    from panda_edge.bundle import load_manifest
-    from panda_edge.export.trt.pipeline import write_build_script
-    from panda_edge.export.trt.script import SCRIPT_FILE
-
-    if (bundle / SCRIPT_FILE).is_file():
-        write_build_script(bundle, load_manifest(bundle))

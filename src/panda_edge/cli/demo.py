@@ -13,12 +13,13 @@ from panda_edge.cli._common import (
     ReferenceDevice,
     ReferenceDtype,
     emit_result,
-    err,
     handle_errors,
     json_to_stdout,
+    note,
     out,
     progress_bar,
     reference_precision,
+    step_printer,
 )
 
 
@@ -51,7 +52,7 @@ def demo(
             workdir,
             questions,
             reference_precision(dtype, device),
-            on_step=lambda m: None if quiet else err.print(m),
+            on_step=step_printer(quiet),
             on_answer=advance,
         )
     if emit_result(report.to_dict(), json_out):
@@ -66,9 +67,9 @@ def demo(
     out.print(samples)
     out.print(accuracy_table(report))
     out.print(parity_table(report))
-    for note in report.skipped:
-        out.print(f"[yellow]skipped:[/] {note}")
-    out.print("timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings_s.items()))
+    for skipped in report.skipped:
+        out.print(f"[yellow]skipped:[/] {skipped}")
+    note("timings (s): " + ", ".join(f"{k} {v}" for k, v in report.timings_s.items()))
 
 
 def accuracy_table(report) -> Table:

@@ -11,14 +11,13 @@ from rich.table import Table
 from panda_edge.cli._common import (
     ReferenceDevice,
     ReferenceDtype,
-    describe_reference,
     emit_json,
-    err,
     handle_errors,
     json_to_stdout,
     out,
     progress_bar,
     reference_precision,
+    spinner,
 )
 
 
@@ -36,20 +35,20 @@ def eval(
     ] = None,
 ) -> None:
     """Answer every question greedily and report normalized exact-match accuracy, overall and per type."""
-    from panda_edge.model.videopanda import VideoPanda, reference_answerer
+    from panda_edge.model.videopanda import VideoPanda, describe_reference, reference_answerer
     from panda_edge.parity.task import evaluate, read_questions
 
     questions = read_questions(qa)[:limit]
     precision = reference_precision(dtype, device)
-    with err.status("loading model"):
+    with spinner("loading model"):
         model = VideoPanda.from_pretrained(checkpoint, precision)
-
-    with progress_bar("answering", total=len(questions), enabled=json_out is None) as advance:
+    quiet = json_to_stdout(json_out)
+    with progress_bar("answering", total=len(questions), enabled=not quiet) as advance:
         result = evaluate(reference_answerer(model, max_new_tokens), questions, videos, on_answer=advance)
     if json_out is not None:
         reference = describe_reference(checkpoint, precision)
         emit_json({"checkpoint": checkpoint, "reference": reference, **result.to_dict()}, json_out)
-        if json_to_stdout(json_out):
+        if quiet:
             return
     table = Table(title=f"exact match on {qa.name}")
     table.add_column("type")

@@ -8,18 +8,8 @@ from typing import Annotated
 import typer
 
 from panda_edge.calibration.ranges import DEFAULT_METHOD
-from panda_edge.cli._common import (
-    check_choice,
-    emit_result,
-    handle_errors,
-    json_to_stdout,
-    out,
-    step_printer,
-)
+from panda_edge.cli._common import emit_result, handle_errors, json_to_stdout, out, step_printer
 from panda_edge.cli.calibrate import HoldoutOption, MethodOption, SamplesOption, TargetOption
-
-TARGETS = ("onnx", "trt", "gguf", "all")
-PRECISIONS = ("fp32", "int8")
 
 
 @handle_errors
@@ -80,38 +70,31 @@ def export(
     --precision int8 then calibrates the graph on --videos DIR or --qa QA.json as panda calibrate
     does, adding stab.int8.onnx (TensorRT Q/DQ), stab.int8.cpu.onnx (ONNX Runtime) and calibration.npz.
     """
-    from panda_edge.export.stab_onnx.pipeline import export_bundle
-    from panda_edge.export.stab_onnx.profiles import get_profile
+    from panda_edge.calibration.pipeline import bundle_calibrator
+    from panda_edge.export.target import export_target
 
-    check_choice("target", target, TARGETS)
-    if target == "gguf":
-        _export_gguf(checkpoint, out_dir, gguf_type, dry_run, json_out)
-        return
-    calibration = (videos, qa, samples, method, target_cosine, holdout)
-    if target == "trt":
-        _export_trt(checkpoint, out_dir, trt_profile, precision or "fp16", calibration, json_out)
-        return
-    precision = precision or "fp32"
-    get_profile(trt_profile)  # a bad profile, precision or type fails before any loading
-    check_choice("precision", precision, PRECISIONS)
-    if precision == "int8":
-        _check_calibration_source(videos, qa, method)
-    if target == "all":
-        from panda_edge.export.llm_gguf.pipeline import export_gguf, get_gguf_type
-
-        get_gguf_type(gguf_type)
     quiet = json_to_stdout(json_out)
-    manifest = export_bundle(checkpoint, out_dir, trt_profile, on_step=step_printer(quiet))
-    if precision == "int8":
-        from panda_edge.bundle import load_manifest
-        from panda_edge.calibration.pipeline import calibrate_bundle
-
-        calibrate_bundle(out_dir, *calibration, on_step=step_printer(quiet))
-        manifest = load_manifest(out_dir)
-    if target == "all":
-        manifest = export_gguf(checkpoint, out_dir, gguf_type, on_step=step_printer(quiet))
-    if emit_result(manifest, json_out):
+    if target == "gguf" and dry_run:
+        _gguf_plan(checkpoint, gguf_type, json_out)
         return
+    calibrate = None
+    if precision == "int8" and target != "gguf":
+        options = {"samples": samples, "method": method, "target_cosine": target_cosine, "holdout": holdout}
+        calibrate = bundle_calibrator(videos, qa, **options)
+    result = export_target(
+        checkpoint, out_dir, target, trt_profile, gguf_type, precision, calibrate, step_printer(quiet)
+    )
+    if emit_result(result, json_out):
+        return
+    if target == "gguf":
+        _print_gguf(out_dir, result, gguf_type)
+    elif target == "trt":
+        _print_trt(out_dir, result)
+    else:
+        _print_onnx(out_dir, result)
+
+
+def _print_onnx(out_dir: Path, manifest: dict) -> None:
     vision = manifest["vision"]
     size = manifest["files"][vision["file"]]["size"]
     others = ", ".join(name for name in manifest["files"] if name != vision["file"])
@@ -120,47 +103,27 @@ def export(
         f"{vision['tensorrt']} profile, {vision['inputs']['frames']['shape']} -> "
         f"{vision['outputs']['visual_tokens']['shape']}), {others}, manifest.json"
     )
-    if precision == "int8":
+    if "vision_int8" in manifest:
         from panda_edge.cli.calibrate import print_report
 
         print_report(out_dir, manifest["vision_int8"])
 
 
-def _check_calibration_source(videos: Path | None, qa: Path | None, method: str) -> None:
-    """Fail on a missing calibration source before the export, not after it."""
-    from panda_edge.calibration.ranges import check_method
-    from panda_edge.errors import PandaError
+def _gguf_plan(checkpoint: str, gguf_type: str, json_out: Path | None) -> None:
+    """--dry-run: the tensor plan from the checkpoint's headers; nothing written."""
+    from panda_edge.export.llm_gguf.pipeline import gguf_plan
 
-    check_method(method)
-    if videos is None and qa is None:
-        raise PandaError("--precision int8 needs calibration videos: --videos DIR or --qa QA.json")
-    if qa is not None and not qa.is_file():
-        raise PandaError(f"{qa}: no such QA file")
-    if qa is None and not videos.is_dir():
-        raise PandaError(f"{videos}: no such directory of videos")
-
-
-def _export_gguf(
-    checkpoint: str, out_dir: Path, gguf_type: str, dry_run: bool, json_out: Path | None
-) -> None:
-    """The Llama backbone to BUNDLE/llm.<type>.gguf (streamed; K-quants through llama.cpp)."""
-    from panda_edge.export.llm_gguf.pipeline import export_gguf, get_gguf_type, gguf_plan
-
-    get_gguf_type(gguf_type)  # a bad type fails before any reading
-    quiet = json_to_stdout(json_out)
-    if dry_run:
-        plan = gguf_plan(checkpoint, gguf_type)
-        if emit_result({"gguf_type": gguf_type, "tensors": plan}, json_out):
-            return
-        for t in plan:
-            shape = "x".join(map(str, t["shape"]))
-            note = " (q/k permuted)" if t["permuted"] else ""
-            out.print(f"{t['source']} -> {t['gguf']}  {shape}  {t['source_dtype']} -> {t['type']}{note}")
-        out.print(f"{len(plan)} tensors; nothing written (dry run)")
+    plan = gguf_plan(checkpoint, gguf_type)
+    if emit_result({"gguf_type": gguf_type, "tensors": plan}, json_out):
         return
-    manifest = export_gguf(checkpoint, out_dir, gguf_type, on_step=step_printer(quiet))
-    if emit_result(manifest, json_out):
-        return
+    for t in plan:
+        shape = "x".join(map(str, t["shape"]))
+        note = " (q/k permuted)" if t["permuted"] else ""
+        out.print(f"{t['source']} -> {t['gguf']}  {shape}  {t['source_dtype']} -> {t['type']}{note}")
+    out.print(f"{len(plan)} tensors; nothing written (dry run)")
+
+
+def _print_gguf(out_dir: Path, manifest: dict, gguf_type: str) -> None:
     entry = manifest["llm"]["gguf"][gguf_type]
     types = ", ".join(f"{n} {k}" for k, n in entry["tensor_types"].items())
     out.print(
@@ -169,26 +132,7 @@ def _export_gguf(
     )
 
 
-def _export_trt(
-    checkpoint: str, out_dir: Path, profile: str, precision: str, calibration: tuple, json_out: Path | None
-) -> None:
-    """Graphs for TensorRT + build_engine.sh; the engine too when TensorRT and a GPU are here."""
-    from panda_edge.export.stab_onnx.profiles import get_profile
-    from panda_edge.export.trt.pipeline import export_trt
-    from panda_edge.export.trt.versions import check_precision
-
-    get_profile(profile)
-    check_precision(precision)
-    calibrate = None
-    if precision == "int8":
-        from panda_edge.calibration.pipeline import calibrate_bundle
-
-        _check_calibration_source(calibration[0], calibration[1], calibration[3])
-        calibrate = lambda bundle, on_step: calibrate_bundle(bundle, *calibration, on_step=on_step)  # noqa: E731
-    quiet = json_to_stdout(json_out)
-    result = export_trt(checkpoint, out_dir, profile, precision, step_printer(quiet), calibrate=calibrate)
-    if emit_result(result, json_out):
-        return
+def _print_trt(out_dir: Path, result: dict) -> None:
     files = ", ".join(result["manifest"]["files"])
     out.print(f"wrote {out_dir}: {files}, manifest.json")
     if result["built_here"]:

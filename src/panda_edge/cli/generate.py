@@ -10,13 +10,13 @@ import typer
 from panda_edge.cli._common import (
     ReferenceDevice,
     ReferenceDtype,
-    describe_reference,
     emit_json,
-    err,
     handle_errors,
+    json_to_stdout,
     out,
     print_model_text,
     reference_precision,
+    spinner,
 )
 
 
@@ -36,34 +36,15 @@ def generate(
     ] = None,
 ) -> None:
     """Answer QUESTION about VIDEO with the PyTorch reference model (greedy decoding)."""
-    import time
-
-    from panda_edge.model.videopanda import VideoPanda
-    from panda_edge.prompt import TextStream
-    from panda_edge.video import load_video
+    from panda_edge.model.videopanda import VideoPanda, answer_video, describe_reference
 
     precision = reference_precision(dtype, device)
-    with err.status("loading model"):
+    with spinner("loading model"):
         model = VideoPanda.from_pretrained(checkpoint, precision)
-    frames = load_video(video, model.config.vision)
-    start = time.perf_counter()
-    streaming = json_out is None or str(json_out) != "-"
-    text = TextStream(model.tokenizer, print_model_text if streaming else None)
-    for token in model.stream_generate(frames, question, max_new_tokens):
-        text.push(token)
-    answer, tokens = text.answer(), text.tokens
-    seconds = time.perf_counter() - start
+    streaming = not json_to_stdout(json_out)
+    answer = answer_video(model, video, question, max_new_tokens, print_model_text if streaming else None)
     if streaming:
         out.print()
     if json_out is not None:
-        emit_json(
-            {
-                "video": str(video),
-                "question": question,
-                "answer": answer,
-                "tokens": tokens,
-                "seconds": seconds,
-                "reference": describe_reference(checkpoint, precision),
-            },
-            json_out,
-        )
+        reference = describe_reference(checkpoint, precision)
+        emit_json({"video": str(video), "question": question, **answer, "reference": reference}, json_out)

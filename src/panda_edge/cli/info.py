@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
-from panda_edge.cli._common import emit_json, handle_errors, out, parse_size
+from panda_edge.cli._common import emit_result, handle_errors, out, parse_size
 
 
 @handle_errors
@@ -25,8 +26,8 @@ def info(
         int | None, typer.Option(min=1, help="Decoded frames of the video (fewer than 8 are padded).")
     ] = None,
     json_out: Annotated[
-        bool, typer.Option("--json", help="Print one JSON document instead of tables.")
-    ] = False,
+        Path | None, typer.Option("--json", help="Write the report as JSON ('-': stdout).")
+    ] = None,
 ) -> None:
     """Show a model's configuration, parameters per part and visual tokens, without loading weights."""
     from panda_edge.model.summary import describe
@@ -35,8 +36,7 @@ def info(
         raise typer.BadParameter("give a checkpoint directory or --preset NAME (one of them)")
     width_height = parse_size(size) if size else None
     report = describe(checkpoint=checkpoint, preset_name=preset, size=width_height, real_frames=frames)
-    if json_out:
-        emit_json(report)
+    if emit_result(report, json_out):
         return
     params = Table(title=f"Video-Panda ({report['source']})", show_header=True)
     params.add_column("part")

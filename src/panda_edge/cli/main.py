@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from panda_edge import __version__
+from panda_edge.cli._common import configure_output
 from panda_edge.cli.bench import app as bench_app
 from panda_edge.cli.build_engine import build_engine
 from panda_edge.cli.calibrate import calibrate
@@ -54,11 +55,22 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version."
     ),
+    verbose: bool = typer.Option(
+        False,
+        "-v",
+        "--verbose",
+        help="Debug log on stderr, with llama.cpp's, ONNX Runtime's and TensorRT's own logs.",
+    ),
+    quiet: bool = typer.Option(
+        False, "-q", "--quiet", help="Results only: no progress or notes; errors still on stderr."
+    ),
 ) -> None:
     """Video-Panda on edge devices."""
+    ctx.call_on_close(configure_output(verbose, quiet))
 
 
 def main() -> None:

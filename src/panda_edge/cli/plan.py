@@ -67,27 +67,13 @@ def plan(
     """Memory needed per part (LLM weights by GGUF tensor type, KV cache, compute buffers, vision engine,
     runtime, OS reserve), whether it fits, the GGUF type to pick, and the decode speed ceiling
     (memory bandwidth / bytes read per token). Estimates, not measurements: see docs/jetson.md."""
-    from panda_edge.errors import PandaError
     from panda_edge.plan.devices import get_device
-    from panda_edge.plan.memory import ModelShape, plan_memory
+    from panda_edge.plan.memory import model_shape, plan_memory
 
-    if (bundle is None) == (preset is None):
-        raise PandaError("give one of --bundle BUNDLE or --preset full|tiny")
+    model = model_shape(bundle, preset)
     dev = get_device(device, memory_gib, bandwidth_gbs, unified, reserve_gib)
-    if bundle is not None:
-        from panda_edge.bundle import load_manifest
-
-        model = ModelShape.from_manifest(load_manifest(bundle, verify=False), str(bundle))
-    else:
-        from dataclasses import asdict
-
-        from panda_edge.config import preset as get_preset
-
-        model = ModelShape.from_config(asdict(get_preset(preset)), f"preset:{preset}")
-    vision_precision = vision_precision or ("fp32" if dev.name == "cpu" else "fp16")
-    result = plan_memory(
-        model, dev, context, kv_type, vision_precision, tuple(gguf_type) if gguf_type else None
-    )
+    gguf_types = tuple(gguf_type) if gguf_type else None
+    result = plan_memory(model, dev, context, kv_type, vision_precision, gguf_types)
     if emit_result(result.to_dict(), json_out):
         return
     _render(result)

@@ -13,9 +13,12 @@ from panda_edge.cli._common import (
     err,
     handle_errors,
     json_to_stdout,
+    note,
     number,
     out,
     print_model_text,
+    spinner,
+    warn,
 )
 from panda_edge.errors import PandaError
 
@@ -78,7 +81,7 @@ JsonOpt = Annotated[
 def _open_runtime(bundle: Path, vision: str, precision: str | None, gguf_type: str | None, **options: Any):
     from panda_edge.runtime.pipeline import VideoRuntime
 
-    with err.status("loading the bundle"):
+    with spinner("loading the bundle"):
         return VideoRuntime(bundle, vision=vision, precision=precision, gguf_type=gguf_type, **options)
 
 
@@ -88,19 +91,6 @@ def _sampling(temperature: float, top_p: float, seed: int | None):
     if top_p <= 0:
         raise PandaError("--top-p must be above 0")
     return Sampling(temperature=temperature, top_p=top_p, seed=seed)
-
-
-def _describe(runtime) -> dict[str, Any]:
-    parts = runtime.parts
-    return {
-        "bundle": str(parts.root),
-        "vision": f"{runtime.vision_name} {parts.vision_precision} ({runtime.vision_file})",
-        "decoder": f"llama.cpp {parts.gguf.name}",
-        # files hashed at this start, and those this machine hashed before at the same stat
-        "verified": {
-            how: sorted(n for n, h in parts.verified.items() if h == how) for how in ("hashed", "unchanged")
-        },
-    }
 
 
 @handle_errors
@@ -147,11 +137,12 @@ def run(
         answer = runtime.answer(
             video, question, max_new_tokens, sampling, on_text=None if quiet else print_model_text
         )
-        info = _describe(runtime)
+        info = runtime.describe()
     if not quiet:
         out.print()
-        err.print(_timing_line(answer), highlight=False, soft_wrap=True)
-    _warn(runtime.warnings)
+        note(_timing_line(answer))
+    for warning in dict.fromkeys(runtime.warnings):
+        warn(warning)
     if json_out is not None:
         emit_json({**info, "video": str(video), "question": question, **answer.to_dict()}, json_out)
 
@@ -221,23 +212,19 @@ def chat(
                     out.print()
                 if json_out is not None:
                     emit_json(
-                        {**_describe(runtime), "video": str(video), "turns": turns, "error": str(exc)},
+                        {**runtime.describe(), "video": str(video), "turns": turns, "error": str(exc)},
                         json_out,
                     )
                 raise
             turns.append({"question": question, **answer.to_dict()})
             if not quiet:
                 out.print()
-                err.print(_timing_line(answer), highlight=False, soft_wrap=True)
-        info = _describe(runtime)
-    _warn(runtime.warnings)
+                note(_timing_line(answer))
+        info = runtime.describe()
+    for warning in dict.fromkeys(runtime.warnings):
+        warn(warning)
     if json_out is not None:
         emit_json({**info, "video": str(video), "turns": turns}, json_out)
-
-
-def _warn(warnings: list[str]) -> None:
-    for warning in dict.fromkeys(warnings):
-        err.print(f"warning: {warning}", style="yellow", highlight=False, markup=False)
 
 
 def _timing_line(answer) -> str:

@@ -137,7 +137,7 @@ def _serve_on_ray(
 ) -> None:
     """The same app as Ray Serve replicas; the bundle is checked here first (exit 2, not a replica
     that fails to start)."""
-    from panda_edge.runtime.parts import default_precision, open_bundle
+    from panda_edge.runtime.bundle_parts import default_precision, open_bundle
     from panda_edge.serving import ray_replicas
 
     open_bundle(

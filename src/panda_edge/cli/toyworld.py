@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import emit_json, handle_errors, out, progress_bar
+from panda_edge.cli._common import emit_result, handle_errors, json_to_stdout, out, progress_bar
 
 
 @handle_errors
@@ -26,14 +26,13 @@ def toyworld(
     ] = None,
 ) -> None:
     """Write a toy world: moving, appearing and disappearing shapes, with questions of six types."""
-    from panda_edge.video.toyworld import generate
+    from panda_edge.toyworld.writer import generate
 
-    with progress_bar("writing videos", total=videos, enabled=json_out is None) as advance:
+    with progress_bar("writing videos", total=videos, enabled=not json_to_stdout(json_out)) as advance:
         summary = generate(
             out_dir, videos=videos, seed=seed, heldout_fraction=heldout, progress=advance, workers=workers
         )
-    if json_out is not None:
-        emit_json(summary.to_dict(), json_out)
+    if emit_result(summary.to_dict(), json_out):
         return
     types = ", ".join(f"{k} {v}" for k, v in summary.per_type.items())
     out.print(

@@ -7,9 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import check_choice, emit_json, err, handle_errors, json_to_stdout, out
-
-TEACHERS = ("none", "toyworld")
+from panda_edge.cli._common import emit_result, err, handle_errors, note, out, show_progress
 
 
 @handle_errors
@@ -31,7 +29,7 @@ def train(
         ),
     ] = "none",
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Write stage losses and times as JSON.")
+        Path | None, typer.Option("--json", help="Write stage losses and times as JSON ('-': stdout).")
     ] = None,
 ) -> None:
     """Train a Video-Panda in stages: 1 (STAB + projector, LLM frozen), 2 (end to end), 3 (instructions).
@@ -40,30 +38,9 @@ def train(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from panda_edge.config import preset as get_preset
-    from panda_edge.errors import PandaError
-    from panda_edge.train.recipe import STAGE_NAMES, TINY_RECIPE
-    from panda_edge.train.trainer import STATE_FILE, load_state
     from panda_edge.train.trainer import Progress as TrainProgress
-    from panda_edge.train.trainer import train as run_training
+    from panda_edge.train.trainer import train_recipe
 
-    check_choice("teacher", teacher, TEACHERS)
-    config = get_preset(preset)
-    teacher_module = None
-    if teacher == "toyworld":
-        from panda_edge.train.toy_teacher import ToyWorldTeacher
-
-        teacher_module = ToyWorldTeacher(config.vision.patch)
-    stages = TINY_RECIPE
-    if stage is not None:
-        check_choice("stage", stage, STAGE_NAMES)
-        position = STAGE_NAMES.index(stage)
-        state = load_state(out_dir / STATE_FILE)
-        done = state["done"] if state else []
-        missing = [s for s in STAGE_NAMES[:position] if s not in done]
-        if missing:
-            raise PandaError(f"stage {stage} needs stages {', '.join(missing)} first in {out_dir}")
-        stages = TINY_RECIPE[: position + 1]
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -72,7 +49,7 @@ def train(
         TimeElapsedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=err, disable=json_to_stdout(json_out)) as bar:
+    with Progress(*columns, console=err, disable=not show_progress(json_out)) as bar:
         task = {"id": None}
 
         def on_stage(s, total: int) -> None:
@@ -81,16 +58,8 @@ def train(
         def on_step(step: int, loss: float) -> None:
             bar.update(task["id"], completed=step, loss=f"{loss:.3f}")
 
-        result = run_training(
-            data,
-            out_dir,
-            config=config,
-            stages=stages,
-            seed=seed,
-            teacher=teacher_module,
-            teacher_width=teacher_module.width if teacher_module is not None else None,
-            progress=TrainProgress(on_stage=on_stage, on_step=on_step, on_message=lambda m: err.print(m)),
-        )
-    if json_out is not None:
-        emit_json(result.to_dict(), json_out)
+        progress = TrainProgress(on_stage=on_stage, on_step=on_step, on_message=note)
+        result = train_recipe(data, out_dir, preset, stage, seed, teacher, progress)
+    if emit_result(result.to_dict(), json_out):
+        return
     out.print(f"trained in {result.seconds:.0f} s -> {out_dir}")

@@ -15,6 +15,7 @@ parameters) is converted to the compute dtype once.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
 from collections.abc import Callable, Iterator, Mapping
@@ -38,6 +39,8 @@ from panda_edge.model.checkpoint import (
     read_weight_file,
     weight_files,
 )
+
+log = logging.getLogger(__name__)
 
 DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICES = ("cpu", "cuda")
@@ -361,6 +364,7 @@ def load_reference(
             )
     else:
         check_memory(need, f"{what} in {precision.dtype}", _hint(precision))
+    log.info("loading %s from %s (%s on %s)", what, directory, precision.dtype, precision.device)
     skipped = load_weights(parts, directory, precision, keeps_16bit)
     for module in parts.values():
         materialize_buffers(module, precision.device)

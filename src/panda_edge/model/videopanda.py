@@ -6,8 +6,10 @@ Every export and runtime path is judged against this module, so it follows the o
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +35,13 @@ from panda_edge.model.checkpoint import (
     write_json,
     write_weights,
 )
-from panda_edge.model.loading import ReferencePrecision, build_on_meta, load_reference, working_bytes
+from panda_edge.model.loading import (
+    ReferencePrecision,
+    build_on_meta,
+    load_reference,
+    stored_llm_dtype,
+    working_bytes,
+)
 from panda_edge.model.stab import STAB, build_projector
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
 from panda_edge.sampling import GREEDY, Sampling, pick_token, top2_margin
@@ -266,10 +274,36 @@ class VideoPanda(nn.Module):
         history: Sequence[tuple[str, str]] = (),
     ) -> str:
         """The answer as text; `on_text` receives it piece by piece as tokens arrive."""
+        return self._stream(video_or_frames, question, max_new_tokens, sampling, on_text, history).answer()
+
+    def _stream(
+        self,
+        video_or_frames: str | Path | Tensor | np.ndarray,
+        question: str,
+        max_new_tokens: int,
+        sampling: Sampling = GREEDY,
+        on_text: Callable[[str], None] | None = None,
+        history: Sequence[tuple[str, str]] = (),
+    ) -> TextStream:
         text = TextStream(self._require_tokenizer(), on_text)
         for token in self.stream_generate(video_or_frames, question, max_new_tokens, sampling, history):
             text.push(token)
-        return text.answer()
+        return text
+
+
+def answer_video(
+    model: VideoPanda,
+    video: str | Path,
+    question: str,
+    max_new_tokens: int = 64,
+    on_text: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """The greedy answer to `question` about a video file, as `panda generate` reports it: the text,
+    its token ids, and the seconds from the decoded video to the last token."""
+    frames = model.load_frames(video)
+    start = time.perf_counter()
+    text = model._stream(frames, question, max_new_tokens, on_text=on_text)
+    return {"answer": text.answer(), "tokens": text.tokens, "seconds": time.perf_counter() - start}
 
 
 def reference_answerer(model: VideoPanda, max_new_tokens: int = 16) -> Callable[[Path, str], str]:
@@ -280,3 +314,12 @@ def reference_answerer(model: VideoPanda, max_new_tokens: int = 16) -> Callable[
     return lambda video, question: model.generate(
         frames(Path(video)), question, max_new_tokens=max_new_tokens
     )
+
+
+def describe_reference(checkpoint: str | Path, precision: ReferencePrecision) -> dict[str, str]:
+    """What a report says of the reference: compute dtype, device, how its weights are stored."""
+    return {
+        "dtype": precision.dtype,
+        "device": precision.device,
+        "weights_stored": stored_llm_dtype(resolve_checkpoint(checkpoint)),
+    }

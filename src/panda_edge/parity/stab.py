@@ -60,18 +60,6 @@ def _video_entry(result: OutputParity) -> dict[str, Any]:
     return {"video": entry.pop("name"), **entry}
 
 
-def stab_parity(
-    reference: VisionBackend,
-    candidate: VisionBackend,
-    videos: Sequence[str | Path],
-    vision: VisionConfig,
-    level: str = "stab_fp32",
-    on_video: Callable[[int], None] | None = None,
-) -> StabParity:
-    """Decode and pre-process each video once, then compare both engines' per-frame tokens."""
-    return compare_engines(reference, {level: (candidate, level)}, videos, vision, on_video)[level]
-
-
 def compare_engines(
     reference: VisionBackend,
     candidates: Mapping[str, tuple[VisionBackend, str]],

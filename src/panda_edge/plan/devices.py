@@ -72,7 +72,7 @@ def this_machine() -> Device:
     against `panda run`'s peak RSS here."""
     from pathlib import Path
 
-    from panda_edge.bench.machine import cpu_info, memory_bandwidth_gbs
+    from panda_edge.host import cpu_info, memory_bandwidth_gbs
 
     total_kib = 0
     for line in Path("/proc/meminfo").read_text().splitlines():

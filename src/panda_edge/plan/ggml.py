@@ -40,11 +40,6 @@ GGUF_TYPES = (*_PLAIN, *_KQUANT)
 KV_TYPES = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}  # f32: the parity runs
 
 
-def bytes_per_weight(ggml_type: str) -> float:
-    block, size = BLOCKS[ggml_type]
-    return size / block
-
-
 def tensor_bytes(ggml_type: str, n_weights: int) -> int:
     block, size = BLOCKS[ggml_type]
     if n_weights % block:

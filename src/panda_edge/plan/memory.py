@@ -13,6 +13,7 @@ The runtime figures are estimates (named constants below); measure a device with
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from panda_edge.errors import PandaError
@@ -154,14 +155,32 @@ def compute_buffer_bytes(llm: dict[str, Any], context: int, n_ubatch: int = N_UB
     return 4 * n_ubatch * per_row
 
 
+def model_shape(bundle: str | Path | None = None, preset_name: str | None = None) -> ModelShape:
+    """The shape to plan: a bundle's (its config and GGUF files, hashes not checked) or a preset's."""
+    if (bundle is None) == (preset_name is None):
+        raise PandaError("give one of --bundle BUNDLE or --preset full|tiny")
+    if bundle is not None:
+        from panda_edge.bundle import load_manifest
+
+        return ModelShape.from_manifest(load_manifest(bundle, verify=False), str(bundle))
+    from dataclasses import asdict
+
+    from panda_edge.config import preset
+
+    return ModelShape.from_config(asdict(preset(preset_name)), f"preset:{preset_name}")
+
+
 def plan_memory(
     model: ModelShape,
     device: Device,
     context: int = 4096,
     kv_type: str = "f16",
-    vision_precision: str = "fp16",
+    vision_precision: str | None = None,
     gguf_types: tuple[str, ...] | None = None,
 ) -> Plan:
+    """`model` on `device`: memory per part for each GGUF type, whether it fits, the decode ceiling.
+    `vision_precision` defaults to fp16 (TensorRT), fp32 on the cpu device (ONNX Runtime)."""
+    vision_precision = vision_precision or ("fp32" if device.name == "cpu" else "fp16")
     if context < 1:
         raise PandaError(f"--context must be positive, not {context}")
     if kv_type not in KV_TYPES:

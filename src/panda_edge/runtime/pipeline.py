@@ -18,20 +18,27 @@ from typing import Any
 
 import numpy as np
 
-from panda_edge.bench.timing import rate
 from panda_edge.bundle import manifest_value, sha256_file
 from panda_edge.config import VisionConfig
-from panda_edge.cores import available_cores
 from panda_edge.errors import BundleError, PandaError, VideoError
+from panda_edge.host import available_cores
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
+from panda_edge.runtime.bundle_parts import (
+    VISION_BACKENDS,
+    BundleParts,
+    check_fit,
+    default_precision,
+    open_bundle,
+)
 from panda_edge.runtime.llm.decoder import LlamaDecoder
-from panda_edge.runtime.parts import VISION_BACKENDS, BundleParts, check_fit, default_precision, open_bundle
 from panda_edge.runtime.prefix_cache import PrefixCache
 from panda_edge.runtime.vision.base import VisionBackend
 from panda_edge.sampling import GREEDY, Sampling, pick_token
+from panda_edge.timing import rate
+
+log = logging.getLogger(__name__)
 
 DEFAULT_N_CTX = 4096
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -176,6 +183,14 @@ class VideoRuntime:
             raise
         files = manifest["files"]  # listed, and their hashes checked when the bundle was opened
         self.vision_file = vision_file(self.parts, vision, getattr(self.engine, "record", None))
+        log.info(
+            "vision backend %s (%s %s), %d threads, n_ctx %d",
+            vision,
+            self.vision_file,
+            precision,
+            threads,
+            n_ctx,
+        )
         self.identity = {
             "gguf": files[self.parts.gguf.relative_to(root).as_posix()]["sha256"],
             "vision": files[self.vision_file]["sha256"],
@@ -206,6 +221,20 @@ class VideoRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def describe(self) -> dict[str, Any]:
+        """What this runtime runs, for a report: the bundle, the vision backend and file, the decoder,
+        and which files were hashed at this start and which this machine had hashed before."""
+        parts = self.parts
+        return {
+            "bundle": str(parts.root),
+            "vision": f"{self.vision_name} {parts.vision_precision} ({self.vision_file})",
+            "decoder": f"llama.cpp {parts.gguf.name}",
+            "verified": {
+                how: sorted(n for n, h in parts.verified.items() if h == how)
+                for how in ("hashed", "unchanged")
+            },
+        }
 
     # --- answering -------------------------------------------------------------------------------
 
@@ -270,6 +299,7 @@ class VideoRuntime:
         """Make the KV cache hold exactly `video`'s prefix; says how (computed, memory, disk)."""
         if self._resident is not None and self._resident[0] == video_sha256:
             self.decoder.truncate(self._resident[1])
+            log.debug("%s: prefix already in the KV cache", video)
             return "memory", {}
         self._resident = None
         self._unsaved = None
@@ -280,7 +310,7 @@ class VideoRuntime:
             if self.decoder.load_state_file(cached.state_file, cached.n_past):
                 self.decoder.truncate(cached.n_past)  # the state was saved with its first answer
                 self._resident = (video_sha256, cached.n_past)
-                log.debug("video prefix from the disk cache: %s", cached.state_file)
+                log.debug("%s: prefix loaded from the disk cache", video)
                 return "disk", {"load_prefix": time.perf_counter() - start}
         visual, timings = self.encode_video(video)
         start = time.perf_counter()
@@ -289,6 +319,7 @@ class VideoRuntime:
         self._resident = (video_sha256, self.decoder.n_past)
         if disk_key is not None:  # saved after this first answer: the first token does not wait for it
             self._unsaved = (disk_key, video, self.decoder.n_past)
+        log.debug("%s: prefix computed (%d positions)", video, self.decoder.n_past)
         return "computed", timings
 
     def _feed_prefix(self, visual: list[np.ndarray]) -> None:

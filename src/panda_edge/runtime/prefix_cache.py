@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ from pathlib import Path
 
 from panda_edge.errors import PandaError
 from panda_edge.fileio import atomic_path, write_json
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -44,10 +47,13 @@ class PrefixCache:
         try:
             info = json.loads(meta.read_text(encoding="utf-8"))
             if state.stat().st_size != info.get("bytes"):
+                log.debug("prefix cache: %s is incomplete, computing the prefix again", state)
                 return None
             os.utime(state)  # recently used: evicted last
+            log.debug("prefix cache hit: %s", state)
             return CachedPrefix(state, int(info["n_past"]))
         except (OSError, ValueError, KeyError, TypeError):
+            log.debug("prefix cache miss: %s", key)
             return None
 
     def save(self, key: str, write: Callable[[Path], int], n_past: int, video: Path) -> str | None:
@@ -86,6 +92,12 @@ class PrefixCache:
                 continue
             state.unlink(missing_ok=True)
             state.with_suffix(".json").unlink(missing_ok=True)
+            log.debug(
+                "prefix cache: evicted %s (%.2f GB) to stay under %.2f GB",
+                state,
+                size / 1e9,
+                self.max_bytes / 1e9,
+            )
             total -= size
 
     def _paths(self, key: str) -> tuple[Path, Path]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from panda_edge.lazy import require
+from panda_edge.optional import require
 from panda_edge.runtime.pipeline import VideoRuntime
 from panda_edge.serving.media import MediaResolver
 from panda_edge.serving.metrics import ServerMetrics

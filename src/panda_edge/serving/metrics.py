@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from panda_edge.lazy import require
+from panda_edge.optional import require
 
 TTFT_BUCKETS_S = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 DECODE_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000)

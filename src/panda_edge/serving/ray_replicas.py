@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from panda_edge.lazy import require
+from panda_edge.optional import require
 
 APP_NAME = "panda"
 

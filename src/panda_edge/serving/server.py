@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from panda_edge.errors import PandaError
-from panda_edge.lazy import require
+from panda_edge.optional import require
 
 
 def bind(host: str, port: int) -> socket.socket:

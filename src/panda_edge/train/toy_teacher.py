@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from panda_edge.config import CLIP_MEAN, CLIP_STD
-from panda_edge.video.toyworld import COLORS, DIRECTIONS, SHAPES, heading
+from panda_edge.toyworld.scenes import COLORS, DIRECTIONS, SHAPES, heading
 
 COLOR_RADIUS = 60.0  # RGB distance to a palette colour within which a decoded pixel belongs to it
 MIN_PIXELS = 20  # fewer pixels of a colour in a frame: the shape is not there

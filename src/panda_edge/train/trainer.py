@@ -25,7 +25,7 @@ from panda_edge.model.videopanda import VideoPanda
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer
 from panda_edge.train.data import IGNORE, Example, build_examples, load_frames, read_conversations
 from panda_edge.train.distill import DistillationHead, grid_positions, negative_cosine, teacher_grid
-from panda_edge.train.recipe import TINY_RECIPE, Stage
+from panda_edge.train.recipe import STAGE_NAMES, TINY_RECIPE, Stage
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.json"
@@ -50,14 +50,16 @@ class TrainResult:
         return {"out_dir": str(self.out_dir), "stages": self.stages, "seconds": self.seconds}
 
 
-class Batches:
-    """Turns examples into padded LLM inputs: text embeddings + each frame's visual tokens."""
+class TrainingLoss:
+    """The training objective on a batch of examples: next-token cross entropy on the answers, plus the
+    distillation loss (eq. 19) when there is a teacher. Builds the padded LLM inputs (text embeddings
+    + each frame's visual tokens) on the way."""
 
     def __init__(self, model: VideoPanda, frames: Tensor, teacher: nn.Module | None, head: nn.Module | None):
         self.model, self.frames, self.teacher, self.head = model, frames, teacher, head
         self._teacher_cache: dict[int, list[tuple[Tensor, Tensor]]] = {}
 
-    def loss(self, batch: Sequence[Example]) -> Tensor:
+    def __call__(self, batch: Sequence[Example]) -> Tensor:
         model = self.model
         videos = sorted({ex.video for ex in batch if ex.video >= 0})
         visual: dict[int, list[Tensor]] = {}
@@ -229,8 +231,8 @@ def train(
     frames = load_frames(data_dir / "videos", names, config.vision)
     index = {name: i for i, name in enumerate(names)}
     if teacher is not None:
-        teacher.eval()  # its tokens are computed once per video (Batches._teacher_tokens)
-    batches = Batches(model, frames, teacher, head)
+        teacher.eval()  # its tokens are computed once per video (TrainingLoss._teacher_tokens)
+    training_loss = TrainingLoss(model, frames, teacher, head)
 
     state = load_state(out_dir / STATE_FILE)
     done: list[str] = state["done"] if state else []
@@ -265,7 +267,7 @@ def train(
         loss_value = float("nan")
         for step in range(first, total):
             batch = [examples[i] for i in order[step * stage.batch_size : (step + 1) * stage.batch_size]]
-            loss = batches.loss(batch)
+            loss = training_loss(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -314,6 +316,52 @@ def _save_state(out_dir: Path, model, head, optimizer, schedule, stage: str, ste
         state["head"] = head.state_dict()
     with atomic_path(out_dir / STATE_FILE) as tmp:
         torch.save(state, tmp)
+
+
+TEACHERS = ("none", "toyworld")
+
+
+def train_recipe(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    preset_name: str = "tiny",
+    stage: str | None = None,
+    seed: int = 0,
+    teacher: str = "none",
+    progress: Progress | None = None,
+) -> TrainResult:
+    """`panda train`: the tiny recipe on `data_dir` for the preset `preset_name`, up to `stage` (None:
+    all; the earlier stages must be done in `out_dir`), with the teacher named by `teacher`
+    (TEACHERS; 'toyworld' is hand-written from the toy world's rules)."""
+    if teacher not in TEACHERS:
+        raise PandaError(f"unknown teacher '{teacher}'; choose one of: {', '.join(TEACHERS)}")
+    config = preset(preset_name)
+    teacher_module = None
+    if teacher == "toyworld":
+        from panda_edge.train.toy_teacher import ToyWorldTeacher
+
+        teacher_module = ToyWorldTeacher(config.vision.patch)
+    stages = TINY_RECIPE
+    if stage is not None:
+        if stage not in STAGE_NAMES:
+            raise PandaError(f"unknown stage '{stage}'; choose one of: {', '.join(STAGE_NAMES)}")
+        position = STAGE_NAMES.index(stage)
+        state = load_state(Path(out_dir) / STATE_FILE)
+        done = state["done"] if state else []
+        missing = [s for s in STAGE_NAMES[:position] if s not in done]
+        if missing:
+            raise PandaError(f"stage {stage} needs stages {', '.join(missing)} first in {out_dir}")
+        stages = TINY_RECIPE[: position + 1]
+    return train(
+        data_dir,
+        out_dir,
+        config=config,
+        stages=stages,
+        seed=seed,
+        teacher=teacher_module,
+        teacher_width=teacher_module.width if teacher_module is not None else None,
+        progress=progress,
+    )
 
 
 def load_state(path: Path) -> dict | None:

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from panda_edge.config import VisionConfig
-from panda_edge.cores import worker_count
+from panda_edge.host import worker_count
 from panda_edge.video.preprocess import preprocess_frames
 
 

@@ -92,7 +92,7 @@ def export_gguf(
     step = on_step or (lambda message: None)
     gtype = get_gguf_type(gguf_type)
     if gtype.llama_ftype is not None:
-        from panda_edge.lazy import llama_cpp
+        from panda_edge.optional import llama_cpp
 
         llama_cpp()  # fail before any work when the quantizer is missing
     directory, config, files = _open_checkpoint(checkpoint)

@@ -9,16 +9,17 @@ in its log, which we count from the result file instead.
 from __future__ import annotations
 
 import ctypes
+import logging
 from pathlib import Path
 
 from panda_edge.errors import PandaError
-from panda_edge.lazy import llama_cpp
+from panda_edge.optional import llama_cpp, native_log_level
 
 
 def kquantize(source: Path, target: Path, ftype_name: str, threads: int = 2) -> None:
     """Requantize the GGUF `source` into `target` with the llama_ftype named `ftype_name`."""
     lib = llama_cpp()
-    _quiet()
+    _log_level()
     params = lib.llama_model_quantize_default_params()
     params.ftype = getattr(lib, ftype_name)
     params.nthread = threads
@@ -35,10 +36,11 @@ def tensor_types(path: Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name for t in reader.tensors}
 
 
-def _quiet() -> None:
-    """llama.cpp logs every tensor to stderr; keep errors only (the result file says what it chose)."""
+def _log_level() -> None:
+    """llama.cpp logs every tensor to stderr: errors only (the result file says what it chose), unless
+    panda_edge logs at DEBUG (`panda -v`)."""
     try:
         from llama_cpp._logger import set_verbose
     except ImportError:  # another llama-cpp-python layout: its log stays on
         return
-    set_verbose(False)
+    set_verbose(native_log_level() <= logging.INFO)

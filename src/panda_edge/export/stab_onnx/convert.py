@@ -17,13 +17,10 @@ import torch
 from torch import nn
 
 from panda_edge import __version__
-from panda_edge.export.stab_onnx.module import StabForOnnx, primitive_layer_norms
 from panda_edge.export.stab_onnx.profiles import Profile, get_profile
 from panda_edge.model.stab import STAB
-from panda_edge.runtime.vision.layout import METADATA_KEY, TokenLayout
-
-INPUT_NAME = "frames"
-OUTPUT_NAME = "visual_tokens"
+from panda_edge.model.static_stab import StabForOnnx, primitive_layer_norms
+from panda_edge.token_layout import FRAMES, METADATA_KEY, VISUAL_TOKENS, TokenLayout
 
 
 @dataclass(frozen=True)
@@ -68,8 +65,8 @@ def export_graph(stab: STAB, projector: nn.Module, path: str | Path, profile: Pr
             str(path),
             dynamo=False,
             opset_version=profile.opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            input_names=[FRAMES],
+            output_names=[VISUAL_TOKENS],
             do_constant_folding=True,
             export_params=True,
         )

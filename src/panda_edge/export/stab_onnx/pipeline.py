@@ -19,9 +19,10 @@ from panda_edge.bundle import (
 )
 from panda_edge.errors import CheckFailed, CheckpointError
 from panda_edge.export.stab_onnx.check import check_onnx
-from panda_edge.export.stab_onnx.convert import INPUT_NAME, OUTPUT_NAME, export_graph
+from panda_edge.export.stab_onnx.convert import export_graph
 from panda_edge.export.stab_onnx.profiles import DEFAULT_PROFILE, Profile, get_profile
 from panda_edge.fileio import write_json
+from panda_edge.token_layout import FRAMES, VISUAL_TOKENS
 
 # Parts of an existing bundle of the same checkpoint that a new ONNX export leaves in place (an INT8
 # graph is not kept: it was calibrated from the graph this export replaces).
@@ -83,8 +84,8 @@ def _manifest(
         "model": tower.config.to_dict(),
         "vision": {
             "file": STAB_ONNX_FILE,
-            "inputs": {INPUT_NAME: {"shape": list(graph.input_shape), "dtype": "float32"}},
-            "outputs": {OUTPUT_NAME: {"shape": list(graph.output_shape), "dtype": "float32"}},
+            "inputs": {FRAMES: {"shape": list(graph.input_shape), "dtype": "float32"}},
+            "outputs": {VISUAL_TOKENS: {"shape": list(graph.output_shape), "dtype": "float32"}},
             "layout": "full LSD grid per frame; the runtime keeps the crop rectangle's tokens",
             "profile": target.name,
             "tensorrt": target.tensorrt,

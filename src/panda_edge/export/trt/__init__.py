@@ -1,7 +1,5 @@
-"""ONNX -> TensorRT engine, built on the device that runs it, and the engine's manifest record.
+"""ONNX -> TensorRT engine, built on the device that runs it, and recorded in the bundle's manifest.
 
-Pure logic, checked without TensorRT: `versions` (what each TensorRT family needs), `recipe` (which
-graph and flags for a bundle, the `trtexec` command), `record` (engine records, compatibility,
-`trtexec` logs), `script` (`build_engine.sh`). `device` imports TensorRT and cuda-python lazily;
-`build` calls TensorRT's builder; `pipeline` ties them to the bundle. None of them imports torch.
+`script` writes `build_engine.sh` (`trtexec`), `build` calls TensorRT's builder, `pipeline` ties them
+to the bundle. What an engine is and whether it runs here is `panda_edge.trt`. No torch here.
 """

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.errors import CheckFailed, PandaError
-from panda_edge.export.trt.device import tensorrt
-from panda_edge.export.trt.recipe import Recipe
 from panda_edge.fileio import atomic_path
+from panda_edge.trt.device import tensorrt, trt_logger
+from panda_edge.trt.recipe import Recipe
 
 
 class EngineBuildFailed(CheckFailed):
@@ -40,7 +40,7 @@ def build_serialized_engine(
     """The engine's bytes; the timing cache (read if present) is written back after the build."""
     trt = tensorrt()
     step = on_step or (lambda message: None)
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger(trt)
     builder = trt.Builder(logger)
     network = builder.create_network(_flag_bits(trt.NetworkDefinitionCreationFlag, recipe.network_flags))
     parser = trt.OnnxParser(network, logger)
@@ -68,7 +68,7 @@ def build_serialized_engine(
 def inspect_engine(data: bytes) -> dict[str, Any]:
     """I/O tensors (shape, dtype) and activation memory of a serialized engine, by deserializing it."""
     trt = tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
+    logger = trt_logger(trt)
     runtime = trt.Runtime(logger)  # must outlive the engine
     engine = runtime.deserialize_cuda_engine(data)
     if engine is None:

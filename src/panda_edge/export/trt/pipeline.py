@@ -16,24 +16,24 @@ from typing import Any
 
 from panda_edge.bundle import MANIFEST_FILE, bundle_file, checked_path, extend_manifest, load_manifest
 from panda_edge.errors import BundleError, CheckFailed, PandaError
-from panda_edge.export.trt.device import TrtUnavailable, trt_status
-from panda_edge.export.trt.recipe import DEFAULT_WORKSPACE_MB, Recipe, engine_file_name, recipe_for
-from panda_edge.export.trt.record import (
+from panda_edge.export.trt.script import DEFAULT_PRECISION, SCRIPT_FILE, build_script
+from panda_edge.fileio import atomic_path
+from panda_edge.trt.device import TrtUnavailable, trt_status
+from panda_edge.trt.recipe import DEFAULT_WORKSPACE_MB, Recipe, engine_file_name, recipe_for
+from panda_edge.trt.record import (
     ENGINES_KEY,
     GpuInfo,
     engine_record,
     log_problems,
     parse_trtexec_log,
 )
-from panda_edge.export.trt.script import DEFAULT_PRECISION, SCRIPT_FILE, build_script
-from panda_edge.export.trt.versions import (
+from panda_edge.trt.versions import (
     FAMILIES,
     TrtVersion,
     check_precision,
     family_for,
     family_for_profile,
 )
-from panda_edge.fileio import atomic_path
 
 FP16_ONNX_FILE = "stab.fp16.onnx"
 Step = Callable[[str], None] | None

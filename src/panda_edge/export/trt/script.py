@@ -13,8 +13,8 @@ from typing import Any
 
 from panda_edge import __version__
 from panda_edge.errors import BundleError
-from panda_edge.export.trt.recipe import DEFAULT_WORKSPACE_MB, recipe_for, trtexec_command
-from panda_edge.export.trt.versions import FAMILIES, PRECISIONS, family_for_profile
+from panda_edge.trt.recipe import DEFAULT_WORKSPACE_MB, recipe_for, trtexec_command
+from panda_edge.trt.versions import FAMILIES, PRECISIONS, family_for_profile
 
 SCRIPT_FILE = "build_engine.sh"
 DEFAULT_PRECISION = "fp16"

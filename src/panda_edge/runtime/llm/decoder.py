@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from panda_edge.errors import BundleError, PandaError
-from panda_edge.lazy import llama_cpp
+from panda_edge.optional import llama_cpp
 from panda_edge.runtime.llm.llamacpp import load_llama
 
 SEQ = 0

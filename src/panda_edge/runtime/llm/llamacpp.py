@@ -1,10 +1,15 @@
-"""A GGUF decoder through llama-cpp-python: token ids -> logits, text -> ids (no torch).
+"""Loading a GGUF into llama.cpp through llama-cpp-python, and parity's all-position logits (no torch).
 
-Parity and benchmarks use this; the chat runtime will add embeddings input on top of it.
+`load_llama` is how every caller loads a GGUF (the runtime's `LlamaDecoder`, parity, the llm
+benchmark): it sets the KV cache type, keeps llama.cpp off its AMX buffers, turns llama-cpp-python's
+bare ValueError into an error that says what to do, and lets llama.cpp's own log through at `-v`.
+`LlamaCppModel` gives token ids -> logits at every position and text -> ids, for the llm and
+tokenizer parity levels; the runtime's embeddings input is `decoder.py`.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -14,7 +19,9 @@ from typing import Any
 import numpy as np
 
 from panda_edge.errors import BundleError, PandaError
-from panda_edge.lazy import llama_cpp
+from panda_edge.optional import llama_cpp, native_log_level
+
+log = logging.getLogger(__name__)
 
 # ggml_type ids of the KV cache element types we use; a quantized V cache needs flash attention.
 KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
@@ -30,12 +37,22 @@ def load_llama(
     logits_all: bool = False,
     vocab_only: bool = False,
 ):
-    """A `llama_cpp.Llama` on `path`, quiet, with the KV cache element type named by `kv_cache`."""
+    """A `llama_cpp.Llama` on `path` with the KV cache element type named by `kv_cache`; llama.cpp's own
+    log (the load report) goes to stderr only when panda_edge logs at DEBUG (`panda -v`)."""
     lib = llama_cpp()
     if not path.is_file():
         raise BundleError(f"{path}: no such GGUF file")
     if kv_cache not in KV_TYPES:
         raise PandaError(f"unknown KV cache type '{kv_cache}'; choose one of: {', '.join(KV_TYPES)}")
+    log.info(
+        "loading %s into llama.cpp: n_ctx %d, n_batch %d, %d threads, %d GPU layers, %s KV cache",
+        path,
+        n_ctx,
+        n_batch,
+        threads,
+        n_gpu_layers,
+        kv_cache,
+    )
     try:
         with _plain_cpu_buffers(lib):
             return lib.Llama(
@@ -51,7 +68,7 @@ def load_llama(
                 type_k=KV_TYPES[kv_cache],
                 type_v=KV_TYPES[kv_cache],
                 flash_attn=kv_cache == "q8_0",
-                verbose=False,
+                verbose=native_log_level() <= logging.INFO,
             )
     except ValueError as exc:  # llama-cpp-python's only report of a failed load; the reason went to stderr
         raise _load_error(path, exc, n_ctx, n_gpu_layers, kv_cache) from None

@@ -7,7 +7,6 @@
 """
 
 from panda_edge.runtime.vision.base import TensorSpec, VisionBackend
-from panda_edge.runtime.vision.layout import TokenLayout, WindowRect
 from panda_edge.runtime.vision.ort import OrtVisionEngine
 from panda_edge.runtime.vision.torch_ref import TorchVisionReference
 from panda_edge.runtime.vision.trt import TrtVisionEngine, trt_available
@@ -15,10 +14,8 @@ from panda_edge.runtime.vision.trt import TrtVisionEngine, trt_available
 __all__ = [
     "OrtVisionEngine",
     "TensorSpec",
-    "TokenLayout",
     "TorchVisionReference",
     "TrtVisionEngine",
     "VisionBackend",
-    "WindowRect",
     "trt_available",
 ]

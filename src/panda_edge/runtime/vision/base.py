@@ -16,10 +16,7 @@ from types import TracebackType
 import numpy as np
 
 from panda_edge.errors import PandaError
-from panda_edge.runtime.vision.layout import TokenLayout
-
-FRAMES = "frames"
-VISUAL_TOKENS = "visual_tokens"
+from panda_edge.token_layout import FRAMES, VISUAL_TOKENS, TokenLayout
 
 
 @dataclass(frozen=True)

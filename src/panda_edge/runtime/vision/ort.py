@@ -8,16 +8,19 @@ measures the TensorRT graph's accuracy on a machine without TensorRT.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from panda_edge.cores import available_cores
 from panda_edge.errors import BundleError, PandaError
-from panda_edge.lazy import require
-from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS, TensorSpec, VisionBackend
-from panda_edge.runtime.vision.layout import METADATA_KEY, TokenLayout
+from panda_edge.host import available_cores
+from panda_edge.optional import onnxruntime
+from panda_edge.runtime.vision.base import TensorSpec, VisionBackend
+from panda_edge.token_layout import FRAMES, METADATA_KEY, VISUAL_TOKENS, TokenLayout
+
+log = logging.getLogger(__name__)
 
 _ORT_TYPES = {"tensor(float)": np.dtype(np.float32)}
 # precision -> (manifest section, key of the graph's file name, Q/DQ computed in float)
@@ -30,7 +33,7 @@ PRECISIONS: dict[str, tuple[str, str, bool]] = {
 
 def default_providers() -> list[str]:
     """CUDA first when this onnxruntime build has it, CPU always."""
-    ort = require("onnxruntime", extra="full")
+    ort = onnxruntime()
     available = ort.get_available_providers()
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
@@ -38,7 +41,7 @@ def default_providers() -> list[str]:
 def session_options(threads: int, qdq_in_float: bool = False):
     """All graph optimizations, `threads` intra-op threads; `qdq_in_float` keeps ONNX Runtime from
     fusing Q/DQ into its integer kernels, so quantization is simulated in float."""
-    ort = require("onnxruntime", extra="full")
+    ort = onnxruntime()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
@@ -85,11 +88,14 @@ class OrtVisionEngine(VisionBackend):
         return cls(bundle_file(bundle, manifest, f"{section}.{key}"), providers, qdq_in_float=qdq_in_float)
 
     def _activate(self) -> None:
-        ort = require("onnxruntime", extra="full")
+        ort = onnxruntime()
         if not self.onnx_path.is_file():
             raise BundleError(f"{self.onnx_path}: no such ONNX file")
         options = session_options(self.threads, self.qdq_in_float)
         providers = self.providers if self.providers is not None else default_providers()
+        log.info(
+            "ONNX Runtime session on %s (%s, %d threads)", self.onnx_path, ", ".join(providers), self.threads
+        )
         try:
             self.session = ort.InferenceSession(str(self.onnx_path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types

@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS, VisionBackend
+from panda_edge.runtime.vision.base import VisionBackend
+from panda_edge.token_layout import FRAMES, VISUAL_TOKENS
 
 
 class TorchVisionReference(VisionBackend):
@@ -25,7 +26,7 @@ class TorchVisionReference(VisionBackend):
         self._static = None
 
     def _activate(self) -> None:
-        from panda_edge.export.stab_onnx.module import StabForOnnx
+        from panda_edge.model.static_stab import StabForOnnx
 
         self.model.eval()
         self._static = StabForOnnx(self.model.stab, self.model.projector)

@@ -10,6 +10,7 @@ tensor addresses (TensorRT 8.5 and later).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,11 +19,21 @@ from typing import Any
 import numpy as np
 
 from panda_edge.errors import BundleError
-from panda_edge.export.trt.device import TrtStatus, TrtUnavailable, cuda_check, cudart, tensorrt, trt_status
-from panda_edge.export.trt.record import ENGINES_KEY, engines_of_precision, select_engine
-from panda_edge.export.trt.versions import TrtVersion
-from panda_edge.runtime.vision.base import FRAMES, VISUAL_TOKENS, TensorSpec, VisionBackend
-from panda_edge.runtime.vision.layout import TokenLayout
+from panda_edge.runtime.vision.base import TensorSpec, VisionBackend
+from panda_edge.token_layout import FRAMES, VISUAL_TOKENS, TokenLayout
+from panda_edge.trt.device import (
+    TrtStatus,
+    TrtUnavailable,
+    cuda_check,
+    cudart,
+    tensorrt,
+    trt_logger,
+    trt_status,
+)
+from panda_edge.trt.record import ENGINES_KEY, engines_of_precision, select_engine
+from panda_edge.trt.versions import TrtVersion
+
+log = logging.getLogger(__name__)
 
 
 def trt_available(device: int = 0) -> TrtStatus:
@@ -70,10 +81,11 @@ class TrtVisionEngine(VisionBackend):
             manifest, self.precision, TrtVersion.parse(status.tensorrt), status.gpu, bundle=str(self.bundle)
         )
         self._layout = layout_from_manifest(manifest, self.bundle)
+        log.info("TensorRT %s engine %s on %s", self.precision, record["file"], status.gpu)
         trt, rt = tensorrt(), cudart()
         cuda_check(rt.cudaSetDevice(self.device))
         data = checked_path(self.bundle, manifest, record["file"], f"'{ENGINES_KEY}' record").read_bytes()
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._logger = trt_logger(trt)
         self._runtime = trt.Runtime(self._logger)  # outlives the engine
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:

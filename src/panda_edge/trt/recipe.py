@@ -1,18 +1,18 @@
 """Which graph of a bundle to build, with which flags, and the equivalent `trtexec` command (pure).
 
-One recipe serves both builders: `build.py` sets the recipe's network and builder flags through the
-TensorRT Python API, `build_engine.sh` passes its `trtexec` options; both read the same ONNX file.
+One recipe serves both builders: `export/trt/build.py` sets the recipe's network and builder flags
+through the TensorRT Python API, `build_engine.sh` passes its `trtexec` options; both read the same
+ONNX file.
 """
 
 from __future__ import annotations
 
 import re
-import shlex
 from dataclasses import dataclass
 from typing import Any
 
 from panda_edge.errors import BundleError
-from panda_edge.export.trt.versions import Family, check_precision
+from panda_edge.trt.versions import Family, check_precision
 
 DEFAULT_WORKSPACE_MB = 1024
 # trtexec options that choose precision or typing; a log's command must carry exactly the recipe's.
@@ -105,7 +105,3 @@ def trtexec_command(
     if timing_cache:
         command.append(f"--timingCacheFile={timing_cache}")
     return command + list(recipe.trtexec_flags)
-
-
-def format_command(command: list[str]) -> str:
-    return shlex.join(command)

@@ -9,12 +9,15 @@ frame count against the prompt's `<image>` places.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from panda_edge.bundle import TOKENIZER_FILE, bundle_file, load_manifest, manifest_value, verify_files
 from panda_edge.errors import BundleError
+
+log = logging.getLogger(__name__)
 
 # Preference when a bundle holds several GGUF types and none is asked for.
 GGUF_PREFERENCE = ("q8_0", "f16", "q5_k_m", "q4_k_m", "bf16", "f32")
@@ -101,6 +104,14 @@ def open_bundle(
             f"{root}: the vision graph gives tokens of width {width} but the model's LLM is "
             f"{hidden} wide; export both parts from one checkpoint"
         )
+    hashed = sum(how == "hashed" for how in verified.values())
+    log.info("bundle %s: vision %s (%s), decoder %s", root, onnx.name, precision, gguf.name)
+    log.debug(
+        "%d files checked: %d hashed now, %d unchanged since hashed",
+        len(verified),
+        hashed,
+        len(verified) - hashed,
+    )
     return BundleParts(
         root=root,
         manifest=manifest,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from panda_edge.errors import BundleError
-from panda_edge.export.trt.recipe import PRECISION_OPTIONS, Recipe
-from panda_edge.export.trt.versions import TrtVersion
+from panda_edge.trt.recipe import PRECISION_OPTIONS, Recipe
+from panda_edge.trt.versions import TrtVersion
 
 ENGINES_KEY = "engines"
 

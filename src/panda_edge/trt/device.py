@@ -9,13 +9,15 @@ memory and the device's name come from cuda-python (`pip install 'panda-edge[trt
 from __future__ import annotations
 
 import importlib
+import logging
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
 from panda_edge.errors import MissingDependency, PandaError
-from panda_edge.export.trt.record import GpuInfo
-from panda_edge.export.trt.versions import TrtUnsupported, TrtVersion, family_for
+from panda_edge.optional import native_log_level
+from panda_edge.trt.record import GpuInfo
+from panda_edge.trt.versions import TrtUnsupported, TrtVersion, family_for
 
 TENSORRT_HINT = (
     "TensorRT's Python package is not installed: on Jetson it comes with JetPack "
@@ -33,6 +35,14 @@ def tensorrt() -> ModuleType:
         return importlib.import_module("tensorrt")
     except ImportError:
         raise TrtUnavailable(TENSORRT_HINT) from None
+
+
+def trt_logger(trt: ModuleType) -> Any:
+    """A TensorRT logger as loud as `native_log_level()`: INFO at `panda -v`, warnings by default."""
+    level = native_log_level()
+    if level <= logging.INFO:
+        return trt.Logger(trt.Logger.INFO)
+    return trt.Logger(trt.Logger.WARNING if level <= logging.WARNING else trt.Logger.ERROR)
 
 
 def cudart() -> ModuleType:

@@ -1,9 +1,10 @@
-"""STAB + projector for one video as a static-shape module: what goes into `stab.onnx`.
+"""STAB + projector for one video as a static-shape module: what goes into `stab.onnx`, and what the
+PyTorch vision backend runs eagerly (so export and runtime share it from here, below both).
 
 The reference crops every frame to its real patches after GSTRA, which makes token counts depend on
 the data. This module computes LSD on the full grid instead and gives FSRA a key mask of the windows
 inside the crop rectangle; because the rectangle starts on an LSD window boundary (see
-`runtime/vision/layout.py`), the windows inside it are exactly the reference's windows, and the
+`token_layout.py`), the windows inside it are exactly the reference's windows, and the
 runtime drops the rest in numpy. Every stage calls the reference's own submodules; the only new
 weights are lmhra1's BatchNorm folded into the 1x1x1 convolution after it.
 """
@@ -17,7 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from panda_edge.model.stab import STAB
-from panda_edge.runtime.vision.layout import TokenLayout
+from panda_edge.token_layout import TokenLayout
 
 
 def fold_batchnorm(bn: nn.BatchNorm3d, conv: nn.Conv3d) -> nn.Conv3d:

@@ -1,4 +1,6 @@
-"""From the static graph's full-grid tokens to the reference's per-frame tokens (numpy, no torch).
+"""The exported vision graph's contract: its input and output names, and its token layout.
+
+From the static graph's full-grid tokens to the reference's per-frame tokens (numpy, no torch).
 
 The exported graph computes every frame on the full LSD grid (`g x g` windows) and writes
 `[context, row_1 (g), split, ..., row_g (g), split]`. The reference crops each frame to its real
@@ -22,6 +24,9 @@ import numpy as np
 from panda_edge.errors import PandaError
 
 METADATA_KEY = "panda_edge.layout"
+# The graph's one input and one output, by name: the exporter writes them, every backend feeds and reads them.
+FRAMES = "frames"
+VISUAL_TOKENS = "visual_tokens"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,329 @@
+"""`panda parity` as one call: a bundle's engines against the PyTorch reference, every level it holds.
+
+stab_fp32 when the bundle holds the ONNX graph; stab_int8 when it holds the INT8 graphs (after
+panda calibrate); llm and tokenizer when it holds GGUF files; e2e (f32 GGUF) and task when it holds
+both and there are questions (`qa`, or the held-out toy world for the embedded tiny model). The
+command line, a server or a batch job call `run_parity` and render what it returns.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from panda_edge.bundle import bundle_file, exported_from, load_manifest
+from panda_edge.errors import PandaError
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("stab_fp32", "stab_int8", "llm", "tokenizer", "e2e", "task")
+
+# progress(description, total) -> a context manager that yields advance(completed)
+Progress = Callable[[str, int | None], AbstractContextManager[Callable[[int], None]]]
+
+
+@contextmanager
+def no_progress(description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+    yield lambda completed: None
+
+
+@dataclass
+class ParityRun:
+    """What `run_parity` found: the report (the JSON document) and one line per failed level."""
+
+    report: dict[str, Any]
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+def check_levels(levels: Sequence[str] | None) -> set[str]:
+    """The levels asked for (None: all); an unknown or empty choice is bad input."""
+    if levels is None:
+        return set(LEVELS)
+    chosen = {t.strip() for t in levels if t.strip()}
+    unknown = chosen - set(LEVELS)
+    if unknown or not chosen:
+        raise PandaError(
+            f"unknown parity level(s) {', '.join(sorted(unknown)) or ','.join(levels)!r}; "
+            f"choose from {', '.join(LEVELS)}"
+        )
+    return chosen
+
+
+def run_parity(
+    checkpoint: str,
+    bundle: Path,
+    videos: Sequence[Path] = (),
+    qa: Path | None = None,
+    video_dir: Path | None = None,
+    levels: Sequence[str] | None = None,
+    e2e_videos: int = 20,
+    max_questions: int | None = None,
+    precision: Any = None,
+    progress: Progress = no_progress,
+    on_step: Callable[[str], None] | None = None,
+    on_level: Callable[[str, Any], None] | None = None,
+) -> ParityRun:
+    """Check `bundle` against the reference `checkpoint` at every level it holds (of `levels`).
+
+    `videos` for the stab levels (default: four generated clips); `qa` and `video_dir` for e2e and
+    task. `precision` is the reference's `ReferencePrecision` (default fp32 on CPU). `on_level(name,
+    result)` receives each level's result as it is done (its `str()` is a report line); `on_step`
+    says what is happening, `progress` draws the long loops.
+    """
+    from panda_edge.model.loading import ReferencePrecision
+    from panda_edge.model.videopanda import describe_reference
+
+    step = on_step or (lambda message: None)
+    done = on_level or (lambda name, result: None)
+    missing = [str(v) for v in videos if not Path(v).is_file()]
+    if missing:
+        raise PandaError(f"no such video file: {', '.join(missing)}")
+    manifest = load_manifest(bundle)
+    ggufs = (manifest.get("llm") or {}).get("gguf") or {}
+    if "vision" not in manifest and not ggufs:
+        raise PandaError(
+            f"{bundle}: the bundle holds neither the vision graph nor a GGUF; nothing to compare"
+        )
+    wanted = check_levels(levels)
+    precision = precision or ReferencePrecision()
+    report: dict[str, Any] = {
+        "source": _check_source(checkpoint, manifest),
+        "reference": describe_reference(checkpoint, precision),
+    }
+    ref = report["reference"]
+    step(f"reference: {ref['dtype']} on {ref['device']}, weights stored as {ref['weights_stored']}")
+    # Without an f32 GGUF, the f16 one stands in over float16-stored weights: it holds them exactly
+    # (a 7B f32 GGUF is 27 GB); judged by its error's size (parity/llm.py F16_STANDIN_MAX_REL).
+    standin = "f32" not in ggufs and "f16" in ggufs and ref["weights_stored"] == "float16"
+    run = ParityRun(report)
+    if "vision" in manifest and wanted & {"stab_fp32", "stab_int8"}:
+        for level, stab in _stab_levels(checkpoint, bundle, list(videos), precision, progress, step).items():
+            if level not in wanted:
+                continue
+            report.update(stab.to_dict())
+            done(level, stab)
+            if not stab:
+                run.failures.append(f"{level} parity failed: {_overall(stab)}")
+    if ggufs and "tokenizer" in wanted:
+        tokenizer = _tokenizer_level(checkpoint, bundle, manifest)
+        report["tokenizer"] = tokenizer.to_dict()
+        done("tokenizer", tokenizer)
+        if not tokenizer.passed:
+            run.failures.append(str(tokenizer))
+    if ggufs and "llm" in wanted:
+        llm = _llm_level(checkpoint, bundle, manifest, precision, standin, progress, step)
+        report["llm"] = {t: r.to_dict() for t, r in llm.items()}
+        done("llm", llm)
+        run.failures += [f"llm parity failed: {r}" for r in llm.values() if not r.passed]
+    if "vision" in manifest and ggufs and wanted & {"e2e", "task"}:
+        runtime_levels = _runtime_levels(
+            checkpoint,
+            bundle,
+            manifest,
+            qa,
+            video_dir,
+            wanted,
+            e2e_videos,
+            max_questions,
+            precision,
+            standin,
+            progress,
+            step,
+        )
+        for name, level in runtime_levels.items():
+            report[name] = level.to_dict()
+            done(name, level)
+            if not level.passed:
+                run.failures.append(f"{name} parity failed: {level}")
+    return run
+
+
+def _check_source(checkpoint: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Warn when `checkpoint` is not the one the bundle was exported from: every level would then
+    compare two different models, and its failures would look like export bugs."""
+    from panda_edge.model.checkpoint import weight_files
+    from panda_edge.model.videopanda import resolve_checkpoint
+
+    source = (manifest.get("source") or {}).get("checkpoint")
+    matches = exported_from(manifest, weight_files(resolve_checkpoint(checkpoint)))
+    if matches is False:
+        log.warning(
+            "--checkpoint %s holds other weights than the bundle was exported from (%s); the levels "
+            "below compare two different models",
+            checkpoint,
+            source,
+        )
+    return {"checkpoint": source, "matches": matches}
+
+
+def _stab_levels(
+    checkpoint: str,
+    bundle: Path,
+    chosen: list[Path],
+    precision: Any,
+    progress: Progress,
+    step: Callable[[str], None],
+) -> dict[str, Any]:
+    """stab_fp32, and stab_int8 when the bundle has INT8 graphs: one reference run per video."""
+    from panda_edge.model.vision import VisionTower
+    from panda_edge.parity.clips import write_parity_clips
+    from panda_edge.parity.stab import bundle_vision_parity
+    from panda_edge.runtime.vision import TorchVisionReference
+
+    step(f"loading the vision reference (STAB + projector) from {checkpoint}")
+    tower = VisionTower.from_checkpoint(checkpoint, precision)
+    with tempfile.TemporaryDirectory(prefix="panda-parity-") as tmp:
+        if not chosen:
+            chosen = write_parity_clips(tmp, tower.config.vision.image_size)
+        with TorchVisionReference(tower) as reference, progress("comparing", len(chosen)) as advance:
+            return bundle_vision_parity(reference, bundle, chosen, tower.config.vision, on_video=advance)
+
+
+def _overall(stab: Any) -> str:
+    if hasattr(stab, "overall"):
+        return str(stab.overall)
+    return f"CPU graph {stab.cpu.overall}; TensorRT graph {stab.tensorrt.overall}"
+
+
+def _tokenizer_level(checkpoint: str, bundle: Path, manifest: dict[str, Any]) -> Any:
+    """llama.cpp's ids (a GGUF's vocabulary only) vs SentencePiece's: no weights are loaded."""
+    from panda_edge.model.checkpoint import TOKENIZER_FILE
+    from panda_edge.model.videopanda import resolve_checkpoint
+    from panda_edge.optional import llama_cpp
+    from panda_edge.parity.llm import hf_tokenizer_agreement, tokenizer_parity
+
+    llama_cpp()
+    tokenizer_file = resolve_checkpoint(checkpoint) / TOKENIZER_FILE
+    ggufs = manifest["llm"]["gguf"]
+    gguf = bundle_file(bundle, manifest, f"llm.gguf.{'f32' if 'f32' in ggufs else next(iter(ggufs))}.file")
+    tokenizer = tokenizer_parity(gguf, tokenizer_file)
+    tokenizer.others["transformers_llama_tokenizer"] = hf_tokenizer_agreement(tokenizer_file)
+    return tokenizer
+
+
+def _llm_level(
+    checkpoint: str,
+    bundle: Path,
+    manifest: dict[str, Any],
+    precision: Any,
+    standin: bool,
+    progress: Progress,
+    step: Callable[[str], None],
+) -> dict[str, Any]:
+    """Every GGUF type in the bundle against the Llama alone; the reference is freed before llama.cpp
+    loads a GGUF. `standin`: the f16 GGUF is judged in place of a missing f32 one."""
+    from panda_edge.model.checkpoint import TOKENIZER_FILE
+    from panda_edge.model.videopanda import resolve_checkpoint
+    from panda_edge.optional import llama_cpp
+    from panda_edge.parity.llm import llm_parity, parity_sequences
+    from panda_edge.parity.llm_reference import reference_logits
+    from panda_edge.prompt import PromptTokenizer
+
+    llama_cpp()
+    directory = resolve_checkpoint(checkpoint)
+    sequences = parity_sequences(PromptTokenizer(directory / TOKENIZER_FILE))
+    step(f"loading the LLM reference ({precision.dtype}) from {checkpoint}")
+    with progress("reference logits", len(sequences)) as advance:
+        reference = reference_logits(directory, sequences, precision, on_sequence=advance)
+    ggufs = manifest["llm"]["gguf"]
+    paths = {t: bundle_file(bundle, manifest, f"llm.gguf.{t}.file") for t in ggufs}
+    with progress("llama.cpp logits", len(paths)) as advance:
+        return llm_parity(reference, paths, sequences, on_gguf=advance, f16_standin=standin)
+
+
+def _runtime_levels(
+    checkpoint: str,
+    bundle: Path,
+    manifest: dict[str, Any],
+    qa: Path | None,
+    video_dir: Path | None,
+    wanted: set[str],
+    e2e_videos: int,
+    max_questions: int | None,
+    precision: Any,
+    standin: bool,
+    progress: Progress,
+    step: Callable[[str], None],
+) -> dict[str, Any]:
+    """e2e (the f32 GGUF, or f16 over float16 weights) and task (fp32 vision, and int8 when calibrated)
+    on a QA set. The whole reference answers first and is freed before the runtime loads the GGUF: at
+    7B the two do not fit in memory together."""
+    from panda_edge.fileio import cache_dir
+    from panda_edge.model.videopanda import VideoPanda, reference_answerer
+    from panda_edge.parity.e2e import one_question_per_video
+    from panda_edge.parity.runtime_answers import (
+        MAX_NEW_TOKENS,
+        measure_e2e,
+        measure_gguf_agreement,
+        measure_task,
+        reference_tokens,
+    )
+    from panda_edge.parity.task import evaluate, read_questions
+    from panda_edge.toyworld.writer import tiny_training_world
+
+    if qa is None:
+        if checkpoint != "tiny":
+            step("e2e/task skipped: give --qa QA.json (and --video-dir) with questions about videos")
+            return {}
+        qa = tiny_training_world(cache_dir() / "parity") / "heldout.json"
+    if not qa.is_file():
+        raise PandaError(f"{qa}: no such QA file")
+    videos_dir = video_dir or qa.parent / "videos"
+    if not videos_dir.is_dir():
+        raise PandaError(f"{videos_dir}: no such video directory; give --video-dir")
+    questions = read_questions(qa)
+    if max_questions is not None:
+        questions = questions[:max_questions]
+    ggufs = manifest["llm"]["gguf"]
+    e2e_gguf = "f32" if "f32" in ggufs else "f16" if standin else None
+    if "e2e" in wanted and e2e_gguf is None:
+        step("e2e skipped: it needs the f32 GGUF (panda export --target gguf --gguf-type f32)")
+    chosen = one_question_per_video(questions, e2e_videos) if "e2e" in wanted and e2e_gguf else []
+    if not chosen and "task" not in wanted:
+        return {}  # no level left to run: the reference is not loaded
+    step(f"loading the PyTorch reference ({precision.dtype}) from {checkpoint}")
+    model = VideoPanda.from_pretrained(checkpoint, precision)
+    expected, reference = None, None
+    if chosen:
+        with progress("e2e reference answers", len(chosen)) as advance:
+            expected = reference_tokens(model, chosen, videos_dir, on_video=advance)
+    if "task" in wanted:
+        with progress("task reference answers", len(questions)) as advance:
+            answerer = reference_answerer(model, MAX_NEW_TOKENS)
+            reference = evaluate(answerer, questions, videos_dir, on_answer=advance)
+    del model
+    gc.collect()
+    levels: dict[str, Any] = {}
+    if expected is not None:
+        with progress("e2e runtime answers", len(chosen)) as advance:
+            levels["e2e"] = measure_e2e(
+                expected,
+                bundle,
+                chosen,
+                videos_dir,
+                e2e_gguf,
+                on_video=advance,
+                f16_standin=e2e_gguf == "f16",
+            )
+    if reference is not None:
+        gguf_type = "q8_0" if "q8_0" in ggufs else None
+        for vision in ["fp32", *(["int8"] if manifest.get("vision_int8") else [])]:
+            with progress(f"task answers ({vision})", len(questions)) as advance:
+                task = measure_task(
+                    reference, bundle, questions, videos_dir, gguf_type, vision, on_answer=advance
+                )
+            levels["task" if vision == "fp32" else f"task_{vision}"] = task
+        if "f32" in ggufs and gguf_type not in (None, "f32"):
+            task = levels["task"]
+            task.gguf_agreement = measure_gguf_agreement(bundle, task, questions, videos_dir)
+    return levels
