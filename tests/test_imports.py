@@ -18,7 +18,7 @@ PACKAGE = "panda_edge"
 
 # Top to bottom: what each layer holds (packages and top-level modules of panda_edge).
 LAYERS: tuple[tuple[str, frozenset[str]], ...] = (
-    ("cli", frozenset({"cli", "serving"})),
+    ("cli", frozenset({"cli", "serving", "scaleout"})),
     # Jobs that run models to measure or check them. Calibration is here, not beside export: it runs
     # graphs with the runtime's ONNX Runtime settings and judges them with parity's comparison.
     ("measure", frozenset({"parity", "bench", "calibration", "demo"})),

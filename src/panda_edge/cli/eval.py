@@ -14,48 +14,127 @@ from panda_edge.cli._common import (
     emit_json,
     handle_errors,
     json_to_stdout,
+    note,
     out,
     progress_bar,
     reference_precision,
-    spinner,
+    show_progress,
 )
+from panda_edge.errors import PandaError
 
 
 @handle_errors
 def eval(
-    qa: Annotated[Path, typer.Option(help="QA JSON (Video-ChatGPT style, e.g. heldout.json).")],
-    videos: Annotated[Path, typer.Option(help="Directory holding the videos the QA file names.")],
+    qa: Annotated[
+        Path,
+        typer.Option(
+            help="QA JSON: Video-ChatGPT style (e.g. heldout.json) or MSVD-QA style (video_id, question_id)."
+        ),
+    ],
+    videos: Annotated[
+        Path, typer.Option(help="Directory holding the videos (by name, or by id with any extension).")
+    ],
     checkpoint: Annotated[str, typer.Option(help="Checkpoint directory, or 'tiny'.")] = "tiny",
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="Also score the runtime on this bundle, and its agreement with the reference."),
+    ] = None,
+    gguf_type: Annotated[
+        str | None, typer.Option("--gguf-type", help="With --bundle: its decoder GGUF.")
+    ] = None,
+    vision_precision: Annotated[
+        str, typer.Option("--vision-precision", help="With --bundle: fp32 (stab.onnx) or int8.")
+    ] = "fp32",
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,
     dtype: ReferenceDtype = "fp32",
     device: ReferenceDevice = "cpu",
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="Answer on a Ray cluster: 'local' (start one here), 'auto' (the running one) or an address. "
+            "Needs panda-edge[ray].",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --ray: answering workers (default: one per CPU, or per GPU)."),
+    ] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option(
+            help="Journal of answers (JSON lines): what it holds is skipped, what finishes is added."
+        ),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,
 ) -> None:
-    """Answer every question greedily and report normalized exact-match accuracy, overall and per type."""
-    from panda_edge.model.videopanda import VideoPanda, describe_reference, reference_answerer
-    from panda_edge.parity.task import evaluate, read_questions
+    """Answer every question greedily and report normalized exact-match accuracy, overall and per type.
 
-    questions = read_questions(qa)[:limit]
+    A video is decoded once for all its questions; one that cannot be read is an error on its
+    questions (counted wrong), not the end of the run. With --bundle the runtime answers too: its
+    accuracy and the share of questions where the two agree, per type. With --ray the videos are
+    spread over a cluster's workers (restarted and retried by Ray when one dies).
+    """
+    from panda_edge.model.videopanda import describe_reference
+    from panda_edge.parity.qa_jobs import AnswererSpec, Journal, answer_questions, local_runner, qa_report
+    from panda_edge.parity.task import read_questions
+
+    questions = read_questions(qa, videos)[:limit]
+    if not videos.is_dir():
+        raise PandaError(f"--videos {videos}: no such directory")
+    if bundle is not None:
+        from panda_edge.bundle import load_manifest
+
+        load_manifest(bundle, verify=False)  # a missing bundle is exit 2 before any model loads
     precision = reference_precision(dtype, device)
-    with spinner("loading model"):
-        model = VideoPanda.from_pretrained(checkpoint, precision)
-    quiet = json_to_stdout(json_out)
-    with progress_bar("answering", total=len(questions), enabled=not quiet) as advance:
-        result = evaluate(reference_answerer(model, max_new_tokens), questions, videos, on_answer=advance)
+    spec = AnswererSpec(
+        checkpoint,
+        precision,
+        None if bundle is None else str(bundle.resolve()),
+        vision_precision,
+        gguf_type,
+        max_new_tokens=max_new_tokens,
+    )
+    runner = local_runner
+    if ray is not None:
+        from panda_edge.scaleout.ray_qa import ray_runner
+
+        runner = ray_runner(ray, workers)
+    with progress_bar("answering", total=len(questions), enabled=show_progress(json_out)) as advance:
+        run = answer_questions(
+            questions, videos, spec, None if resume is None else Journal(resume), runner, on_answers=advance
+        )
+    report = qa_report(questions, run, spec.names)
+    summary = report.pop("reference")  # the reference's accuracy at the top, as before --bundle
     if json_out is not None:
         reference = describe_reference(checkpoint, precision)
-        emit_json({"checkpoint": checkpoint, "reference": reference, **result.to_dict()}, json_out)
-        if quiet:
+        emit_json({"checkpoint": checkpoint, **summary, "reference": reference, **report}, json_out)
+        if json_to_stdout(json_out):
             return
     table = Table(title=f"exact match on {qa.name}")
     table.add_column("type")
     table.add_column("questions", justify="right")
-    table.add_column("accuracy", justify="right")
-    summary = result.to_dict()
+    table.add_column("reference", justify="right")
+    if "runtime" in report:
+        table.add_column("runtime", justify="right")
+        table.add_column("agree", justify="right")
     for kind, accuracy in summary["per_type"].items():
-        table.add_row(kind, str(summary["per_type_questions"][kind]), f"{accuracy:.1%}")
-    table.add_row("all", str(result.questions), f"{result.accuracy:.1%}", style="bold")
+        row = [kind, str(summary["per_type_questions"][kind]), f"{accuracy:.1%}"]
+        if "runtime" in report:
+            row += [
+                f"{report['runtime']['per_type'][kind]:.1%}",
+                f"{report['agreement']['per_type'][kind]:.1%}",
+            ]
+        table.add_row(*row)
+    row = ["all", str(summary["questions"]), f"{summary['accuracy']:.1%}"]
+    if "runtime" in report:
+        row += [f"{report['runtime']['accuracy']:.1%}", f"{report['agreement']['overall']:.1%}"]
+    table.add_row(*row, style="bold")
     out.print(table)
+    if report["errors"]:
+        note(f"{report['errors']} questions could not be answered (see 'predictions' in --json)")
+    if run.resumed:
+        note(f"{run.resumed} answers came from {resume}")

@@ -53,6 +53,18 @@ def parity(
     ] = None,
     dtype: ReferenceDtype = "fp32",
     device: ReferenceDevice = "cpu",
+    ray: Annotated[
+        str | None,
+        typer.Option(
+            "--ray",
+            help="The task level's questions answered on a Ray cluster: 'local', 'auto' or an address "
+            "(panda-edge[ray]); each worker holds the reference and the runtime.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="With --ray: answering workers (default: one per CPU, or per GPU)."),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,
@@ -74,6 +86,11 @@ def parity(
     from panda_edge.parity.report import run_parity
 
     quiet = json_to_stdout(json_out)
+    runner = None
+    if ray is not None:
+        from panda_edge.scaleout.ray_qa import ray_runner
+
+        runner = ray_runner(ray, workers)
     run = run_parity(
         checkpoint,
         bundle,
@@ -87,6 +104,7 @@ def parity(
         progress=lambda description, total: progress_bar(description, total, enabled=not quiet),
         on_step=step_printer(quiet),
         on_level=None if quiet else _print_level,
+        runner=runner,
     )
     emit_result(run.report, json_out)
     if not run.passed:

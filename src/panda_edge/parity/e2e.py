@@ -148,6 +148,10 @@ class TaskParity:
                 for a, b in zip(self.reference.predictions, self.runtime.predictions, strict=True)
             ),
             **({"gguf_agreement": self.gguf_agreement} if self.gguf_agreement else {}),
+            "predictions": [
+                {"id": a["id"], "answer": a["answer"], "torch": a["prediction"], "runtime": b["prediction"]}
+                for a, b in zip(self.reference.predictions, self.runtime.predictions, strict=True)
+            ],
         }
 
     def __str__(self) -> str:

@@ -72,13 +72,15 @@ def run_parity(
     progress: Progress = no_progress,
     on_step: Callable[[str], None] | None = None,
     on_level: Callable[[str, Any], None] | None = None,
+    runner: Any = None,
 ) -> ParityRun:
     """Check `bundle` against the reference `checkpoint` at every level it holds (of `levels`).
 
     `videos` for the stab levels (default: four generated clips); `qa` and `video_dir` for e2e and
     task. `precision` is the reference's `ReferencePrecision` (default fp32 on CPU). `on_level(name,
     result)` receives each level's result as it is done (its `str()` is a report line); `on_step`
-    says what is happening, `progress` draws the long loops.
+    says what is happening, `progress` draws the long loops. `runner` (parity.qa_jobs; a Ray cluster's,
+    say) answers the task level's questions by video, the reference and the runtime side by side.
     """
     from panda_edge.model.loading import ReferencePrecision
     from panda_edge.model.videopanda import describe_reference
@@ -139,6 +141,7 @@ def run_parity(
             standin,
             progress,
             step,
+            runner,
         )
         for name, level in runtime_levels.items():
             report[name] = level.to_dict()
@@ -254,10 +257,12 @@ def _runtime_levels(
     standin: bool,
     progress: Progress,
     step: Callable[[str], None],
+    runner: Any = None,
 ) -> dict[str, Any]:
     """e2e (the f32 GGUF, or f16 over float16 weights) and task (fp32 vision, and int8 when calibrated)
     on a QA set. The whole reference answers first and is freed before the runtime loads the GGUF: at
-    7B the two do not fit in memory together."""
+    7B the two do not fit in memory together. With a `runner`, the task level's answers come from it
+    (each of its workers holds both)."""
     from panda_edge.fileio import cache_dir
     from panda_edge.model.videopanda import VideoPanda, reference_answerer
     from panda_edge.parity.e2e import one_question_per_video
@@ -281,7 +286,7 @@ def _runtime_levels(
     videos_dir = video_dir or qa.parent / "videos"
     if not videos_dir.is_dir():
         raise PandaError(f"{videos_dir}: no such video directory; give --video-dir")
-    questions = read_questions(qa)
+    questions = read_questions(qa, videos_dir)
     if max_questions is not None:
         questions = questions[:max_questions]
     ggufs = manifest["llm"]["gguf"]
@@ -289,8 +294,14 @@ def _runtime_levels(
     if "e2e" in wanted and e2e_gguf is None:
         step("e2e skipped: it needs the f32 GGUF (panda export --target gguf --gguf-type f32)")
     chosen = one_question_per_video(questions, e2e_videos) if "e2e" in wanted and e2e_gguf else []
+    levels: dict[str, Any] = {}
+    if runner is not None and "task" in wanted:
+        levels.update(
+            _task_levels_by(runner, checkpoint, bundle, manifest, questions, videos_dir, precision, progress)
+        )
+        wanted = wanted - {"task"}
     if not chosen and "task" not in wanted:
-        return {}  # no level left to run: the reference is not loaded
+        return levels  # no level left to run: the reference is not loaded
     step(f"loading the PyTorch reference ({precision.dtype}) from {checkpoint}")
     model = VideoPanda.from_pretrained(checkpoint, precision)
     expected, reference = None, None
@@ -303,7 +314,6 @@ def _runtime_levels(
             reference = evaluate(answerer, questions, videos_dir, on_answer=advance)
     del model
     gc.collect()
-    levels: dict[str, Any] = {}
     if expected is not None:
         with progress("e2e runtime answers", len(chosen)) as advance:
             levels["e2e"] = measure_e2e(
@@ -326,4 +336,47 @@ def _runtime_levels(
         if "f32" in ggufs and gguf_type not in (None, "f32"):
             task = levels["task"]
             task.gguf_agreement = measure_gguf_agreement(bundle, task, questions, videos_dir)
+    return levels
+
+
+def _task_levels_by(
+    runner: Any,
+    checkpoint: str,
+    bundle: Path,
+    manifest: dict[str, Any],
+    questions: Sequence[Any],
+    videos_dir: Path,
+    precision: Any,
+    progress: Progress,
+) -> dict[str, Any]:
+    """The task level (and task_int8) with the answers from `runner`: the same questions, answerers
+    and report keys as the single-process path, the reference and the runtime in each worker."""
+    from panda_edge.parity.e2e import TaskParity
+    from panda_edge.parity.qa_jobs import AnswererSpec, answer_questions, results
+    from panda_edge.parity.runtime_answers import MAX_NEW_TOKENS
+    from panda_edge.runtime.bundle_parts import GGUF_PREFERENCE
+
+    ggufs = manifest["llm"]["gguf"]
+    gguf_type = "q8_0" if "q8_0" in ggufs else next(t for t in GGUF_PREFERENCE if t in ggufs)
+    levels: dict[str, Any] = {}
+    reference = None
+    for vision in ["fp32", *(["int8"] if manifest.get("vision_int8") else [])]:
+        spec = AnswererSpec(
+            checkpoint if reference is None else None,
+            precision,
+            str(bundle.resolve()),
+            vision,
+            gguf_type,
+            max_new_tokens=MAX_NEW_TOKENS,
+        )
+        with progress(f"task answers ({vision})", len(questions)) as advance:
+            run = answer_questions(questions, videos_dir, spec, runner=runner, on_answers=advance)
+        reference = reference or results(questions, run, "reference")
+        task = TaskParity(reference, results(questions, run, "runtime"))
+        task.config = {"vision": f"ort {vision}", "gguf": gguf_type}
+        levels["task" if vision == "fp32" else f"task_{vision}"] = task
+    if "f32" in ggufs and gguf_type != "f32":  # as the single-process path: here, the f32 GGUF alone
+        from panda_edge.parity.runtime_answers import measure_gguf_agreement
+
+        levels["task"].gguf_agreement = measure_gguf_agreement(bundle, levels["task"], questions, videos_dir)
     return levels

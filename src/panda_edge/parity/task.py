@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import string
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,7 +41,7 @@ class QAResult:
     questions: int = 0
     correct: int = 0
     per_type: dict[str, list[int]] = field(default_factory=dict)  # type -> [correct, total]
-    predictions: list[dict[str, str | bool]] = field(default_factory=list)
+    predictions: list[dict[str, str | bool | None]] = field(default_factory=list)
 
     @property
     def accuracy(self) -> float:
@@ -60,10 +60,19 @@ class QAResult:
         return out
 
 
-def read_questions(path: str | Path) -> list[Question]:
-    """Flat `question`/`answer` fields, or the first turn of Video-ChatGPT `conversations`."""
+def read_questions(path: str | Path, videos_dir: str | Path | None = None) -> list[Question]:
+    """A QA file in either form benchmarks ship:
+
+    - Video-ChatGPT / Valley: `video` (a file name) with flat `question`/`answer`, or the first turn
+      of `conversations`; `id` and `type` optional;
+    - MSVD-QA / MSRVTT-QA / ActivityNet-QA: `video_id` (or `video`) without its extension, `question`,
+      `answer`, `question_id`; the video is the file in `videos_dir` whose name without extension is
+      the id, whatever the extension.
+
+    Question ids must be unique: results are recorded by them."""
     try:
         entries = json.loads(Path(path).read_text())
+        index = _videos_by_stem(videos_dir)
         out = []
         for i, entry in enumerate(entries):
             if "question" in entry:
@@ -71,12 +80,41 @@ def read_questions(path: str | Path) -> list[Question]:
             else:
                 turns = entry["conversations"]
                 question, answer = turns[0]["value"].replace("<video>", "").strip(), turns[1]["value"]
-            out.append(
-                Question(str(entry.get("id", i)), entry["video"], question, answer, entry.get("type", ""))
-            )
-        return out
+            video = str(entry["video"] if "video" in entry else entry["video_id"])
+            video = index.get(video, video)
+            qid = str(entry.get("question_id", entry.get("id", i)))
+            out.append(Question(qid, video, question, str(answer), entry.get("type", "")))
     except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
         raise PandaError(f"{path}: not a QA file with video/question/answer entries ({exc})") from None
+    seen: set[str] = set()
+    for q in out:
+        if q.id in seen:
+            raise PandaError(f"{path}: question id '{q.id}' appears twice; results are kept by id")
+        seen.add(q.id)
+    return out
+
+
+def _videos_by_stem(videos_dir: str | Path | None) -> dict[str, str]:
+    """file name without extension -> file name, for ids given without their extension."""
+    if videos_dir is None or not Path(videos_dir).is_dir():
+        return {}
+    return {p.stem: p.name for p in sorted(Path(videos_dir).iterdir()) if p.is_file()}
+
+
+def score(questions: Sequence[Question], answers: Mapping[str, str | None]) -> QAResult:
+    """Exact match of `answers` (question id -> answer; None: the question could not be answered,
+    a broken video say, and counts as wrong) on `questions`, in their order."""
+    result = QAResult()
+    for q in questions:
+        predicted = answers.get(q.id)
+        ok = predicted is not None and normalize_answer(predicted) == normalize_answer(q.answer)
+        result.questions += 1
+        result.correct += ok
+        counts = result.per_type.setdefault(q.type or "all", [0, 0])
+        counts[0] += ok
+        counts[1] += 1
+        result.predictions.append({"id": q.id, "prediction": predicted, "answer": q.answer, "correct": ok})
+    return result
 
 
 def evaluate(
@@ -85,17 +123,9 @@ def evaluate(
     videos_dir: str | Path,
     on_answer: Callable[[int], None] | None = None,
 ) -> QAResult:
-    result = QAResult()
-    videos_dir = Path(videos_dir)
+    answers: dict[str, str | None] = {}
     for i, q in enumerate(questions):
-        predicted = answer(videos_dir / q.video, q.question)
-        ok = normalize_answer(predicted) == normalize_answer(q.answer)
-        result.questions += 1
-        result.correct += ok
-        counts = result.per_type.setdefault(q.type or "all", [0, 0])
-        counts[0] += ok
-        counts[1] += 1
-        result.predictions.append({"id": q.id, "prediction": predicted, "answer": q.answer, "correct": ok})
+        answers[q.id] = answer(Path(videos_dir) / q.video, q.question)
         if on_answer is not None:
             on_answer(i + 1)
-    return result
+    return score(questions, answers)
