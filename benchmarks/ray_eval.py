@@ -1,9 +1,9 @@
 """Questions per second answering a QA set: one process vs a local Ray cluster with 1 and 2 workers.
 
-The embedded tiny model, reference and runtime side by side, one PyTorch thread per worker (what `panda parity --levels task --ray`
-and `panda eval --bundle --ray` run), on held-out toy videos. Each configuration runs once; Ray's
-start and the workers' model loading are timed apart from the answering. Records
-`benchmarks/results/ray_eval.json`.
+The embedded tiny model, reference and runtime side by side, one PyTorch thread per worker (what
+`panda parity --levels task --ray` and `panda eval --bundle --ray` run), on held-out toy videos.
+Each configuration runs once; Ray's start and the workers' model loading are timed apart from the
+answering. Records `benchmarks/results/ray_eval.json`.
 
     python benchmarks/ray_eval.py [--videos 40] [--json PATH]
 """
