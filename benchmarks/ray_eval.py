@@ -2,8 +2,9 @@
 
 The embedded tiny model, reference and runtime side by side, one PyTorch thread per worker (what
 `panda parity --levels task --ray` and `panda eval --bundle --ray` run), on held-out toy videos.
-Each configuration runs once; Ray's start and the workers' model loading are timed apart from the
-answering. Records `benchmarks/results/ray_eval.json`.
+Each configuration runs once; its seconds include loading the models (in each worker), not Ray's
+start (`ray_start_s`); `first_item_s` is when the first video's answers arrived.
+Records `benchmarks/results/ray_eval.json`.
 
     python benchmarks/ray_eval.py [--videos 40] [--json PATH]
 """
