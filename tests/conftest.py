@@ -76,3 +76,25 @@ def make_video(tmp_path: Path):
         return path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded tiny model exported as users run it: ONNX graph + the q8_0 GGUF `panda run` picks."""
+    from panda_edge.export.llm_gguf.pipeline import export_gguf
+    from panda_edge.export.stab_onnx.pipeline import export_bundle
+
+    directory = tmp_path_factory.mktemp("tiny-bundle") / "tiny"
+    export_bundle("tiny", directory)
+    export_gguf("tiny", directory, "q8_0")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def unseen_toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """20 toy videos of a seed the tiny model never trained on; the 10 in heldout.json are asked."""
+    from panda_edge.toyworld.writer import generate
+
+    directory = tmp_path_factory.mktemp("unseen-toy")
+    generate(directory, videos=20, seed=3, heldout_fraction=0.5)
+    return directory

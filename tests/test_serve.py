@@ -37,25 +37,13 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded tiny model with the q8_0 GGUF `panda run` picks by default."""
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
-    from panda_edge.export.stab_onnx.pipeline import export_bundle
-
-    directory = tmp_path_factory.mktemp("serve") / "tiny"
-    export_bundle("tiny", directory)
-    export_gguf("tiny", directory, "q8_0")
-    return directory
+def bundle(tiny_bundle: Path) -> Path:
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """20 toy videos of a seed the tiny model never trained on; half of them in heldout.json."""
-    from panda_edge.toyworld.writer import generate
-
-    directory = tmp_path_factory.mktemp("toy")
-    generate(directory, videos=20, seed=3, heldout_fraction=0.5)
-    return directory
+def toy(unseen_toy: Path) -> Path:
+    return unseen_toy
 
 
 @pytest.fixture(scope="module")
