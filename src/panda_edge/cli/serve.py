@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import err, handle_errors
+from panda_edge.cli._common import err, handle_errors, note, warn
 from panda_edge.cli.run import (
     BundleOpt,
     CacheMaxOpt,
@@ -20,7 +19,6 @@ from panda_edge.cli.run import (
     PrecisionOpt,
     ThreadsOpt,
     VisionOpt,
-    _open_runtime,
 )
 from panda_edge.errors import PandaError
 
@@ -89,10 +87,7 @@ def serve(
     repeats the earlier turns) starts from the cached video prefix, in memory and with --cache on
     disk. Ctrl-C stops it.
     """
-    from panda_edge.serving.app import ServeOptions, create_app
-    from panda_edge.serving.ray_replicas import RuntimeOptions
-    from panda_edge.serving.server import bind
-    from panda_edge.serving.server import serve as serve_forever
+    from panda_edge.serving.app import RuntimeOptions, ServeOptions
 
     if media_dir is not None and not media_dir.is_dir():
         raise PandaError(f"--media-dir {media_dir}: no such directory")
@@ -104,7 +99,7 @@ def serve(
         max_queue=max_queue,
         max_request_bytes=int(max_request_mb * (1 << 20)),
     )
-    runtime_options = RuntimeOptions(
+    runtime = RuntimeOptions(
         vision=vision,
         precision=precision,
         gguf_type=gguf_type,
@@ -115,42 +110,23 @@ def serve(
         prefix_cache=None if cache is None else str(cache.resolve()),
         cache_max_bytes=int(cache_max_gb * 1e9),
     )
-    if ray is not None:
-        _serve_on_ray(ray, replicas, gpus_per_replica, bundle, host, port, options, runtime_options)
-        return
-    sock = bind(host, port)  # before loading: a busy port fails in a second, not after the model
-    runtime = _open_runtime(bundle, **asdict(runtime_options))
-    app = create_app(runtime, options)
-    address, bound_port = sock.getsockname()[:2]
     if host not in ("127.0.0.1", "::1", "localhost") and api_key is None:
-        err.print(f"warning: listening on {host} without --api-key: anyone who can reach it can use it")
-    err.print(
-        f"serving '{options.model_name}' on http://{address}:{bound_port}/v1 "
-        f"({runtime.vision_name} vision, {runtime.parts.gguf.name}); Ctrl-C stops",
-        highlight=False,
-    )
-    serve_forever(app, sock)
+        warn(f"listening on {host} without --api-key: anyone who can reach it can use it")
 
+    def where(url: str, what: str) -> None:  # shown with -q too: clients need the address
+        err.print(f"serving '{options.model_name}' on {url}/v1 ({what}); Ctrl-C stops", highlight=False)
 
-def _serve_on_ray(
-    address: str, replicas: int, gpus: float, bundle: Path, host: str, port: int, options, runtime
-) -> None:
-    """The same app as Ray Serve replicas; the bundle is checked here first (exit 2, not a replica
-    that fails to start)."""
-    from panda_edge.runtime.bundle_parts import default_precision, open_bundle
-    from panda_edge.serving import ray_replicas
+    if ray is not None:
+        from panda_edge.serving.ray_replicas import serve_replicas
 
-    open_bundle(
-        bundle, runtime.gguf_type, runtime.precision or default_precision(runtime.vision), runtime.vision
+        def replicas_ready(url: str) -> None:
+            where(url, f"{replicas} Ray Serve replicas")
+
+        serve_replicas(bundle, runtime, options, replicas, host, port, ray, gpus_per_replica, replicas_ready)
+        return
+    from panda_edge.serving.server import serve_bundle
+
+    note(f"loading {bundle}")
+    serve_bundle(
+        bundle, runtime, options, host, port, lambda url, loaded: where(url, loaded.describe()["decoder"])
     )
-    url = ray_replicas.deploy(
-        bundle, runtime, options, replicas, host, port, None if address == "local" else address, gpus
-    )
-    err.print(
-        f"serving '{options.model_name}' on {url}/v1 with {replicas} Ray Serve replicas; Ctrl-C stops",
-        highlight=False,
-    )
-    try:
-        ray_replicas.wait_forever()
-    finally:
-        ray_replicas.shutdown()

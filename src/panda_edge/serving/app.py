@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,27 @@ CLIENT_GONE = 499  # nginx's status for a request whose client closed the connec
 
 
 @dataclass(frozen=True)
+class RuntimeOptions:
+    """How each server (or Ray replica) opens its runtime: VideoRuntime's keyword arguments."""
+
+    vision: str = "ort"
+    precision: str | None = None
+    gguf_type: str | None = None
+    threads: int | None = None
+    n_gpu_layers: int = 0
+    n_ctx: int | None = None
+    kv_cache: str = "f16"
+    prefix_cache: str | None = None
+    cache_max_bytes: int | None = None
+
+    def open(self, bundle: str | Path) -> VideoRuntime:
+        return VideoRuntime(bundle, **asdict(self))
+
+
+@dataclass(frozen=True)
 class ServeOptions:
+    """What the HTTP side enforces: the model id, the key, where videos may come from, the limits."""
+
     model_name: str
     api_key: str | None = None
     media_dir: Path | None = None
@@ -170,6 +190,7 @@ def create_app(runtime: VideoRuntime, options: ServeOptions) -> Any:
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error}, lifespan=lifespan)
     app.state.worker = worker
     app.state.media = media
+    app.state.runtime = runtime
     return app
 
 

@@ -10,44 +10,26 @@ the prefix on disk. Ray is an optional extra: `pip install -e ".[ray]"`.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from panda_edge.optional import require
+from panda_edge.runtime.bundle_parts import default_precision, open_bundle
+from panda_edge.serving.app import RuntimeOptions, ServeOptions, create_app
 
 APP_NAME = "panda"
 
 
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """What each replica opens its runtime with (VideoRuntime's keyword arguments)."""
-
-    vision: str = "ort"
-    precision: str | None = None
-    gguf_type: str | None = None
-    threads: int | None = None
-    n_gpu_layers: int = 0
-    n_ctx: int | None = None
-    kv_cache: str = "f16"
-    prefix_cache: str | None = None
-    cache_max_bytes: int | None = None
-
-
-def build_app(bundle: str, runtime: RuntimeOptions, options: Any) -> Any:
+def build_app(bundle: str, runtime: RuntimeOptions, options: ServeOptions) -> Any:
     """Run on each replica when it starts: its own runtime and app."""
-    from dataclasses import asdict
-
-    from panda_edge.runtime.pipeline import VideoRuntime
-    from panda_edge.serving.app import create_app
-
-    return create_app(VideoRuntime(bundle, **asdict(runtime)), options)
+    return create_app(runtime.open(bundle), options)
 
 
 def deploy(
     bundle: Path,
     runtime: RuntimeOptions,
-    options: Any,
+    options: ServeOptions,
     replicas: int,
     host: str,
     port: int,
@@ -79,14 +61,39 @@ def deploy(
     return f"http://{host}:{port}"
 
 
-def wait_forever() -> None:
+def serve_replicas(
+    bundle: Path,
+    runtime: RuntimeOptions,
+    options: ServeOptions,
+    replicas: int,
+    host: str,
+    port: int,
+    address: str = "local",
+    gpus_per_replica: float = 0.0,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """`panda serve --ray`: check the bundle here (a bad one is exit 2, not replicas failing to
+    start), deploy, say where (`on_ready(url)`), and serve until interrupted."""
+    open_bundle(
+        bundle, runtime.gguf_type, runtime.precision or default_precision(runtime.vision), runtime.vision
+    )
+    url = deploy(
+        bundle,
+        runtime,
+        options,
+        replicas,
+        host,
+        port,
+        None if address == "local" else address,
+        gpus_per_replica,
+    )
+    if on_ready is not None:
+        on_ready(url)
+    serve = require("ray.serve", "ray")
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
-
-
-def shutdown() -> None:
-    serve = require("ray.serve", "ray")
-    serve.shutdown()
+    finally:
+        serve.shutdown()

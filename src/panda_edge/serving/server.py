@@ -5,12 +5,15 @@ from __future__ import annotations
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from panda_edge.errors import PandaError
 from panda_edge.optional import require
+from panda_edge.runtime.pipeline import VideoRuntime
+from panda_edge.serving.app import RuntimeOptions, ServeOptions, create_app
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -38,6 +41,28 @@ def _server(app: Any, log_level: str) -> Any:
 def serve(app: Any, sock: socket.socket, log_level: str = "warning") -> None:
     """Answer until interrupted (Ctrl-C or SIGTERM: uvicorn finishes what runs, then the app closes)."""
     _server(app, log_level).run(sockets=[sock])
+
+
+def serve_bundle(
+    bundle: Path,
+    runtime: RuntimeOptions,
+    options: ServeOptions,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    on_ready: Callable[[str, VideoRuntime], None] | None = None,
+) -> None:
+    """`panda serve`: listen first (a busy port fails in a second, not after loading the model), load
+    the runtime, say where (`on_ready(url, runtime)`), answer until interrupted."""
+    sock = bind(host, port)
+    try:
+        app = create_app(runtime.open(bundle), options)
+    except BaseException:
+        sock.close()
+        raise
+    address, bound = sock.getsockname()[:2]
+    if on_ready is not None:
+        on_ready(f"http://{address}:{bound}", app.state.runtime)
+    serve(app, sock)
 
 
 @contextmanager
