@@ -31,7 +31,7 @@ def main() -> None:
 
     from panda_edge.export.llm_gguf.pipeline import export_gguf
     from panda_edge.export.stab_onnx.pipeline import export_bundle
-    from panda_edge.host import cpu_info
+    from panda_edge.host import cpu_info, load_average
     from panda_edge.parity.qa_jobs import AnswererSpec, answer_questions
     from panda_edge.parity.task import read_questions
     from panda_edge.scaleout.ray_qa import ray_runner
@@ -47,7 +47,8 @@ def main() -> None:
         questions = read_questions(work_dir / "toy" / "heldout.json")
         spec = AnswererSpec("tiny", None, str(bundle))
         videos = work_dir / "toy" / "videos"
-        report: dict = {"machine": {"cpu": cpu_info()}, "questions": len(questions), "runs": {}}
+        machine = {"cpu": cpu_info(), "load_average_before": load_average()}
+        report: dict = {"machine": machine, "questions": len(questions), "runs": {}}
         answers = {}
 
         def timed(name: str, runner=None) -> None:
@@ -81,6 +82,7 @@ def main() -> None:
             timed(f"ray, {workers} worker{'s' * (workers > 1)}", ray_runner("local", workers))
             ray.shutdown()
         baseline = answers["one process"]
+        machine["load_average_after"] = load_average()
         report["same_answers_everywhere"] = all(a == baseline for a in answers.values())
         one = report["runs"]["ray, 1 worker"]["questions_per_s"]
         two = report["runs"]["ray, 2 workers"]["questions_per_s"]

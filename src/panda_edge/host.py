@@ -47,6 +47,14 @@ def memory_bandwidth_gbs(megabytes: int = 512, repeat: int = 5) -> float | None:
 NOTABLE_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages: how busy the machine was while a benchmark ran."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def cpu_info() -> tuple[str, list[str]]:
     """The CPU's model name and which of NOTABLE_FEATURES it has (from /proc/cpuinfo on Linux)."""
     name, flags = platform.processor() or platform.machine(), set()

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.errors import PandaError
-from panda_edge.host import cpu_info
+from panda_edge.host import cpu_info, load_average
 from panda_edge.timing import quotient, significant
 
 CONCURRENCY = (1, 2, 4, 8)
@@ -227,7 +227,7 @@ def bench_serve(
         pool = sorted((work_dir / "toy" / "videos").iterdir())
         name = bundle.name  # the model id `panda serve` serves it under
         result: dict[str, Any] = {
-            "machine": {"cpu": cpu_info()},
+            "machine": {"cpu": cpu_info(), "load_average_before": load_average()},
             "bundle": str(bundle),
             "model": name,
             "max_tokens": max_tokens,
@@ -246,6 +246,7 @@ def bench_serve(
                 step(f"{clients} concurrent clients, {requests} requests each")
                 levels.append(_level(url, name, pool[:VIDEOS], clients, requests, seconds, max_tokens))
             result["concurrency"] = levels
+        result["machine"]["load_average_after"] = load_average()
         with served(bundle, work_dir / "toy", *context, "--max-queue", str(small_queue)) as (url, _pid):
             clients = CONCURRENCY[-1]
             step(f"overload: {clients} clients against --max-queue {small_queue}")
