@@ -25,16 +25,6 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bundle: Path) -> Path:
-    return tiny_bundle
-
-
-@pytest.fixture(scope="module")
-def toy(unseen_toy: Path) -> Path:
-    return unseen_toy
-
-
-@pytest.fixture(scope="module")
 def cluster():
     """One local Ray cluster for this module's Ray tests (two CPUs: two workers); `--ray local` joins
     the one this process already runs."""
@@ -49,11 +39,13 @@ def spec(bundle: Path | None = None) -> AnswererSpec:
 
 
 @pytest.fixture(scope="module")
-def single(bundle: Path, toy: Path) -> dict:
+def single(tiny_bundle: Path, unseen_toy: Path) -> dict:
     """The single-process run: the reference and the runtime on every held-out question."""
-    questions = read_questions(toy / "heldout.json")
+    questions = read_questions(unseen_toy / "heldout.json")
     return qa_report(
-        questions, answer_questions(questions, toy / "videos", spec(bundle)), ("reference", "runtime")
+        questions,
+        answer_questions(questions, unseen_toy / "videos", spec(tiny_bundle)),
+        ("reference", "runtime"),
     )
 
 
@@ -63,16 +55,16 @@ def answers(report: dict) -> dict:
 
 @needs_ray
 def test_eval_on_ray_gives_the_single_process_answers(
-    bundle: Path, toy: Path, single: dict, tmp_path: Path
+    tiny_bundle: Path, unseen_toy: Path, single: dict, tmp_path: Path
 ) -> None:
     args = [
         "eval",
         "--qa",
-        str(toy / "heldout.json"),
+        str(unseen_toy / "heldout.json"),
         "--videos",
-        str(toy / "videos"),
+        str(unseen_toy / "videos"),
         "--bundle",
-        str(bundle),
+        str(tiny_bundle),
     ]
     result = runner.invoke(
         app, [*args, "--ray", "local", "--workers", "2", "--json", str(tmp_path / "ray.json")]
@@ -86,13 +78,13 @@ def test_eval_on_ray_gives_the_single_process_answers(
 
 @needs_ray
 def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(
-    bundle: Path, toy: Path, single: dict
+    tiny_bundle: Path, unseen_toy: Path, single: dict
 ) -> None:
     import ray
 
     from panda_edge.scaleout.ray_qa import ray_runner
 
-    questions = read_questions(toy / "heldout.json")
+    questions = read_questions(unseen_toy / "heldout.json")
     pids: list[int] = []
     killed: list[int] = []
 
@@ -106,8 +98,8 @@ def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(
 
     run = answer_questions(
         questions,
-        toy / "videos",
-        spec(bundle),
+        unseen_toy / "videos",
+        spec(tiny_bundle),
         runner=ray_runner("local", 2, on_workers=started),
         on_answers=kill_once,
     )
@@ -118,9 +110,9 @@ def test_a_killed_worker_loses_nothing_and_counts_nothing_twice(
 
 
 def test_resume_finishes_an_interrupted_run_without_redoing_its_items(
-    toy: Path, single: dict, tmp_path: Path
+    unseen_toy: Path, single: dict, tmp_path: Path
 ) -> None:
-    questions = read_questions(toy / "heldout.json")
+    questions = read_questions(unseen_toy / "heldout.json")
     journal = Journal(tmp_path / "journal.jsonl")
 
     class Interrupted(Exception):
@@ -131,7 +123,7 @@ def test_resume_finishes_an_interrupted_run_without_redoing_its_items(
             raise Interrupted
 
     with pytest.raises(Interrupted):
-        answer_questions(questions, toy / "videos", spec(), journal, on_answers=stop_after_three_items)
+        answer_questions(questions, unseen_toy / "videos", spec(), journal, on_answers=stop_after_three_items)
     first = journal.records()
     answered: list[str] = []
 
@@ -139,7 +131,7 @@ def test_resume_finishes_an_interrupted_run_without_redoing_its_items(
         answered.extend(item.video for item in items)
         return local_runner(answerers_spec, items, videos_dir)
 
-    run = answer_questions(questions, toy / "videos", spec(), journal, runner=counting)
+    run = answer_questions(questions, unseen_toy / "videos", spec(), journal, runner=counting)
     assert run.resumed == len(first) > 0
     assert not {r["video"] for r in first.values()} & set(answered)  # finished videos were not redone
     assert len(run.records) == len(questions)
@@ -149,8 +141,8 @@ def test_resume_finishes_an_interrupted_run_without_redoing_its_items(
     assert len(lines) == len(questions)  # each answer recorded once
 
 
-def test_msvd_qa_form_is_read_by_video_id_and_scored(toy: Path, single: dict, tmp_path: Path) -> None:
-    entries = json.loads((toy / "heldout.json").read_text())
+def test_msvd_qa_form_is_read_by_video_id_and_scored(unseen_toy: Path, single: dict, tmp_path: Path) -> None:
+    entries = json.loads((unseen_toy / "heldout.json").read_text())
     msvd = [
         {
             "video_id": Path(e["video"]).stem,
@@ -161,7 +153,15 @@ def test_msvd_qa_form_is_read_by_video_id_and_scored(toy: Path, single: dict, tm
         for i, e in enumerate(entries)
     ]
     (tmp_path / "msvd.json").write_text(json.dumps(msvd))
-    args = ["eval", "--qa", str(tmp_path / "msvd.json"), "--videos", str(toy / "videos"), "--json", "-"]
+    args = [
+        "eval",
+        "--qa",
+        str(tmp_path / "msvd.json"),
+        "--videos",
+        str(unseen_toy / "videos"),
+        "--json",
+        "-",
+    ]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout)
@@ -170,11 +170,11 @@ def test_msvd_qa_form_is_read_by_video_id_and_scored(toy: Path, single: dict, tm
     assert [r["video"] for r in report["predictions"]] == [e["video"] for e in entries]
 
 
-def test_a_broken_video_is_an_error_on_its_questions_not_the_end(toy: Path, tmp_path: Path) -> None:
-    entries = json.loads((toy / "heldout.json").read_text())[:3]
+def test_a_broken_video_is_an_error_on_its_questions_not_the_end(unseen_toy: Path, tmp_path: Path) -> None:
+    entries = json.loads((unseen_toy / "heldout.json").read_text())[:3]
     (tmp_path / "videos").mkdir()
     for e in entries:
-        (tmp_path / "videos" / e["video"]).write_bytes((toy / "videos" / e["video"]).read_bytes())
+        (tmp_path / "videos" / e["video"]).write_bytes((unseen_toy / "videos" / e["video"]).read_bytes())
     (tmp_path / "videos" / "broken.mp4").write_text("not a video")
     entries += [
         {**entries[0], "id": "broken-1", "video": "broken.mp4"},
@@ -191,12 +191,14 @@ def test_a_broken_video_is_an_error_on_its_questions_not_the_end(toy: Path, tmp_
 
 
 @needs_ray
-def test_parity_task_on_ray_gives_the_single_process_report(cluster, bundle: Path, toy: Path) -> None:
+def test_parity_task_on_ray_gives_the_single_process_report(
+    cluster, tiny_bundle: Path, unseen_toy: Path
+) -> None:
     from panda_edge.parity.report import run_parity
     from panda_edge.scaleout.ray_qa import ray_runner
 
-    kwargs = {"qa": toy / "heldout.json", "levels": ["task"]}
-    here = run_parity("tiny", bundle, **kwargs).report["task"]
-    there = run_parity("tiny", bundle, **kwargs, runner=ray_runner("local", 2)).report["task"]
+    kwargs = {"qa": unseen_toy / "heldout.json", "levels": ["task"]}
+    here = run_parity("tiny", tiny_bundle, **kwargs).report["task"]
+    there = run_parity("tiny", tiny_bundle, **kwargs, runner=ray_runner("local", 2)).report["task"]
     assert there == here
-    assert len(here["predictions"]) == len(read_questions(toy / "heldout.json"))
+    assert len(here["predictions"]) == len(read_questions(unseen_toy / "heldout.json"))

@@ -37,16 +37,6 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_bundle: Path) -> Path:
-    return tiny_bundle
-
-
-@pytest.fixture(scope="module")
-def toy(unseen_toy: Path) -> Path:
-    return unseen_toy
-
-
-@pytest.fixture(scope="module")
 def random_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model with random weights: its answers run long (`</s>` is one token of 512), which the
     stop, cancel and queue tests need; the trained one says one word and stops."""
@@ -60,19 +50,19 @@ def random_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
 
 
 @contextmanager
-def in_process_server(bundle: Path, toy: Path, **options) -> Iterator[str]:
+def in_process_server(bundle: Path, media: Path, **options) -> Iterator[str]:
     from panda_edge.runtime.pipeline import VideoRuntime
     from panda_edge.serving.app import ServeOptions, create_app
     from panda_edge.serving.server import running_server
 
-    app = create_app(VideoRuntime(bundle), ServeOptions(model_name="random", media_dir=toy, **options))
+    app = create_app(VideoRuntime(bundle), ServeOptions(model_name="random", media_dir=media, **options))
     with running_server(app) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
-def random_client(random_bundle: Path, toy: Path):
-    with in_process_server(random_bundle, toy) as url:
+def random_client(random_bundle: Path, unseen_toy: Path):
+    with in_process_server(random_bundle, unseen_toy) as url:
         yield openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=120)
 
 
@@ -85,7 +75,16 @@ def panda_serve(
     (tmp / "tmp").mkdir(parents=True, exist_ok=True)
     log = tmp / "serve.log"
     env = {**os.environ, "TMPDIR": str(tmp / "tmp"), "PANDA_API_KEY": KEY}
-    command = [sys.executable, "-m", "panda_edge.cli.main", "serve", "--bundle", str(bundle), "--port", port]
+    command = [
+        sys.executable,
+        "-m",
+        "panda_edge.cli.main",
+        "serve",
+        "--bundle",
+        str(bundle),
+        "--port",
+        port,
+    ]
     with log.open("w") as stderr:
         process = subprocess.Popen([*command, "--media-dir", str(media), *args], stderr=stderr, env=env)
     try:
@@ -109,9 +108,9 @@ def panda_serve(
 
 
 @pytest.fixture(scope="module")
-def server(bundle: Path, toy: Path, tmp_path_factory: pytest.TempPathFactory):
+def server(tiny_bundle: Path, unseen_toy: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("server")
-    with panda_serve(bundle, toy, tmp, "--max-request-mb", "2") as (url, process):
+    with panda_serve(tiny_bundle, unseen_toy, tmp, "--max-request-mb", "2") as (url, process):
         yield url, process, tmp
 
 
@@ -120,10 +119,10 @@ def client(server):
     return openai.OpenAI(base_url=server[0] + "/v1", api_key=KEY, max_retries=0, timeout=120)
 
 
-def heldout(toy: Path, n: int = 10) -> list[dict]:
+def heldout(unseen_toy: Path, n: int = 10) -> list[dict]:
     """One question per held-out video, the first `n` videos."""
     seen, questions = set(), []
-    for entry in json.loads((toy / "heldout.json").read_text()):
+    for entry in json.loads((unseen_toy / "heldout.json").read_text()):
         if entry["video"] not in seen:
             seen.add(entry["video"])
             questions.append(entry)
@@ -158,24 +157,24 @@ def stream_text(client, **request) -> tuple[str, dict]:
     return text, usage
 
 
-def video_of(toy: Path, entry: dict) -> Path:
-    return toy / "videos" / entry["video"]
+def video_of(unseen_toy: Path, entry: dict) -> Path:
+    return unseen_toy / "videos" / entry["video"]
 
 
 # --- answers --------------------------------------------------------------------------------------
 
 
 def test_greedy_answers_equal_panda_run_and_streaming_yields_the_same(
-    client, bundle: Path, toy: Path
+    client, tiny_bundle: Path, unseen_toy: Path
 ) -> None:
-    for entry in heldout(toy):
-        video = video_of(toy, entry)
+    for entry in heldout(unseen_toy):
+        video = video_of(unseen_toy, entry)
         result = runner.invoke(
             cli_app,
             [
                 "run",
                 "--bundle",
-                str(bundle),
+                str(tiny_bundle),
                 str(video),
                 entry["question"],
                 "--max-new-tokens",
@@ -195,8 +194,8 @@ def test_greedy_answers_equal_panda_run_and_streaming_yields_the_same(
         assert usage["completion_tokens"] == reply.usage.completion_tokens
 
 
-def test_the_video_prefix_is_shared_across_requests_by_content(client, toy: Path) -> None:
-    first_video, other = (video_of(toy, e) for e in heldout(toy, 2))
+def test_the_video_prefix_is_shared_across_requests_by_content(client, unseen_toy: Path) -> None:
+    first_video, other = (video_of(unseen_toy, e) for e in heldout(unseen_toy, 2))
     question = "What color is the square?"
     client.chat.completions.create(model="tiny", messages=ask(video_part(other), question), max_tokens=4)
     first = client.chat.completions.create(
@@ -217,13 +216,13 @@ def test_the_video_prefix_is_shared_across_requests_by_content(client, toy: Path
     assert first.usage.prompt_tokens - prefix < 20  # only the question's tokens were computed
 
 
-def test_a_follow_up_continues_like_panda_chat(client, bundle: Path, toy: Path) -> None:
+def test_a_follow_up_continues_like_panda_chat(client, tiny_bundle: Path, unseen_toy: Path) -> None:
     from panda_edge.runtime.pipeline import VideoRuntime
 
-    entry = heldout(toy)[3]
-    video = video_of(toy, entry)
+    entry = heldout(unseen_toy)[3]
+    video = video_of(unseen_toy, entry)
     questions = (entry["question"], "What color is it?", "How many shapes are there?")
-    with VideoRuntime(bundle) as runtime:
+    with VideoRuntime(tiny_bundle) as runtime:
         chat = runtime.chat(video)
         expected = [chat.ask(q, 16).text for q in questions]
     history: tuple = ()
@@ -245,8 +244,8 @@ def test_a_follow_up_continues_like_panda_chat(client, bundle: Path, toy: Path) 
     assert reply.usage.prompt_tokens_details.cached_tokens < reply.usage.prompt_tokens - 10
 
 
-def test_stop_strings_and_max_tokens(random_client, toy: Path) -> None:
-    video = video_part(video_of(toy, heldout(toy)[0]))
+def test_stop_strings_and_max_tokens(random_client, unseen_toy: Path) -> None:
+    video = video_part(video_of(unseen_toy, heldout(unseen_toy)[0]))
     request = {
         "model": "random",
         "messages": ask(video, "What happens?"),
@@ -314,15 +313,15 @@ def raw_post(url: str, body: bytes, key: str | None = KEY, headers: dict | None 
     return reply
 
 
-def bad_requests(toy: Path, tmp: Path) -> list[tuple[str, int, str | None, dict | bytes]]:
+def bad_requests(unseen_toy: Path, tmp: Path) -> list[tuple[str, int, str | None, dict | bytes]]:
     """(what, status, error code, request body) for what a client can get wrong."""
-    video = video_of(toy, heldout(toy)[0])
+    video = video_of(unseen_toy, heldout(unseen_toy)[0])
     good = ask(video_part(video), "What color is it?")
     (tmp / "notes.txt").write_text("not a video")
     text_file = tmp / "notes.txt"
     truncated = video.read_bytes()[: video.stat().st_size // 2]
-    outside = toy / ".." / tmp.name / "notes.txt"
-    link = toy / "link.mp4"
+    outside = unseen_toy / ".." / tmp.name / "notes.txt"
+    link = unseen_toy / "link.mp4"
     if not link.exists():
         link.symlink_to(text_file)
 
@@ -338,7 +337,7 @@ def bad_requests(toy: Path, tmp: Path) -> list[tuple[str, int, str | None, dict 
     return [
         ("not a video", 400, "invalid_video", body(ask(data_url(b"just some text"), "q?"))),
         ("truncated video", 400, "invalid_video", body(ask(data_url(truncated), "q?"))),
-        ("missing file", 400, "video_not_found", body(ask(video_part(toy / "none.mp4"), "q?"))),
+        ("missing file", 400, "video_not_found", body(ask(video_part(unseen_toy / "none.mp4"), "q?"))),
         (
             "outside the media dir",
             403,
@@ -397,9 +396,9 @@ def bad_requests(toy: Path, tmp: Path) -> list[tuple[str, int, str | None, dict 
     ]
 
 
-def test_each_bad_request_gets_its_status_and_error_shape(server, toy: Path, tmp_path: Path) -> None:
+def test_each_bad_request_gets_its_status_and_error_shape(server, unseen_toy: Path, tmp_path: Path) -> None:
     url = server[0]
-    for what, status, code, request in bad_requests(toy, tmp_path):
+    for what, status, code, request in bad_requests(unseen_toy, tmp_path):
         raw = request if isinstance(request, bytes) else json.dumps(request).encode()
         got, reply = raw_post(url, raw)
         assert got == status, (what, reply)
@@ -407,7 +406,7 @@ def test_each_bad_request_gets_its_status_and_error_shape(server, toy: Path, tmp
         assert reply["error"]["message"], what
         if code is not None:
             assert reply["error"]["code"] == code, (what, reply)
-    video = video_part(video_of(toy, heldout(toy)[0]))
+    video = video_part(video_of(unseen_toy, heldout(unseen_toy)[0]))
     good = json.dumps(
         {"model": "tiny", "messages": ask(video, "What color is it?"), "max_tokens": 4}
     ).encode()
@@ -416,8 +415,8 @@ def test_each_bad_request_gets_its_status_and_error_shape(server, toy: Path, tmp
     assert raw_post(url, good)[0] == 200
 
 
-def test_the_openai_client_sees_the_errors_as_its_own_types(client, toy: Path) -> None:
-    video = video_part(video_of(toy, heldout(toy)[0]))
+def test_the_openai_client_sees_the_errors_as_its_own_types(client, unseen_toy: Path) -> None:
+    video = video_part(video_of(unseen_toy, heldout(unseen_toy)[0]))
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model="other", messages=ask(video, "q?"))
     with pytest.raises(openai.BadRequestError) as error:
@@ -429,11 +428,11 @@ def test_the_openai_client_sees_the_errors_as_its_own_types(client, toy: Path) -
 
 
 def test_after_200_mixed_requests_it_answers_leaves_no_files_and_keeps_its_memory(
-    server, client, toy: Path, tmp_path: Path
+    server, client, unseen_toy: Path, tmp_path: Path
 ) -> None:
     url, process, tmp = server
-    videos = [video_of(toy, e) for e in heldout(toy, 3)]
-    bad = bad_requests(toy, tmp_path)
+    videos = [video_of(unseen_toy, e) for e in heldout(unseen_toy, 3)]
+    bad = bad_requests(unseen_toy, tmp_path)
 
     def good(i: int) -> None:
         video = videos[i % len(videos)]
@@ -474,9 +473,9 @@ def test_after_200_mixed_requests_it_answers_leaves_no_files_and_keeps_its_memor
     assert len(ours) == 1 and list(ours[0].iterdir()) == []
 
 
-def test_a_client_that_goes_away_cancels_its_answer(random_client, toy: Path) -> None:
+def test_a_client_that_goes_away_cancels_its_answer(random_client, unseen_toy: Path) -> None:
     url = str(random_client.base_url).removesuffix("/v1/")
-    video = video_part(video_of(toy, heldout(toy)[1]))
+    video = video_part(video_of(unseen_toy, heldout(unseen_toy)[1]))
     request = {"model": "random", "messages": ask(video, "Describe the video."), "max_tokens": 1500}
 
     def completion_tokens() -> float:
@@ -495,8 +494,8 @@ def test_a_client_that_goes_away_cancels_its_answer(random_client, toy: Path) ->
     assert full.usage.completion_tokens == 1500  # without the disconnect it would have
 
 
-def test_a_full_queue_answers_503_with_retry_after(random_bundle: Path, toy: Path) -> None:
-    video = video_part(video_of(toy, heldout(toy)[2]))
+def test_a_full_queue_answers_503_with_retry_after(random_bundle: Path, unseen_toy: Path) -> None:
+    video = video_part(video_of(unseen_toy, heldout(unseen_toy)[2]))
     body = json.dumps({"model": "random", "messages": ask(video, "Describe it."), "max_tokens": 300}).encode()
     results: list[tuple[int, dict, dict]] = []
 
@@ -504,7 +503,7 @@ def test_a_full_queue_answers_503_with_retry_after(random_bundle: Path, toy: Pat
         headers: dict = {}
         results.append((*raw_post(url, body, key=None, headers=headers), headers))
 
-    with in_process_server(random_bundle, toy, max_queue=1) as url:
+    with in_process_server(random_bundle, unseen_toy, max_queue=1) as url:
         threads = [threading.Thread(target=post) for _ in range(6)]
         for thread in threads:
             thread.start()
@@ -517,10 +516,12 @@ def test_a_full_queue_answers_503_with_retry_after(random_bundle: Path, toy: Pat
             assert reply["error"]["code"] == "queue_full" and int(headers["retry-after"]) >= 1
 
 
-def test_serve_bad_arguments_exit_2(bundle: Path, tmp_path: Path) -> None:
+def test_serve_bad_arguments_exit_2(tiny_bundle: Path, tmp_path: Path) -> None:
     result = runner.invoke(cli_app, ["serve", "--bundle", str(tmp_path / "none")])
     assert result.exit_code == 2 and "no such bundle directory" in result.output
-    result = runner.invoke(cli_app, ["serve", "--bundle", str(bundle), "--media-dir", str(tmp_path / "none")])
+    result = runner.invoke(
+        cli_app, ["serve", "--bundle", str(tiny_bundle), "--media-dir", str(tmp_path / "none")]
+    )
     assert result.exit_code == 2 and "no such directory" in result.output
     import socket
 
@@ -528,23 +529,25 @@ def test_serve_bad_arguments_exit_2(bundle: Path, tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         result = runner.invoke(
-            cli_app, ["serve", "--bundle", str(bundle), "--port", str(busy.getsockname()[1])]
+            cli_app, ["serve", "--bundle", str(tiny_bundle), "--port", str(busy.getsockname()[1])]
         )
     assert result.exit_code == 2 and "choose another --port" in result.output
 
 
 def test_with_cache_a_restarted_server_takes_the_prefix_from_disk(
-    bundle: Path, toy: Path, tmp_path: Path
+    tiny_bundle: Path, unseen_toy: Path, tmp_path: Path
 ) -> None:
     from panda_edge.runtime.pipeline import VideoRuntime
     from panda_edge.serving.app import ServeOptions, create_app
     from panda_edge.serving.server import running_server
 
-    video = video_part(video_of(toy, heldout(toy)[4]))
+    video = video_part(video_of(unseen_toy, heldout(unseen_toy)[4]))
     hows = []
     for _ in range(2):  # two server lifetimes over one cache directory
-        runtime = VideoRuntime(bundle, prefix_cache=tmp_path / "cache")
-        with running_server(create_app(runtime, ServeOptions(model_name="tiny", media_dir=toy))) as url:
+        runtime = VideoRuntime(tiny_bundle, prefix_cache=tmp_path / "cache")
+        with running_server(
+            create_app(runtime, ServeOptions(model_name="tiny", media_dir=unseen_toy))
+        ) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
             reply = client.chat.completions.create(model="tiny", messages=ask(video, "What color is it?"))
             hows.append((reply.usage.video_prefix, reply.choices[0].message.content))
@@ -552,22 +555,22 @@ def test_with_cache_a_restarted_server_takes_the_prefix_from_disk(
     assert hows[0][1] == hows[1][1]
 
 
-def test_remote_videos_are_downloaded_only_when_allowed(bundle: Path, toy: Path) -> None:
+def test_remote_videos_are_downloaded_only_when_allowed(tiny_bundle: Path, unseen_toy: Path) -> None:
     import functools
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(toy))
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(unseen_toy))
     files = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=files.serve_forever, daemon=True).start()
-    entry = heldout(toy)[5]
+    entry = heldout(unseen_toy)[5]
     remote = f"http://127.0.0.1:{files.server_address[1]}/videos/{entry['video']}"
     part = {"type": "video_url", "video_url": {"url": remote}}
     try:
-        with in_process_server(bundle, toy, allow_remote_media=True) as url:
+        with in_process_server(tiny_bundle, unseen_toy, allow_remote_media=True) as url:
             client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0)
             reply = client.chat.completions.create(model="random", messages=ask(part, entry["question"]))
             local = client.chat.completions.create(
-                model="random", messages=ask(video_part(video_of(toy, entry)), entry["question"])
+                model="random", messages=ask(video_part(video_of(unseen_toy, entry)), entry["question"])
             )
             assert reply.choices[0].message.content == local.choices[0].message.content
             assert local.usage.video_prefix == "memory"  # the same content, downloaded or local
@@ -575,7 +578,9 @@ def test_remote_videos_are_downloaded_only_when_allowed(bundle: Path, toy: Path)
             with pytest.raises(openai.BadRequestError) as error:
                 client.chat.completions.create(model="random", messages=ask(missing, "q?"))
             assert error.value.code == "video_not_found"
-        with in_process_server(bundle, toy, allow_remote_media=True, max_request_bytes=1000) as url:
+        with in_process_server(
+            tiny_bundle, unseen_toy, allow_remote_media=True, max_request_bytes=1000
+        ) as url:
             status, reply = raw_post(
                 url, json.dumps({"model": "random", "messages": ask(part, "q?")}).encode()
             )
@@ -586,7 +591,7 @@ def test_remote_videos_are_downloaded_only_when_allowed(bundle: Path, toy: Path)
 
 @pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="panda serve --ray needs panda-edge[ray]")
 def test_ray_replicas_answer_like_panda_serve_and_share_the_disk_cache(
-    client, bundle: Path, toy: Path, tmp_path: Path
+    client, tiny_bundle: Path, unseen_toy: Path, tmp_path: Path
 ) -> None:
     import socket
 
@@ -596,17 +601,20 @@ def test_ray_replicas_answer_like_panda_serve_and_share_the_disk_cache(
     cache = tmp_path / "cache"
     args = ["--ray", "local", "--replicas", "2", "--threads", "1", "--max-queue", "0", "--cache", str(cache)]
     short = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
-    with panda_serve(bundle, toy, short, *args, port=port) as (url, _):
+    with panda_serve(tiny_bundle, unseen_toy, short, *args, port=port) as (url, _):
         replicas = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
-        for entry in heldout(toy, 3):
-            request = {"model": "tiny", "messages": ask(video_part(video_of(toy, entry)), entry["question"])}
+        for entry in heldout(unseen_toy, 3):
+            request = {
+                "model": "tiny",
+                "messages": ask(video_part(video_of(unseen_toy, entry)), entry["question"]),
+            }
             expected = client.chat.completions.create(**request, max_tokens=16).choices[0].message.content
             assert (
                 replicas.chat.completions.create(**request, max_tokens=16).choices[0].message.content
                 == expected
             )
         # two at once about a video one replica has seen: the other takes the prefix from the cache
-        video = video_part(video_of(toy, heldout(toy)[6]))
+        video = video_part(video_of(unseen_toy, heldout(unseen_toy)[6]))
         first = replicas.chat.completions.create(model="tiny", messages=ask(video, "What color is it?"))
         assert first.usage.video_prefix == "computed"
         hows: list[str] = []

@@ -232,3 +232,21 @@ def reference_precision(dtype: str, device: str) -> Any:
     from panda_edge.model.loading import ReferencePrecision
 
     return ReferencePrecision(dtype, device)
+
+
+# --- Ray (eval, parity, serve) -------------------------------------------------------------------
+
+RayAddress = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        help="Run on a Ray cluster: 'local' (start one here), 'auto' (the running one) or its address. "
+        "Needs panda-edge[ray]; see docs/scale-out.md.",
+    ),
+]
+RayWorkers = Annotated[
+    int | None,
+    typer.Option(
+        "--workers", min=1, help="With --ray: answering workers (default: one per CPU, or per GPU)."
+    ),
+]

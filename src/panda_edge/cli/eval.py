@@ -9,6 +9,8 @@ import typer
 from rich.table import Table
 
 from panda_edge.cli._common import (
+    RayAddress,
+    RayWorkers,
     ReferenceDevice,
     ReferenceDtype,
     emit_json,
@@ -49,18 +51,8 @@ def eval(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,
     dtype: ReferenceDtype = "fp32",
     device: ReferenceDevice = "cpu",
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            help="Answer on a Ray cluster: 'local' (start one here), 'auto' (the running one) or an address. "
-            "Needs panda-edge[ray].",
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(min=1, help="With --ray: answering workers (default: one per CPU, or per GPU)."),
-    ] = None,
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
     resume: Annotated[
         Path | None,
         typer.Option(

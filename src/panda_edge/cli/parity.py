@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from panda_edge.cli._common import (
+    RayAddress,
+    RayWorkers,
     ReferenceDevice,
     ReferenceDtype,
     emit_result,
@@ -53,18 +55,8 @@ def parity(
     ] = None,
     dtype: ReferenceDtype = "fp32",
     device: ReferenceDevice = "cpu",
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            help="The task level's questions answered on a Ray cluster: 'local', 'auto' or an address "
-            "(panda-edge[ray]); each worker holds the reference and the runtime.",
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(min=1, help="With --ray: answering workers (default: one per CPU, or per GPU)."),
-    ] = None,
+    ray: RayAddress = None,
+    workers: RayWorkers = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,

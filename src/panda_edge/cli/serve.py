@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import err, handle_errors, note, warn
+from panda_edge.cli._common import RayAddress, err, handle_errors, note, warn
 from panda_edge.cli.run import (
     BundleOpt,
     CacheMaxOpt,
@@ -65,14 +65,7 @@ def serve(
             "--model-name", help="The model id clients ask for (default: the bundle's folder name)."
         ),
     ] = None,
-    ray: Annotated[
-        str | None,
-        typer.Option(
-            "--ray",
-            help="Serve as Ray Serve replicas: 'local' (a cluster on this machine), 'auto' (the running "
-            "cluster) or a cluster address. Needs panda-edge[ray].",
-        ),
-    ] = None,
+    ray: RayAddress = None,
     replicas: Annotated[
         int, typer.Option("--replicas", min=1, help="With --ray: runtimes behind the one address.")
     ] = 1,
