@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -38,8 +39,11 @@ def _server(app: Any, log_level: str) -> Any:
     return uvicorn.Server(config)
 
 
-def serve(app: Any, sock: socket.socket, log_level: str = "warning") -> None:
-    """Answer until interrupted (Ctrl-C or SIGTERM: uvicorn finishes what runs, then the app closes)."""
+def serve(app: Any, sock: socket.socket, log_level: str | None = None) -> None:
+    """Answer until interrupted (Ctrl-C or SIGTERM: uvicorn finishes what runs, then the app closes).
+    uvicorn logs at warning, or with each request (`access_log`) when panda_edge logs debug (`-v`)."""
+    if log_level is None:
+        log_level = "debug" if logging.getLogger("panda_edge").isEnabledFor(logging.DEBUG) else "warning"
     _server(app, log_level).run(sockets=[sock])
 
 
