@@ -105,6 +105,57 @@ def test_resume_mid_stage_matches_an_uninterrupted_run(toy: Path, tmp_path: Path
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
 
+def test_the_fresh_llm_stage_centres_the_frozen_vision_and_resumes(toy: Path, tmp_path: Path) -> None:
+    """Stage 3 starts the LLM again from its initial weights on the frozen vision part, whose mean
+    visual token over the training videos it folds into the projector's last bias (then ~0); the
+    vision part is unchanged otherwise, and a run cut mid-stage resumes to the same weights."""
+    from panda_edge.train.data import load_frames
+    from panda_edge.train.trainer import TrainingLoss
+
+    stages = (QUICK[1], replace(QUICK[2], epochs=1.0))
+    train(toy, tmp_path / "two", stages=stages[:1], seed=4)
+    train(toy, tmp_path / "full", stages=stages, seed=4)
+    before, after = _weights(tmp_path / "two"), _weights(tmp_path / "full")
+    bias = "model.video_projector.2.bias"
+    vision = [k for k in before if k.startswith(("model.video_tower.", "model.video_projector."))]
+    assert all(torch.equal(before[k], after[k]) for k in vision if k != bias)
+    assert not torch.equal(before[bias], after[bias])
+    llm = [k for k in before if k not in vision]
+    assert all(not torch.equal(before[k], after[k]) for k in llm if k.endswith("q_proj.weight"))
+
+    model = VideoPanda.from_pretrained(tmp_path / "full")
+    names = sorted({c.video for c in read_conversations(toy / "train.json")})
+    batches = TrainingLoss(model, load_frames(toy / "videos", names, model.config.vision), None, None)
+    batches.frozen_vision = True
+    mean = batches.mean_visual_token(list(range(len(names))))
+    assert float(mean.abs().max()) < 1e-4 * float(before[bias].abs().max() + 1)
+
+    class Stop(Exception):
+        pass
+
+    current = {}
+
+    def stop_in_stage_three(step: int, loss: float) -> None:
+        if current["stage"] == "3" and step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        train(
+            toy,
+            tmp_path / "cut",
+            stages=stages,
+            seed=4,
+            save_every=2,
+            progress=Progress(
+                on_stage=lambda s, n: current.update(stage=s.name), on_step=stop_in_stage_three
+            ),
+        )
+    assert load_state(tmp_path / "cut" / STATE_FILE)["stage"] == "3"
+    train(toy, tmp_path / "cut", stages=stages, seed=4)
+    cut = _weights(tmp_path / "cut")
+    assert all(torch.allclose(after[k], cut[k], atol=1e-6) for k in after)
+
+
 class PatchColourTeacher(nn.Module):
     """A fixed teacher: mean colour of each 14x14 patch (any module giving patch features works)."""
 

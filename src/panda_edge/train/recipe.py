@@ -59,6 +59,9 @@ class Stage:
     packed: bool = True  # one sequence per video, its questions as branches after the shared prefix
     text_only: bool = False  # questions and answers without the video
     data: tuple[str, ...] = ("captions", "qa")  # captions.json (video-text pairs) and/or train.json
+    fresh: tuple[str, ...] = ()  # parts re-initialised (from the seed) when the stage starts
+    centre: bool = False  # subtract the mean visual token of the training videos (see trainer)
+    distill: bool = True  # add the distillation loss when a teacher is given
 
 
 # Stage 1 aligns on captions (the toy world's video-text pairs), stage 2 trains end to end on captions
@@ -70,13 +73,14 @@ TINY_RECIPE: tuple[Stage, ...] = (
     Stage("2", ("stab", "projector", "llm"), lr=1e-3, warmup_ratio=0.01, epochs=4.5, batch_size=8),
     Stage(
         "3",
-        ("stab", "projector", "llm"),
-        lr=3e-4,
+        ("llm",),
+        lr=1e-3,
         warmup_ratio=0.01,
-        epochs=0.1,
+        epochs=25,
         batch_size=8,
-        packed=False,
-        data=("qa",),
+        fresh=("llm",),
+        centre=True,
+        distill=False,
     ),
 )
 

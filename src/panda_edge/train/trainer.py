@@ -53,21 +53,69 @@ class TrainResult:
 class TrainingLoss:
     """The training objective on a batch of examples: next-token cross entropy on the answers, plus the
     distillation loss (eq. 19) when there is a teacher. Builds the padded LLM inputs (text embeddings
-    + each frame's visual tokens) on the way."""
+    + each frame's visual tokens) on the way.
+
+    While the vision part is frozen (`frozen_vision`), each video's visual tokens are computed once,
+    in eval mode, and kept: they are what inference sees, and a step then costs the LLM's alone.
+    """
 
     def __init__(self, model: VideoPanda, frames: Tensor, teacher: nn.Module | None, head: nn.Module | None):
         self.model, self.frames, self.teacher, self.head = model, frames, teacher, head
         self._teacher_cache: dict[int, list[tuple[Tensor, Tensor]]] = {}
+        self._visual_cache: dict[int, list[Tensor]] | None = None
 
-    def __call__(self, batch: Sequence[Example]) -> Tensor:
+    @property
+    def frozen_vision(self) -> bool:
+        return self._visual_cache is not None
+
+    @frozen_vision.setter
+    def frozen_vision(self, frozen: bool) -> None:
+        self._visual_cache = {} if frozen else None
+
+    def visual(self, videos: Sequence[int]) -> dict[int, list[Tensor]]:
+        """Each video's per-frame visual tokens (LLM width)."""
+        if not videos:
+            return {}
+        n = self.model.config.vision.video_frames
+        cache = self._visual_cache
+        todo = videos if cache is None else [v for v in videos if v not in cache]
+        if todo:
+            with torch.set_grad_enabled(cache is None):
+                tokens = self.model.encode_frames(self.frames[todo].flatten(0, 1))
+            found = {v: tokens[i * n : (i + 1) * n] for i, v in enumerate(todo)}
+            if cache is None:
+                return found
+            cache.update(found)
+        return {v: cache[v] for v in videos}
+
+    def mean_visual_token(self, videos: Sequence[int], batch: int = 16) -> Tensor:
+        """The mean of every visual token of `videos` (frozen vision only)."""
+        for i in range(0, len(videos), batch):
+            self.visual(videos[i : i + batch])
+        return torch.cat([t for v in videos for t in self._visual_cache[v]]).mean(0)
+
+    def centre(self, videos: Sequence[int]) -> Tensor:
+        """Subtract the mean visual token of `videos` from the projector's output, by its last bias.
+
+        STAB's tokens share a large constant part (mean token norm ~8.5, a token ~15 in the tiny
+        model): a fresh LLM reads motion from the centred tokens and not from the raw ones. Folded into
+        the bias, the centring is part of the weights: inference needs nothing else.
+        """
+        mean = self.mean_visual_token(videos)
+        last = self.model.projector
+        if isinstance(last, nn.Sequential):
+            last = last[-1]
+        with torch.no_grad():
+            last.bias -= mean
+        for tokens in self._visual_cache.values():
+            for t in tokens:
+                t -= mean
+        return mean
+
+    def __call__(self, batch: Sequence[Example], distill: bool = True) -> Tensor:
         model = self.model
         videos = sorted({ex.video for ex in batch if ex.video >= 0})
-        visual: dict[int, list[Tensor]] = {}
-        if videos:
-            n = model.config.vision.video_frames
-            frames = self.frames[videos]
-            tokens = model.encode_frames(frames.flatten(0, 1))
-            visual = {v: tokens[i * n : (i + 1) * n] for i, v in enumerate(videos)}
+        visual = self.visual(videos)
         seqs, labels, starts, branches = [], [], [], []
         for ex in batch:
             frame_tokens = visual.get(ex.video, [])
@@ -88,7 +136,7 @@ class TrainingLoss:
         keep = targets != IGNORE
         logits = model.llm.lm_head(out.last_hidden_state[:, :-1][keep])
         loss = F.cross_entropy(logits, targets[keep])
-        if self.teacher is not None and videos:
+        if distill and self.teacher is not None and videos:
             loss = loss + self._distill(batch, out.last_hidden_state, starts)
         return loss
 
@@ -175,6 +223,14 @@ def cosine_with_warmup(total: int, warmup_ratio: float) -> Callable[[int], float
     return factor
 
 
+def reinitialise(model: VideoPanda, parts: Sequence[str], seed: int) -> None:
+    """Give `parts` of the model the weights a model built from `seed` starts with."""
+    torch.manual_seed(seed)
+    start = VideoPanda(model.config, model.tokenizer)
+    for name in parts:
+        setattr(model, name, getattr(start, name))
+
+
 def set_trainable(model: VideoPanda, parts: Sequence[str]) -> list[nn.Parameter]:
     for name in ("stab", "projector", "llm"):
         getattr(model, name).requires_grad_(name in parts)
@@ -252,22 +308,34 @@ def train(
         )
         order = _epoch_order(len(examples), stage, seed + stage_index)
         total = math.ceil(len(order) / stage.batch_size)
-        params = set_trainable(model, stage.trainable) + (list(head.parameters()) if head else [])
+        resuming = bool(state) and state["stage"] == stage.name
+        stage_start = time.perf_counter()
+        if stage.fresh and not resuming:  # a resumed stage's weights already hold its fresh start
+            reinitialise(model, stage.fresh, seed)
+        distill = head is not None and stage.distill
+        params = set_trainable(model, stage.trainable) + (list(head.parameters()) if distill else [])
+        training_loss.frozen_vision = not {"stab", "projector"} & set(stage.trainable)
+        model.train()
+        if training_loss.frozen_vision:
+            model.stab.eval()  # as at inference: no dropout, BatchNorm's running statistics
+            model.projector.eval()
+            if stage.centre and not resuming:
+                videos = sorted({ex.video for ex in examples if ex.video >= 0})
+                mean = training_loss.centre(videos)
+                progress.on_message(f"centred the visual tokens (mean token norm {float(mean.norm()):.2f})")
         optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, stage.warmup_ratio))
         first = 0
-        if state and state["stage"] == stage.name:
+        if resuming:
             optimizer.load_state_dict(state["optimizer"])
             schedule.load_state_dict(state["schedule"])
             first = state["step"]
             torch.set_rng_state(state["rng"])
         progress.on_stage(stage, total)
-        stage_start = time.perf_counter()
-        model.train()
         loss_value = float("nan")
         for step in range(first, total):
             batch = [examples[i] for i in order[step * stage.batch_size : (step + 1) * stage.batch_size]]
-            loss = training_loss(batch)
+            loss = training_loss(batch, distill)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
