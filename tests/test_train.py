@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from panda_edge.config import preset
 from panda_edge.errors import PandaError
 from panda_edge.model.videopanda import VideoPanda
 from panda_edge.toyworld.writer import generate
@@ -154,6 +155,36 @@ def test_the_fresh_llm_stage_centres_the_frozen_vision_and_resumes(toy: Path, tm
     train(toy, tmp_path / "cut", stages=stages, seed=4)
     cut = _weights(tmp_path / "cut")
     assert all(torch.allclose(after[k], cut[k], atol=1e-6) for k in after)
+
+
+def test_mirrored_copies_flip_the_frames_and_swap_the_direction_words(toy: Path, tmp_path: Path) -> None:
+    from panda_edge.train.data import load_frames, mirror_conversations
+    from panda_edge.train.trainer import Batches
+
+    swap = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    conversations = read_conversations(toy / "train.json")
+    turns = [t for c in conversations for t in c.turns]
+    mirrored = [t for c in mirror_conversations(conversations, "hv") for t in c.turns]
+    assert any(a in swap for _, a in turns)
+    assert mirrored == [(q, swap.get(a, a)) for q, a in turns]  # "Which direction does the red ring move?"
+    captions = mirror_conversations(read_conversations(toy / "captions.json"), "h")
+    assert any("moves right" in c.turns[0][1] for c in captions)
+
+    names = sorted({c.video for c in conversations})
+    n = len(names)
+    frames = load_frames(toy / "videos", names, preset("tiny").vision)
+    batches = Batches(None, frames, None, None)
+    expected = torch.stack([frames[1], frames[1].flip(-1), frames[1].flip(-2, -1)])
+    assert torch.equal(batches.video_frames([1, n + 1, 3 * n + 1]), expected)
+
+    steps = {}
+
+    def count(stage: Stage, total: int) -> None:
+        steps[stage.name] = total
+
+    mirrored_stage = replace(QUICK[1], name="m", mirrors=("h", "v", "hv"))
+    train(toy, tmp_path / "m", stages=(QUICK[1], mirrored_stage), seed=0, progress=Progress(on_stage=count))
+    assert steps["m"] >= 4 * steps["2"] - 3  # the same examples four times, each with its own batches
 
 
 class PatchColourTeacher(nn.Module):

@@ -14,8 +14,9 @@ and a model trained from scratch learns that copying long before it learns to lo
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -25,6 +26,16 @@ from panda_edge.errors import PandaError
 from panda_edge.prompt import IMAGE_TOKEN, PromptTokenizer
 
 IGNORE = -100
+# Mirrored copies of a training clip (augmentation): its frames flipped left-right ("h"), upside down
+# ("v") or both, and the words that name a direction swapped in its text. Exact for the toy world, whose
+# shapes are all mirror-symmetric; "" is the clip as it is. A video's index in a mirrored copy k is
+# k * videos + its index (`MIRRORS` order), the same in every stage.
+MIRRORS: dict[str, dict[str, str]] = {
+    "": {},
+    "h": {"left": "right", "right": "left"},
+    "v": {"up": "down", "down": "up"},
+    "hv": {"left": "right", "right": "left", "up": "down", "down": "up"},
+}
 
 
 @dataclass(frozen=True)
@@ -113,3 +124,22 @@ def load_frames(
     from panda_edge.video import load_videos
 
     return torch.from_numpy(load_videos([videos_dir / name for name in names], vision, progress))
+
+
+def mirror_conversations(conversations: Sequence[Conversation], mirror: str) -> list[Conversation]:
+    """The conversations about the `mirror` copy of their clips: direction words swapped (MIRRORS)."""
+    words = MIRRORS[mirror]
+    if not words:
+        return list(conversations)
+    pattern = re.compile(r"\b(" + "|".join(words) + r")\b")
+
+    def swap(text: str) -> str:
+        return pattern.sub(lambda m: words[m.group(1)], text)
+
+    return [replace(c, turns=tuple((swap(q), swap(a)) for q, a in c.turns)) for c in conversations]
+
+
+def mirror_frames(frames: torch.Tensor, mirror: str) -> torch.Tensor:
+    """Frames (..., H, W) flipped as `mirror` says ("h": left-right, "v": upside down, "hv": both)."""
+    dims = [dim for key, dim in (("h", -1), ("v", -2)) if key in mirror]
+    return frames.flip(dims) if dims else frames

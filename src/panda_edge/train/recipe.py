@@ -62,6 +62,7 @@ class Stage:
     fresh: tuple[str, ...] = ()  # parts re-initialised (from the seed) when the stage starts
     centre: bool = False  # subtract the mean visual token of the training videos (see trainer)
     distill: bool = True  # add the distillation loss when a teacher is given
+    mirrors: tuple[str, ...] = ()  # mirrored copies of every training video added (data.MIRRORS)
 
 
 # Stage 1 aligns on captions (the toy world's video-text pairs), stage 2 trains end to end on captions
@@ -76,11 +77,12 @@ TINY_RECIPE: tuple[Stage, ...] = (
         ("llm",),
         lr=1e-3,
         warmup_ratio=0.01,
-        epochs=25,
+        epochs=12.5,
         batch_size=8,
         fresh=("llm",),
         centre=True,
         distill=False,
+        mirrors=("h", "v", "hv"),
     ),
 )
 

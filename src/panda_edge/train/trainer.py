@@ -23,7 +23,16 @@ from panda_edge.errors import PandaError
 from panda_edge.fileio import atomic_path, write_json
 from panda_edge.model.videopanda import VideoPanda
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer
-from panda_edge.train.data import IGNORE, Example, build_examples, load_frames, read_conversations
+from panda_edge.train.data import (
+    IGNORE,
+    MIRRORS,
+    Example,
+    build_examples,
+    load_frames,
+    mirror_conversations,
+    mirror_frames,
+    read_conversations,
+)
 from panda_edge.train.distill import DistillationHead, grid_positions, negative_cosine, teacher_grid
 from panda_edge.train.recipe import STAGE_NAMES, TINY_RECIPE, Stage
 
@@ -81,12 +90,20 @@ class TrainingLoss:
         todo = videos if cache is None else [v for v in videos if v not in cache]
         if todo:
             with torch.set_grad_enabled(cache is None):
-                tokens = self.model.encode_frames(self.frames[todo].flatten(0, 1))
+                tokens = self.model.encode_frames(self.video_frames(todo).flatten(0, 1))
             found = {v: tokens[i * n : (i + 1) * n] for i, v in enumerate(todo)}
             if cache is None:
                 return found
             cache.update(found)
         return {v: cache[v] for v in videos}
+
+    def video_frames(self, videos: Sequence[int]) -> Tensor:
+        """Frames of `videos`, indices past the decoded videos naming mirrored copies (data.MIRRORS)."""
+        n = self.frames.shape[0]
+        if max(videos) < n:
+            return self.frames[list(videos)]
+        mirrors = list(MIRRORS)
+        return torch.stack([mirror_frames(self.frames[v % n], mirrors[v // n]) for v in videos])
 
     def mean_visual_token(self, videos: Sequence[int], batch: int = 16) -> Tensor:
         """The mean of every visual token of `videos` (frozen vision only)."""
@@ -159,7 +176,7 @@ class TrainingLoss:
         """
         if video not in self._teacher_cache:
             stab, s = self.model.stab, self.model.config.vision.conv_stride
-            frames = self.frames[video]
+            frames = self.video_frames([video])[0]
             with torch.no_grad():
                 maps = self.teacher(frames[:, :3])
             out = []
@@ -306,6 +323,17 @@ def train(
         examples = build_examples(
             conversations, tokenizer, index, config.vision.video_frames, stage.packed, stage.text_only
         )
+        for mirror in stage.mirrors:
+            offset = list(MIRRORS).index(mirror) * len(names)
+            mirrored = build_examples(
+                mirror_conversations(conversations, mirror),
+                tokenizer,
+                index,
+                config.vision.video_frames,
+                stage.packed,
+                stage.text_only,
+            )
+            examples += [replace(ex, video=ex.video + offset) for ex in mirrored if ex.video >= 0]
         order = _epoch_order(len(examples), stage, seed + stage_index)
         total = math.ceil(len(order) / stage.batch_size)
         resuming = bool(state) and state["stage"] == stage.name
