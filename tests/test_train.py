@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from panda_edge.config import preset
@@ -63,9 +64,24 @@ def test_train_writes_a_loadable_checkpoint_and_is_deterministic(toy: Path, tmp_
     assert stages_seen == ["1", "2", "3"]
     assert set(result.stages) == {"1", "2", "3"}
     assert all(v["final_loss"] > 0 for v in result.stages.values())
-    train(toy, tmp_path / "b", stages=QUICK, seed=3)
-    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    train(toy, tmp_path / "b", stages=QUICK, seed=3, save_dtype=torch.float16)
+    a = _weights(tmp_path / "a")
+    stored = load_file(tmp_path / "b" / "model.safetensors")  # as the embedded model ships: float16
+    assert stored.keys() == a.keys() and all(v.dtype == torch.float16 for v in stored.values())
+    trained = load_state(tmp_path / "b" / STATE_FILE)["model"]  # training itself stays float32
+    assert all(torch.equal(a[k], trained[k]) for k in a)  # same seed, same weights
+    assert all(torch.equal(a[k].half(), stored[k]) for k in a)
+
+
+def test_a_bad_save_dtype_is_exit_2(toy: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from panda_edge.cli.main import app
+
+    args = ["train", "--data", str(toy), "--out", str(tmp_path / "o"), "--save-dtype", "fp8"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "fp32, bf16, fp16" in result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_stage_one_keeps_the_llm_frozen(toy: Path, tmp_path: Path) -> None:
@@ -159,7 +175,7 @@ def test_the_fresh_llm_stage_centres_the_frozen_vision_and_resumes(toy: Path, tm
 
 def test_mirrored_copies_flip_the_frames_and_swap_the_direction_words(toy: Path, tmp_path: Path) -> None:
     from panda_edge.train.data import load_frames, mirror_conversations
-    from panda_edge.train.trainer import Batches
+    from panda_edge.train.trainer import TrainingLoss
 
     swap = {"left": "right", "right": "left", "up": "down", "down": "up"}
     conversations = read_conversations(toy / "train.json")
@@ -173,7 +189,7 @@ def test_mirrored_copies_flip_the_frames_and_swap_the_direction_words(toy: Path,
     names = sorted({c.video for c in conversations})
     n = len(names)
     frames = load_frames(toy / "videos", names, preset("tiny").vision)
-    batches = Batches(None, frames, None, None)
+    batches = TrainingLoss(None, frames, None, None)
     expected = torch.stack([frames[1], frames[1].flip(-1), frames[1].flip(-2, -1)])
     assert torch.equal(batches.video_frames([1, n + 1, 3 * n + 1]), expected)
 

@@ -74,7 +74,7 @@ def demo(
 
 def accuracy_table(report) -> Table:
     table = Table(title=f"accuracy on {report.questions} held-out questions")
-    for column in ("path", "accuracy", "vs reference", "per question", "per type"):
+    for column in ("path", "accuracy", "vs reference", "per question", "per type (points vs reference)"):
         table.add_column(column)
     per_q = 1e3 / max(report.questions, 1)
     reference_ms = report.timings_s.get("reference_answers", 0) * per_q
@@ -87,12 +87,13 @@ def accuracy_table(report) -> Table:
     )
     for name, run in report.runtime.items():
         runtime_ms = run["seconds"] * per_q
+        deltas = run["per_type_delta_points"]
         table.add_row(
             f"runtime: {name}",
             f"{run['accuracy']:.1%}",
             f"{(run['accuracy'] - report.accuracy) * 100:+.1f} points",
             f"{runtime_ms:.0f} ms",
-            ", ".join(f"{k} {v:.0%}" for k, v in run["per_type"].items()),
+            ", ".join(f"{k} {v:.0%} ({deltas.get(k, 0.0):+.1f})" for k, v in run["per_type"].items()),
         )
     return table
 

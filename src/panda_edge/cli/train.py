@@ -28,6 +28,13 @@ def train(
             "toy world's rules; the embedded tiny model is trained with it)."
         ),
     ] = "none",
+    save_dtype: Annotated[
+        str,
+        typer.Option(
+            help="Store the checkpoint's weights as fp32, fp16 or bf16 (training stays fp32; the embedded "
+            "tiny model ships in fp16)."
+        ),
+    ] = "fp32",
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write stage losses and times as JSON ('-': stdout).")
     ] = None,
@@ -59,7 +66,7 @@ def train(
             bar.update(task["id"], completed=step, loss=f"{loss:.3f}")
 
         progress = TrainProgress(on_stage=on_stage, on_step=on_step, on_message=note)
-        result = train_recipe(data, out_dir, preset, stage, seed, teacher, progress)
+        result = train_recipe(data, out_dir, preset, stage, seed, teacher, progress, save_dtype)
     if emit_result(result.to_dict(), json_out):
         return
     out.print(f"trained in {result.seconds:.0f} s -> {out_dir}")

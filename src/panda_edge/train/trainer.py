@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from panda_edge.config import ModelConfig, preset
 from panda_edge.errors import PandaError
 from panda_edge.fileio import atomic_path, write_json
+from panda_edge.model.loading import DTYPES
 from panda_edge.model.videopanda import VideoPanda
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer
 from panda_edge.train.data import (
@@ -281,8 +282,13 @@ def train(
     teacher_width: int | None = None,
     save_every: int = 200,
     progress: Progress | None = None,
+    save_dtype: torch.dtype | None = None,
 ) -> TrainResult:
-    """Run `stages` on `data_dir` (train.json + videos/), writing the checkpoint to `out_dir`."""
+    """Run `stages` on `data_dir` (train.json + videos/), writing the checkpoint to `out_dir`.
+
+    `save_dtype` stores the checkpoint's weights in another precision (the embedded model ships in
+    float16); the resumable state and the training itself stay float32.
+    """
     data_dir, out_dir = Path(data_dir), Path(out_dir)
     progress = progress or Progress()
     if not (data_dir / "train.json").is_file():
@@ -382,7 +388,7 @@ def train(
             "final_loss": round(loss_value, 4),
             "seconds": round(time.perf_counter() - stage_start, 1),
         }
-        model.save_pretrained(out_dir)
+        model.save_pretrained(out_dir, dtype=save_dtype)
         _save_state(out_dir, model, head, None, None, stage.name, total, done, result.stages)
     result.seconds = round(time.perf_counter() - start_time, 1)
     write_json(out_dir / LOG_FILE, result.to_dict())
@@ -425,12 +431,16 @@ def train_recipe(
     seed: int = 0,
     teacher: str = "none",
     progress: Progress | None = None,
+    save_dtype: str = "fp32",
 ) -> TrainResult:
     """`panda train`: the tiny recipe on `data_dir` for the preset `preset_name`, up to `stage` (None:
     all; the earlier stages must be done in `out_dir`), with the teacher named by `teacher`
-    (TEACHERS; 'toyworld' is hand-written from the toy world's rules)."""
+    (TEACHERS; 'toyworld' is hand-written from the toy world's rules), the checkpoint stored in
+    `save_dtype` (fp32, fp16, bf16)."""
     if teacher not in TEACHERS:
         raise PandaError(f"unknown teacher '{teacher}'; choose one of: {', '.join(TEACHERS)}")
+    if save_dtype not in DTYPES:
+        raise PandaError(f"unknown --save-dtype '{save_dtype}'; choose one of: {', '.join(DTYPES)}")
     config = preset(preset_name)
     teacher_module = None
     if teacher == "toyworld":
@@ -457,6 +467,7 @@ def train_recipe(
         teacher=teacher_module,
         teacher_width=teacher_module.width if teacher_module is not None else None,
         progress=progress,
+        save_dtype=DTYPES[save_dtype],
     )
 
 
