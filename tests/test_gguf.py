@@ -182,9 +182,12 @@ def test_grouped_query_attention_logits_match_transformers(tokenizer_file: Path,
 
 @needs_llama
 def test_the_shipped_tiny_model_quantized_stays_near_its_measured_logits(tmp_path: Path) -> None:
-    """The trained embedded model, whose logits are peaked (up to 10.8), unlike the random model's:
-    measured over 604 positions f32 top-1 1.0 / max abs 4.8e-6, q8_0 0.995 / 0.091, q4_k_m 0.985 /
-    0.356. Guards a little below those, DESIGN.md §5's f32 rule included."""
+    """The trained embedded model, whose logits are peaked (up to 14.9), unlike the random model's:
+    measured over 604 positions f32 top-1 1.0 / max abs 1.1e-5, q8_0 0.975 / 0.39, q4_k_m 0.921 /
+    2.26. Guards a little below those, DESIGN.md §5's f32 rule included. These text-only prompts are
+    off the distribution its LLM was trained on (every training sequence holds a video; 1% of their
+    positions have a top-2 margin under 0.007); on the 696 held-out questions the runtime with q8_0 or
+    q4_k_m gives the reference's answers, all of them (`panda demo`, `panda eval --bundle`)."""
     from panda_edge.assets import tiny_checkpoint
     from panda_edge.parity.llm import llm_parity, parity_sequences
     from panda_edge.parity.llm_reference import reference_logits
@@ -196,7 +199,7 @@ def test_the_shipped_tiny_model_quantized_stays_near_its_measured_logits(tmp_pat
     results = llm_parity(
         logits, {t: tmp_path / f"llm.{t}.gguf" for t in ("f32", "q8_0", "q4_k_m")}, sequences
     )
-    floors = {"f32": (1.0, 1e-4), "q8_0": (0.99, 0.15), "q4_k_m": (0.97, 0.6)}  # top-1, max abs diff
+    floors = {"f32": (1.0, 1e-4), "q8_0": (0.96, 0.5), "q4_k_m": (0.9, 3.0)}  # top-1, max abs diff
     for t, (top1, max_abs) in floors.items():
         assert results[t].positions == 604 and results[t].top1_agreement >= top1, results[t]
         assert results[t].max_abs_diff <= max_abs, results[t]
