@@ -99,28 +99,32 @@ def test_stage_one_keeps_the_llm_frozen(toy: Path, tmp_path: Path) -> None:
     assert load_state(tmp_path / "w" / STATE_FILE)["done"] == ["warmup", "1"]
 
 
+class _Stop(Exception):
+    pass
+
+
+def _cut_at_step_two_and_resume(
+    toy: Path, out: Path, stages: tuple[Stage, ...], seed: int, stage: str
+) -> None:
+    """Train `stages` into `out`, interrupted after step 2 of `stage` (a state saved there), then resume."""
+    current = {}
+
+    def stop(step: int, loss: float) -> None:
+        if current["stage"] == stage and step == 2:
+            raise _Stop
+
+    progress = Progress(on_stage=lambda s, n: current.update(stage=s.name), on_step=stop)
+    with pytest.raises(_Stop):
+        train(toy, out, stages=stages, seed=seed, save_every=2, progress=progress)
+    state = load_state(out / STATE_FILE)
+    assert (state["stage"], state["step"]) == (stage, 2)
+    train(toy, out, stages=stages, seed=seed)
+
+
 def test_resume_mid_stage_matches_an_uninterrupted_run(toy: Path, tmp_path: Path) -> None:
     stages = (replace(QUICK[0], epochs=1.0),)
     train(toy, tmp_path / "full", stages=stages, seed=5)
-
-    class Stop(Exception):
-        pass
-
-    def stop_after_two(step: int, loss: float) -> None:
-        if step == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(
-            toy,
-            tmp_path / "cut",
-            stages=stages,
-            seed=5,
-            save_every=2,
-            progress=Progress(on_step=stop_after_two),
-        )
-    assert load_state(tmp_path / "cut" / STATE_FILE)["step"] == 2
-    train(toy, tmp_path / "cut", stages=stages, seed=5)
+    _cut_at_step_two_and_resume(toy, tmp_path / "cut", stages, seed=5, stage="1")
     a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 
@@ -150,28 +154,7 @@ def test_the_fresh_llm_stage_centres_the_frozen_vision_and_resumes(toy: Path, tm
     mean = batches.mean_visual_token(list(range(4 * len(names))))  # the clips and their 3 mirrored copies
     assert float(mean.abs().max()) < 1e-4 * float(before[bias].abs().max() + 1)
 
-    class Stop(Exception):
-        pass
-
-    current = {}
-
-    def stop_in_stage_three(step: int, loss: float) -> None:
-        if current["stage"] == "3" and step == 2:
-            raise Stop
-
-    with pytest.raises(Stop):
-        train(
-            toy,
-            tmp_path / "cut",
-            stages=stages,
-            seed=4,
-            save_every=2,
-            progress=Progress(
-                on_stage=lambda s, n: current.update(stage=s.name), on_step=stop_in_stage_three
-            ),
-        )
-    assert load_state(tmp_path / "cut" / STATE_FILE)["stage"] == "3"
-    train(toy, tmp_path / "cut", stages=stages, seed=4)
+    _cut_at_step_two_and_resume(toy, tmp_path / "cut", stages, seed=4, stage="3")
     cut = _weights(tmp_path / "cut")
     assert all(torch.allclose(after[k], cut[k], atol=1e-6) for k in after)
 
