@@ -2,7 +2,7 @@
 
     python benchmarks/int8_tiny_parity.py [--samples N] [--videos N]
 
-Writes the toy world of the tiny model's training (400 videos, seed 0) to a temporary directory,
+Writes the toy world of the tiny model's training (1200 videos, seed 0) to a temporary directory,
 exports the tiny model, calibrates on its training videos (`panda calibrate --qa train.json`) and
 runs `panda parity --levels stab_fp32,stab_int8` on held-out videos (never seen in training nor in
 calibration). Writes benchmarks/results/stab_int8_tiny.json (parity) and
