@@ -5,9 +5,12 @@ directory, each step as its own process under `/usr/bin/time -v` (wall seconds, 
 compares the float16 checkpoint with the shipped one tensor by tensor (bit for bit where this CPU's
 kernels match the ones it was trained with) and scores both with `panda eval` on the held-out split.
 Records `benchmarks/results/tiny_reproduction.json` with the CPU's features and the load average:
-on a shared 2-core machine the seconds depend on it.
+on a shared 2-core machine the seconds depend on it. PyTorch's kernel choice can be narrowed to
+stand in for another CPU (recorded in the JSON):
 
     python benchmarks/tiny_reproduction.py --workdir DIR [--json PATH]
+    ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 python benchmarks/tiny_reproduction.py --workdir DIR \
+        --json benchmarks/results/tiny_reproduction_avx2.json
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -23,6 +27,12 @@ import time
 from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results" / "tiny_reproduction.json"
+KERNEL_ENVIRONMENT = (
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "MKL_ENABLE_INSTRUCTIONS",
+    "OMP_NUM_THREADS",
+)
 
 
 def timed(command: list[str], cwd: Path, log: Path) -> dict:
@@ -61,7 +71,12 @@ def main() -> None:
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
     toy, checkpoint = work / "toy", work / "tiny-ckpt"
-    machine = {"cpu": cpu_info(), "load_average_before": load_average()}
+    machine = {
+        "cpu": cpu_info(),
+        # set these to run the kernels another CPU would (ATEN_CPU_CAPABILITY=avx2 on an AVX-512 machine)
+        "kernel_environment": {name: os.environ.get(name) for name in KERNEL_ENVIRONMENT},
+        "load_average_before": load_average(),
+    }
     # the documented command as written, run from the work directory (it writes toy/ and tiny-ckpt/)
     steps = {}
     for part in TINY_TRAINING["command"].split(" && "):
