@@ -68,9 +68,8 @@ class Stage:
     fresh: tuple[str, ...] = ()  # parts given their initial weights (the seed's) again when the stage starts
     centre: bool = False  # frozen vision: subtract the training videos' mean visual token (trainer)
     distill: bool = True  # add the distillation loss when a teacher is given
-    mirrors: tuple[
-        str, ...
-    ] = ()  # mirrored copies of the training videos added: "h", "v", "hv" (data.MIRRORS)
+    # mirrored copies of the training videos added: "h", "v", "hv" (data.MIRRORS)
+    mirrors: tuple[str, ...] = ()
 
 
 # Stage 1 aligns on captions (the toy world's video-text pairs), stage 2 trains end to end on captions

@@ -326,12 +326,9 @@ def train(
         if stage.name in done:
             continue
         conversations = [c for source in stage.data for c in sources[source]] or sources["qa"]
-        examples = build_examples(
-            conversations, tokenizer, index, config.vision.video_frames, stage.packed, stage.text_only
-        )
-        for mirror in stage.mirrors:
-            offset = list(MIRRORS).index(mirror) * len(names)
-            mirrored = build_examples(
+        examples: list[Example] = []
+        for mirror in ("", *stage.mirrors):  # the clips as they are, then each mirrored copy (data.MIRRORS)
+            built = build_examples(
                 mirror_conversations(conversations, mirror),
                 tokenizer,
                 index,
@@ -339,7 +336,10 @@ def train(
                 stage.packed,
                 stage.text_only,
             )
-            examples += [replace(ex, video=ex.video + offset) for ex in mirrored if ex.video >= 0]
+            if mirror:  # a copy's video indices follow the clips' (TrainingLoss.video_frames)
+                offset = list(MIRRORS).index(mirror) * len(names)
+                built = [replace(ex, video=ex.video + offset) for ex in built if ex.video >= 0]
+            examples += built
         order = _epoch_order(len(examples), stage, seed + stage_index)
         total = math.ceil(len(order) / stage.batch_size)
         resuming = bool(state) and state["stage"] == stage.name
