@@ -3,7 +3,7 @@ TensorRT engines when TensorRT is here too, against the PyTorch reference on the
 
     python benchmarks/gpu_vision_parity.py [--checkpoint tiny] [--out benchmarks/results/vision_gpu.json]
 
-Levels written: stab_fp32 (stab.onnx, DESIGN.md §5 thresholds), stab_fp16 (stab.fp16.onnx, reported
+Levels written: stab_fp32 (stab.onnx, docs/design.md §5 thresholds), stab_fp16 (stab.fp16.onnx, reported
 with panda-edge's own bar: cosine min >= 0.999), stab_int8 (the Q/DQ graph, once calibration is
 available: mean cosine >= 0.99), and trt_<precision> for each engine built here. Needs
 onnxruntime-gpu; `--allow-cpu` runs the same comparisons on the CPU provider to check this script
@@ -30,7 +30,7 @@ def compare(reference, engine, clips: list[Path], vision, level: str, repeat: in
     from panda_edge.parity.compare import LEVELS, Thresholds, combine, compare_tokens
     from panda_edge.video import load_video
 
-    # stab_fp16 is panda-edge's own bar; stab_int8 is judged on the mean cosine (DESIGN.md §5).
+    # stab_fp16 is panda-edge's own bar; stab_int8 is judged on the mean cosine (docs/design.md §5).
     thresholds = {
         "stab_fp32": LEVELS["stab_fp32"],
         "stab_fp16": Thresholds(cosine_min=0.999, max_abs_rel=1e-2),

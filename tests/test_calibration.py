@@ -1,5 +1,5 @@
 """INT8 calibration on the embedded tiny model: both Q/DQ forms per TensorRT profile, run by ONNX Runtime
-on real toy-world videos and judged against DESIGN.md §5 (stab_int8: mean per-token cosine >= 0.99)."""
+on real toy-world videos and judged against docs/design.md §5 (stab_int8: mean per-token cosine >= 0.99)."""
 
 from __future__ import annotations
 

@@ -184,7 +184,7 @@ def test_grouped_query_attention_logits_match_transformers(tokenizer_file: Path,
 def test_the_shipped_tiny_model_quantized_stays_near_its_measured_logits(tmp_path: Path) -> None:
     """The trained embedded model, whose logits are peaked (up to 14.9), unlike the random model's:
     measured over 604 positions f32 top-1 1.0 / max abs 1.1e-5, q8_0 0.975 / 0.39, q4_k_m 0.921 /
-    2.26. Guards a little below those, DESIGN.md §5's f32 rule included. These text-only prompts are
+    2.26. Guards a little below those, docs/design.md §5's f32 rule included. These text-only prompts are
     off the distribution its LLM was trained on (every training sequence holds a video; 1% of their
     positions have a top-2 margin under 0.007); on the 696 held-out questions the runtime with q8_0 or
     q4_k_m gives the reference's answers, all of them (`panda demo`, `panda eval --bundle`)."""

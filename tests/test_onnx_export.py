@@ -75,7 +75,7 @@ def test_stab_fp32_parity_per_profile(tiny_engine, tiny_reference, make_video, c
     assert [len(t) for t in candidate] == [len(t) for t in reference] == expected_counts(n, width, height)
     result = compare_tokens(reference, candidate, clip, STAB_FP32)
     assert result, str(result)
-    assert result.cosine_min >= 0.99999 and result.max_abs_rel <= 1e-3  # DESIGN.md §5
+    assert result.cosine_min >= 0.99999 and result.max_abs_rel <= 1e-3  # docs/design.md §5
     # Regression guard near what is measured (max_abs_rel 5.8e-7 to 7.7e-7, 1 - cosine_min < 1e-12).
     assert result.max_abs_rel <= 1e-5 and result.cosine_min >= 1 - 1e-9
 

@@ -49,7 +49,7 @@ def test_vision_parameters_equal_the_modules(vision: VisionConfig, projector: st
 
 
 def test_full_size_counts_match_the_design_notes() -> None:
-    """DESIGN.md §2: STAB + projector 45.1M without lmhra2; Llama-7B 6.74B parameters."""
+    """docs/design.md §2: STAB + projector 45.1M without lmhra2; Llama-7B 6.74B parameters."""
     assert vision_parameters(FULL["vision"], "mlp2x_gelu", 4096).total == 45_066_578
     assert sum(t.weights for t in llama_tensors(FULL_LLM)) == 6_738_415_616
 

@@ -523,7 +523,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def test_engine_matches_onnx_runtime(tmp_path: Path) -> None:
-    pytest.importorskip("tensorrt", reason="TensorRT is not installable here (DESIGN.md §4)")
+    pytest.importorskip("tensorrt", reason="TensorRT is not installable here (docs/design.md §4)")
     from panda_edge.export.trt.pipeline import build_engine, export_trt
     from panda_edge.runtime.vision import OrtVisionEngine, TrtVisionEngine
     from panda_edge.trt.device import trt_status

@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-# Official `conv_videopanda_v1` (videopanda/conversation.py). DESIGN.md quotes the Vicuna v1 system
-# text ("user"); the released model was trained and evaluated with this one ("human").
+# Official `conv_videopanda_v1` (videopanda/conversation.py). docs/design.md §2. The generic Vicuna v1
+# system text says "user"; the released model was trained and evaluated with this one ("human").
 SYSTEM_PROMPT = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."

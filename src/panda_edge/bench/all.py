@@ -16,7 +16,7 @@ from typing import Any
 
 from panda_edge.timing import quotient
 
-VISUAL_TOKENS = 2184  # a full-size 8-frame video (DESIGN.md §2)
+VISUAL_TOKENS = 2184  # a full-size 8-frame video (docs/design.md §2)
 TEXT_TOKENS = 64  # system prompt and question around them
 ANSWER_TOKENS = 32
 
@@ -150,7 +150,7 @@ def stages(vision: dict[str, Any], llm: dict[str, Any]) -> dict[str, dict[str, f
 
 
 def goals(result: dict[str, Any]) -> dict[str, Any]:
-    """DESIGN.md §6 (and the GGUF conversion's memory limit), met or the gap stated."""
+    """docs/design.md §6 (and the GGUF conversion's memory limit), met or the gap stated."""
     vision = result["ratios"]["vision_vs_torch"]
     int8 = max((r for name, r in vision.items() if "int8" in name and r is not None), default=None)
     decode = result["ratios"]["llm_vs_transformers"]

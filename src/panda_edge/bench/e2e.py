@@ -130,7 +130,7 @@ def bench_e2e(
             ),
             "runtime_vs_torch_decode_x": quotient(runtime_r["decode_tok_s"], torch_r["decode_tok_s"]),
         },
-        "goal": "a follow-up's TTFT <= 10% of the first question's (DESIGN.md §6)",
+        "goal": "a follow-up's TTFT <= 10% of the first question's (docs/design.md §6)",
         "model": model,
         "questions": list(QUESTIONS),
         **{k: v for k, v in job.items() if k not in ("bundle", "video", "checkpoint")},

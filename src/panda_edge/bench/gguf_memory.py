@@ -5,7 +5,7 @@ official-style config.json, a 32000-piece tokenizer.model; Llama weights only, h
 FFN 11008, vocab 32000, fewer layers), converts it to f16 GGUF with `panda export --target gguf` in
 a child process, and records the child's peak RSS (its own VmHWM) against the checkpoint size, next to
 the peak RSS of a child that only imports the same code (the fixed overhead). The synthetic files are
-deleted afterwards. `panda bench all` runs it; DESIGN.md's goal is a peak below 25% of the checkpoint.
+deleted afterwards. `panda bench all` runs it; docs/design.md §6's goal is a peak below 25% of the checkpoint.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """LLM speed: transformers eager fp32 vs llama.cpp (f16, q8_0, q4_k_m) on the same random Llama.
 
 Prefill (prompt tokens/s) and greedy decode (tokens/s), medians of a few runs after a warm-up,
-same thread count for both (DESIGN.md §6). The weights are random and rounded to fp16 once, so
+same thread count for both (docs/design.md §6). The weights are random and rounded to fp16 once, so
 every engine starts from identical numbers; speed does not depend on their values.
 """
 

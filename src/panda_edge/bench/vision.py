@@ -1,5 +1,5 @@
 """Vision speed: PyTorch eager fp32 (the reference `encode_frames`) vs ONNX Runtime fp32 and INT8 on
-the same weights and video, side by side in one process (DESIGN.md §6). Random weights: speed does
+the same weights and video, side by side in one process (docs/design.md §6). Random weights: speed does
 not depend on them, and the 7B LLM is never built. The INT8 graphs are calibrated on other clips
 of the same kind, and their tokens are compared with PyTorch's on the bench video.
 """

@@ -5,7 +5,7 @@ ranges; bias inputs stay float in both (TensorRT wants them so, and ONNX Runtime
 
 - `TENSORRT`: int8 activations, symmetric (zero point 0, scale = amax / 127); int8 symmetric
   per-output-channel weights; Q/DQ only on the inputs of the quantized nodes, so residual adds and
-  LayerNorms stay float and TensorRT fuses each DQ -> op into an int8 kernel (DESIGN.md §4).
+  LayerNorms stay float and TensorRT fuses each DQ -> op into an int8 kernel (docs/design.md §4).
 - `CPU` (U8S8): uint8 asymmetric activations; int8 per-channel weights in 7 bits (-63..63): on x86
   without VNNI, MLAS sums pairs of u8 x s8 products in 16 bits with saturation (vpmaddubsw), and
   2 x 255 x 63 < 32767 cannot saturate (with 8-bit weights the tiny model's worst token fell to

@@ -202,7 +202,7 @@ def all_benchmarks(
 ) -> None:
     """vision, llm, e2e and the GGUF conversion's peak memory in one run, with the machine's limits
     (memory bandwidth, fp32 GEMM), a roofline line per result, ratios to the PyTorch baselines and
-    the DESIGN.md §6 goals."""
+    the docs/design.md §6 goals."""
     from panda_edge.bench.all import bench_all
 
     quiet = json_to_stdout(json_out)

@@ -99,7 +99,7 @@ def accuracy_table(report) -> Table:
 
 
 def parity_table(report) -> Table:
-    table = Table(title="parity with the PyTorch reference (DESIGN.md §5)")
+    table = Table(title="parity with the PyTorch reference (docs/design.md §5)")
     for column in ("level", "measured", "pass when", "verdict"):
         table.add_column(column)
     rows = []

@@ -62,7 +62,7 @@ _SAFETENSORS_DTYPES = {
 
 @dataclass(frozen=True)
 class ReferencePrecision:
-    """How the reference runs: the compute dtype and the device (DESIGN.md §7)."""
+    """How the reference runs: the compute dtype and the device (docs/design.md §7)."""
 
     dtype: str = "fp32"
     device: str = "cpu"

@@ -1,6 +1,6 @@
 """One comparison for any two engines' per-frame token lists (numpy only, no torch).
 
-Numbers follow DESIGN.md §5: cosine per token (minimum, mean and a histogram: the distribution
+Numbers follow docs/design.md §5: cosine per token (minimum, mean and a histogram: the distribution
 INT8 is judged by) and the largest absolute difference relative to the reference's largest
 absolute value. A different token count is a shape mismatch: always a failure, reported with the
 counts rather than numbers.
@@ -26,7 +26,7 @@ class Thresholds:
     cosine_mean: float | None = None
 
 
-# Pass thresholds per parity level (DESIGN.md §5).
+# Pass thresholds per parity level (docs/design.md §5).
 LEVELS: dict[str, Thresholds] = {
     "stab_fp32": Thresholds(cosine_min=0.99999, max_abs_rel=1e-3),
     "stab_int8": Thresholds(cosine_mean=0.99),

@@ -1,6 +1,6 @@
 """End-to-end and task parity: the runtime's answers against the PyTorch reference's (no torch here).
 
-e2e: greedy answers, token for token, one question per video (DESIGN.md §5: identical with fp32
+e2e: greedy answers, token for token, one question per video (docs/design.md §5: identical with fp32
 vision and an f32 GGUF). task: exact-match accuracy of both on the same QA set; the runtime passes
 when it is within one point of the reference.
 """

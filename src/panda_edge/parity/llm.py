@@ -1,4 +1,4 @@
-"""LLM and tokenizer parity (DESIGN.md §5): llama.cpp on the bundle's GGUFs vs the reference.
+"""LLM and tokenizer parity (docs/design.md §5): llama.cpp on the bundle's GGUFs vs the reference.
 
 Logits: the same token ids through llama.cpp and through transformers' LlamaForCausalLM in fp32,
 every position compared (top-1 agreement, max abs difference). Tokenizer: llama.cpp's ids vs
@@ -102,7 +102,7 @@ class LogitsParity:
         )
 
 
-# f32 must pick the reference's token everywhere (DESIGN.md §5); other types are reported.
+# f32 must pick the reference's token everywhere (docs/design.md §5); other types are reported.
 REQUIRED_TOP1: dict[str, float] = {"f32": 1.0}
 # An f16 GGUF standing in for a missing f32 one (a 7B f32 GGUF is 27 GB) over weights stored in float16
 # holds the very weights; llama.cpp's CPU f16 matmuls round the activations to float16 (11 significant

@@ -34,7 +34,7 @@ PROMPT_TEXT_TOKENS = 64  # system prompt + question around the visual tokens
 ANSWER_TOKENS = 256
 CONTEXT_STEP = 256
 # Best quality first: the order in which types are tried for the recommendation (f16 is shown,
-# but q8_0 is within the task-accuracy target of it at half the bytes; DESIGN.md §5).
+# but q8_0 is within the task-accuracy target of it at half the bytes; docs/design.md §5).
 RECOMMEND_ORDER = ("q8_0", "q5_k_m", "q4_k_m")
 DEFAULT_TYPES = ("f16", "q8_0", "q5_k_m", "q4_k_m")
 

@@ -88,7 +88,7 @@ def gpu_slug(name: str) -> str:
 
 
 def engine_file_name(gpu_name: str, precision: str) -> str:
-    """`stab.<gpu>.<precision>.engine` (DESIGN.md §3): one engine per GPU model and precision."""
+    """`stab.<gpu>.<precision>.engine` (docs/design.md §3): one engine per GPU model and precision."""
     return f"stab.{gpu_slug(gpu_name)}.{check_precision(precision)}.engine"
 
 

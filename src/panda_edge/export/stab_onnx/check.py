@@ -144,7 +144,7 @@ def weight_channel_axis(node: onnx.NodeProto, rank: int) -> int | None:
 
 
 def qdq_problems(model: onnx.ModelProto, tensorrt: bool = True) -> list[str]:
-    """What in a Q/DQ graph breaks the INT8 rules (DESIGN.md §4); empty for a graph without Q/DQ.
+    """What in a Q/DQ graph breaks the INT8 rules (docs/design.md §4); empty for a graph without Q/DQ.
 
     Always: scales are positive constants; each QuantizeLinear feeds DequantizeLinear only; activations
     per-tensor; weights int8, zero point 0, per output channel; no Q/DQ on a bias; a quantized Conv /

@@ -1,6 +1,6 @@
 """llama.cpp as the runtime's decoder: token ids and visual embeddings in, next-token logits out.
 
-Visual tokens enter llama.cpp as rows of a raw `llama_batch` whose `embd` is set (DESIGN.md §4),
+Visual tokens enter llama.cpp as rows of a raw `llama_batch` whose `embd` is set (docs/design.md §4),
 decoded in slices of at most `n_batch` rows: one `llama_decode` with more rows aborts the process.
 One sequence (id 0) lives in the KV cache; its state can be saved and restored, so a video's prefix
 (system prompt + visual tokens) is computed once and reused by every question about that video.
