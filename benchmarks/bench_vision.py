@@ -13,6 +13,11 @@ from pathlib import Path
 
 from panda_edge.cli.main import app
 
-if __name__ == "__main__":
+
+def main() -> None:
     out = Path(__file__).parent / "results" / "vision.json"
     app(["bench", "vision", "--preset", "full", "--json", str(out), *sys.argv[1:]])
+
+
+if __name__ == "__main__":
+    main()

@@ -4,10 +4,11 @@ TensorRT engines when TensorRT is here too, against the PyTorch reference on the
     python benchmarks/gpu_vision_parity.py [--checkpoint tiny] [--out benchmarks/results/vision_gpu.json]
 
 Levels written: stab_fp32 (stab.onnx, docs/design.md §5 thresholds), stab_fp16 (stab.fp16.onnx, reported
-with panda-edge's own bar: cosine min >= 0.999), stab_int8 (the Q/DQ graph, once calibration is
-available: mean cosine >= 0.99), and trt_<precision> for each engine built here. Needs
-onnxruntime-gpu; `--allow-cpu` runs the same comparisons on the CPU provider to check this script
-and writes only where --out says.
+with panda-edge's own bar: cosine min >= 0.999), stab_int8 (calibrated here on clips other than the
+parity clips, as `panda calibrate` does; the TensorRT Q/DQ graph on the GPU, the U8S8 graph on the
+CPU; mean cosine >= 0.99), and trt_<precision> for each engine built here. Needs onnxruntime-gpu;
+`--allow-cpu` runs the same comparisons on the CPU provider to check this script (the test suite
+does, with --repeat 1) and writes only where --out says.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+# The script's folder is on sys.path when it runs: the calibration clips of the INT8 parity scripts.
+from int8_full_parity import CALIBRATION_CLIPS, calibration_clips
 
 RESULTS = Path(__file__).parent / "results" / "vision_gpu.json"
 
@@ -53,19 +57,23 @@ def compare(reference, engine, clips: list[Path], vision, level: str, repeat: in
     return {**overall, "median_ms": float(np.median(times)), "videos": [r.to_dict() for r in results]}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--checkpoint", default="tiny")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--allow-cpu", action="store_true")
-    args = parser.parse_args()
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per clip and graph")
+    parser.add_argument("--samples", type=int, default=len(CALIBRATION_CLIPS), help="calibration clips")
+    args = parser.parse_args(argv)
 
     import onnxruntime as ort
 
-    from panda_edge.errors import PandaError
-    from panda_edge.export.trt.pipeline import build_engine, export_trt, int8_calibrator
+    from panda_edge.bundle import bundle_file, load_manifest
+    from panda_edge.calibration.pipeline import calibrate_bundle
+    from panda_edge.errors import BundleError, PandaError
+    from panda_edge.export.trt.pipeline import build_engine, export_trt
     from panda_edge.model.vision import VisionTower
     from panda_edge.parity.clips import write_parity_clips
     from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference, TrtVisionEngine
@@ -89,19 +97,28 @@ def main() -> int:
     tower = VisionTower.from_checkpoint(args.checkpoint)
     with tempfile.TemporaryDirectory(prefix="panda-gpu-parity-") as tmp:
         bundle = Path(tmp) / "bundle"
-        manifest = export_trt(args.checkpoint, bundle, profile, "fp16", build=False)["manifest"]
-        try:
-            manifest = int8_calibrator()(bundle, args.checkpoint)
-        except PandaError as exc:
-            report["stab_int8"] = {"skipped": str(exc)}
+        export_trt(args.checkpoint, bundle, profile, "fp16", build=False)
+        calibration = calibration_clips(Path(tmp) / "calibration")
+        report["calibration"] = calibrate_bundle(bundle, calibration, samples=args.samples, holdout=0)
+        manifest = load_manifest(bundle)
         clips = write_parity_clips(Path(tmp) / "clips", tower.config.vision.image_size)
-        graphs = {"stab_fp32": "vision", "stab_fp16": "vision_fp16", "stab_int8": "vision_int8"}
+        # The INT8 graph ONNX Runtime runs well: TensorRT's Q/DQ form on the GPU, U8S8 on the CPU.
+        graphs = {
+            "stab_fp32": "vision.file",
+            "stab_fp16": "vision_fp16.file",
+            "stab_int8": "vision_int8.file" if cuda else "vision_int8.cpu_file",
+        }
         with TorchVisionReference(tower) as reference:
-            for level, key in graphs.items():
-                if key in manifest:
-                    with OrtVisionEngine(bundle / manifest[key]["file"], providers=providers) as engine:
-                        report[level] = compare(reference, engine, clips, tower.config.vision, level)
-                    print(f"{level}: cosine min {report[level]['cosine_min']:.6f}", file=sys.stderr)
+            for level, field in graphs.items():
+                try:
+                    graph = bundle_file(bundle, manifest, field)
+                except BundleError as exc:  # stab.fp16.onnx: only for strongly typed TensorRT
+                    report[level] = {"skipped": str(exc)}
+                    continue
+                with OrtVisionEngine(graph, providers=providers) as engine:
+                    result = compare(reference, engine, clips, tower.config.vision, level, args.repeat)
+                report[level] = {**result, "graph": graph.name}
+                print(f"{level}: cosine min {report[level]['cosine_min']:.6f}", file=sys.stderr)
             if status.usable:
                 for precision, level in (("fp16", "stab_fp16"), ("int8", "stab_int8"), ("fp32", "stab_fp32")):
                     try:
@@ -110,7 +127,7 @@ def main() -> int:
                         report[f"trt_{precision}"] = {"skipped": str(exc)}
                         continue
                     with TrtVisionEngine(bundle, precision) as engine:
-                        result = compare(reference, engine, clips, tower.config.vision, level)
+                        result = compare(reference, engine, clips, tower.config.vision, level, args.repeat)
                     report[f"trt_{precision}"] = {**result, "engine": engine.record}
     text = json.dumps(report, indent=2, default=str) + "\n"
     if out is None:

@@ -69,7 +69,7 @@ def run(args: list[str]) -> None:
             raise
 
 
-if __name__ == "__main__":
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--method", default="entropy")
@@ -89,3 +89,7 @@ if __name__ == "__main__":
         run(["parity", "--checkpoint", str(checkpoint), "--bundle", str(bundle), "--json", str(parity)])
         manifest = json.loads((bundle / "manifest.json").read_text())
         write_json(RESULTS / "stab_int8_full_calibration.json", manifest["vision_int8"])
+
+
+if __name__ == "__main__":
+    main()

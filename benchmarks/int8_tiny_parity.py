@@ -27,7 +27,7 @@ from panda_edge.toyworld.writer import generate
 RESULTS = Path(__file__).parent / "results"
 
 
-if __name__ == "__main__":
+def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--samples", type=int, default=16)
     parser.add_argument("--videos", type=int, default=32, help="held-out videos to check")
@@ -49,3 +49,7 @@ if __name__ == "__main__":
         parity = RESULTS / "stab_int8_tiny.json"
         args = ["parity", "--checkpoint", "tiny", "--bundle", str(bundle), "--levels", "stab_fp32,stab_int8"]
         run([*args, "--json", str(parity), *videos])
+
+
+if __name__ == "__main__":
+    main()
