@@ -295,104 +295,197 @@ def train(
         raise PandaError(f"{data_dir}: no train.json; make one with `panda toyworld --out {data_dir}`")
     start_time = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    config = config or preset("tiny")
+    torch.manual_seed(seed)  # before the model is built: its initial weights come from this seed
+    model, head = _build_model(
+        data_dir, out_dir, config or preset("tiny"), teacher_width, teacher is not None
+    )
+    data = _read_data(data_dir, model.config, progress)
+    if teacher is not None:
+        teacher.eval()  # its tokens are computed once per video (TrainingLoss._teacher_tokens)
+    run = _Run(out_dir, model, head, TrainingLoss(model, data.frames, teacher, head), progress, save_every)
+
+    state = load_state(out_dir / STATE_FILE)
+    done = _resume(state, model, head, progress)
+    result = TrainResult(out_dir, stages=state.get("log", {}) if state else {})
+    for stage_index, stage in enumerate(stages):
+        if stage.name in done:
+            continue
+        examples = _stage_examples(stage, data, model.tokenizer, model.config.vision.video_frames)
+        order = _epoch_order(len(examples), stage, seed + stage_index)
+        resumed = state if state and state["stage"] == stage.name else None
+        result.stages[stage.name] = _run_stage(
+            run, stage, examples, order, resumed, seed, done, result.stages
+        )
+        done = [*done, stage.name]
+        model.save_pretrained(out_dir, dtype=save_dtype)
+        _save_state(
+            out_dir,
+            model,
+            head,
+            None,
+            None,
+            stage.name,
+            result.stages[stage.name]["steps"],
+            done,
+            result.stages,
+        )
+    result.seconds = round(time.perf_counter() - start_time, 1)
+    write_json(out_dir / LOG_FILE, result.to_dict())
+    return result
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The training data: conversations by source, the decoded videos and each video's index."""
+
+    sources: dict[str, list]  # "qa" (train.json), "captions" (captions.json, maybe empty)
+    names: list[str]
+    frames: Tensor
+    index: dict[str, int]
+
+
+@dataclass(frozen=True)
+class _Run:
+    """What every stage of one run works on."""
+
+    out_dir: Path
+    model: VideoPanda
+    head: nn.Module | None
+    loss: TrainingLoss
+    progress: Progress
+    save_every: int
+
+
+def _build_model(
+    data_dir: Path, out_dir: Path, config: ModelConfig, teacher_width: int | None, distil: bool
+) -> tuple[VideoPanda, nn.Module | None]:
+    """The model to train (the tokenizer trained or reused first: it sets the vocabulary) and, with a
+    teacher, the distillation head; both drawn from torch's generator, in this order."""
     tokenizer = prepare_tokenizer(data_dir, out_dir, config.llm.vocab_size)
     config = replace(config, llm=replace(config.llm, vocab_size=tokenizer.vocab_size))
     model = VideoPanda(config, tokenizer)
-    head = DistillationHead(config.llm.hidden_size, teacher_width) if teacher is not None else None
+    head = DistillationHead(config.llm.hidden_size, teacher_width) if distil else None
+    return model, head
 
+
+def _read_data(data_dir: Path, config: ModelConfig, progress: Progress) -> _Data:
+    """Conversations and every video they name, decoded once for all stages."""
     sources = {"qa": read_conversations(data_dir / "train.json")}
     captions = data_dir / "captions.json"
     sources["captions"] = read_conversations(captions) if captions.is_file() else []
     names = sorted({c.video for convs in sources.values() for c in convs})
     progress.on_message(f"decoding {len(names)} training videos")
     frames = load_frames(data_dir / "videos", names, config.vision)
-    index = {name: i for i, name in enumerate(names)}
-    if teacher is not None:
-        teacher.eval()  # its tokens are computed once per video (TrainingLoss._teacher_tokens)
-    training_loss = TrainingLoss(model, frames, teacher, head)
+    return _Data(sources, names, frames, {name: i for i, name in enumerate(names)})
 
-    state = load_state(out_dir / STATE_FILE)
-    done: list[str] = state["done"] if state else []
-    if state:
-        model.load_official_state_dict(state["model"])
-        if head is not None and "head" in state:
-            head.load_state_dict(state["head"])
-        progress.on_message(f"resuming after stages {done or 'none'} at step {state['step']}")
-    result = TrainResult(out_dir, stages=state.get("log", {}) if state else {})
 
-    for stage_index, stage in enumerate(stages):
-        if stage.name in done:
-            continue
-        conversations = [c for source in stage.data for c in sources[source]] or sources["qa"]
-        examples: list[Example] = []
-        for mirror in ("", *stage.mirrors):  # the clips as they are, then each mirrored copy (data.MIRRORS)
-            built = build_examples(
-                mirror_conversations(conversations, mirror),
-                tokenizer,
-                index,
-                config.vision.video_frames,
-                stage.packed,
-                stage.text_only,
+def _resume(state: dict | None, model: VideoPanda, head: nn.Module | None, progress: Progress) -> list[str]:
+    """Load a saved state's weights; returns the stages it finished."""
+    if not state:
+        return []
+    model.load_official_state_dict(state["model"])
+    if head is not None and "head" in state:
+        head.load_state_dict(state["head"])
+    progress.on_message(f"resuming after stages {state['done'] or 'none'} at step {state['step']}")
+    return state["done"]
+
+
+def _stage_examples(
+    stage: Stage, data: _Data, tokenizer: PromptTokenizer, frames_per_video: int
+) -> list[Example]:
+    """The stage's examples: its sources' conversations (train.json's when it names none with data),
+    as they are, then each mirrored copy (data.MIRRORS)."""
+    conversations = [c for source in stage.data for c in data.sources[source]] or data.sources["qa"]
+    examples: list[Example] = []
+    for mirror in ("", *stage.mirrors):
+        built = build_examples(
+            mirror_conversations(conversations, mirror),
+            tokenizer,
+            data.index,
+            frames_per_video,
+            stage.packed,
+            stage.text_only,
+        )
+        if mirror:  # a copy's video indices follow the clips' (TrainingLoss.video_frames)
+            offset = list(MIRRORS).index(mirror) * len(data.names)
+            built = [replace(ex, video=ex.video + offset) for ex in built if ex.video >= 0]
+        examples += built
+    return examples
+
+
+def _prepare_stage(
+    run: _Run, stage: Stage, examples: list[Example], resuming: bool, seed: int
+) -> list[nn.Parameter]:
+    """Fresh starts, what trains, train/eval modes and the centred visual tokens; returns the
+    parameters to optimize. A resumed stage's weights already hold its fresh start and centring."""
+    model, loss = run.model, run.loss
+    if stage.fresh and not resuming:
+        reinitialise(model, stage.fresh, seed)
+    params = set_trainable(model, stage.trainable) + (
+        list(run.head.parameters()) if _distils(run, stage) else []
+    )
+    loss.frozen_vision = not {"stab", "projector"} & set(stage.trainable)
+    model.train()
+    if loss.frozen_vision:
+        model.stab.eval()  # as at inference: no dropout, BatchNorm's running statistics
+        model.projector.eval()
+        if stage.centre and not resuming:
+            videos = sorted({ex.video for ex in examples if ex.video >= 0})
+            mean = loss.centre(videos)
+            run.progress.on_message(f"centred the visual tokens (mean token norm {float(mean.norm()):.2f})")
+    return params
+
+
+def _distils(run: _Run, stage: Stage) -> bool:
+    return run.head is not None and stage.distill
+
+
+def _run_stage(
+    run: _Run,
+    stage: Stage,
+    examples: list[Example],
+    order: list[int],
+    resumed: dict | None,
+    seed: int,
+    done: list[str],
+    log: dict[str, dict[str, float]],
+) -> dict[str, float]:
+    """One stage's optimizer steps (from a saved step when `resumed`), saving the resumable state every
+    `save_every` steps; returns its log entry."""
+    total = math.ceil(len(order) / stage.batch_size)
+    stage_start = time.perf_counter()
+    params = _prepare_stage(run, stage, examples, resumed is not None, seed)
+    distill = _distils(run, stage)
+    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, stage.warmup_ratio))
+    first = 0
+    if resumed is not None:
+        optimizer.load_state_dict(resumed["optimizer"])
+        schedule.load_state_dict(resumed["schedule"])
+        first = resumed["step"]
+        torch.set_rng_state(resumed["rng"])
+    run.progress.on_stage(stage, total)
+    loss_value = float("nan")
+    for step in range(first, total):
+        batch = [examples[i] for i in order[step * stage.batch_size : (step + 1) * stage.batch_size]]
+        loss = run.loss(batch, distill)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        schedule.step()
+        loss_value = float(loss.detach())
+        if run.save_every and (step + 1) % run.save_every == 0 and step + 1 < total:
+            _save_state(
+                run.out_dir, run.model, run.head, optimizer, schedule, stage.name, step + 1, done, log
             )
-            if mirror:  # a copy's video indices follow the clips' (TrainingLoss.video_frames)
-                offset = list(MIRRORS).index(mirror) * len(names)
-                built = [replace(ex, video=ex.video + offset) for ex in built if ex.video >= 0]
-            examples += built
-        order = _epoch_order(len(examples), stage, seed + stage_index)
-        total = math.ceil(len(order) / stage.batch_size)
-        resuming = bool(state) and state["stage"] == stage.name
-        stage_start = time.perf_counter()
-        if stage.fresh and not resuming:  # a resumed stage's weights already hold its fresh start
-            reinitialise(model, stage.fresh, seed)
-        distill = head is not None and stage.distill
-        params = set_trainable(model, stage.trainable) + (list(head.parameters()) if distill else [])
-        training_loss.frozen_vision = not {"stab", "projector"} & set(stage.trainable)
-        model.train()
-        if training_loss.frozen_vision:
-            model.stab.eval()  # as at inference: no dropout, BatchNorm's running statistics
-            model.projector.eval()
-            if stage.centre and not resuming:
-                videos = sorted({ex.video for ex in examples if ex.video >= 0})
-                mean = training_loss.centre(videos)
-                progress.on_message(f"centred the visual tokens (mean token norm {float(mean.norm()):.2f})")
-        optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=0.0)
-        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(total, stage.warmup_ratio))
-        first = 0
-        if resuming:
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            first = state["step"]
-            torch.set_rng_state(state["rng"])
-        progress.on_stage(stage, total)
-        loss_value = float("nan")
-        for step in range(first, total):
-            batch = [examples[i] for i in order[step * stage.batch_size : (step + 1) * stage.batch_size]]
-            loss = training_loss(batch, distill)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            optimizer.step()
-            schedule.step()
-            loss_value = float(loss.detach())
-            if save_every and (step + 1) % save_every == 0 and step + 1 < total:
-                _save_state(
-                    out_dir, model, head, optimizer, schedule, stage.name, step + 1, done, result.stages
-                )
-            progress.on_step(step + 1, loss_value)
-        model.eval()
-        done = [*done, stage.name]
-        result.stages[stage.name] = {
-            "steps": total,
-            "final_loss": round(loss_value, 4),
-            "seconds": round(time.perf_counter() - stage_start, 1),
-        }
-        model.save_pretrained(out_dir, dtype=save_dtype)
-        _save_state(out_dir, model, head, None, None, stage.name, total, done, result.stages)
-    result.seconds = round(time.perf_counter() - start_time, 1)
-    write_json(out_dir / LOG_FILE, result.to_dict())
-    return result
+        run.progress.on_step(step + 1, loss_value)
+    run.model.eval()
+    return {
+        "steps": total,
+        "final_loss": round(loss_value, 4),
+        "seconds": round(time.perf_counter() - stage_start, 1),
+    }
 
 
 def _epoch_order(n: int, stage: Stage, seed: int) -> list[int]:
