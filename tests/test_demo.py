@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -83,6 +84,41 @@ def test_demo_without_llama_cpp_says_what_it_skipped(demo: tuple[dict, Path]) ->
     report, _ = demo
     assert "llama-cpp-python is not installed" in report["skipped"][0]
     assert "e2e" not in report["parity"]
+
+
+def rendered(table, width: int) -> list[str]:
+    from rich.console import Console
+
+    console = Console(width=width, record=True, file=io.StringIO())
+    console.print(table)
+    return console.export_text().splitlines()
+
+
+def test_demo_tables_fit_80_columns(demo: tuple[dict, Path]) -> None:
+    """Every table of `panda demo` keeps each row on one line of an 80-column terminal, cut nowhere:
+    the same lines as on a terminal wide enough for anything. The samples include the held-out
+    world's longest question, answered right and answered wrong with its longest answer."""
+    from panda_edge.cli.demo import demo_tables
+
+    report, workdir = demo
+    heldout = json.loads((workdir / "toyworld" / "heldout.json").read_text())
+    longest = max(heldout, key=lambda q: len(q["question"]))
+    word = max((q["answer"] for q in heldout), key=len)
+    report = {
+        **report,
+        "samples": [
+            *report["samples"],
+            {**longest, "prediction": longest["answer"], "correct": True},
+            {**longest, "prediction": word, "correct": False},
+        ],
+    }
+    tables = demo_tables(report)
+    assert len(tables) == 4 if report["reference"]["per_type"] else 3
+    for table in tables:
+        narrow, wide = rendered(table, 80), rendered(table, 400)
+        assert len(narrow) == len(wide) == table.row_count + 3, "\n".join(narrow)  # title, header, rule
+        assert not any("…" in line for line in narrow), "\n".join(narrow)
+        assert max(map(len, narrow)) <= 80
 
 
 def test_the_shipped_tiny_model_answers_held_out_questions(tmp_path: Path) -> None:
