@@ -31,7 +31,7 @@ def load_script(path: Path) -> ModuleType:
 
 def test_the_scripts_are_found() -> None:
     names = {p.name for p in SCRIPTS}
-    assert {"gpu_vision_parity.py", "tiny_reproduction.py"} <= names
+    assert {"gpu_vision_parity.py", "threads_busy_core.py", "tiny_reproduction.py"} <= names
 
 
 @pytest.mark.parametrize("path", SCRIPTS, ids=[p.stem for p in SCRIPTS])

@@ -77,9 +77,11 @@ def run_demo(
     precision: ReferencePrecision | None = None,
     on_step: Callable[[str], None] | None = None,
     on_answer: Callable[[int], None] | None = None,
+    threads: int | None = None,
 ) -> DemoReport:
     """The whole chain on the embedded model: reference answers, ONNX + GGUF export, the runtime's
-    answers (ONNX Runtime vision + llama.cpp), and parity (stab_fp32, e2e, task) with timings."""
+    answers (ONNX Runtime vision + llama.cpp), and parity (stab_fp32, e2e, task) with timings.
+    `threads`: the runtime's CPU threads (None: `host.default_threads`)."""
     from panda_edge.model.videopanda import VideoPanda, reference_answerer
     from panda_edge.optional import has_llama_cpp
     from panda_edge.parity.task import evaluate, read_questions
@@ -132,13 +134,16 @@ def run_demo(
             '(CMAKE_ARGS="-DLLAVA_BUILD=off" pip install "panda-edge[llama]")'
         )
         return report
-    _runtime_chain(model, bundle, qa, videos, reference, report, clock, on_step, on_answer)
+    _runtime_chain(model, bundle, qa, videos, reference, report, clock, on_step, on_answer, threads)
     return report
 
 
-def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, report, clock, on_step, on_answer):
+def _runtime_chain(
+    model, bundle: Path, qa: list, videos: Path, reference, report, clock, on_step, on_answer, threads
+):
     """GGUF export, then the runtime's answers and the e2e / task levels."""
     from panda_edge.export.llm_gguf.pipeline import export_gguf
+    from panda_edge.host import default_threads
     from panda_edge.parity.e2e import one_question_per_video
     from panda_edge.parity.runtime_answers import (
         measure_e2e,
@@ -147,6 +152,7 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
         reference_tokens,
     )
 
+    threads = default_threads(threads)
     for gguf_type in ("f32", "q8_0"):
         on_step(f"exporting the Llama backbone to GGUF ({gguf_type})")
         with clock(f"export_gguf_{gguf_type}"):
@@ -157,7 +163,9 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
             f"answering the {len(qa)} questions with the runtime (ONNX Runtime {precision} + llama.cpp q8_0)"
         )
         with clock(f"runtime_answers_{precision}"):
-            task = measure_task(reference, bundle, qa, videos, "q8_0", precision, on_answer=on_answer)
+            task = measure_task(
+                reference, bundle, qa, videos, "q8_0", precision, on_answer=on_answer, threads=threads
+            )
         tasks[precision] = task
         report.parity["task" if precision == "fp32" else "task_int8"] = task.to_dict()
         per_type = task.runtime.to_dict()["per_type"]
@@ -171,12 +179,14 @@ def _runtime_chain(model, bundle: Path, qa: list, videos: Path, reference, repor
         }
     on_step("the same questions with the f32 GGUF: does q8_0 change any answer?")
     with clock("gguf_agreement"):
-        report.parity["task"]["gguf_agreement"] = measure_gguf_agreement(bundle, tasks["fp32"], qa, videos)
+        report.parity["task"]["gguf_agreement"] = measure_gguf_agreement(
+            bundle, tasks["fp32"], qa, videos, threads=threads
+        )
     chosen = one_question_per_video(qa, E2E_VIDEOS)
     on_step(f"e2e parity: runtime (fp32 vision + f32 GGUF) vs reference, {len(chosen)} videos")
     with clock("parity_e2e"):
         expected = reference_tokens(model, chosen, videos)
-        report.parity["e2e"] = measure_e2e(expected, bundle, chosen, videos).to_dict()
+        report.parity["e2e"] = measure_e2e(expected, bundle, chosen, videos, threads=threads).to_dict()
 
 
 def vision_parity(model, bundle: Path, videos: list[Path]) -> dict[str, Any]:

@@ -22,6 +22,75 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
+def busy_cores(interval: float = 0.1) -> int:
+    """How many of the cores this process may use other processes keep busy now: the non-idle share
+    of each such core over `interval` seconds (/proc/stat), summed and rounded; 0 where unknown."""
+    cores = _allowed_cpus()
+
+    def sample() -> dict[int, tuple[int, int]]:  # cpu -> (busy, total) jiffies
+        times = {}
+        for line in Path("/proc/stat").read_text().splitlines():
+            name, *fields = line.split()
+            if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cores:
+                values = [int(v) for v in fields]
+                idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+                times[int(name[3:])] = (sum(values[:8]) - idle, sum(values[:8]))
+        return times
+
+    try:
+        before = sample()
+        time.sleep(interval)
+        after = sample()
+    except (OSError, ValueError, IndexError):
+        return 0
+    share = 0.0
+    for cpu, (busy, total) in after.items():
+        if cpu in before and total > before[cpu][1]:
+            share += (busy - before[cpu][0]) / (total - before[cpu][1])
+    return min(len(cores), round(share))
+
+
+def _allowed_cpus() -> set[int]:
+    try:
+        return set(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return set(range(os.cpu_count() or 1))
+
+
+def default_threads(threads: int | None = None, steady: bool = False) -> int:
+    """The one thread-count rule for PyTorch, ONNX Runtime and llama.cpp: `threads` when given (at
+    least 1); else the cores this process may use that other processes do not keep busy, at least
+    one. Their threads wait for each other at every parallel region, so a thread on a busy core
+    stalls the rest (2 threads with one core held busy: the tiny reference 30x, a training step
+    5-20x slower; docs/design.md §4). `steady`: all the cores this process may use, whatever the
+    load, for work whose result depends on the thread count (training: same threads, same weights).
+    """
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
+        return threads
+    cores = available_cores()
+    return cores if steady else max(1, cores - busy_cores())
+
+
+def wait_passively() -> None:
+    """OpenMP threads (PyTorch's) sleep instead of spinning while they wait, unless the environment
+    says otherwise: a spinning thread takes the core a stalled one needs (measured on 2 cores, one
+    held busy: two threads answered tiny-model questions 40x slower spinning, as fast as one thread
+    passive). Read once when OpenMP starts, so call it before torch is imported."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def use_threads(threads: int | None = None, steady: bool = False) -> int:
+    """`default_threads(threads, steady)` applied to PyTorch's intra-op pool; returns the count,
+    for ONNX Runtime and llama.cpp."""
+    import torch
+
+    count = default_threads(threads, steady)
+    torch.set_num_threads(count)
+    return count
+
+
 def worker_count(workers: int | None, jobs: int) -> int:
     """How many workers to start for `jobs` jobs: `workers` if given (at least 1), else one per
     available core; never more than there are jobs, and at least one."""

@@ -234,6 +234,19 @@ def reference_precision(dtype: str, device: str) -> Any:
     return ReferencePrecision(dtype, device)
 
 
+# --- CPU threads (demo, generate, eval, parity, train, bench) ------------------------------------
+
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        "--threads",
+        min=1,
+        help="CPU threads for PyTorch, ONNX Runtime and llama.cpp (default: the cores this process may "
+        "use that other processes leave idle; see panda_edge.host.default_threads).",
+    ),
+]
+
+
 # --- Ray (eval, parity, serve) -------------------------------------------------------------------
 
 RayAddress = Annotated[

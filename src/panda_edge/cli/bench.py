@@ -11,6 +11,7 @@ from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
     ReferenceDevice,
     ReferenceDtype,
+    Threads,
     emit_result,
     handle_errors,
     json_to_stdout,
@@ -18,6 +19,7 @@ from panda_edge.cli._common import (
     out,
     step_printer,
 )
+from panda_edge.host import default_threads
 
 app = typer.Typer(
     help="Measure speed: vision (PyTorch vs ONNX Runtime fp32 / INT8), llm (transformers vs llama.cpp), e2e "
@@ -82,7 +84,7 @@ def vision(
 def llm(
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 3,
     layers: Annotated[int, typer.Option(min=1, help="Llama layers (hidden 2048, FFN 5632).")] = 8,
-    threads: Annotated[int, typer.Option(min=1, help="CPU threads for every engine.")] = 2,
+    threads: Threads = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,
@@ -94,6 +96,7 @@ def llm(
     from panda_edge.bench.llm import BENCH_LLM, bench_llm
 
     quiet = json_to_stdout(json_out)
+    threads = default_threads(threads)  # the same count for every engine compared
     result = bench_llm(
         replace(BENCH_LLM, num_hidden_layers=layers),
         repeat=repeat,
@@ -116,7 +119,7 @@ def e2e(
         str, typer.Option(help="tiny (the embedded model) or bench (full-size STAB + 0.54B random Llama).")
     ] = "tiny",
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 3,
-    threads: Annotated[int, typer.Option(min=1, help="CPU threads for every engine.")] = 2,
+    threads: Threads = None,
     gguf_type: Annotated[str, typer.Option(help="The runtime's GGUF type.")] = "q8_0",
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer.")] = 32,
     dtype: ReferenceDtype = "fp32",
@@ -130,6 +133,7 @@ def e2e(
     from panda_edge.bench.e2e import bench_e2e
 
     quiet = json_to_stdout(json_out)
+    threads = default_threads(threads)  # the same count for every engine compared
     result = bench_e2e(
         model, repeat, threads, gguf_type, max_new_tokens, dtype, device, on_step=step_printer(quiet)
     )
@@ -191,7 +195,7 @@ def serve(
 @handle_errors
 def all_benchmarks(
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 3,
-    threads: Annotated[int, typer.Option(min=1, help="CPU threads for every engine.")] = 2,
+    threads: Threads = None,
     e2e_model: Annotated[str, typer.Option(help="e2e model: bench (full size) or tiny.")] = "bench",
     plot_out: Annotated[
         Path | None, typer.Option("--plot", help="Draw latency per stage and per backend into this PNG.")
@@ -206,6 +210,7 @@ def all_benchmarks(
     from panda_edge.bench.all import bench_all
 
     quiet = json_to_stdout(json_out)
+    threads = default_threads(threads)  # the same count for every engine compared
     result = bench_all(repeat, threads, e2e_model, on_step=step_printer(quiet), plot_path=plot_out)
     if emit_result(result, json_out):
         return

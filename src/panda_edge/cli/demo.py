@@ -13,6 +13,7 @@ from rich.text import Text
 from panda_edge.cli._common import (
     ReferenceDevice,
     ReferenceDtype,
+    Threads,
     emit_result,
     handle_errors,
     json_to_stdout,
@@ -35,6 +36,7 @@ def demo(
     ] = None,
     dtype: ReferenceDtype = "fp32",
     device: ReferenceDevice = "cpu",
+    threads: Threads = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the report as JSON ('-': stdout).")
     ] = None,
@@ -46,7 +48,9 @@ def demo(
     runtime (ONNX Runtime + llama.cpp) and prints accuracy and parity (stab_fp32, e2e, task).
     """
     from panda_edge.demo import run_demo
+    from panda_edge.host import use_threads
 
+    threads = use_threads(threads)
     quiet = json_to_stdout(json_out)
     with progress_bar("answering", total=questions, enabled=not quiet) as advance:
         report = run_demo(
@@ -55,6 +59,7 @@ def demo(
             reference_precision(dtype, device),
             on_step=step_printer(quiet),
             on_answer=advance,
+            threads=threads,
         )
     if emit_result(report.to_dict(), json_out):
         return

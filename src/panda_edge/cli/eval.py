@@ -13,6 +13,7 @@ from panda_edge.cli._common import (
     RayWorkers,
     ReferenceDevice,
     ReferenceDtype,
+    Threads,
     emit_json,
     handle_errors,
     json_to_stdout,
@@ -51,6 +52,7 @@ def eval(
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,
     dtype: ReferenceDtype = "fp32",
     device: ReferenceDevice = "cpu",
+    threads: Threads = None,
     ray: RayAddress = None,
     workers: RayWorkers = None,
     resume: Annotated[
@@ -70,6 +72,7 @@ def eval(
     accuracy and the share of questions where the two agree, per type. With --ray the videos are
     spread over a cluster's workers (restarted and retried by Ray when one dies).
     """
+    from panda_edge.host import use_threads
     from panda_edge.model.videopanda import describe_reference
     from panda_edge.parity.qa_jobs import AnswererSpec, Journal, answer_questions, local_runner, qa_report
     from panda_edge.parity.task import read_questions
@@ -82,12 +85,14 @@ def eval(
 
         load_manifest(bundle, verify=False)  # a missing bundle is exit 2 before any model loads
     precision = reference_precision(dtype, device)
+    here = use_threads(threads)  # a Ray worker applies the rule on its own node
     spec = AnswererSpec(
         checkpoint,
         precision,
         None if bundle is None else str(bundle.resolve()),
         vision_precision,
         gguf_type,
+        threads=threads if ray is not None else here,
         max_new_tokens=max_new_tokens,
     )
     runner = local_runner

@@ -10,6 +10,7 @@ import typer
 from panda_edge.cli._common import (
     ReferenceDevice,
     ReferenceDtype,
+    Threads,
     emit_json,
     handle_errors,
     json_to_stdout,
@@ -30,13 +31,17 @@ def generate(
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Stop after this many tokens.")] = 64,
     dtype: ReferenceDtype = "fp32",
     device: ReferenceDevice = "cpu",
+    threads: Threads = None,
     json_out: Annotated[
         Path | None,
         typer.Option("--json", help="Also write the answer and timings as JSON here ('-': stdout)."),
     ] = None,
 ) -> None:
     """Answer QUESTION about VIDEO with the PyTorch reference model (greedy decoding)."""
+    from panda_edge.host import use_threads
     from panda_edge.model.videopanda import VideoPanda, answer_video, describe_reference
+
+    use_threads(threads)
 
     precision = reference_precision(dtype, device)
     with spinner("loading model"):

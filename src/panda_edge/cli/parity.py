@@ -13,6 +13,7 @@ from panda_edge.cli._common import (
     RayWorkers,
     ReferenceDevice,
     ReferenceDtype,
+    Threads,
     emit_result,
     handle_errors,
     json_to_stdout,
@@ -55,6 +56,7 @@ def parity(
     ] = None,
     dtype: ReferenceDtype = "fp32",
     device: ReferenceDevice = "cpu",
+    threads: Threads = None,
     ray: RayAddress = None,
     workers: RayWorkers = None,
     json_out: Annotated[
@@ -75,6 +77,7 @@ def parity(
     2 for bad input.
     """
     from panda_edge.errors import CheckFailed
+    from panda_edge.host import use_threads
     from panda_edge.parity.report import run_parity
 
     quiet = json_to_stdout(json_out)
@@ -83,6 +86,7 @@ def parity(
         from panda_edge.scaleout.ray_qa import ray_runner
 
         runner = ray_runner(ray, workers)
+    use_threads(threads)  # the reference's; the runtime levels' VideoRuntime applies the same rule
     run = run_parity(
         checkpoint,
         bundle,

@@ -35,6 +35,15 @@ def train(
             "tiny model ships in fp16)."
         ),
     ] = "fp32",
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            "--threads",
+            min=1,
+            help="PyTorch threads (default: all the cores this process may use, busy or not: the weights "
+            "depend on the thread count, and the shipped tiny model was trained with 2).",
+        ),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write stage losses and times as JSON ('-': stdout).")
     ] = None,
@@ -45,9 +54,11 @@ def train(
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+    from panda_edge.host import use_threads
     from panda_edge.train.trainer import Progress as TrainProgress
     from panda_edge.train.trainer import train_recipe
 
+    threads = use_threads(threads, steady=True)
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -67,6 +78,6 @@ def train(
 
         progress = TrainProgress(on_stage=on_stage, on_step=on_step, on_message=note)
         result = train_recipe(data, out_dir, preset, stage, seed, teacher, progress, save_dtype)
-    if emit_result(result.to_dict(), json_out):
+    if emit_result({**result.to_dict(), "threads": threads}, json_out):
         return
-    out.print(f"trained in {result.seconds:.0f} s -> {out_dir}")
+    out.print(f"trained in {result.seconds:.0f} s with {threads} threads -> {out_dir}")

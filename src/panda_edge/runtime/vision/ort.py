@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from panda_edge.errors import BundleError, PandaError
-from panda_edge.host import available_cores
+from panda_edge.host import default_threads
 from panda_edge.optional import onnxruntime
 from panda_edge.runtime.vision.base import TensorSpec, VisionBackend
 from panda_edge.token_layout import FRAMES, METADATA_KEY, VISUAL_TOKENS, TokenLayout
@@ -51,8 +51,8 @@ def session_options(threads: int, qdq_in_float: bool = False):
 
 
 class OrtVisionEngine(VisionBackend):
-    """ONNX Runtime session over one STAB graph (fp32 or INT8 Q/DQ); graph optimizations on, one
-    intra-op thread per core."""
+    """ONNX Runtime session over one STAB graph (fp32 or INT8 Q/DQ); graph optimizations on,
+    `host.default_threads(threads)` intra-op threads."""
 
     name = "ort"
 
@@ -66,7 +66,7 @@ class OrtVisionEngine(VisionBackend):
         super().__init__()
         self.onnx_path = Path(onnx_path)
         self.providers = list(providers) if providers is not None else None
-        self.threads = threads or available_cores()
+        self.threads = default_threads(threads)
         self.qdq_in_float = qdq_in_float
         self.session = None
 
