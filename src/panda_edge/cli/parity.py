@@ -86,7 +86,7 @@ def parity(
         from panda_edge.scaleout.ray_qa import ray_runner
 
         runner = ray_runner(ray, workers)
-    use_threads(threads)  # the reference's; the runtime levels' VideoRuntime applies the same rule
+    use_threads(threads)  # the reference's; run_parity's VideoRuntime sets its own (runtime/pipeline.py)
     run = run_parity(
         checkpoint,
         bundle,
