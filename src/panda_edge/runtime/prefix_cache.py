@@ -11,8 +11,11 @@ never a failed answer.
 Each state file's sha256 is written beside it (hashed after llama.cpp has written the file) and checked
 before llama.cpp reads it back: the size alone catches a truncated file, not flipped bytes, and a damaged
 state loads without complaint and answers garbage (with `panda serve --ray` the directory is shared by
-every replica). sha256 is the standard library's and has SHA-NI on x86: 0.38 s for a 565 MB 7B prefix
-on a Xeon (benchmarks/prefix_checksum.py), against tens of seconds to compute the prefix again.
+every replica). sha256 is the standard library's and uses SHA-NI where the CPU has it: about half a
+second for a 565 MB 7B prefix on a busy 2-core Xeon (benchmarks/results/prefix_checksum.json; XXH3 took
+0.2 s, not worth a dependency), against tens of seconds to compute the prefix again. Replicas that
+save one video's prefix at once can leave one's state beside the other's record: a false alarm,
+recomputed like a damaged file.
 """
 
 from __future__ import annotations
