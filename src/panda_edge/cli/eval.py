@@ -77,9 +77,9 @@ def eval(
 
     A video is decoded once for all its questions; one that cannot be read is an error on its
     questions (counted wrong), not the end of the run. With --bundle the runtime answers too (ONNX
-    Runtime vision, and the runtime options of `panda run`): its
-    accuracy and the share of questions where the two agree, per type. With --ray the videos are
-    spread over a cluster's workers (restarted and retried by Ray when one dies).
+    Runtime vision, with `panda run`'s options): its accuracy and the share of questions where the
+    two agree, per type. With --ray the videos are spread over a cluster's workers (restarted and
+    retried by Ray when one dies).
     """
     from panda_edge.model.videopanda import describe_reference
     from panda_edge.parity.qa_jobs import AnswererSpec, Journal, answer_questions, local_runner, qa_report
