@@ -98,3 +98,14 @@ def unseen_toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("unseen-toy")
     generate(directory, videos=20, seed=3, heldout_fraction=0.5)
     return directory
+
+
+def flip_bytes(path: Path, count: int = 64) -> None:
+    """Damage a file as a bad disk or a partial overwrite would, keeping its size: `count` bytes in
+    its middle inverted (for a llama.cpp state file, KV cache rows)."""
+    data = bytearray(path.read_bytes())
+    start = len(data) // 2
+    data[start : start + count] = bytes(b ^ 0xFF for b in data[start : start + count])
+    size = path.stat().st_size
+    path.write_bytes(data)
+    assert path.stat().st_size == size

@@ -164,3 +164,36 @@ def test_a_module_outside_every_layer_is_reported() -> None:
     assert "place 'newthing' in LAYERS" in problem
     (problem,) = import_problems("panda_edge.cli.main", "from panda_edge.newthing import x\n", "main.py")
     assert problem.startswith("main.py:1: panda_edge.newthing belongs to no layer")
+
+
+# --- the runtime's state is reached through its public API ------------------------------------------
+
+RUNTIME_OBJECTS = ("runtime", "prefix", "chat", "decoder", "engine")  # names the runtime's objects go by
+
+
+def private_reaches(source: str, filename: str) -> list[str]:
+    """`file:line: expr` for each private attribute (`_name`, not a dunder) of a runtime object that
+    `source` reads or writes: `runtime._owner`, `self.runtime._resident`, `chat._pending`."""
+    found = []
+    for node in ast.walk(ast.parse(source, filename)):
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            owner = ast.unparse(node.value).rpartition(".")[2]
+            if owner.lstrip("_") in RUNTIME_OBJECTS:
+                found.append(f"{filename}:{node.lineno}: {ast.unparse(node)}")
+    return found
+
+
+def test_no_object_touches_the_runtimes_private_state_from_outside() -> None:
+    """Chat, serve and a live window use the runtime's public prefix state (enter, claim, release,
+    save, n_ctx), as llama.cpp's HTTP layer uses its slots: its insides can change under them. Within
+    the runtime too: a conversation does not write the runtime's fields (only `self._x` passes)."""
+    files = sorted((SRC / PACKAGE).rglob("*.py"))
+    found = [hit for p in files for hit in private_reaches(p.read_text(encoding="utf-8"), str(p))]
+    assert not found, "\n".join(found)
+    planted = (
+        "def f(runtime, worker):\n    worker.runtime._owner = None\n    return runtime.prefix._resident\n"
+    )
+    assert [hit.partition(": ")[2] for hit in private_reaches(planted, "planted.py")] == [
+        "worker.runtime._owner",
+        "runtime.prefix._resident",
+    ]

@@ -55,9 +55,9 @@ def reference():
 
 @pytest.fixture(scope="module")
 def runtime(bundle: Path):
-    from panda_edge.runtime.pipeline import VideoRuntime
+    from panda_edge.runtime.options import RuntimeOptions
 
-    with VideoRuntime(bundle, gguf_type="f32", kv_cache="f32", n_batch=32) as rt:
+    with RuntimeOptions(gguf_type="f32", kv_type="f32", n_batch=32).open(bundle) as rt:
         yield rt
 
 
@@ -155,29 +155,29 @@ def test_sampling_is_seeded_and_matches_the_reference(runtime, reference, toy: P
 
 
 def test_prefix_cache_on_disk_skips_vision_and_prefill(bundle: Path, toy: Path, tmp_path: Path) -> None:
-    from panda_edge.runtime.pipeline import VideoRuntime
+    from panda_edge.runtime.options import RuntimeOptions
 
     video = toy / "videos" / read_questions(toy / "heldout.json")[0].video
-    with VideoRuntime(bundle, prefix_cache=tmp_path / "cache") as rt:
+    with RuntimeOptions(prefix_cache=tmp_path / "cache").open(bundle) as rt:
         computed = rt.answer(video, "How many shapes are in the video at the end?")
     assert computed.prefix == "computed" and len(list((tmp_path / "cache").glob("*.kv"))) == 1
-    with VideoRuntime(bundle, prefix_cache=tmp_path / "cache") as rt:
+    with RuntimeOptions(prefix_cache=tmp_path / "cache").open(bundle) as rt:
         cached = rt.answer(video, "How many shapes are in the video at the end?")
     assert cached.prefix == "disk" and "vision" not in cached.timings_s
     assert cached.tokens == computed.tokens
-    with VideoRuntime(bundle, gguf_type="f32", prefix_cache=tmp_path / "cache") as rt:  # another GGUF
+    with RuntimeOptions(gguf_type="f32", prefix_cache=tmp_path / "cache").open(bundle) as rt:  # another GGUF
         assert rt.answer(video, "How many?").prefix == "computed"
 
 
 def test_prefix_cache_is_bounded_least_recently_used_out(bundle: Path, toy: Path, tmp_path: Path) -> None:
-    from panda_edge.runtime.pipeline import VideoRuntime
+    from panda_edge.runtime.options import RuntimeOptions
 
     videos = sorted({q.video for q in read_questions(toy / "heldout.json")})[:3]
     cache = tmp_path / "cache"
-    with VideoRuntime(bundle, prefix_cache=cache) as rt:
+    with RuntimeOptions(prefix_cache=cache).open(bundle) as rt:
         rt.answer(toy / "videos" / videos[0], "How many?", 2)
         one = next(cache.glob("*.kv")).stat().st_size
-    with VideoRuntime(bundle, prefix_cache=cache, cache_max_bytes=int(2.5 * one)) as rt:
+    with RuntimeOptions(prefix_cache=cache, cache_max_bytes=int(2.5 * one)).open(bundle) as rt:
         for video in videos[1:]:
             rt.answer(toy / "videos" / video, "How many?", 2)
         assert len(list(cache.glob("*.kv"))) == 2 and len(list(cache.glob("*.json"))) == 2
@@ -237,9 +237,14 @@ def test_panda_run_streams_and_writes_json(bundle: Path, toy: Path, tmp_path: Pa
     assert report["decoder"] == "llama.cpp llm.q8_0.gguf" and report["answer"]
     assert report["prefix"] == "computed" and report["ttft_ms"] > 0
     quantized_kv = runner.invoke(
-        app, ["run", "--bundle", str(bundle), str(video), q.question, "--kv-cache", "q8_0"]
+        app, ["run", "--bundle", str(bundle), str(video), q.question, "--kv-type", "q8_0"]
     )
     assert quantized_kv.exit_code == 0 and quantized_kv.stdout.strip()
+    old_spelling = runner.invoke(
+        app, ["run", "--bundle", str(bundle), str(video), q.question, "--kv-cache", "q8_0"]
+    )
+    assert old_spelling.exit_code == 0 and old_spelling.stdout == quantized_kv.stdout
+    assert "--kv-cache is deprecated: use --kv-type" in old_spelling.stderr
     streamed = runner.invoke(
         app, ["run", "--bundle", str(bundle), str(video), q.question, "--gguf-type", "f32"]
     )
@@ -275,6 +280,36 @@ def test_panda_chat_reads_turns_from_stdin(bundle: Path, toy: Path) -> None:
     turns = json.loads(result.stdout)["turns"]
     assert [t["prefix"] for t in turns] == ["computed", "memory"]
     assert all(t["answer"] for t in turns)
+
+
+def test_a_damaged_cached_prefix_in_chat_is_computed_again_with_a_warning(
+    bundle: Path, toy: Path, tmp_path: Path
+) -> None:
+    """Flipped bytes in a cached state (same size) load without complaint in llama.cpp and answer
+    garbage; the digest written with the file catches them: the prefix is computed again (the fresh
+    answer), `panda chat` warns on stderr, and the file is replaced (the next run takes it from disk)."""
+    from tests.conftest import flip_bytes
+
+    video = toy / "videos" / read_questions(toy / "train.json")[0].video
+    cache = tmp_path / "cache"
+
+    def chat() -> tuple[dict, str]:
+        args = ["chat", "--bundle", str(bundle), str(video), "--cache", str(cache), "--json", "-"]
+        result = runner.invoke(app, args, input="What color is the ring?\nHow many shapes are there?\n")
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)["turns"], result.stderr
+
+    fresh, stderr = chat()
+    assert [t["prefix"] for t in fresh] == ["computed", "memory"] and "warning" not in stderr
+    (state,) = cache.glob("*.kv")
+    flip_bytes(state)
+    again, stderr = chat()
+    assert [t["prefix"] for t in again] == ["computed", "memory"]
+    assert [t["answer"] for t in again] == [t["answer"] for t in fresh]
+    assert "warning: the cached prefix" in stderr and "is damaged" in stderr, stderr
+    replaced, stderr = chat()
+    assert [t["prefix"] for t in replaced] == ["disk", "memory"] and "warning" not in stderr
+    assert [t["answer"] for t in replaced] == [t["answer"] for t in fresh]
 
 
 def test_a_full_context_in_chat_keeps_the_transcript_and_exits_2(

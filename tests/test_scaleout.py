@@ -53,6 +53,23 @@ def answers(report: dict) -> dict:
     return {r["id"]: (r["reference"], r.get("runtime"), r["error"]) for r in report["predictions"]}
 
 
+def test_eval_bundle_takes_panda_runs_runtime_options(
+    tiny_bundle: Path, unseen_toy: Path, single: dict
+) -> None:
+    """`eval --bundle` opens the runtime with run's options (one RuntimeOptions), spelled as run spells
+    them; the old `--vision-precision` still works, with a warning."""
+    args = ["eval", "--qa", str(unseen_toy / "heldout.json"), "--videos", str(unseen_toy / "videos")]
+    args += ["--bundle", str(tiny_bundle), "--limit", "4", "--json", "-"]
+    result = runner.invoke(app, [*args, "--precision", "fp32", "--kv-type", "f16", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    expected = answers(single)
+    assert answers(report) == {k: expected[k] for k in answers(report)} and len(report["predictions"]) == 4
+    old = runner.invoke(app, [*args, "--vision-precision", "fp32"])
+    assert old.exit_code == 0 and "--vision-precision is deprecated: use --precision" in old.stderr
+    assert answers(json.loads(old.stdout)) == answers(report)
+
+
 @needs_ray
 def test_eval_on_ray_gives_the_single_process_answers(
     tiny_bundle: Path, unseen_toy: Path, single: dict, tmp_path: Path

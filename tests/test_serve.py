@@ -51,11 +51,13 @@ def random_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactor
 
 @contextmanager
 def in_process_server(bundle: Path, media: Path, **options) -> Iterator[str]:
-    from panda_edge.runtime.pipeline import VideoRuntime
+    from panda_edge.runtime.options import RuntimeOptions
     from panda_edge.serving.app import ServeOptions, create_app
     from panda_edge.serving.server import running_server
 
-    app = create_app(VideoRuntime(bundle), ServeOptions(model_name="random", media_dir=media, **options))
+    app = create_app(
+        RuntimeOptions().open(bundle), ServeOptions(model_name="random", media_dir=media, **options)
+    )
     with running_server(app) as url:
         yield url
 
@@ -217,12 +219,12 @@ def test_the_video_prefix_is_shared_across_requests_by_content(client, unseen_to
 
 
 def test_a_follow_up_continues_like_panda_chat(client, tiny_bundle: Path, unseen_toy: Path) -> None:
-    from panda_edge.runtime.pipeline import VideoRuntime
+    from panda_edge.runtime.options import RuntimeOptions
 
     entry = heldout(unseen_toy)[3]
     video = video_of(unseen_toy, entry)
     questions = (entry["question"], "What color is it?", "How many shapes are there?")
-    with VideoRuntime(tiny_bundle) as runtime:
+    with RuntimeOptions().open(tiny_bundle) as runtime:
         chat = runtime.chat(video)
         expected = [chat.ask(q, 16).text for q in questions]
     history: tuple = ()
@@ -534,17 +536,40 @@ def test_serve_bad_arguments_exit_2(tiny_bundle: Path, tmp_path: Path) -> None:
     assert result.exit_code == 2 and "choose another --port" in result.output
 
 
+def test_serve_vision_torch_answers_like_panda_run(
+    tiny_bundle: Path, unseen_toy: Path, tmp_path: Path
+) -> None:
+    """Every --vision choice serve offers runs: `torch` with --checkpoint gives `panda run --vision
+    torch`'s answer; without --checkpoint it is exit 2 with one line, before anything loads."""
+    entry = heldout(unseen_toy)[1]
+    video = video_of(unseen_toy, entry)
+    torch_args = ["--vision", "torch", "--checkpoint", "tiny"]
+    args = ["run", "--bundle", str(tiny_bundle), str(video), entry["question"], *torch_args]
+    result = runner.invoke(cli_app, [*args, "--max-new-tokens", "16", "--json", "-"])
+    assert result.exit_code == 0, result.output
+    expected = json.loads(result.stdout)["answer"]
+    with panda_serve(tiny_bundle, unseen_toy, tmp_path, *torch_args) as (url, _):
+        client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+        reply = client.chat.completions.create(
+            model="tiny", messages=ask(video_part(video), entry["question"]), max_tokens=16
+        )
+    assert reply.choices[0].message.content == expected
+    missing = runner.invoke(cli_app, ["serve", "--bundle", str(tiny_bundle), "--vision", "torch"])
+    assert missing.exit_code == 2 and "give --checkpoint" in missing.output
+    assert missing.output.count("\n") == 1, missing.output
+
+
 def test_with_cache_a_restarted_server_takes_the_prefix_from_disk(
     tiny_bundle: Path, unseen_toy: Path, tmp_path: Path
 ) -> None:
-    from panda_edge.runtime.pipeline import VideoRuntime
+    from panda_edge.runtime.options import RuntimeOptions
     from panda_edge.serving.app import ServeOptions, create_app
     from panda_edge.serving.server import running_server
 
     video = video_part(video_of(unseen_toy, heldout(unseen_toy)[4]))
     hows = []
     for _ in range(2):  # two server lifetimes over one cache directory
-        runtime = VideoRuntime(tiny_bundle, prefix_cache=tmp_path / "cache")
+        runtime = RuntimeOptions(prefix_cache=tmp_path / "cache").open(tiny_bundle)
         with running_server(
             create_app(runtime, ServeOptions(model_name="tiny", media_dir=unseen_toy))
         ) as url:
@@ -553,6 +578,33 @@ def test_with_cache_a_restarted_server_takes_the_prefix_from_disk(
             hows.append((reply.usage.video_prefix, reply.choices[0].message.content))
     assert [how for how, _ in hows] == ["computed", "disk"]
     assert hows[0][1] == hows[1][1]
+
+
+def test_a_damaged_cached_prefix_is_computed_again_and_logged(
+    tiny_bundle: Path, unseen_toy: Path, tmp_path: Path
+) -> None:
+    """`panda serve --cache` over a state file with flipped bytes (same size): the fresh answer, the
+    prefix computed again, a warning in the server's log, and the file replaced for the next start."""
+    from tests.conftest import flip_bytes
+
+    video = video_part(video_of(unseen_toy, heldout(unseen_toy)[5]))
+    cache = tmp_path / "cache"
+    replies = []
+    for run in ("fresh", "damaged", "replaced"):
+        if run == "damaged":
+            (state,) = cache.glob("*.kv")
+            flip_bytes(state)
+        with panda_serve(tiny_bundle, unseen_toy, tmp_path / run, "--cache", str(cache)) as (url, _):
+            client = openai.OpenAI(base_url=url + "/v1", api_key=KEY, max_retries=0, timeout=120)
+            reply = client.chat.completions.create(
+                model="tiny", messages=ask(video, "What color is it?"), max_tokens=16
+            )
+            replies.append((reply.usage.video_prefix, reply.choices[0].message.content))
+    assert [how for how, _ in replies] == ["computed", "computed", "disk"]
+    assert replies[0][1] == replies[1][1] == replies[2][1]
+    logs = {run: (tmp_path / run / "serve.log").read_text() for run in ("fresh", "damaged", "replaced")}
+    assert "warning: the cached prefix" in logs["damaged"] and "is damaged" in logs["damaged"]
+    assert "is damaged" not in logs["fresh"] + logs["replaced"]
 
 
 def test_remote_videos_are_downloaded_only_when_allowed(tiny_bundle: Path, unseen_toy: Path) -> None:

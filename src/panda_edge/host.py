@@ -112,8 +112,9 @@ def memory_bandwidth_gbs(megabytes: int = 512, repeat: int = 5) -> float | None:
     return rate(2 * src.nbytes / 1e9, statistics.median(times))
 
 
-# CPU features that change INT8 (VNNI, AMX) and llama.cpp (AVX-512, AMX) speeds a lot.
-NOTABLE_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16")
+# CPU features that change INT8 (VNNI, AMX), llama.cpp (AVX-512, AMX) and sha256 (SHA-NI: the prefix
+# cache's checksum) speeds a lot.
+NOTABLE_FEATURES = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "avx512_bf16", "sha_ni")
 
 
 def load_average() -> list[float] | None:

@@ -180,12 +180,13 @@ def summarize(timed: list[dict[str, Any]], peak_rss: float) -> dict[str, Any]:
 
 
 def _runtime_run(job: dict[str, Any]) -> list[dict[str, Any]]:
-    from panda_edge.runtime.pipeline import VideoRuntime
+    from panda_edge.runtime.options import RuntimeOptions
 
     runs = []
-    with VideoRuntime(job["bundle"], gguf_type=job["gguf_type"], threads=job["threads"]) as runtime:
+    options = RuntimeOptions(gguf_type=job["gguf_type"], threads=job["threads"])
+    with options.open(job["bundle"]) as runtime:
         for _ in range(job["repeat"] + 1):
-            runtime.forget_video()
+            runtime.prefix.forget()
             chat = runtime.chat(job["video"])
             first = chat.ask(QUESTIONS[0], job["max_new_tokens"])
             followup = chat.ask(QUESTIONS[1], job["max_new_tokens"])

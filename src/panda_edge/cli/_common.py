@@ -263,3 +263,105 @@ RayWorkers = Annotated[
         "--workers", min=1, help="With --ray: answering workers (default: one per CPU, or per GPU)."
     ),
 ]
+
+
+# --- the runtime (run, chat, serve, eval --bundle): one declaration each, one RuntimeOptions ---------
+
+BundleOpt = Annotated[Path, typer.Option("--bundle", help="Bundle directory written by panda export.")]
+VisionOpt = Annotated[
+    str,
+    typer.Option(
+        "--vision",
+        help="Vision backend: ort (ONNX Runtime), trt (TensorRT engine), torch (the PyTorch reference; "
+        "give --checkpoint).",
+    ),
+]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="Vision graph: fp32 (stab.onnx, the default) or int8 (the calibrated graph); with --vision "
+        "trt, the engine's: fp16 (default), fp32 or int8, one the bundle has (panda build-engine).",
+    ),
+]
+GgufOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--gguf-type", help="Decoder GGUF in the bundle (default: q8_0, else f16, else what it has)."
+    ),
+]
+GpuLayersOpt = Annotated[
+    int, typer.Option("--n-gpu-layers", min=0, help="Decoder layers on the GPU (llama.cpp built with CUDA).")
+]
+CtxOpt = Annotated[
+    int | None, typer.Option("--n-ctx", min=64, help="Context length (default: the model's, at most 4096).")
+]
+KvTypeOpt = Annotated[
+    str,
+    typer.Option("--kv-type", help="KV cache type: f16, q8_0 (half the memory; flash attention) or f32."),
+]
+KvCacheAlias = Annotated[
+    str | None, typer.Option("--kv-cache", hidden=True, help="Deprecated spelling of --kv-type.")
+]
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--cache", help="Keep each video's prefix (visual tokens in the KV cache) here for next time."
+    ),
+]
+CacheMaxOpt = Annotated[
+    float,
+    typer.Option(
+        "--cache-max-gb",
+        min=0.0,
+        help="Bound on --cache (GB); least recently used prefixes go first (a 7B prefix is 0.5-1.2 GB).",
+    ),
+]
+CheckpointOpt = Annotated[
+    str | None, typer.Option("--checkpoint", help="--vision torch only: the reference checkpoint, or 'tiny'.")
+]
+
+
+def old_spelling(flag: str, value: Any, default: Any, old_flag: str, old_value: Any) -> Any:
+    """The value of an option that also has a hidden old spelling: the old one's, with a warning, when
+    it is given (and the new one is not, or agrees)."""
+    if old_value is None:
+        return value
+    if value not in (default, old_value):
+        raise PandaError(f"{old_flag} is the old spelling of {flag}: give one ({value} or {old_value})")
+    warn(f"{old_flag} is deprecated: use {flag}")
+    return old_value
+
+
+def runtime_options(
+    vision: str = "ort",
+    precision: str | None = None,
+    gguf_type: str | None = None,
+    threads: int | None = None,
+    n_gpu_layers: int = 0,
+    n_ctx: int | None = None,
+    kv_type: str = "f16",
+    kv_cache: str | None = None,
+    cache: Path | None = None,
+    cache_max_gb: float | None = None,
+    checkpoint: str | None = None,
+) -> Any:
+    """The RuntimeOptions the options above ask for (exit 2 for a combination that cannot run). Paths
+    become absolute: a server's Ray replicas open them from another working directory."""
+    from panda_edge.runtime.options import RuntimeOptions
+
+    kv_type = old_spelling("--kv-type", kv_type, "f16", "--kv-cache", kv_cache)
+    if checkpoint is not None and Path(checkpoint).exists():
+        checkpoint = str(Path(checkpoint).resolve())
+    return RuntimeOptions(
+        vision=vision,
+        precision=precision,
+        gguf_type=gguf_type,
+        threads=threads,
+        n_gpu_layers=n_gpu_layers,
+        n_ctx=n_ctx,
+        kv_type=kv_type,
+        prefix_cache=None if cache is None else str(cache.resolve()),
+        cache_max_bytes=None if cache_max_gb is None else int(cache_max_gb * 1e9),
+        checkpoint=checkpoint,
+    )

@@ -9,6 +9,10 @@ import typer
 from rich.table import Table
 
 from panda_edge.cli._common import (
+    CtxOpt,
+    GgufOpt,
+    KvTypeOpt,
+    PrecisionOpt,
     RayAddress,
     RayWorkers,
     ReferenceDevice,
@@ -18,9 +22,11 @@ from panda_edge.cli._common import (
     handle_errors,
     json_to_stdout,
     note,
+    old_spelling,
     out,
     progress_bar,
     reference_precision,
+    runtime_options,
     show_progress,
 )
 from panda_edge.errors import PandaError
@@ -42,12 +48,14 @@ def eval(
         Path | None,
         typer.Option(help="Also score the runtime on this bundle, and its agreement with the reference."),
     ] = None,
-    gguf_type: Annotated[
-        str | None, typer.Option("--gguf-type", help="With --bundle: its decoder GGUF.")
-    ] = None,
+    gguf_type: GgufOpt = None,
+    precision: PrecisionOpt = None,
     vision_precision: Annotated[
-        str, typer.Option("--vision-precision", help="With --bundle: fp32 (stab.onnx) or int8.")
-    ] = "fp32",
+        str | None,
+        typer.Option("--vision-precision", hidden=True, help="Deprecated spelling of --precision."),
+    ] = None,
+    kv_type: KvTypeOpt = "f16",
+    n_ctx: CtxOpt = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,
     dtype: ReferenceDtype = "fp32",
@@ -68,9 +76,10 @@ def eval(
     """Answer every question greedily and report normalized exact-match accuracy, overall and per type.
 
     A video is decoded once for all its questions; one that cannot be read is an error on its
-    questions (counted wrong), not the end of the run. With --bundle the runtime answers too: its
-    accuracy and the share of questions where the two agree, per type. With --ray the videos are
-    spread over a cluster's workers (restarted and retried by Ray when one dies).
+    questions (counted wrong), not the end of the run. With --bundle the runtime answers too (ONNX
+    Runtime vision, with `panda run`'s options): its accuracy and the share of questions where the
+    two agree, per type. With --ray the videos are spread over a cluster's workers (restarted and
+    retried by Ray when one dies).
     """
     from panda_edge.host import use_threads
     from panda_edge.model.videopanda import describe_reference
@@ -84,15 +93,21 @@ def eval(
         from panda_edge.bundle import load_manifest
 
         load_manifest(bundle, verify=False)  # a missing bundle is exit 2 before any model loads
-    precision = reference_precision(dtype, device)
+    precision = old_spelling("--precision", precision, None, "--vision-precision", vision_precision)
     here = use_threads(threads)  # a Ray worker applies the rule on its own node
+    runtime = runtime_options(
+        precision=precision,
+        gguf_type=gguf_type,
+        threads=threads if ray is not None else here,
+        n_ctx=n_ctx,
+        kv_type=kv_type,
+    )
+    reference_dtype = reference_precision(dtype, device)
     spec = AnswererSpec(
         checkpoint,
-        precision,
+        reference_dtype,
         None if bundle is None else str(bundle.resolve()),
-        vision_precision,
-        gguf_type,
-        threads=threads if ray is not None else here,
+        runtime,
         max_new_tokens=max_new_tokens,
     )
     runner = local_runner
@@ -107,7 +122,7 @@ def eval(
     report = qa_report(questions, run, spec.names)
     summary = report.pop("reference")  # the reference's accuracy at the top, as before --bundle
     if json_out is not None:
-        reference = describe_reference(checkpoint, precision)
+        reference = describe_reference(checkpoint, reference_dtype)
         emit_json({"checkpoint": checkpoint, **summary, "reference": reference, **report}, json_out)
         if json_to_stdout(json_out):
             return

@@ -9,6 +9,18 @@ from typing import Annotated, Any
 import typer
 
 from panda_edge.cli._common import (
+    BundleOpt,
+    CacheMaxOpt,
+    CacheOpt,
+    CheckpointOpt,
+    CtxOpt,
+    GgufOpt,
+    GpuLayersOpt,
+    KvCacheAlias,
+    KvTypeOpt,
+    PrecisionOpt,
+    Threads,
+    VisionOpt,
     emit_json,
     err,
     handle_errors,
@@ -17,72 +29,24 @@ from panda_edge.cli._common import (
     number,
     out,
     print_model_text,
+    runtime_options,
     spinner,
-    warn,
 )
 from panda_edge.errors import PandaError
 
-BundleOpt = Annotated[Path, typer.Option("--bundle", help="Bundle directory written by panda export.")]
 VideoArg = Annotated[Path, typer.Argument(help="Video file (mp4, mkv, webm, avi, mov, gif).")]
-VisionOpt = Annotated[
-    str, typer.Option("--vision", help="Vision backend: ort (ONNX Runtime), trt (TensorRT engine), torch.")
-]
-PrecisionOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--precision",
-        help="Vision graph: fp32 (stab.onnx, the default) or int8 (the calibrated graph); with --vision "
-        "trt, the engine's: fp16 (default), fp32 or int8, one the bundle has (panda build-engine).",
-    ),
-]
-GgufOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--gguf-type", help="Decoder GGUF in the bundle (default: q8_0, else f16, else what it has)."
-    ),
-]
 MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Stop after this many tokens.")]
-GpuLayersOpt = Annotated[
-    int, typer.Option("--n-gpu-layers", min=0, help="Decoder layers on the GPU (llama.cpp built with CUDA).")
-]
-ThreadsOpt = Annotated[int | None, typer.Option("--threads", min=1, help="CPU threads (default: all cores).")]
-CtxOpt = Annotated[
-    int | None, typer.Option("--n-ctx", min=64, help="Context length (default: the model's, at most 4096).")
-]
 TemperatureOpt = Annotated[float, typer.Option("--temperature", min=0.0, help="0 is greedy.")]
 TopPOpt = Annotated[float, typer.Option("--top-p", min=0.0, max=1.0, help="Nucleus sampling cut.")]
 SeedOpt = Annotated[int | None, typer.Option("--seed", help="Seed for sampling (temperature > 0).")]
-CacheOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--cache", help="Keep each video's prefix (visual tokens in the KV cache) here for next time."
-    ),
-]
-CacheMaxOpt = Annotated[
-    float,
-    typer.Option(
-        "--cache-max-gb",
-        min=0.0,
-        help="Bound on --cache (GB); least recently used prefixes go first (a 7B prefix is 0.5-1.2 GB).",
-    ),
-]
-KvOpt = Annotated[
-    str,
-    typer.Option("--kv-cache", help="KV cache type: f16, q8_0 (half the memory; flash attention) or f32."),
-]
-CheckpointOpt = Annotated[
-    str | None, typer.Option("--checkpoint", help="--vision torch only: the reference checkpoint, or 'tiny'.")
-]
 JsonOpt = Annotated[
     Path | None, typer.Option("--json", help="Write the answer(s) and timings as JSON ('-': stdout).")
 ]
 
 
-def _open_runtime(bundle: Path, vision: str, precision: str | None, gguf_type: str | None, **options: Any):
-    from panda_edge.runtime.pipeline import VideoRuntime
-
+def _open_runtime(bundle: Path, options: Any) -> Any:
     with spinner("loading the bundle"):
-        return VideoRuntime(bundle, vision=vision, precision=precision, gguf_type=gguf_type, **options)
+        return options.open(bundle)
 
 
 def _sampling(temperature: float, top_p: float, seed: int | None):
@@ -103,14 +67,15 @@ def run(
     gguf_type: GgufOpt = None,
     max_new_tokens: MaxTokensOpt = 64,
     n_gpu_layers: GpuLayersOpt = 0,
-    threads: ThreadsOpt = None,
+    threads: Threads = None,
     n_ctx: CtxOpt = None,
     temperature: TemperatureOpt = 0.0,
     top_p: TopPOpt = 1.0,
     seed: SeedOpt = None,
     cache: CacheOpt = None,
     cache_max_gb: CacheMaxOpt = 20.0,
-    kv_cache: KvOpt = "f16",
+    kv_type: KvTypeOpt = "f16",
+    kv_cache: KvCacheAlias = None,
     checkpoint: CheckpointOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
@@ -121,19 +86,20 @@ def run(
     """
     sampling = _sampling(temperature, top_p, seed)
     quiet = json_to_stdout(json_out)
-    with _open_runtime(
-        bundle,
+    options = runtime_options(
         vision,
         precision,
         gguf_type,
-        threads=threads,
-        n_gpu_layers=n_gpu_layers,
-        n_ctx=n_ctx,
-        prefix_cache=cache,
-        cache_max_bytes=int(cache_max_gb * 1e9),
-        kv_cache=kv_cache,
-        checkpoint=checkpoint,
-    ) as runtime:
+        threads,
+        n_gpu_layers,
+        n_ctx,
+        kv_type,
+        kv_cache,
+        cache,
+        cache_max_gb,
+        checkpoint,
+    )
+    with _open_runtime(bundle, options) as runtime:
         answer = runtime.answer(
             video, question, max_new_tokens, sampling, on_text=None if quiet else print_model_text
         )
@@ -141,8 +107,6 @@ def run(
     if not quiet:
         out.print()
         note(_timing_line(answer))
-    for warning in dict.fromkeys(runtime.warnings):
-        warn(warning)
     if json_out is not None:
         emit_json({**info, "video": str(video), "question": question, **answer.to_dict()}, json_out)
 
@@ -156,14 +120,15 @@ def chat(
     gguf_type: GgufOpt = None,
     max_new_tokens: MaxTokensOpt = 256,
     n_gpu_layers: GpuLayersOpt = 0,
-    threads: ThreadsOpt = None,
+    threads: Threads = None,
     n_ctx: CtxOpt = None,
     temperature: TemperatureOpt = 0.0,
     top_p: TopPOpt = 1.0,
     seed: SeedOpt = None,
     cache: CacheOpt = None,
     cache_max_gb: CacheMaxOpt = 20.0,
-    kv_cache: KvOpt = "f16",
+    kv_type: KvTypeOpt = "f16",
+    kv_cache: KvCacheAlias = None,
     checkpoint: CheckpointOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
@@ -177,19 +142,20 @@ def chat(
     quiet = json_to_stdout(json_out)
     interactive = sys.stdin.isatty()
     turns: list[dict[str, Any]] = []
-    with _open_runtime(
-        bundle,
+    options = runtime_options(
         vision,
         precision,
         gguf_type,
-        threads=threads,
-        n_gpu_layers=n_gpu_layers,
-        n_ctx=n_ctx,
-        prefix_cache=cache,
-        cache_max_bytes=int(cache_max_gb * 1e9),
-        kv_cache=kv_cache,
-        checkpoint=checkpoint,
-    ) as runtime:
+        threads,
+        n_gpu_layers,
+        n_ctx,
+        kv_type,
+        kv_cache,
+        cache,
+        cache_max_gb,
+        checkpoint,
+    )
+    with _open_runtime(bundle, options) as runtime:
         conversation = runtime.chat(video)
         if interactive:
             err.print(f"chatting about {video}; empty line to quit, /reset for a new conversation")
@@ -221,8 +187,6 @@ def chat(
                 out.print()
                 note(_timing_line(answer))
         info = runtime.describe()
-    for warning in dict.fromkeys(runtime.warnings):
-        warn(warning)
     if json_out is not None:
         emit_json({**info, "video": str(video), "turns": turns}, json_out)
 

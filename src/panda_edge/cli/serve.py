@@ -7,18 +7,25 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import RayAddress, err, handle_errors, note, warn
-from panda_edge.cli.run import (
+from panda_edge.cli._common import (
     BundleOpt,
     CacheMaxOpt,
     CacheOpt,
+    CheckpointOpt,
     CtxOpt,
     GgufOpt,
     GpuLayersOpt,
-    KvOpt,
+    KvCacheAlias,
+    KvTypeOpt,
     PrecisionOpt,
-    ThreadsOpt,
+    RayAddress,
+    Threads,
     VisionOpt,
+    err,
+    handle_errors,
+    note,
+    runtime_options,
+    warn,
 )
 from panda_edge.errors import PandaError
 
@@ -34,11 +41,13 @@ def serve(
     precision: PrecisionOpt = None,
     gguf_type: GgufOpt = None,
     n_gpu_layers: GpuLayersOpt = 0,
-    threads: ThreadsOpt = None,
+    threads: Threads = None,
     n_ctx: CtxOpt = None,
-    kv_cache: KvOpt = "f16",
+    kv_type: KvTypeOpt = "f16",
+    kv_cache: KvCacheAlias = None,
     cache: CacheOpt = None,
     cache_max_gb: CacheMaxOpt = 20.0,
+    checkpoint: CheckpointOpt = None,
     media_dir: Annotated[
         Path | None,
         typer.Option("--media-dir", help="file:// video URLs are served from under this directory only."),
@@ -80,7 +89,7 @@ def serve(
     repeats the earlier turns) starts from the cached video prefix, in memory and with --cache on
     disk. Ctrl-C stops it.
     """
-    from panda_edge.serving.app import RuntimeOptions, ServeOptions
+    from panda_edge.serving.app import ServeOptions
 
     if media_dir is not None and not media_dir.is_dir():
         raise PandaError(f"--media-dir {media_dir}: no such directory")
@@ -92,16 +101,18 @@ def serve(
         max_queue=max_queue,
         max_request_bytes=int(max_request_mb * (1 << 20)),
     )
-    runtime = RuntimeOptions(
-        vision=vision,
-        precision=precision,
-        gguf_type=gguf_type,
-        threads=threads,
-        n_gpu_layers=n_gpu_layers,
-        n_ctx=n_ctx,
-        kv_cache=kv_cache,
-        prefix_cache=None if cache is None else str(cache.resolve()),
-        cache_max_bytes=int(cache_max_gb * 1e9),
+    runtime = runtime_options(
+        vision,
+        precision,
+        gguf_type,
+        threads,
+        n_gpu_layers,
+        n_ctx,
+        kv_type,
+        kv_cache,
+        cache,
+        cache_max_gb,
+        checkpoint,
     )
     if host not in ("127.0.0.1", "::1", "localhost") and api_key is None:
         warn(f"listening on {host} without --api-key: anyone who can reach it can use it")

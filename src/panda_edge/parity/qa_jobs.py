@@ -19,6 +19,7 @@ from typing import Any
 
 from panda_edge.errors import PandaError
 from panda_edge.parity.task import QAResult, Question, normalize_answer, score
+from panda_edge.runtime.options import RuntimeOptions
 
 ANSWERERS = ("reference", "runtime")
 # A runner answers items somewhere and yields each item's records as it finishes (any order).
@@ -42,15 +43,13 @@ def work_items(questions: Sequence[Question]) -> list[WorkItem]:
 @dataclass(frozen=True)
 class AnswererSpec:
     """What answers, as plain values any process can rebuild: the reference from `checkpoint` (with
-    `precision`, a ReferencePrecision) and/or the runtime on `bundle` (ONNX Runtime vision of
-    `vision_precision`, the `gguf_type` GGUF, as `panda run` runs it)."""
+    `precision`, a ReferencePrecision) and/or the runtime on `bundle` opened with `runtime`, as
+    `panda run` opens it."""
 
     checkpoint: str | None = None
     precision: Any = None
     bundle: str | None = None
-    vision_precision: str = "fp32"
-    gguf_type: str | None = None
-    threads: int | None = None
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
     max_new_tokens: int = 16
 
     @property
@@ -66,11 +65,7 @@ class AnswererSpec:
             model = VideoPanda.from_pretrained(self.checkpoint, self.precision)
             answerers["reference"] = reference_answerer(model, self.max_new_tokens)
         if self.bundle is not None:
-            from panda_edge.runtime.pipeline import VideoRuntime
-
-            runtime = VideoRuntime(
-                self.bundle, precision=self.vision_precision, gguf_type=self.gguf_type, threads=self.threads
-            )
+            runtime = self.runtime.open(self.bundle)
             answerers["runtime"] = lambda video, q: runtime.answer(video, q, self.max_new_tokens).text
             closers.append(runtime.close)
         return Answerers(answerers, closers)

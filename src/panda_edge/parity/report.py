@@ -355,6 +355,7 @@ def _task_levels_by(
     from panda_edge.parity.qa_jobs import AnswererSpec, answer_questions, results
     from panda_edge.parity.runtime_answers import MAX_NEW_TOKENS
     from panda_edge.runtime.bundle_parts import GGUF_PREFERENCE
+    from panda_edge.runtime.options import RuntimeOptions
 
     ggufs = manifest["llm"]["gguf"]
     gguf_type = "q8_0" if "q8_0" in ggufs else next(t for t in GGUF_PREFERENCE if t in ggufs)
@@ -365,8 +366,7 @@ def _task_levels_by(
             checkpoint if reference is None else None,
             precision,
             str(bundle.resolve()),
-            vision,
-            gguf_type,
+            RuntimeOptions(precision=vision, gguf_type=gguf_type),
             max_new_tokens=MAX_NEW_TOKENS,
         )
         with progress(f"task answers ({vision})", len(questions)) as advance:

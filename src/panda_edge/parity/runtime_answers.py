@@ -14,7 +14,7 @@ from pathlib import Path
 
 from panda_edge.parity.e2e import E2eParity, ReferenceAnswer, TaskParity, e2e_parity, task_parity
 from panda_edge.parity.task import QAResult, Question
-from panda_edge.runtime.pipeline import VideoRuntime
+from panda_edge.runtime.options import RuntimeOptions
 
 MAX_NEW_TOKENS = 16
 
@@ -59,9 +59,8 @@ def measure_e2e(
 
     vision = load_manifest(bundle, verify=False)["model"]["vision"]
     n_ctx = visual_tokens_per_video(vision) + 128 + MAX_NEW_TOKENS
-    with VideoRuntime(
-        bundle, vision="ort", gguf_type=gguf_type, kv_cache="f32", threads=threads, n_ctx=n_ctx
-    ) as runtime:
+    options = RuntimeOptions(gguf_type=gguf_type, kv_type="f32", threads=threads, n_ctx=n_ctx)
+    with options.open(bundle) as runtime:
         result = e2e_parity(
             reference,
             lambda video, question: runtime.answer(video, question, MAX_NEW_TOKENS).tokens,
@@ -88,9 +87,7 @@ def measure_task(
 ) -> TaskParity:
     """Exact-match accuracy of the runtime (as users run it: f16 KV cache) against the reference's
     result on the same questions (`evaluate(reference_answerer(model), ...)`)."""
-    with VideoRuntime(
-        bundle, vision="ort", precision=precision, gguf_type=gguf_type, threads=threads
-    ) as runtime:
+    with RuntimeOptions(precision=precision, gguf_type=gguf_type, threads=threads).open(bundle) as runtime:
         result = task_parity(
             reference,
             lambda video, question: runtime.answer(video, question, MAX_NEW_TOKENS).text,
@@ -113,7 +110,7 @@ def measure_gguf_agreement(
     """How often the `task` run's answers (its GGUF type) are the answers the runtime gives with the
     `baseline` GGUF (same fp32 vision and KV cache type: only the decoder's weights differ). Only the
     baseline is run here; the other answers are the task level's own."""
-    with VideoRuntime(bundle, gguf_type=baseline, threads=threads) as runtime:
+    with RuntimeOptions(gguf_type=baseline, threads=threads).open(bundle) as runtime:
         answers = [
             runtime.answer(Path(videos_dir) / q.video, q.question, MAX_NEW_TOKENS).text for q in questions
         ]

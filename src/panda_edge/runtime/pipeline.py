@@ -4,7 +4,8 @@ No torch unless the `torch` vision backend is asked for. Text goes into llama.cp
 (tokenized chunk by chunk as the official code does, by the bundle's `tokenizer.model`), each
 frame's visual tokens as embeddings at its `<image>` place. A video's prefix (system prompt, "USER:",
 visual tokens) is computed once: later questions about the same video (a new conversation, or a
-follow-up turn) start from it in the KV cache, and `prefix_cache` keeps it on disk between runs.
+follow-up turn) start from it in the KV cache (`prefix_state` owns what the cache holds), and
+`prefix_cache` keeps it on disk between runs.
 """
 
 from __future__ import annotations
@@ -21,17 +22,17 @@ import numpy as np
 from panda_edge.bundle import manifest_value, sha256_file
 from panda_edge.config import VisionConfig
 from panda_edge.errors import BundleError, PandaError, VideoError
-from panda_edge.host import available_cores
-from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
+from panda_edge.host import default_threads
+from panda_edge.prompt import PromptTokenizer, TextStream
 from panda_edge.runtime.bundle_parts import (
     VISION_BACKENDS,
     BundleParts,
     check_fit,
-    default_precision,
-    open_bundle,
 )
 from panda_edge.runtime.llm.decoder import LlamaDecoder
+from panda_edge.runtime.options import RuntimeOptions
 from panda_edge.runtime.prefix_cache import PrefixCache
+from panda_edge.runtime.prefix_state import PrefixState
 from panda_edge.runtime.vision.base import VisionBackend
 from panda_edge.sampling import GREEDY, Sampling, pick_token
 from panda_edge.timing import rate
@@ -83,12 +84,15 @@ def _vision_config(fields: Any, root: Path) -> VisionConfig:
         raise BundleError(message) from None
 
 
-def open_vision(parts: BundleParts, backend: str, checkpoint: str | None = None) -> VisionBackend:
-    """The vision backend for the bundle: ort (its ONNX, fp32 or int8), trt (its engine) or torch."""
+def open_vision(
+    parts: BundleParts, backend: str, checkpoint: str | None = None, threads: int | None = None
+) -> VisionBackend:
+    """The vision backend for the bundle: ort (its ONNX, fp32 or int8, on `threads` CPU threads), trt
+    (its engine) or torch."""
     if backend == "ort":
         from panda_edge.runtime.vision.ort import OrtVisionEngine
 
-        return OrtVisionEngine(parts.vision_onnx)
+        return OrtVisionEngine(parts.vision_onnx, threads=threads)
     if backend == "trt":
         from panda_edge.runtime.vision.trt import TrtVisionEngine
 
@@ -115,7 +119,7 @@ def vision_file(parts: BundleParts, backend: str, engine_record: dict[str, Any] 
     return parts.vision_onnx.relative_to(parts.root).as_posix()
 
 
-def check_runtime_memory(parts: BundleParts, n_ctx: int, kv_cache: str) -> None:
+def check_runtime_memory(parts: BundleParts, n_ctx: int, kv_type: str) -> None:
     """Exit-2 error before loading when the GGUF, its KV cache for `n_ctx` and the vision graph do not
     fit in the memory available (CPU: llama.cpp maps the GGUF and allocates the whole KV cache)."""
     from panda_edge.memory import check_memory
@@ -125,52 +129,41 @@ def check_runtime_memory(parts: BundleParts, n_ctx: int, kv_cache: str) -> None:
     llm = parts.manifest["model"]["llm"]
     need = (
         parts.gguf.stat().st_size
-        + kv_cache_bytes(llm, n_ctx, kv_cache)
+        + kv_cache_bytes(llm, n_ctx, kv_type)
         + compute_buffer_bytes(llm, n_ctx)
         + 2 * parts.vision_onnx.stat().st_size  # weights + activations, roughly
         + HOST_PROCESS_BYTES
     )
     check_memory(
         need,
-        f"the runtime ({parts.gguf.name}, a {n_ctx}-position {kv_cache} KV cache)",
-        "a smaller GGUF (--gguf-type q4_k_m), a shorter --n-ctx, --kv-cache q8_0, or --n-gpu-layers on a GPU",
+        f"the runtime ({parts.gguf.name}, a {n_ctx}-position {kv_type} KV cache)",
+        "a smaller GGUF (--gguf-type q4_k_m), a shorter --n-ctx, --kv-type q8_0, or --n-gpu-layers on a GPU",
     )
 
 
 class VideoRuntime:
     """A bundle loaded for answering: vision backend + llama.cpp decoder + tokenizer."""
 
-    def __init__(
-        self,
-        bundle: str | Path,
-        vision: str = "ort",
-        precision: str | None = None,
-        gguf_type: str | None = None,
-        threads: int | None = None,
-        n_gpu_layers: int = 0,
-        n_ctx: int | None = None,
-        n_batch: int = 512,
-        kv_cache: str = "f16",
-        prefix_cache: str | Path | None = None,
-        checkpoint: str | None = None,
-        cache_max_bytes: int | None = None,
-    ) -> None:
-        precision = precision or default_precision(vision)
-        self.parts = open_bundle(bundle, gguf_type, precision, vision)
+    def __init__(self, bundle: str | Path, options: RuntimeOptions | None = None) -> None:
+        self.options = options = options or RuntimeOptions()
+        vision, precision, kv_type = options.vision, options.vision_precision, options.kv_type
+        self.parts = options.check(bundle)
         self.vision_name = vision
         manifest, root = self.parts.manifest, self.parts.root
         self.vision_config = _vision_config(manifest_value(manifest, "model.vision", root), root)
         self.tokenizer = PromptTokenizer(self.parts.tokenizer)
-        threads = threads or available_cores()
-        n_ctx = n_ctx or min(
+        threads = default_threads(options.threads)
+        n_ctx = options.n_ctx or min(
             DEFAULT_N_CTX, int(manifest_value(manifest, "model.llm.max_position_embeddings", root))
         )
-        if n_gpu_layers == 0:
-            check_runtime_memory(self.parts, n_ctx, kv_cache)
-        self.engine = open_vision(self.parts, vision, checkpoint)
+        if options.n_gpu_layers == 0:
+            check_runtime_memory(self.parts, n_ctx, kv_type)
+        self.engine = open_vision(self.parts, vision, options.checkpoint, threads)
         self.engine.__enter__()
         try:
-            self.decoder = LlamaDecoder(self.parts.gguf, n_ctx, n_batch, threads, n_gpu_layers, kv_cache)
+            self.decoder = LlamaDecoder(
+                self.parts.gguf, n_ctx, options.n_batch, threads, options.n_gpu_layers, kv_type
+            )
             check_fit(
                 self.parts,
                 self.decoder.n_embd,
@@ -195,18 +188,17 @@ class VideoRuntime:
             "gguf": files[self.parts.gguf.relative_to(root).as_posix()]["sha256"],
             "vision": files[self.vision_file]["sha256"],
             "backend": f"{vision}-{precision}",
-            "kv_cache": kv_cache,
+            "kv_cache": kv_type,
         }
-        self.disk_cache = (
-            PrefixCache(prefix_cache, self.identity, cache_max_bytes) if prefix_cache is not None else None
+        disk_cache = (
+            PrefixCache(options.prefix_cache, self.identity, options.cache_max_bytes)
+            if options.prefix_cache is not None
+            else None
         )
         self.warnings: list[str] = []  # what went wrong without failing an answer (a full cache disk)
-        self._prefix_ids = self.tokenizer.video_prefix_ids(self.parts.frames)
-        self._resident: tuple[Any, int] | None = None  # (video identity, prefix length) in the KV cache
-        self._unsaved: tuple[str, Path, int] | None = None  # a computed prefix for the disk cache
-        # The conversation whose turns follow the prefix in the KV cache: positions alone cannot tell
-        # two conversations apart when both reach the same length.
-        self._owner: VideoChat | None = None
+        self.prefix = PrefixState(
+            self.decoder, self.tokenizer.video_prefix_ids(self.parts.frames), disk_cache, self.warn
+        )
 
     # --- lifetime --------------------------------------------------------------------------------
 
@@ -236,7 +228,24 @@ class VideoRuntime:
             },
         }
 
+    def warn(self, message: str) -> None:
+        """Something went wrong without failing an answer: logged now (stderr in the CLI, the server's
+        log) and kept in `warnings` for a report."""
+        log.warning("%s", message)
+        self.warnings.append(message)
+
+    @property
+    def n_ctx(self) -> int:
+        """The context size: positions for the video prefix, the turns and the answer together."""
+        return self.prefix.n_ctx
+
     # --- answering -------------------------------------------------------------------------------
+
+    @staticmethod
+    def video_key(video: str | Path) -> str:
+        """What a video's prefix is known by: its content's sha256, so the same clip under another
+        name (a server's temporary copy) reuses it."""
+        return sha256_file(video)
 
     def chat(self, video: str | Path, video_sha256: str | None = None) -> VideoChat:
         """A conversation about `video`; its first question computes (or reuses) the video prefix.
@@ -247,7 +256,7 @@ class VideoRuntime:
         path = Path(video)
         if not path.is_file():
             raise VideoError(f"{path}: no such video file")
-        return VideoChat(self, path, video_sha256 or sha256_file(path))
+        return VideoChat(self, path, video_sha256 or self.video_key(path))
 
     def answer(
         self,
@@ -260,18 +269,6 @@ class VideoRuntime:
         """One question about `video` in a fresh conversation."""
         return self.chat(video).ask(question, max_new_tokens, sampling, on_text)
 
-    @property
-    def resident_video(self) -> str | None:
-        """The sha256 of the video whose prefix is in the KV cache now, if any."""
-        return None if self._resident is None else self._resident[0]
-
-    def forget_video(self) -> None:
-        """Drop the resident video prefix, so the next question computes it again (benchmarks)."""
-        self._resident = None
-        self._unsaved = None
-        self._owner = None
-        self.decoder.truncate(0)
-
     def encode_video(self, video: Path) -> tuple[list[np.ndarray], dict[str, float]]:
         """Decode + pre-process + vision: one (tokens, hidden) float32 array per frame."""
         from panda_edge.video import load_video
@@ -281,69 +278,6 @@ class VideoRuntime:
         decoded = time.perf_counter()
         tokens = self.engine.encode(frames)
         return tokens, {"decode_video": decoded - start, "vision": time.perf_counter() - decoded}
-
-    def _save_prefix(self) -> float:
-        """Put a computed prefix into the disk cache (seconds it took). Called after the first answer
-        about the video, so the state holds that turn too; a load cuts it back to the prefix."""
-        if self._unsaved is None or self.disk_cache is None:
-            return 0.0
-        key, video, n_prefix = self._unsaved
-        self._unsaved = None
-        start = time.perf_counter()
-        warning = self.disk_cache.save(key, self.decoder.save_state_file, n_prefix, video)
-        if warning is not None:
-            self.warnings.append(warning)
-        return time.perf_counter() - start
-
-    def _enter_video(self, video: Path, video_sha256: str) -> tuple[str, dict[str, float]]:
-        """Make the KV cache hold exactly `video`'s prefix; says how (computed, memory, disk)."""
-        if self._resident is not None and self._resident[0] == video_sha256:
-            self.decoder.truncate(self._resident[1])
-            log.debug("%s: prefix already in the KV cache", video)
-            return "memory", {}
-        self._resident = None
-        self._unsaved = None
-        self.decoder.truncate(0)
-        disk_key = self.disk_cache.key(video_sha256) if self.disk_cache is not None else None
-        if disk_key is not None and (cached := self.disk_cache.load(disk_key)) is not None:
-            start = time.perf_counter()
-            if self.decoder.load_state_file(cached.state_file, cached.n_past):
-                self.decoder.truncate(cached.n_past)  # the state was saved with its first answer
-                self._resident = (video_sha256, cached.n_past)
-                log.debug("%s: prefix loaded from the disk cache", video)
-                return "disk", {"load_prefix": time.perf_counter() - start}
-        visual, timings = self.encode_video(video)
-        start = time.perf_counter()
-        self._feed_prefix(visual)
-        timings["prefill"] = time.perf_counter() - start
-        self._resident = (video_sha256, self.decoder.n_past)
-        if disk_key is not None:  # saved after this first answer: the first token does not wait for it
-            self._unsaved = (disk_key, video, self.decoder.n_past)
-        log.debug("%s: prefix computed (%d positions)", video, self.decoder.n_past)
-        return "computed", timings
-
-    def _feed_prefix(self, visual: list[np.ndarray]) -> None:
-        """Text runs as tokens, consecutive `<image>` places as one block of embedding rows."""
-        if sum(1 for i in self._prefix_ids if i == IMAGE_TOKEN_INDEX) != len(visual):
-            raise PandaError(f"the prompt has {self.parts.frames} <image> places for {len(visual)} frames")
-        frames = iter(visual)
-        run: list[int] = []
-        rows: list[np.ndarray] = []
-        for i in [*self._prefix_ids, None]:
-            if i is not None and i != IMAGE_TOKEN_INDEX:
-                if rows:
-                    self.decoder.feed_embeddings(np.concatenate(rows))
-                    rows = []
-                run.append(i)
-            elif i == IMAGE_TOKEN_INDEX:
-                if run:
-                    self.decoder.feed_tokens(run)
-                    run = []
-                rows.append(next(frames))
-        if rows:
-            self.decoder.feed_embeddings(np.concatenate(rows))
-        if run:
-            self.decoder.feed_tokens(run)
 
 
 class VideoChat:
@@ -359,16 +293,18 @@ class VideoChat:
     def _continue(self) -> tuple[str, dict[str, float], int]:
         """Ready the KV cache for this conversation's next tokens: how the video prefix was had, its
         timings, and how many positions were already there."""
-        runtime = self.runtime
+        runtime, prefix = self.runtime, self.runtime.prefix
         if not self.turns:
-            how, timings = runtime._enter_video(self.video, self.video_sha256)
-            return how, timings, 0 if how == "computed" else runtime.decoder.n_past
-        if runtime._resident is None or runtime._owner is not self:
+            how, timings = prefix.enter(
+                self.video_sha256, lambda: runtime.encode_video(self.video), self.video
+            )
+            return how, timings, 0 if how == "computed" else prefix.n_past
+        if not prefix.owned_by(self):
             raise PandaError(
                 "another conversation used the runtime since this one's last turn (or that turn "
                 "failed); start a new conversation"
             )
-        return "memory", {}, runtime.decoder.n_past
+        return "memory", {}, prefix.n_past
 
     def replay(self, turns: Sequence[tuple[str, str]]) -> tuple[str, int]:
         """Earlier (question, answer) turns a client repeats, fed as text without generating them (as
@@ -376,7 +312,7 @@ class VideoChat:
         prefix was had and how many positions were already in the KV cache."""
         runtime = self.runtime
         how, _, cached = self._continue()
-        runtime._owner = None
+        runtime.prefix.release()
         tokenizer = runtime.tokenizer
         for question, answer in turns:
             first = not self.turns
@@ -386,7 +322,7 @@ class VideoChat:
             )
             self._pending = []
             self.turns.append((question, answer))
-        runtime._owner = self
+        runtime.prefix.claim(self)
         return how, cached
 
     def ask(
@@ -404,7 +340,7 @@ class VideoChat:
         runtime, decoder, tokenizer = self.runtime, self.runtime.decoder, self.runtime.tokenizer
         start = time.perf_counter()
         how, timings, cached = self._continue()
-        runtime._owner = None  # until this turn is complete: a failed turn leaves no owner
+        runtime.prefix.release()  # until this turn is complete: a failed turn leaves no owner
         step = time.perf_counter()
         decoder.feed_tokens([*self._pending, *tokenizer.turn_ids(question, first=not self.turns)])
         timings["question"] = time.perf_counter() - step
@@ -423,9 +359,9 @@ class VideoChat:
                 break
         end = time.perf_counter()
         first_token_at = first_token_at or end
-        if saved := runtime._save_prefix():
+        if saved := runtime.prefix.save():
             timings["save_prefix"] = saved
-        runtime._owner = self
+        runtime.prefix.claim(self)
         answer = stream.answer()
         self.turns.append((question, answer))
         return Answer(

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,24 +29,6 @@ from panda_edge.serving.worker import AnswerWorker, Job
 log = logging.getLogger(__name__)
 DRAIN_FACTOR = 16
 CLIENT_GONE = 499  # nginx's status for a request whose client closed the connection
-
-
-@dataclass(frozen=True)
-class RuntimeOptions:
-    """How each server (or Ray replica) opens its runtime: VideoRuntime's keyword arguments."""
-
-    vision: str = "ort"
-    precision: str | None = None
-    gguf_type: str | None = None
-    threads: int | None = None
-    n_gpu_layers: int = 0
-    n_ctx: int | None = None
-    kv_cache: str = "f16"
-    prefix_cache: str | None = None
-    cache_max_bytes: int | None = None
-
-    def open(self, bundle: str | Path) -> VideoRuntime:
-        return VideoRuntime(bundle, **asdict(self))
 
 
 @dataclass(frozen=True)
@@ -74,7 +56,7 @@ def create_app(runtime: VideoRuntime, options: ServeOptions) -> Any:
     media = MediaResolver(options.media_dir, options.allow_remote_media, options.max_request_bytes)
     worker = AnswerWorker(runtime, options.max_queue, metrics)
     created = int(time.time())
-    max_tokens_limit = runtime.decoder.n_ctx
+    max_tokens_limit = runtime.n_ctx
 
     def error_response(error: ApiError) -> JSONResponse:
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.optional import require
-from panda_edge.runtime.bundle_parts import default_precision, open_bundle
-from panda_edge.serving.app import RuntimeOptions, ServeOptions, create_app
+from panda_edge.runtime.options import RuntimeOptions
+from panda_edge.serving.app import ServeOptions, create_app
 
 APP_NAME = "panda"
 
@@ -74,9 +74,7 @@ def serve_replicas(
 ) -> None:
     """`panda serve --ray`: check the bundle here (a bad one is exit 2, not replicas failing to
     start), deploy, say where (`on_ready(url)`), and serve until interrupted."""
-    open_bundle(
-        bundle, runtime.gguf_type, runtime.precision or default_precision(runtime.vision), runtime.vision
-    )
+    runtime.check(bundle)
     url = deploy(
         bundle,
         runtime,

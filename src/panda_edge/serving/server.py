@@ -13,8 +13,9 @@ from typing import Any
 
 from panda_edge.errors import PandaError
 from panda_edge.optional import require
+from panda_edge.runtime.options import RuntimeOptions
 from panda_edge.runtime.pipeline import VideoRuntime
-from panda_edge.serving.app import RuntimeOptions, ServeOptions, create_app
+from panda_edge.serving.app import ServeOptions, create_app
 
 
 def bind(host: str, port: int) -> socket.socket:

@@ -189,8 +189,8 @@ class AnswerWorker:
         request, live = job.request, self._live
         sha = None
         if live is not None and live.turns == list(request.turns):
-            sha = _sha256(job.media)
-            if sha == live.video_sha256 and self.runtime.resident_video == sha:
+            sha = self.runtime.video_key(job.media.path)
+            if sha == live.video_sha256 and self.runtime.prefix.resident == sha:
                 return live, None, None
         self._live = None
         chat = self.runtime.chat(job.media.path, sha)
@@ -229,9 +229,3 @@ class AnswerWorker:
                 "video_prefix": how,
             },
         }
-
-
-def _sha256(media: MediaFile) -> str:
-    from panda_edge.bundle import sha256_file
-
-    return sha256_file(media.path)

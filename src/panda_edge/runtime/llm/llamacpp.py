@@ -106,7 +106,7 @@ def _load_error(path: Path, exc: ValueError, n_ctx: int, n_gpu_layers: int, kv_c
         return PandaError(
             f"{path}: llama.cpp could not create a context of {n_ctx} tokens ({kv_cache} KV cache, "
             f"{n_gpu_layers} layers on the GPU): not enough memory for it. Use a smaller --n-ctx, fewer "
-            "--n-gpu-layers, --kv-cache q8_0, or a smaller GGUF (--gguf-type q4_k_m)"
+            "--n-gpu-layers, --kv-type q8_0, or a smaller GGUF (--gguf-type q4_k_m)"
         )
     if "load model" in message:
         return BundleError(

@@ -1,0 +1,60 @@
+"""How a runtime is opened: one type for `panda run`, `chat`, `serve` (and its Ray replicas) and
+`eval --bundle`, so a choice means the same in each and travels to another process as plain values.
+
+Imports neither llama.cpp nor torch: the CLI builds and checks options before anything loads.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from panda_edge.errors import PandaError
+from panda_edge.runtime.bundle_parts import VISION_BACKENDS, BundleParts, default_precision, open_bundle
+
+if TYPE_CHECKING:
+    from panda_edge.runtime.pipeline import VideoRuntime
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """The vision backend and its precision, the decoder's GGUF, threads, GPU layers, context, batch
+    and KV cache type, the disk prefix cache and its bound, and (`--vision torch`) the checkpoint."""
+
+    vision: str = "ort"
+    precision: str | None = None  # None: the backend's default (default_precision)
+    gguf_type: str | None = None  # None: the bundle's preferred GGUF
+    threads: int | None = None  # None: host.default_threads
+    n_gpu_layers: int = 0
+    n_ctx: int | None = None  # None: the model's, at most DEFAULT_N_CTX
+    n_batch: int = 512
+    kv_type: str = "f16"
+    prefix_cache: str | Path | None = None  # a directory; None: no disk cache
+    cache_max_bytes: int | None = None
+    checkpoint: str | None = None  # --vision torch only: a checkpoint directory or 'tiny'
+
+    def __post_init__(self) -> None:
+        if self.vision not in VISION_BACKENDS:
+            choices = ", ".join(VISION_BACKENDS)
+            raise PandaError(f"unknown vision backend '{self.vision}'; choose one of: {choices}")
+        if self.vision == "torch" and self.checkpoint is None:
+            raise PandaError("--vision torch runs the PyTorch reference: give --checkpoint (or 'tiny')")
+        if self.vision != "torch" and self.checkpoint is not None:
+            raise PandaError(f"--checkpoint is for --vision torch; --vision {self.vision} runs the bundle")
+
+    @property
+    def vision_precision(self) -> str:
+        """The precision the vision backend runs at: the asked one, else the backend's default."""
+        return self.precision or default_precision(self.vision)
+
+    def check(self, bundle: str | Path) -> BundleParts:
+        """The bundle's parts for these options, its hashes checked: a bad bundle or a missing GGUF,
+        graph or engine is an error here, before a model loads (or Ray replicas start)."""
+        return open_bundle(bundle, self.gguf_type, self.vision_precision, self.vision)
+
+    def open(self, bundle: str | Path) -> VideoRuntime:
+        """The runtime on `bundle` with these options."""
+        from panda_edge.runtime.pipeline import VideoRuntime
+
+        return VideoRuntime(bundle, self)
