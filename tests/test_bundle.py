@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from panda_edge.backends import TRT_TARGETS as PROFILES
 from panda_edge.bundle import (
     MANIFEST_FILE,
     VERIFIED_FILE,
@@ -24,7 +25,6 @@ from panda_edge.bundle import (
 from panda_edge.config import PRESETS
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.stab_onnx.pipeline import export_bundle
-from panda_edge.export.stab_onnx.profiles import PROFILES
 from panda_edge.fileio import write_json
 
 
@@ -157,7 +157,7 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(
     their names, and the bundle it was about to replace still loads (its manifest untouched)."""
     copy = _copy(bundle, tmp_path)
     before = {p.name: p.read_bytes() for p in copy.iterdir() if p.name != VERIFIED_FILE}
-    strict = dataclasses.replace(PROFILES["10"], name="none", allowed_ops=frozenset())
+    strict = dataclasses.replace(PROFILES["10"], profile="none", allowed_ops=frozenset())
     with pytest.raises(CheckFailed, match="operator MatMul"):
         export_bundle(tiny_checkpoint, copy, strict)
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.name != VERIFIED_FILE} == before

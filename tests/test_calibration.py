@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from panda_edge.backends import TRT_TARGETS as PROFILES
 from panda_edge.bundle import load_manifest, sha256_file
 from panda_edge.calibration.data import load_calibration, videos_of_qa
 from panda_edge.calibration.qdq import CPU, TENSORRT, QdqWriter
@@ -22,7 +23,6 @@ from panda_edge.config import PRESETS
 from panda_edge.errors import BundleError
 from panda_edge.export.stab_onnx.check import check_onnx, qdq_problems
 from panda_edge.export.stab_onnx.pipeline import export_bundle
-from panda_edge.export.stab_onnx.profiles import PROFILES
 from panda_edge.runtime.vision import OrtVisionEngine
 from panda_edge.video import load_videos
 

@@ -18,6 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import panda_edge
+from panda_edge.backends import TRT_TARGETS
 from panda_edge.cli.main import app
 from panda_edge.errors import BundleError, PandaError
 from panda_edge.export.stab_onnx.fp16 import to_fp16
@@ -31,7 +32,7 @@ from panda_edge.trt.record import (
     parse_trtexec_log,
     select_engine,
 )
-from panda_edge.trt.versions import FAMILIES, TrtUnsupported, TrtVersion, family_for
+from panda_edge.trt.versions import TrtUnsupported, TrtVersion, family_for
 
 runner = CliRunner()
 SRC = str(Path(panda_edge.__file__).parents[1])
@@ -62,7 +63,7 @@ def test_version_parsing(text: str, expected: TrtVersion) -> None:
     [("8.5.2", "8"), ("8.6.1.6", "8"), ("10.3.0", "10"), ("10.13.1", "10"), ("11.0.0", "11")],
 )
 def test_family_follows_the_major_release(version: str, family: str) -> None:
-    assert family_for(version).name == family
+    assert family_for(version).major == family
 
 
 @pytest.mark.parametrize("version", ["8.4.3", "9.2.0", "12.0.0", "7.1.3"])
@@ -104,7 +105,7 @@ def _manifest(profile: str, int8: bool = False, fp16: bool = True) -> dict:
     ],
 )
 def test_recipe_per_family_and_precision(family, precision, onnx_file, network, builder, trtexec) -> None:
-    fam = FAMILIES[family]
+    fam = next(t for t in TRT_TARGETS.values() if t.major == family)
     recipe = recipe_for(_manifest(fam.profile, int8=True), fam, precision)
     assert recipe.onnx_file == onnx_file
     assert list(recipe.network_flags) == network
@@ -116,18 +117,18 @@ def test_missing_graphs_say_what_to_run() -> None:
     with pytest.raises(
         BundleError, match=r"no INT8 graph .*panda calibrate.*--precision int8 --trt-profile 10"
     ):
-        recipe_for(_manifest("10"), FAMILIES["10"], "int8", bundle="B")
+        recipe_for(_manifest("10"), TRT_TARGETS["10"], "int8", bundle="B")
     with pytest.raises(BundleError, match=r"no fp16 graph, which strongly typed TensorRT 11.x needs"):
-        recipe_for(_manifest("11", fp16=False), FAMILIES["11"], "fp16", bundle="B")
+        recipe_for(_manifest("11", fp16=False), TRT_TARGETS["11"], "fp16", bundle="B")
     with pytest.raises(BundleError, match=r"profile 11; TensorRT 10.x \(JetPack 6.1 .*--trt-profile 10"):
-        recipe_for(_manifest("11"), FAMILIES["10"], "fp16", bundle="B")
-    with pytest.raises(PandaError, match="unknown precision 'int4'"):
-        recipe_for(_manifest("11"), FAMILIES["11"], "int4")
+        recipe_for(_manifest("11"), TRT_TARGETS["10"], "fp16", bundle="B")
+    with pytest.raises(PandaError, match="unknown vision precision 'int4' for TensorRT"):
+        recipe_for(_manifest("11"), TRT_TARGETS["11"], "int4")
 
 
 def test_trtexec_commands_per_family() -> None:
     m8, m10, m11 = _manifest("8.5", int8=True), _manifest("10"), _manifest("11")
-    assert trtexec_command(recipe_for(m8, FAMILIES["8"], "int8"), "e.engine", 512) == [
+    assert trtexec_command(recipe_for(m8, TRT_TARGETS["8.5"], "int8"), "e.engine", 512) == [
         "trtexec",
         "--onnx=stab.int8.onnx",
         "--saveEngine=e.engine",
@@ -136,7 +137,7 @@ def test_trtexec_commands_per_family() -> None:
         "--int8",
         "--fp16",
     ]
-    assert trtexec_command(recipe_for(m10, FAMILIES["10"], "fp16"), "e.engine", timing_cache=None) == [
+    assert trtexec_command(recipe_for(m10, TRT_TARGETS["10"], "fp16"), "e.engine", timing_cache=None) == [
         "trtexec",
         "--onnx=stab.fp16.onnx",
         "--saveEngine=e.engine",
@@ -144,7 +145,7 @@ def test_trtexec_commands_per_family() -> None:
         "--stronglyTyped",
     ]
     assert (
-        trtexec_command(recipe_for(m11, FAMILIES["11"], "fp16"), "e.engine")[-1]
+        trtexec_command(recipe_for(m11, TRT_TARGETS["11"], "fp16"), "e.engine")[-1]
         == "--timingCacheFile=timing.cache"
     )
 
@@ -274,7 +275,7 @@ def test_log_parsing_and_checks(jetpack6_bundle: Path, tools: dict[str, str], tm
     assert (log.version, log.gpu, log.status) == (TrtVersion(10, 3, 0), ORIN, "PASSED")
     assert log.gpu_compute_median_ms == 10.05 and log.option("--onnx") == "stab.fp16.onnx"
     manifest = json.loads((jetpack6_bundle / "manifest.json").read_text())
-    recipe = recipe_for(manifest, FAMILIES["10"], "fp16")
+    recipe = recipe_for(manifest, TRT_TARGETS["10"], "fp16")
     assert log_problems(log, recipe, "stab.trtexec.fp16.engine") == []
     wrong = parse_trtexec_log(run.stdout.replace("--stronglyTyped", "--fp16").replace("PASSED", "FAILED"))
     problems = " | ".join(log_problems(wrong, recipe, "other.engine"))
@@ -467,7 +468,7 @@ def test_export_trt_json_and_int8_with_calibration(jetpack6_bundle: Path, tmp_pa
     assert manifest["vision_int8"]["file"] == "stab.int8.onnx" and "stab.int8.onnx" in manifest["files"]
     assert "stab.int8.onnx" in (tmp_path / "B" / "build_engine.sh").read_text()
     result = runner.invoke(app, [*args, "--precision", "int4"])
-    assert result.exit_code == 2 and "unknown precision 'int4'" in result.stderr
+    assert result.exit_code == 2 and "unknown vision precision 'int4' for TensorRT" in result.stderr
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.backends import BENCHMARKED_GGUF_TYPES
 from panda_edge.config import LlmConfig, ModelConfig
 from panda_edge.timing import BELOW_RESOLUTION, median_s, quotient, rate, significant
 
@@ -28,7 +29,7 @@ BENCH_LLM = LlmConfig(
     vocab_size=32000,
     max_position_embeddings=2048,
 )
-GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
+GGUF_TYPES = BENCHMARKED_GGUF_TYPES
 
 
 def synthetic_tokenizer(path: Path, vocab: int) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from panda_edge.backends import trt_target
 from panda_edge.bundle import (
     CALIBRATION_FILE,
     STAB_INT8_CPU_FILE,
@@ -45,7 +46,6 @@ from panda_edge.calibration.ranges import DEFAULT_METHOD, check_method, collect_
 from panda_edge.calibration.search import MixedPrecision, TokenScorer, choose_precision
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.stab_onnx.check import check_onnx, qdq_problems
-from panda_edge.export.stab_onnx.profiles import get_profile
 from panda_edge.export.trt.pipeline import write_build_script
 from panda_edge.export.trt.script import SCRIPT_FILE
 from panda_edge.parity.compare import LEVELS, OutputParity
@@ -152,7 +152,7 @@ def calibrate_bundle(
     if "vision" not in manifest:
         raise BundleError(f"{bundle}: the bundle has no vision graph; export it with --target onnx first")
     vision = vision_config(manifest)
-    profile = get_profile(manifest["vision"]["profile"])
+    profile = trt_target(manifest["vision"]["profile"])
     frames, names, heldout_frames, heldout_names = _calibration_data(
         bundle, vision, videos, qa, samples, holdout, step
     )
@@ -163,7 +163,7 @@ def calibrate_bundle(
         step(f"checking both forms on {len(heldout_frames)} held-out video(s)")
         tensorrt, cpu = score_forms(source, graphs, heldout_frames, target_cosine)
         heldout = {"videos": heldout_names, "tensorrt": parity_entry(tensorrt), "cpu": parity_entry(cpu)}
-    entry = _entry(manifest, profile.name, graphs, names, target_cosine, heldout)
+    entry = _entry(manifest, profile.profile, graphs, names, target_cosine, heldout)
     with tempfile.TemporaryDirectory(prefix="panda-int8-") as tmp, StagedFiles(bundle) as staged:
         written = _write_checked(graphs, Path(tmp), profile)
         step("writing the INT8 graphs, calibration.npz and the manifest")

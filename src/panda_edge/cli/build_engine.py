@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.backends import INT8, TRT, default_precision, precision_help
 from panda_edge.cli._common import emit_result, handle_errors, json_to_stdout, out, step_printer
 
 
@@ -14,8 +15,8 @@ from panda_edge.cli._common import emit_result, handle_errors, json_to_stdout, o
 def build_engine(
     bundle: Annotated[Path, typer.Option(help="Bundle directory (from panda export --target trt).")],
     precision: Annotated[
-        str, typer.Option(help="fp16, int8 (needs the calibrated Q/DQ graph) or fp32.")
-    ] = "fp16",
+        str, typer.Option(help=f"{precision_help(TRT)} ({INT8} needs the calibrated Q/DQ graph).")
+    ] = default_precision(TRT),
     workspace: Annotated[int, typer.Option(help="Builder workspace limit in MiB.")] = 1024,
     timing_cache: Annotated[
         Path | None,

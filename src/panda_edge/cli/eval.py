@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from panda_edge.backends import ORT, default_precision, precision_help
 from panda_edge.cli._common import (
     RayAddress,
     RayWorkers,
@@ -45,8 +46,8 @@ def eval(
         str | None, typer.Option("--gguf-type", help="With --bundle: its decoder GGUF.")
     ] = None,
     vision_precision: Annotated[
-        str, typer.Option("--vision-precision", help="With --bundle: fp32 (stab.onnx) or int8.")
-    ] = "fp32",
+        str, typer.Option("--vision-precision", help=f"With --bundle: {precision_help(ORT)}.")
+    ] = default_precision(ORT),
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,
     dtype: ReferenceDtype = "fp32",

@@ -7,6 +7,17 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.backends import (
+    DEFAULT_GGUF_TYPE,
+    DEFAULT_TRT_PROFILE,
+    GGUF_TYPES,
+    INT8,
+    ORT,
+    TRT,
+    listed,
+    precision_help,
+    trt_profile_help,
+)
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import emit_result, handle_errors, json_to_stdout, out, step_printer
 from panda_edge.cli.calibrate import HoldoutOption, MethodOption, SamplesOption, TargetOption
@@ -25,19 +36,19 @@ def export(
     ] = "onnx",
     trt_profile: Annotated[
         str,
-        typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5, 6.0), 10 (JetPack 6.1, 6.2) or 11."),
-    ] = "11",
+        typer.Option(help=f"TensorRT the graph is for: {trt_profile_help()}."),
+    ] = DEFAULT_TRT_PROFILE,
     gguf_type: Annotated[
-        str, typer.Option(help="GGUF storage for --target gguf: f32, f16, bf16, q8_0, q4_k_m, q5_k_m.")
-    ] = "f16",
+        str, typer.Option(help=f"GGUF storage for --target gguf: {listed(GGUF_TYPES)}.")
+    ] = DEFAULT_GGUF_TYPE,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="--target gguf: print the tensor plan, write nothing.")
     ] = False,
     precision: Annotated[
         str | None,
         typer.Option(
-            help="onnx/all: fp32 (default) or int8 (export, then calibrate as panda calibrate); "
-            "trt: fp16 (default), int8 (calibrates) or fp32."
+            help=f"onnx/all: {precision_help(ORT)} (int8: export, then calibrate as panda calibrate); "
+            f"trt: {precision_help(TRT)} (int8 calibrates)."
         ),
     ] = None,
     videos: Annotated[
@@ -78,7 +89,7 @@ def export(
         _gguf_plan(checkpoint, gguf_type, json_out)
         return
     calibrate = None
-    if precision == "int8" and target != "gguf":
+    if precision == INT8 and target != "gguf":
         options = {"samples": samples, "method": method, "target_cosine": target_cosine, "holdout": holdout}
         calibrate = bundle_calibrator(videos, qa, **options)
     result = export_target(

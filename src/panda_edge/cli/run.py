@@ -8,6 +8,16 @@ from typing import Annotated, Any
 
 import typer
 
+from panda_edge.backends import (
+    DEFAULT_KV_CACHE,
+    GGUF_PREFERENCE,
+    KV_CACHE_TYPES,
+    ORT,
+    TRT,
+    VISION_BACKENDS,
+    listed,
+    precision_help,
+)
 from panda_edge.cli._common import (
     emit_json,
     err,
@@ -25,20 +35,25 @@ from panda_edge.errors import PandaError
 BundleOpt = Annotated[Path, typer.Option("--bundle", help="Bundle directory written by panda export.")]
 VideoArg = Annotated[Path, typer.Argument(help="Video file (mp4, mkv, webm, avi, mov, gif).")]
 VisionOpt = Annotated[
-    str, typer.Option("--vision", help="Vision backend: ort (ONNX Runtime), trt (TensorRT engine), torch.")
+    str,
+    typer.Option(
+        "--vision",
+        help="Vision backend: " + listed(f"{name} ({what})" for name, what in VISION_BACKENDS.items()) + ".",
+    ),
 ]
 PrecisionOpt = Annotated[
     str | None,
     typer.Option(
         "--precision",
-        help="Vision graph: fp32 (stab.onnx, the default) or int8 (the calibrated graph); with --vision "
-        "trt, the engine's: fp16 (default), fp32 or int8, one the bundle has (panda build-engine).",
+        help=f"Vision graph: {precision_help(ORT)} (int8: the calibrated graph); with --vision trt, the "
+        f"engine's: {precision_help(TRT)}, one the bundle has (panda build-engine).",
     ),
 ]
 GgufOpt = Annotated[
     str | None,
     typer.Option(
-        "--gguf-type", help="Decoder GGUF in the bundle (default: q8_0, else f16, else what it has)."
+        "--gguf-type",
+        help=f"Decoder GGUF in the bundle (default: the first it has of {listed(GGUF_PREFERENCE)}).",
     ),
 ]
 MaxTokensOpt = Annotated[int, typer.Option("--max-new-tokens", min=1, help="Stop after this many tokens.")]
@@ -68,7 +83,11 @@ CacheMaxOpt = Annotated[
 ]
 KvOpt = Annotated[
     str,
-    typer.Option("--kv-cache", help="KV cache type: f16, q8_0 (half the memory; flash attention) or f32."),
+    typer.Option(
+        "--kv-cache",
+        help=f"KV cache type: {listed(KV_CACHE_TYPES)} (default {DEFAULT_KV_CACHE}; quantized: with "
+        "flash attention).",
+    ),
 ]
 CheckpointOpt = Annotated[
     str | None, typer.Option("--checkpoint", help="--vision torch only: the reference checkpoint, or 'tiny'.")
@@ -110,7 +129,7 @@ def run(
     seed: SeedOpt = None,
     cache: CacheOpt = None,
     cache_max_gb: CacheMaxOpt = 20.0,
-    kv_cache: KvOpt = "f16",
+    kv_cache: KvOpt = DEFAULT_KV_CACHE,
     checkpoint: CheckpointOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
@@ -163,7 +182,7 @@ def chat(
     seed: SeedOpt = None,
     cache: CacheOpt = None,
     cache_max_gb: CacheMaxOpt = 20.0,
-    kv_cache: KvOpt = "f16",
+    kv_cache: KvOpt = DEFAULT_KV_CACHE,
     checkpoint: CheckpointOpt = None,
     json_out: JsonOpt = None,
 ) -> None:

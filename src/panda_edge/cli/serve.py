@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.backends import DEFAULT_KV_CACHE
 from panda_edge.cli._common import RayAddress, err, handle_errors, note, warn
 from panda_edge.cli.run import (
     BundleOpt,
@@ -36,7 +37,7 @@ def serve(
     n_gpu_layers: GpuLayersOpt = 0,
     threads: ThreadsOpt = None,
     n_ctx: CtxOpt = None,
-    kv_cache: KvOpt = "f16",
+    kv_cache: KvOpt = DEFAULT_KV_CACHE,
     cache: CacheOpt = None,
     cache_max_gb: CacheMaxOpt = 20.0,
     media_dir: Annotated[

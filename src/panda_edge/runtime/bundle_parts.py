@@ -14,23 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import GGUF_PREFERENCE, INT8, check_precision
 from panda_edge.bundle import TOKENIZER_FILE, bundle_file, load_manifest, manifest_value, verify_files
 from panda_edge.errors import BundleError
 
 log = logging.getLogger(__name__)
-
-# Preference when a bundle holds several GGUF types and none is asked for.
-GGUF_PREFERENCE = ("q8_0", "f16", "q5_k_m", "q4_k_m", "bf16", "f32")
-VISION_BACKENDS = ("ort", "trt", "torch")
-VISION_PRECISIONS = ("fp32", "int8")
-# TensorRT runs an engine of the asked precision; fp16 exists only as an engine.
-TRT_PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def default_precision(backend: str) -> str:
-    """The vision precision a backend runs when none is asked: TensorRT the fp16 engine `panda
-    build-engine` builds by default, the others the fp32 graph."""
-    return "fp16" if backend == "trt" else "fp32"
 
 
 @dataclass(frozen=True)
@@ -65,12 +53,7 @@ def open_bundle(
     root = Path(bundle)
     manifest = load_manifest(root, verify=False)
     verified = verify_files(root, manifest)
-    precisions = TRT_PRECISIONS if backend == "trt" else VISION_PRECISIONS
-    if precision not in precisions:
-        raise BundleError(
-            f"unknown vision precision '{precision}' for --vision {backend}; choose one of: "
-            f"{', '.join(precisions)}"
-        )
+    check_precision(backend, precision)
     if "vision" not in manifest:
         raise BundleError(f"{root}: no vision graph; run panda export --target onnx --out {root}")
     ggufs = (manifest.get("llm") or {}).get("gguf") or {}
@@ -83,7 +66,7 @@ def open_bundle(
             f"{root}: no {gguf_type} GGUF (it holds {', '.join(sorted(ggufs))}); "
             f"run panda export --target gguf --gguf-type {gguf_type} --out {root}"
         )
-    if precision == "int8":
+    if precision == INT8:
         int8 = manifest.get("vision_int8")
         if not int8:
             raise BundleError(f"{root}: no INT8 vision graph; run panda calibrate --bundle {root}")

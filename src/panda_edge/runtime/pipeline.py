@@ -18,18 +18,13 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.backends import VISION_BACKENDS, default_precision
 from panda_edge.bundle import manifest_value, sha256_file
 from panda_edge.config import VisionConfig
 from panda_edge.errors import BundleError, PandaError, VideoError
 from panda_edge.host import available_cores
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
-from panda_edge.runtime.bundle_parts import (
-    VISION_BACKENDS,
-    BundleParts,
-    check_fit,
-    default_precision,
-    open_bundle,
-)
+from panda_edge.runtime.bundle_parts import BundleParts, check_fit, open_bundle
 from panda_edge.runtime.llm.decoder import LlamaDecoder
 from panda_edge.runtime.prefix_cache import PrefixCache
 from panda_edge.runtime.vision.base import VisionBackend

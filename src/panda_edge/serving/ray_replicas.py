@@ -14,8 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import default_precision
 from panda_edge.optional import require
-from panda_edge.runtime.bundle_parts import default_precision, open_bundle
+from panda_edge.runtime.bundle_parts import open_bundle
 from panda_edge.serving.app import RuntimeOptions, ServeOptions, create_app
 
 APP_NAME = "panda"

@@ -58,7 +58,7 @@ def engine_record(
         "file": file,
         "precision": recipe.precision,
         "tensorrt": str(version),
-        "tensorrt_family": recipe.family.name,
+        "tensorrt_family": recipe.family.major,
         "gpu": gpu.to_dict(),
         "profile": recipe.family.profile,
         "source": {"file": recipe.onnx_file, "graph": recipe.graph_key, "sha256": source_sha256},

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import DEFAULT_GGUF_TYPE, KQUANT_SOURCE, check_gguf_type
 from panda_edge.bundle import (
     PROMPT_FILE,
     TOKENIZER_FILE,
@@ -21,12 +22,10 @@ from panda_edge.bundle import (
     prompt_settings,
     tool_versions,
 )
-from panda_edge.errors import CheckpointError, PandaError
+from panda_edge.errors import CheckpointError
 from panda_edge.export.llm_gguf.names import (
     ARCH_NAME,
-    DEFAULT_GGUF_TYPE,
     GGUF_TYPES,
-    KQUANT_SOURCE,
     GgufType,
     gguf_file_name,
 )
@@ -36,10 +35,7 @@ TOOLS = ("torch", "onnx", "onnxruntime", "gguf", "llama_cpp_python", "panda-edge
 
 
 def get_gguf_type(name: str) -> GgufType:
-    try:
-        return GGUF_TYPES[name]
-    except KeyError:
-        raise PandaError(f"unknown GGUF type '{name}'; choose one of: {', '.join(GGUF_TYPES)}") from None
+    return GGUF_TYPES[check_gguf_type(name).name]
 
 
 def gguf_plan(checkpoint: str | Path, gguf_type: str = DEFAULT_GGUF_TYPE) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import DEFAULT_TRT_PROFILE, TrtTarget, trt_target
 from panda_edge.bundle import (
     PROMPT_FILE,
     STAB_ONNX_FILE,
@@ -20,7 +21,6 @@ from panda_edge.bundle import (
 from panda_edge.errors import CheckFailed, CheckpointError
 from panda_edge.export.stab_onnx.check import check_onnx
 from panda_edge.export.stab_onnx.convert import export_graph
-from panda_edge.export.stab_onnx.profiles import DEFAULT_PROFILE, Profile, get_profile
 from panda_edge.fileio import write_json
 from panda_edge.token_layout import FRAMES, VISUAL_TOKENS
 
@@ -32,7 +32,7 @@ KEPT_PARTS = ("llm",)
 def export_bundle(
     checkpoint: str | Path,
     out_dir: str | Path,
-    profile: str | Profile = DEFAULT_PROFILE,
+    profile: str | TrtTarget = DEFAULT_TRT_PROFILE,
     on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Export the vision part of `checkpoint` ('tiny' or a directory) into the bundle `out_dir`.
@@ -46,7 +46,7 @@ def export_bundle(
     from panda_edge.model.vision import VisionTower
 
     step = on_step or (lambda message: None)
-    target = profile if isinstance(profile, Profile) else get_profile(profile)
+    target = profile if isinstance(profile, TrtTarget) else trt_target(profile)
     directory = resolve_checkpoint(checkpoint)
     read_config(directory)  # a wrong directory fails here, before anything is loaded
     tokenizer = directory / TOKENIZER_FILE
@@ -87,7 +87,7 @@ def _manifest(
             "inputs": {FRAMES: {"shape": list(graph.input_shape), "dtype": "float32"}},
             "outputs": {VISUAL_TOKENS: {"shape": list(graph.output_shape), "dtype": "float32"}},
             "layout": "full LSD grid per frame; the runtime keeps the crop rectangle's tokens",
-            "profile": target.name,
+            "profile": target.profile,
             "tensorrt": target.tensorrt,
             "opset": graph.opset,
             "precision": "fp32",

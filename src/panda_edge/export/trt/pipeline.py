@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import FP16, INT8, TRT, TRT_TARGETS, check_precision, trt_target
 from panda_edge.bundle import MANIFEST_FILE, bundle_file, checked_path, extend_manifest, load_manifest
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.trt.script import DEFAULT_PRECISION, SCRIPT_FILE, build_script
@@ -27,13 +28,7 @@ from panda_edge.trt.record import (
     log_problems,
     parse_trtexec_log,
 )
-from panda_edge.trt.versions import (
-    FAMILIES,
-    TrtVersion,
-    check_precision,
-    family_for,
-    family_for_profile,
-)
+from panda_edge.trt.versions import TrtVersion, family_for
 
 FP16_ONNX_FILE = "stab.fp16.onnx"
 Step = Callable[[str], None] | None
@@ -76,7 +71,7 @@ def build_engine(
     from panda_edge.export.trt.build import build_serialized_engine, inspect_engine
 
     bundle, step = Path(bundle), _step(on_step)
-    check_precision(precision)
+    check_precision(TRT, precision, "TensorRT")
     if workspace_mb < 1:
         raise PandaError(f"--workspace must be a positive number of MiB, not {workspace_mb}")
     status = trt_status()
@@ -136,7 +131,7 @@ def register_engine(
     show this precision's graph and options; without it, TensorRT here inspects the engine.
     """
     bundle, step = Path(bundle), _step(on_step)
-    check_precision(precision)
+    check_precision(TRT, precision, "TensorRT")
     manifest = load_manifest(bundle)
     path = _find_engine(bundle, Path(engine))
     extra: dict[str, Any] = {}
@@ -262,7 +257,7 @@ def write_fp16_graph(bundle: Path, manifest: dict[str, Any], on_step: Step = Non
         "profile": vision["profile"],
         "tensorrt": vision["tensorrt"],
         "opset": vision["opset"],
-        "precision": "fp16",
+        "precision": FP16,
         "fp32_ops": sorted(FP32_OPS),
         "inputs": vision["inputs"],
         "outputs": vision["outputs"],
@@ -294,15 +289,15 @@ def export_trt(
     """
     from panda_edge.export.stab_onnx.pipeline import export_bundle
 
-    check_precision(precision)
-    family = family_for_profile(profile)
-    if precision == "int8" and calibrate is None:
+    check_precision(TRT, precision, "TensorRT")
+    family = trt_target(profile)
+    if precision == INT8 and calibrate is None:
         raise PandaError("--precision int8 calibrates the graph: give --videos DIR or --qa QA.json")
     bundle = Path(out_dir)
     manifest = export_bundle(checkpoint, bundle, profile, on_step=on_step)
     if family.graphs[precision] == "vision_fp16":
         manifest = write_fp16_graph(bundle, manifest, on_step)
-    if precision == "int8":
+    if precision == INT8:
         calibrate(bundle, on_step)
         manifest = load_manifest(bundle)
     manifest = write_build_script(bundle, manifest)
@@ -330,7 +325,9 @@ def export_trt(
         "(TensorRT Python bindings + cuda-python)",
         f"or there: {bundle.name}/{SCRIPT_FILE} {precision}   (trtexec; records the engine with panda)",
         "another TensorRT needs another export: "
-        + ", ".join(f"{f.platform} --trt-profile {f.profile}" for f in FAMILIES.values() if f is not family),
+        + ", ".join(
+            f"{f.platform} --trt-profile {f.profile}" for f in TRT_TARGETS.values() if f is not family
+        ),
     ]
     return result
 
@@ -341,7 +338,7 @@ def _why_not_here(status, family) -> str | None:
     if not status.usable:
         return status.reason
     here = family_for(status.tensorrt)
-    if here.name != family.name:
+    if here is not family:
         return (
             f"this machine has TensorRT {status.tensorrt}, which builds profile {here.profile} graphs, "
             f"not profile {family.profile}"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from panda_edge.errors import BundleError, PandaError
+from panda_edge.backends import INT8, ORT, check_precision
+from panda_edge.errors import BundleError
 from panda_edge.host import available_cores
 from panda_edge.optional import onnxruntime
 from panda_edge.runtime.vision.base import TensorSpec, VisionBackend
@@ -23,12 +24,9 @@ from panda_edge.token_layout import FRAMES, METADATA_KEY, VISUAL_TOKENS, TokenLa
 log = logging.getLogger(__name__)
 
 _ORT_TYPES = {"tensor(float)": np.dtype(np.float32)}
-# precision -> (manifest section, key of the graph's file name, Q/DQ computed in float)
-PRECISIONS: dict[str, tuple[str, str, bool]] = {
-    "fp32": ("vision", "file", False),
-    "int8": ("vision_int8", "cpu_file", False),
-    "int8-tensorrt": ("vision_int8", "file", True),
-}
+# Beside the precisions ONNX Runtime runs (backends.PRECISIONS): the TensorRT INT8 graph, its Q/DQ
+# computed in float, to measure that graph's accuracy where there is no TensorRT.
+INT8_TENSORRT = "int8-tensorrt"
 
 
 def default_providers() -> list[str]:
@@ -78,9 +76,12 @@ class OrtVisionEngine(VisionBackend):
         are checked."""
         from panda_edge.bundle import bundle_file, load_manifest
 
-        if precision not in PRECISIONS:
-            raise PandaError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
-        section, key, qdq_in_float = PRECISIONS[precision]
+        if precision == INT8_TENSORRT:
+            section, key, qdq_in_float = "vision_int8", "file", True
+        elif check_precision(ORT, precision, "ONNX Runtime") == INT8:
+            section, key, qdq_in_float = "vision_int8", "cpu_file", False
+        else:
+            section, key, qdq_in_float = "vision", "file", False
         manifest = load_manifest(bundle)
         if section not in manifest:
             hint = "run panda calibrate on it" if section == "vision_int8" else "export it with --target onnx"
