@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 
 import panda_edge
 from panda_edge.backends import TRT_TARGETS
+from panda_edge.bundle import Engine, Manifest
 from panda_edge.cli.main import app
 from panda_edge.errors import BundleError, PandaError
 from panda_edge.export.stab_onnx.fp16 import to_fp16
@@ -72,7 +73,8 @@ def test_unsupported_releases_are_refused(version: str) -> None:
         family_for(version)
 
 
-def _manifest(profile: str, int8: bool = False, fp16: bool = True) -> dict:
+def _manifest(profile: str, int8: bool = False, fp16: bool = True) -> Manifest:
+    """A manifest of the graphs a bundle for `profile` holds (the files themselves are not needed)."""
     io = {
         "inputs": {"frames": {"shape": [8, 4, 112, 112]}},
         "outputs": {"visual_tokens": {"shape": [8, 21, 256]}},
@@ -86,7 +88,9 @@ def _manifest(profile: str, int8: bool = False, fp16: bool = True) -> dict:
             "cpu_file": "stab.int8.cpu.onnx",
             "profile": profile,
         }
-    return manifest
+    names = [g["file"] for g in manifest.values()] + [manifest.get("vision_int8", {}).get("cpu_file")]
+    files = {n: {"sha256": "0" * 64, "size": 1} for n in names if n}
+    return Manifest.from_dict({**manifest, "files": files}, "B")
 
 
 @pytest.mark.parametrize(
@@ -159,43 +163,55 @@ def test_engine_names_carry_the_gpu_and_precision() -> None:
 # --- engine records ---------------------------------------------------------------------------------
 
 
-def _record(tensorrt: str = "10.3.0.30", gpu: GpuInfo = ORIN, precision: str = "fp16") -> dict:
+def _record(
+    tensorrt: str = "10.3.0.30", gpu: GpuInfo = ORIN, precision: str = "fp16", name: str = "x"
+) -> dict:
     return {
-        "file": f"stab.x.{precision}.engine",
+        "file": f"stab.{name}.{precision}.engine",
         "precision": precision,
         "tensorrt": tensorrt,
         "gpu": gpu.to_dict(),
     }
 
 
+def _engines(*records: dict) -> Manifest:
+    files = {r["file"]: {"sha256": "0" * 64, "size": 1} for r in records}
+    return Manifest.from_dict({"engines": {r["file"]: r for r in records}, "files": files}, "BUNDLE")
+
+
+def _engine(*args: object, **kwargs: object) -> Engine:
+    (engine,) = _engines(_record(*args, **kwargs)).engines.values()
+    return engine
+
+
 def test_engine_compatibility() -> None:
     ten = TrtVersion.parse("10.3.0.30")
-    assert engine_problems(_record(), ten, ORIN) == []
-    assert engine_problems(_record("10.3.0"), ten, ORIN) == []  # a trtexec record knows major.minor.patch
-    (problem,) = engine_problems(_record("10.3.0.26"), ten, ORIN)
+    assert engine_problems(_engine(), ten, ORIN) == []
+    assert engine_problems(_engine("10.3.0"), ten, ORIN) == []  # a trtexec record knows major.minor.patch
+    (problem,) = engine_problems(_engine("10.3.0.26"), ten, ORIN)
     assert "built with TensorRT 10.3.0.26, this machine has TensorRT 10.3.0.30" in problem
-    (problem,) = engine_problems(_record(), ten, GpuInfo("NVIDIA GeForce RTX 4090", "8.9"))
+    (problem,) = engine_problems(_engine(), ten, GpuInfo("NVIDIA GeForce RTX 4090", "8.9"))
     assert "built for Orin (compute capability 8.7), this GPU is NVIDIA GeForce RTX 4090" in problem
     (problem,) = engine_problems(
-        _record(gpu=GpuInfo("NVIDIA A10", "8.6")), ten, GpuInfo("NVIDIA RTX A6000", "8.6")
+        _engine(gpu=GpuInfo("NVIDIA A10", "8.6")), ten, GpuInfo("NVIDIA RTX A6000", "8.6")
     )
     assert "built on a NVIDIA A10, this GPU is a NVIDIA RTX A6000" in problem
-    assert len(engine_problems(_record("8.5.2.2"), ten, GpuInfo("NVIDIA L4", "8.9"))) == 2
+    assert len(engine_problems(_engine("8.5.2.2"), ten, GpuInfo("NVIDIA L4", "8.9"))) == 2
 
 
 def test_select_engine_picks_the_one_for_this_device_or_says_rebuild() -> None:
     rtx = GpuInfo("NVIDIA GeForce RTX 4090", "8.9")
-    manifest = {"engines": {"a": _record(gpu=rtx), "b": _record(), "c": _record(precision="int8")}}
+    manifest = _engines(_record(gpu=rtx, name="a"), _record(name="b"), _record(precision="int8", name="c"))
     ten = TrtVersion.parse("10.3.0.30")
-    assert select_engine(manifest, "fp16", ten, ORIN) is manifest["engines"]["b"]
-    assert select_engine(manifest, "int8", ten, ORIN) is manifest["engines"]["c"]
+    assert select_engine(manifest, "fp16", ten, ORIN).file == "stab.b.fp16.engine"
+    assert select_engine(manifest, "int8", ten, ORIN).file == "stab.c.int8.engine"
     with pytest.raises(
         EngineMismatch, match=r"rebuild it on this device: panda build-engine --bundle B --precision"
     ):
         select_engine(manifest, "fp16", TrtVersion.parse("10.4.0"), ORIN, bundle="B")
     with pytest.raises(
         BundleError,
-        match=r"no fp32 TensorRT engine \(it has .*stab.x.int8.engine \(int8, TensorRT 10.3.0.30, Orin\)\); "
+        match=r"no fp32 TensorRT engine \(it has .*stab.c.int8.engine \(int8, TensorRT 10.3.0.30, Orin\)\); "
         r"build one on this device: panda build-engine --bundle BUNDLE --precision fp32",
     ):
         select_engine(manifest, "fp32", ten, ORIN)
@@ -274,8 +290,7 @@ def test_log_parsing_and_checks(jetpack6_bundle: Path, tools: dict[str, str], tm
     log = parse_trtexec_log(run.stdout)
     assert (log.version, log.gpu, log.status) == (TrtVersion(10, 3, 0), ORIN, "PASSED")
     assert log.gpu_compute_median_ms == 10.05 and log.option("--onnx") == "stab.fp16.onnx"
-    manifest = json.loads((jetpack6_bundle / "manifest.json").read_text())
-    recipe = recipe_for(manifest, TRT_TARGETS["10"], "fp16")
+    recipe = recipe_for(Manifest.load(jetpack6_bundle), TRT_TARGETS["10"], "fp16")
     assert log_problems(log, recipe, "stab.trtexec.fp16.engine") == []
     wrong = parse_trtexec_log(run.stdout.replace("--stronglyTyped", "--fp16").replace("PASSED", "FAILED"))
     problems = " | ".join(log_problems(wrong, recipe, "other.engine"))
@@ -307,9 +322,8 @@ def test_build_script_builds_and_records_the_engine(jetpack6_bundle: Path, tools
     assert record["inputs"]["frames"]["shape"] == [8, 4, 112, 112] and record["workspace_mb"] == 1024
     assert record["trtexec_gpu_compute_median_ms"] == 10.05
     assert "stab.orin.fp16.engine" in manifest["files"] and not (bundle / "stab.trtexec.fp16.engine").exists()
-    from panda_edge.bundle import load_manifest
-
-    assert select_engine(load_manifest(bundle), "fp16", TrtVersion.parse("10.3.0.30"), ORIN) == record
+    engine = select_engine(Manifest.load(bundle), "fp16", TrtVersion.parse("10.3.0.30"), ORIN)
+    assert engine.to_dict() == record
 
 
 def test_build_script_refuses_another_tensorrt_and_missing_graphs(jetpack6_bundle: Path, tools) -> None:
@@ -498,8 +512,7 @@ def test_trt_backend_says_why_it_cannot_run(jetpack6_bundle: Path) -> None:
     from panda_edge.runtime.vision import OrtVisionEngine
 
     with OrtVisionEngine(jetpack6_bundle / "stab.onnx") as ort_engine:
-        manifest = json.loads((jetpack6_bundle / "manifest.json").read_text())
-        assert layout_from_manifest(manifest) == ort_engine.layout
+        assert layout_from_manifest(Manifest.load(jetpack6_bundle)) == ort_engine.layout
 
 
 def test_device_side_modules_import_without_torch_or_onnx() -> None:

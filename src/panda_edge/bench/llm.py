@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from panda_edge.backends import BENCHMARKED_GGUF_TYPES
+from panda_edge.bundle import Manifest
 from panda_edge.config import LlmConfig, ModelConfig
 from panda_edge.timing import BELOW_RESOLUTION, median_s, quotient, rate, significant
 
@@ -118,11 +119,12 @@ def bench_llm(
         synthetic_tokenizer(ckpt / "tokenizer.model", llm.vocab_size)
         for t in types:
             step(f"exporting {t} GGUF")
-            entry = export_gguf(ckpt, bundle, t)["llm"]["gguf"][t]
+            manifest = Manifest.from_dict(export_gguf(ckpt, bundle, t), bundle)
+            gguf = manifest.gguf_path(t)
             step(f"timing llama.cpp {t}")
-            runner = _llama_runner(bundle / entry["file"], prompt, decode_tokens, threads)
+            runner = _llama_runner(gguf, prompt, decode_tokens, threads)
             timing = _timed(runner, repeat, prompt_tokens, decode_tokens)
-            result[f"llama.cpp-{t}"] = {**timing, "gguf_bytes": entry["size"]}
+            result[f"llama.cpp-{t}"] = {**timing, "gguf_bytes": manifest.files[gguf.name].size}
     base = result["transformers"]
     ratios = {
         name: {

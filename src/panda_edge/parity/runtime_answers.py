@@ -53,11 +53,13 @@ def measure_e2e(
     answers (`reference_tokens`). The context holds a square video's prefix and one answer, not the
     model's 4096: an f32 KV cache for 4096 positions is 4.3 GB at 7B. `f16_standin`: the f16 GGUF
     stands in for f32, and answers may part at a near tie for its error (F16_STANDIN_MAX_REL)."""
-    from panda_edge.bundle import load_manifest
+    from dataclasses import asdict
+
+    from panda_edge.bundle import Manifest
     from panda_edge.parity.llm import F16_STANDIN_MAX_REL
     from panda_edge.plan.vision import visual_tokens_per_video
 
-    vision = load_manifest(bundle, verify=False)["model"]["vision"]
+    vision = asdict(Manifest.load(bundle, verify=False).config.vision)
     n_ctx = visual_tokens_per_video(vision) + 128 + MAX_NEW_TOKENS
     with VideoRuntime(
         bundle, vision="ort", gguf_type=gguf_type, kv_cache="f32", threads=threads, n_ctx=n_ctx

@@ -125,11 +125,11 @@ def bundle_vision_parity(
     from contextlib import ExitStack
 
     from panda_edge.backends import INT8
-    from panda_edge.bundle import load_manifest
+    from panda_edge.bundle import VISION_INT8, Manifest
     from panda_edge.errors import PandaError
     from panda_edge.runtime.vision.ort import INT8_TENSORRT, OrtVisionEngine
 
-    int8 = "vision_int8" in load_manifest(bundle)
+    int8 = Manifest.load(bundle).has_graph(VISION_INT8)
     engines = {"stab_fp32": (OrtVisionEngine.from_bundle(bundle), "stab_fp32")}
     if int8:
         for precision in (INT8, INT8_TENSORRT):

@@ -12,7 +12,7 @@ The runtime figures are estimates (named constants below); measure a device with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from panda_edge.backends import (
     check_kv_cache,
     default_precision,
 )
+from panda_edge.bundle import Manifest
 from panda_edge.errors import PandaError
 from panda_edge.plan.devices import Device
 from panda_edge.plan.ggml import kv_cache_bytes, weight_plan
@@ -61,22 +62,18 @@ class ModelShape:
         return cls(source, config["llm"], config["vision"], config.get("projector_type", "mlp2x_gelu"))
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], source: str) -> ModelShape:
-        model = manifest.get("model")
-        if not isinstance(model, dict) or "llm" not in model or "vision" not in model:
-            raise PandaError(f"{source}: the manifest has no model configuration ('model')")
-        gguf = (manifest.get("llm") or {}).get("gguf") or {}
-        engines = manifest.get("engines") or {}
+    def from_manifest(cls, manifest: Manifest) -> ModelShape:
+        config = manifest.config
         return cls(
-            source,
-            model["llm"],
-            model["vision"],
-            model.get("projector_type", "mlp2x_gelu"),
-            {t: int(e["size"]) for t, e in gguf.items() if "size" in e},
+            str(manifest.root),
+            asdict(config.llm),
+            asdict(config.vision),
+            config.projector_type,
+            {t: manifest.files[g.file].size for t, g in manifest.ggufs.items()},
             {
-                r["precision"]: int(r["device_memory_bytes"])
-                for r in engines.values()
-                if r.get("device_memory_bytes")
+                e.precision: int(e.device_memory_bytes)
+                for e in manifest.engines.values()
+                if e.device_memory_bytes
             },
         )
 
@@ -166,11 +163,7 @@ def model_shape(bundle: str | Path | None = None, preset_name: str | None = None
     if (bundle is None) == (preset_name is None):
         raise PandaError("give one of --bundle BUNDLE or --preset full|tiny")
     if bundle is not None:
-        from panda_edge.bundle import load_manifest
-
-        return ModelShape.from_manifest(load_manifest(bundle, verify=False), str(bundle))
-    from dataclasses import asdict
-
+        return ModelShape.from_manifest(Manifest.load(bundle, verify=False))
     from panda_edge.config import preset
 
     return ModelShape.from_config(asdict(preset(preset_name)), f"preset:{preset_name}")

@@ -12,16 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from panda_edge.backends import VISION_BACKENDS, default_precision
-from panda_edge.bundle import manifest_value, sha256_file
-from panda_edge.config import VisionConfig
-from panda_edge.errors import BundleError, PandaError, VideoError
+from panda_edge.bundle import Engine, sha256_file
+from panda_edge.errors import PandaError, VideoError
 from panda_edge.host import available_cores
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, TextStream
 from panda_edge.runtime.bundle_parts import BundleParts, check_fit, open_bundle
@@ -69,15 +68,6 @@ class Answer:
         }
 
 
-def _vision_config(fields: Any, root: Path) -> VisionConfig:
-    """The manifest's `model.vision` as a VisionConfig; a field missing or unknown is a BundleError."""
-    try:
-        return VisionConfig(**fields)
-    except TypeError as exc:  # a missing or unexpected field, or not a mapping
-        message = f"{root}: the manifest's 'model.vision' does not fit ({exc}); export again"
-        raise BundleError(message) from None
-
-
 def open_vision(parts: BundleParts, backend: str, checkpoint: str | None = None) -> VisionBackend:
     """The vision backend for the bundle: ort (its ONNX, fp32 or int8), trt (its engine) or torch."""
     if backend == "ort":
@@ -98,7 +88,7 @@ def open_vision(parts: BundleParts, backend: str, checkpoint: str | None = None)
     raise PandaError(f"unknown vision backend '{backend}'; choose one of: {', '.join(VISION_BACKENDS)}")
 
 
-def vision_file(parts: BundleParts, backend: str, engine_record: dict[str, Any] | None = None) -> str:
+def vision_file(parts: BundleParts, backend: str, engine_record: Engine | None = None) -> str:
     """The bundle file the vision backend runs, whose hash keys the prefix cache: the engine chosen
     for trt (a rebuilt engine must not reuse a prefix computed by the old one), the graph of the asked
     precision for ort (the INT8 CPU graph, or stab.onnx). torch runs the checkpoint: stab.onnx stands
@@ -106,7 +96,7 @@ def vision_file(parts: BundleParts, backend: str, engine_record: dict[str, Any] 
     if backend == "trt":
         if engine_record is None:
             raise PandaError("the trt backend has not chosen its engine yet")
-        return str(engine_record["file"])
+        return engine_record.file
     return parts.vision_onnx.relative_to(parts.root).as_posix()
 
 
@@ -117,7 +107,7 @@ def check_runtime_memory(parts: BundleParts, n_ctx: int, kv_cache: str) -> None:
     from panda_edge.plan.ggml import kv_cache_bytes
     from panda_edge.plan.memory import HOST_PROCESS_BYTES, compute_buffer_bytes
 
-    llm = parts.manifest["model"]["llm"]
+    llm = asdict(parts.manifest.config.llm)
     need = (
         parts.gguf.stat().st_size
         + kv_cache_bytes(llm, n_ctx, kv_cache)
@@ -154,12 +144,10 @@ class VideoRuntime:
         self.parts = open_bundle(bundle, gguf_type, precision, vision)
         self.vision_name = vision
         manifest, root = self.parts.manifest, self.parts.root
-        self.vision_config = _vision_config(manifest_value(manifest, "model.vision", root), root)
+        self.vision_config = manifest.config.vision
         self.tokenizer = PromptTokenizer(self.parts.tokenizer)
         threads = threads or available_cores()
-        n_ctx = n_ctx or min(
-            DEFAULT_N_CTX, int(manifest_value(manifest, "model.llm.max_position_embeddings", root))
-        )
+        n_ctx = n_ctx or min(DEFAULT_N_CTX, manifest.config.llm.max_position_embeddings)
         if n_gpu_layers == 0:
             check_runtime_memory(self.parts, n_ctx, kv_cache)
         self.engine = open_vision(self.parts, vision, checkpoint)
@@ -176,7 +164,6 @@ class VideoRuntime:
         except BaseException:
             self.close()
             raise
-        files = manifest["files"]  # listed, and their hashes checked when the bundle was opened
         self.vision_file = vision_file(self.parts, vision, getattr(self.engine, "record", None))
         log.info(
             "vision backend %s (%s %s), %d threads, n_ctx %d",
@@ -187,8 +174,8 @@ class VideoRuntime:
             n_ctx,
         )
         self.identity = {
-            "gguf": files[self.parts.gguf.relative_to(root).as_posix()]["sha256"],
-            "vision": files[self.vision_file]["sha256"],
+            "gguf": manifest.sha256(self.parts.gguf.relative_to(root).as_posix()),
+            "vision": manifest.sha256(self.vision_file),
             "backend": f"{vision}-{precision}",
             "kv_cache": kv_cache,
         }

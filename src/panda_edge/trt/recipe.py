@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from panda_edge.backends import TRT, TrtTarget, check_precision
+from panda_edge.bundle import Manifest
 from panda_edge.errors import BundleError
 
 DEFAULT_WORKSPACE_MB = 1024
@@ -50,21 +51,20 @@ class Recipe:
         }
 
 
-def recipe_for(manifest: dict[str, Any], family: TrtTarget, precision: str, bundle: str = "BUNDLE") -> Recipe:
+def recipe_for(manifest: Manifest, family: TrtTarget, precision: str, bundle: str = "BUNDLE") -> Recipe:
     """The recipe for `precision` with `family`, or a BundleError that says which export is missing."""
     check_precision(TRT, precision, "TensorRT")
     key = family.graphs[precision]
-    entry = manifest.get(key)
-    if not isinstance(entry, dict) or "file" not in entry:
+    if not manifest.has_graph(key):
         raise BundleError(_missing_graph(key, family, bundle))
-    profile = str(entry.get("profile", manifest.get("vision", {}).get("profile")))
-    if profile != family.profile:
+    graph = manifest.graph(key)
+    if graph.profile != family.profile:
         raise BundleError(
-            f"{bundle}: {entry['file']} was exported for TensorRT profile {profile}; {family.label} "
+            f"{bundle}: {graph.file} was exported for TensorRT profile {graph.profile}; {family.label} "
             f"({family.platform}) builds profile {family.profile} graphs: export again with "
             f"--trt-profile {family.profile}"
         )
-    return Recipe(family, precision, key, entry["file"])
+    return Recipe(family, precision, key, graph.file)
 
 
 def _missing_graph(key: str, family: TrtTarget, bundle: str) -> str:

@@ -12,6 +12,7 @@ from panda_edge.bundle import (
     PROMPT_FILE,
     STAB_ONNX_FILE,
     TOKENIZER_FILE,
+    Manifest,
     StagedFiles,
     file_record,
     previous_manifest,
@@ -26,7 +27,6 @@ from panda_edge.token_layout import FRAMES, VISUAL_TOKENS
 
 # Parts of an existing bundle of the same checkpoint that a new ONNX export leaves in place (an INT8
 # graph is not kept: it was calibrated from the graph this export replaces).
-KEPT_PARTS = ("llm",)
 
 
 def export_bundle(
@@ -56,7 +56,7 @@ def export_bundle(
     tower = VisionTower.from_checkpoint(directory)
     step("hashing the source weights")
     weights = {p.name: file_record(p) for p in weight_files(directory)}
-    previous = previous_manifest(out_dir, weights) or {}
+    previous = previous_manifest(out_dir, weights)
     with StagedFiles(out_dir) as staged:  # the bundle as it was stays valid until the commit
         step(f"exporting STAB + projector to ONNX (TensorRT {target.tensorrt} profile, opset {target.opset})")
         tmp = staged.path(STAB_ONNX_FILE)
@@ -74,11 +74,10 @@ def export_bundle(
 
 
 def _manifest(
-    bundle: Path, previous: dict[str, Any], directory: Path, weights: dict[str, Any], tower, graph, target
+    bundle: Path, previous: Manifest, directory: Path, weights: dict[str, Any], tower, graph, target
 ) -> tuple[dict[str, Any], list[str]]:
     """The new manifest and the files it lists: this export's, and a GGUF already in the bundle."""
-    kept = {key: previous[key] for key in KEPT_PARTS if key in previous}  # a GGUF already there
-    kept_files = [e["file"] for e in (kept.get("llm") or {}).get("gguf", {}).values()]
+    kept, kept_files = previous.kept_for_vision_export()
     manifest = {
         "source": {"checkpoint": str(directory.resolve()), "weights": weights},
         "model": tower.config.to_dict(),
@@ -95,8 +94,8 @@ def _manifest(
         },
         "prompt": PROMPT_FILE,
         "tokenizer": TOKENIZER_FILE,
-        "tools": {**previous.get("tools", {}), **tool_versions()},
+        "tools": {**previous.tools, **tool_versions()},
         **kept,
     }
-    files = [STAB_ONNX_FILE, TOKENIZER_FILE, PROMPT_FILE, *(f for f in kept_files if (bundle / f).is_file())]
+    files = [STAB_ONNX_FILE, TOKENIZER_FILE, PROMPT_FILE, *kept_files]
     return manifest, files

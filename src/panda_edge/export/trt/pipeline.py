@@ -14,15 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from panda_edge.backends import FP16, INT8, TRT, TRT_TARGETS, check_precision, trt_target
-from panda_edge.bundle import MANIFEST_FILE, bundle_file, checked_path, extend_manifest, load_manifest
+from panda_edge.backends import DEFAULT_TRT_PROFILE, FP16, INT8, TRT, TRT_TARGETS, check_precision, trt_target
+from panda_edge.bundle import MANIFEST_FILE, VISION, VISION_FP16, Manifest
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.trt.script import DEFAULT_PRECISION, SCRIPT_FILE, build_script
 from panda_edge.fileio import atomic_path
 from panda_edge.trt.device import TrtUnavailable, trt_status
 from panda_edge.trt.recipe import DEFAULT_WORKSPACE_MB, Recipe, engine_file_name, recipe_for
 from panda_edge.trt.record import (
-    ENGINES_KEY,
     GpuInfo,
     engine_record,
     log_problems,
@@ -36,18 +35,6 @@ Step = Callable[[str], None] | None
 
 def _step(on_step: Step) -> Callable[[str], None]:
     return on_step or (lambda message: None)
-
-
-def _graph_io(manifest: dict[str, Any], recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every graph of a bundle takes and gives what the fp32 graph does (float32 frames -> tokens)."""
-    entry = manifest.get(recipe.graph_key, {})
-    vision = manifest["vision"]
-    return entry.get("inputs", vision["inputs"]), entry.get("outputs", vision["outputs"])
-
-
-def _add_engine(bundle: Path, manifest: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
-    engines = {**manifest.get(ENGINES_KEY, {}), record["file"]: record}
-    return extend_manifest(bundle, manifest, {ENGINES_KEY: dict(sorted(engines.items()))}, [record["file"]])
 
 
 def _where_to_build(bundle: Path) -> str:
@@ -77,19 +64,19 @@ def build_engine(
     status = trt_status()
     if not status.usable:
         raise TrtUnavailable(f"no engine can be built here: {status.reason}. {_where_to_build(bundle)}")
-    manifest = load_manifest(bundle)
+    manifest = Manifest.load(bundle)
     version = TrtVersion.parse(status.tensorrt)
     recipe = recipe_for(manifest, family_for(version), precision, bundle=str(bundle))
     step(f"TensorRT {version} on {status.gpu}: {recipe.onnx_file} -> {precision} engine")
     data = build_serialized_engine(
-        checked_path(bundle, manifest, recipe.onnx_file, f"'{recipe.graph_key}.file'"),
+        manifest.path(recipe.onnx_file),
         recipe,
         workspace_mb,
         Path(timing_cache) if timing_cache is not None else None,
         on_step=step,
     )
     info = inspect_engine(data)
-    inputs, outputs = _graph_io(manifest, recipe)
+    inputs, outputs = manifest.graph_io(recipe.graph_key)
     _check_shapes(info, inputs, outputs)
     name = engine_file_name(status.gpu.name, precision)
     with atomic_path(bundle / name) as tmp:
@@ -99,7 +86,7 @@ def build_engine(
         recipe=recipe,
         version=version,
         gpu=status.gpu,
-        source_sha256=_source_sha256(bundle, manifest, recipe),
+        source_sha256=manifest.sha256(recipe.onnx_file),
         inputs=inputs,
         outputs=outputs,
         workspace_mb=workspace_mb,
@@ -107,7 +94,7 @@ def build_engine(
         device_memory_bytes=info["device_memory_bytes"],
     )
     step(f"wrote {name}; recording it in the manifest")
-    return {"engine": record, "manifest": _add_engine(bundle, manifest, record)}
+    return {"engine": record, "manifest": manifest.with_engine(record).to_dict()}
 
 
 def _check_shapes(info: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
@@ -132,7 +119,7 @@ def register_engine(
     """
     bundle, step = Path(bundle), _step(on_step)
     check_precision(TRT, precision, "TensorRT")
-    manifest = load_manifest(bundle)
+    manifest = Manifest.load(bundle)
     path = _find_engine(bundle, Path(engine))
     extra: dict[str, Any] = {}
     if trtexec_log is not None:
@@ -147,7 +134,7 @@ def register_engine(
         problems = log_problems(log, recipe, path.name)
         if problems:
             raise BundleError(f"{log_path}: " + "; ".join(problems))
-        inputs, outputs = _graph_io(manifest, recipe)
+        inputs, outputs = manifest.graph_io(recipe.graph_key)
         workspace = _workspace_from(log.option("--memPoolSize"))
         if log.gpu_compute_median_ms is not None:
             extra["trtexec_gpu_compute_median_ms"] = log.gpu_compute_median_ms
@@ -165,14 +152,14 @@ def register_engine(
         recipe=recipe,
         version=version,
         gpu=gpu,
-        source_sha256=_source_sha256(bundle, manifest, recipe),
+        source_sha256=manifest.sha256(recipe.onnx_file),
         inputs=inputs,
         outputs=outputs,
         workspace_mb=workspace,
         builder=builder,
         **extra,
     )
-    return {"engine": record, "manifest": _add_engine(bundle, manifest, record)}
+    return {"engine": record, "manifest": manifest.with_engine(record).to_dict()}
 
 
 def _find_engine(bundle: Path, engine: Path) -> Path:
@@ -194,7 +181,7 @@ def _workspace_from(pool: str | None) -> int | None:
 
 
 def _inspect_here(
-    manifest: dict[str, Any], bundle: Path, path: Path, precision: str
+    manifest: Manifest, bundle: Path, path: Path, precision: str
 ) -> tuple[TrtVersion, GpuInfo, Recipe, dict, dict, int | None, dict[str, Any]]:
     from panda_edge.export.trt.build import inspect_engine
 
@@ -207,7 +194,7 @@ def _inspect_here(
     version = TrtVersion.parse(status.tensorrt)
     recipe = recipe_for(manifest, family_for(version), precision, bundle=str(bundle))
     info = inspect_engine(path.read_bytes())
-    inputs, outputs = _graph_io(manifest, recipe)
+    inputs, outputs = manifest.graph_io(recipe.graph_key)
     _check_shapes(info, inputs, outputs)
     return (
         version,
@@ -228,55 +215,51 @@ def _move_into(source: Path, target: Path) -> None:
     os.unlink(source)
 
 
-def _source_sha256(bundle: Path, manifest: dict[str, Any], recipe: Recipe) -> str:
-    """The verified hash of the graph an engine is built from (refused when the manifest never hashed it)."""
-    checked_path(bundle, manifest, recipe.onnx_file, f"'{recipe.graph_key}.file'")
-    return manifest["files"][recipe.onnx_file]["sha256"]
-
-
 # --- panda export --target trt ----------------------------------------------------------------------
 
 
-def write_fp16_graph(bundle: Path, manifest: dict[str, Any], on_step: Step = None) -> dict[str, Any]:
+def write_fp16_graph(manifest: Manifest, on_step: Step = None) -> Manifest:
     """BUNDLE/stab.fp16.onnx from the fp32 graph, checked for the bundle's profile (needs onnx)."""
     from panda_edge.export.stab_onnx.check import check_onnx
     from panda_edge.export.stab_onnx.fp16 import FP32_OPS, convert_file
 
-    vision = manifest["vision"]
+    vision, bundle = manifest.vision, manifest.root
     _step(on_step)(f"writing {FP16_ONNX_FILE} (fp16, LayerNorm in fp32) for strongly typed TensorRT")
     with atomic_path(bundle / FP16_ONNX_FILE) as tmp:
-        convert_file(bundle_file(bundle, manifest, "vision.file"), tmp)
-        problems = check_onnx(tmp, vision["profile"])
+        convert_file(manifest.path(vision.file), tmp)
+        problems = check_onnx(tmp, str(vision.profile))
         if problems:
             raise CheckFailed(
-                f"the fp16 graph fails the TensorRT {vision['tensorrt']} checks: " + "; ".join(problems)
+                f"the fp16 graph fails the TensorRT {vision.tensorrt} checks: " + "; ".join(problems)
             )
+    inputs, outputs = manifest.graph_io(VISION)
     entry = {
         "file": FP16_ONNX_FILE,
-        "source": vision["file"],
-        "profile": vision["profile"],
-        "tensorrt": vision["tensorrt"],
-        "opset": vision["opset"],
+        "source": vision.file,
+        "profile": vision.profile,
+        "tensorrt": vision.tensorrt,
+        "opset": vision.opset,
         "precision": FP16,
         "fp32_ops": sorted(FP32_OPS),
-        "inputs": vision["inputs"],
-        "outputs": vision["outputs"],
+        "inputs": inputs,
+        "outputs": outputs,
     }
-    return extend_manifest(bundle, manifest, {"vision_fp16": entry}, [FP16_ONNX_FILE])
+    return manifest.extend({VISION_FP16: entry}, [FP16_ONNX_FILE])
 
 
-def write_build_script(bundle: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def write_build_script(manifest: Manifest) -> Manifest:
     """BUNDLE/build_engine.sh for the graphs the manifest lists now (executable), hashed in."""
+    bundle = manifest.root
     with atomic_path(bundle / SCRIPT_FILE) as tmp:
         tmp.write_text(build_script(manifest), encoding="utf-8")
     os.chmod(bundle / SCRIPT_FILE, 0o755)
-    return extend_manifest(bundle, manifest, {}, [SCRIPT_FILE])
+    return manifest.extend({}, [SCRIPT_FILE])
 
 
 def export_trt(
     checkpoint: str | Path,
     out_dir: str | Path,
-    profile: str = "11",
+    profile: str = DEFAULT_TRT_PROFILE,
     precision: str = DEFAULT_PRECISION,
     on_step: Step = None,
     build: bool = True,
@@ -294,16 +277,16 @@ def export_trt(
     if precision == INT8 and calibrate is None:
         raise PandaError("--precision int8 calibrates the graph: give --videos DIR or --qa QA.json")
     bundle = Path(out_dir)
-    manifest = export_bundle(checkpoint, bundle, profile, on_step=on_step)
-    if family.graphs[precision] == "vision_fp16":
-        manifest = write_fp16_graph(bundle, manifest, on_step)
+    manifest = Manifest.from_dict(export_bundle(checkpoint, bundle, profile, on_step=on_step), bundle)
+    if family.graphs[precision] == VISION_FP16:
+        manifest = write_fp16_graph(manifest, on_step)
     if precision == INT8:
         calibrate(bundle, on_step)
-        manifest = load_manifest(bundle)
-    manifest = write_build_script(bundle, manifest)
+        manifest = Manifest.load(bundle)
+    manifest = write_build_script(manifest)
     status = trt_status() if build else None
     result: dict[str, Any] = {
-        "manifest": manifest,
+        "manifest": manifest.to_dict(),
         "engine": None,
         "tensorrt": status.to_dict() if status else None,
         "built_here": False,

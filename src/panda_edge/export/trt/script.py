@@ -9,10 +9,10 @@ script checks that the installed TensorRT reads the bundle's graphs, runs the sa
 from __future__ import annotations
 
 import shlex
-from typing import Any
 
 from panda_edge import __version__
 from panda_edge.backends import PRECISIONS, TRT, TRT_TARGETS, default_precision, trt_target
+from panda_edge.bundle import Manifest
 from panda_edge.errors import BundleError
 from panda_edge.trt.recipe import DEFAULT_WORKSPACE_MB, recipe_for, trtexec_command
 
@@ -29,9 +29,9 @@ def log_name(precision: str) -> str:
     return f"build_engine.{precision}.log"
 
 
-def build_script(manifest: dict[str, Any]) -> str:
+def build_script(manifest: Manifest) -> str:
     """The script's text for the bundle's profile; precisions whose graph is missing say how to make it."""
-    family = trt_target(manifest["vision"]["profile"])
+    family = trt_target(str(manifest.profile))
     others = "\n".join(f"#   {f.platform}: --trt-profile {f.profile}" for f in TRT_TARGETS.values())
     cases = []
     for precision in PRECISIONS[TRT]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from panda_edge.backends import INT8, ORT, check_precision
+from panda_edge.backends import INT8, ORT, TRT
 from panda_edge.errors import BundleError
 from panda_edge.host import available_cores
 from panda_edge.optional import onnxruntime
@@ -74,19 +74,12 @@ class OrtVisionEngine(VisionBackend):
     ) -> OrtVisionEngine:
         """The bundle's graph of `precision` (fp32, int8, int8-tensorrt), after its manifest's hashes
         are checked."""
-        from panda_edge.bundle import bundle_file, load_manifest
+        from panda_edge.bundle import Manifest
 
-        if precision == INT8_TENSORRT:
-            section, key, qdq_in_float = "vision_int8", "file", True
-        elif check_precision(ORT, precision, "ONNX Runtime") == INT8:
-            section, key, qdq_in_float = "vision_int8", "cpu_file", False
-        else:
-            section, key, qdq_in_float = "vision", "file", False
-        manifest = load_manifest(bundle)
-        if section not in manifest:
-            hint = "run panda calibrate on it" if section == "vision_int8" else "export it with --target onnx"
-            raise BundleError(f"{bundle}: the bundle has no {precision} vision graph; {hint}")
-        return cls(bundle_file(bundle, manifest, f"{section}.{key}"), providers, qdq_in_float=qdq_in_float)
+        manifest = Manifest.load(bundle)
+        if precision == INT8_TENSORRT:  # the graph TensorRT builds its int8 engine from
+            return cls(manifest.vision_graph(TRT, INT8), providers, qdq_in_float=True)
+        return cls(manifest.vision_graph(ORT, precision), providers)
 
     def _activate(self) -> None:
         ort = onnxruntime()
