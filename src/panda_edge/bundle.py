@@ -639,10 +639,22 @@ class Manifest:
 
     def io_shapes(self, section: str = VISION) -> tuple[list[int], list[int]]:
         """The shapes of a graph's frames input and visual-tokens output."""
+        inputs, outputs = self.graph_shapes(section)
+        try:
+            return inputs[FRAMES], outputs[VISUAL_TOKENS]
+        except KeyError:
+            raise BundleError(
+                f"{self.root}: the manifest's '{section}' has no {FRAMES} or {VISUAL_TOKENS}; export again"
+            ) from None
+
+    def graph_shapes(self, section: str = VISION) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """name -> shape of a graph's inputs, and of its outputs."""
         inputs, outputs = self.graph_io(section)
         try:
-            return list(inputs[FRAMES]["shape"]), list(outputs[VISUAL_TOKENS]["shape"])
-        except (KeyError, TypeError):
+            return {n: list(s["shape"]) for n, s in inputs.items()}, {
+                n: list(s["shape"]) for n, s in outputs.items()
+            }
+        except (KeyError, TypeError, AttributeError):
             raise BundleError(
                 f"{self.root}: the manifest's '{section}' inputs or outputs lack a shape; export again"
             ) from None
@@ -691,7 +703,8 @@ class Manifest:
         self, entry: dict[str, Any], source: Source, model: ModelConfig, written: Iterable[str]
     ) -> tuple[dict[str, Any], list[str]]:
         """The fields and files of this manifest with the GGUF `entry` added (`source` and `model` when
-        it has none yet): what `StagedFiles.commit` writes. `written`: files this export stages."""
+        it has none yet): what `StagedFiles.commit` writes. `written`: the files besides the GGUF that
+        this export stages (written now, or already there)."""
         data = {k: v for k, v in self.data.items() if k not in ("format_version", "files")}
         if self.source is None:
             data |= {"source": source.to_dict(), "model": model.to_dict()}
@@ -699,7 +712,7 @@ class Manifest:
         data.setdefault("tokenizer", TOKENIZER_FILE)
         ggufs = {**{t: g.to_dict() for t, g in self.ggufs.items()}, entry["type"]: entry}
         data["llm"] = {**(data.get("llm") or {}), "gguf": ggufs, "config": dict(vars(model.llm))}
-        written = set(written)
+        written = {*written, entry["file"]}
         names = {n for n in self.files if (self.root / n).is_file()}
         names |= {TOKENIZER_FILE, PROMPT_FILE} | {g["file"] for g in ggufs.values()}
         return data, sorted(n for n in names if n in written or (self.root / n).is_file())

@@ -151,6 +151,5 @@ def _write_manifest(
     if not (bundle / PROMPT_FILE).is_file():
         write_json(staged.path(PROMPT_FILE), prompt_settings(config.vision.video_frames))
     source = Source(str(directory.resolve()), {n: FileRecord(**r) for n, r in weights.items()})
-    written = {TOKENIZER_FILE, PROMPT_FILE, entry["file"]}  # those written now, or already there
-    manifest, files = previous.with_gguf(entry, source, config, written)
+    manifest, files = previous.with_gguf(entry, source, config, {TOKENIZER_FILE, PROMPT_FILE})
     return staged.commit({**manifest, "tools": {**previous.tools, **tool_versions(TOOLS)}}, files)

@@ -77,7 +77,7 @@ def build_engine(
     )
     info = inspect_engine(data)
     inputs, outputs = manifest.graph_io(recipe.graph_key)
-    _check_shapes(info, inputs, outputs)
+    _check_shapes(info, manifest, recipe.graph_key)
     name = engine_file_name(status.gpu.name, precision)
     with atomic_path(bundle / name) as tmp:
         tmp.write_bytes(data)
@@ -97,10 +97,11 @@ def build_engine(
     return {"engine": record, "manifest": manifest.with_engine(record).to_dict()}
 
 
-def _check_shapes(info: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
-    for kind, want, got in (("input", inputs, info["inputs"]), ("output", outputs, info["outputs"])):
+def _check_shapes(info: dict[str, Any], manifest: Manifest, section: str) -> None:
+    """The engine's tensors (TensorRT's inspection) against the graph's, as the manifest records them."""
+    inputs, outputs = manifest.graph_shapes(section)
+    for kind, expected, got in (("input", inputs, info["inputs"]), ("output", outputs, info["outputs"])):
         shapes = {n: list(s["shape"]) for n, s in got.items()}
-        expected = {n: list(s["shape"]) for n, s in want.items()}
         if shapes != expected:
             raise CheckFailed(f"the engine's {kind}s are {shapes}, the graph's {expected}")
 
@@ -195,7 +196,7 @@ def _inspect_here(
     recipe = recipe_for(manifest, family_for(version), precision, bundle=str(bundle))
     info = inspect_engine(path.read_bytes())
     inputs, outputs = manifest.graph_io(recipe.graph_key)
-    _check_shapes(info, inputs, outputs)
+    _check_shapes(info, manifest, recipe.graph_key)
     return (
         version,
         status.gpu,
@@ -295,8 +296,9 @@ def export_trt(
     if reason is None:
         built = build_engine(bundle, precision, on_step=on_step)
         result.update(manifest=built["manifest"], engine=built["engine"], built_here=True)
+        engine = Manifest.from_dict(built["manifest"], bundle).engine_for(built["engine"])
         result["next_steps"] = [
-            f"{built['engine']['file']} is recorded in {bundle / MANIFEST_FILE}; the trt vision backend "
+            f"{engine.file} is recorded in {bundle / MANIFEST_FILE}; the trt vision backend "
             "runs it on this GPU with this TensorRT"
         ]
         return result
