@@ -302,8 +302,8 @@ def trt_target(profile: str) -> TrtTarget:
 
 
 def trt_profile_help() -> str:
-    """'8.5 (JetPack 5.x and 6.0 ...), 10 (...) or 11 (...)' for help texts."""
-    return listed(f"{t.profile} ({t.platform})" for t in TRT_TARGETS.values())
+    """'8.5 for JetPack 5.x and 6.0 (...); 10 for ...; 11 for ...' for help texts."""
+    return "; ".join(f"{t.profile} for {t.platform}" for t in TRT_TARGETS.values())
 
 
 def listed(names: Iterable[str]) -> str:

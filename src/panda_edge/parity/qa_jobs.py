@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import FP32
 from panda_edge.errors import PandaError
 from panda_edge.parity.task import QAResult, Question, normalize_answer, score
 
@@ -48,7 +49,7 @@ class AnswererSpec:
     checkpoint: str | None = None
     precision: Any = None
     bundle: str | None = None
-    vision_precision: str = "fp32"
+    vision_precision: str = FP32
     gguf_type: str | None = None
     threads: int | None = None
     max_new_tokens: int = 16

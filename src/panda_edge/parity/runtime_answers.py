@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from panda_edge.backends import FP32, REFERENCE_GGUF_TYPE
 from panda_edge.parity.e2e import E2eParity, ReferenceAnswer, TaskParity, e2e_parity, task_parity
 from panda_edge.parity.task import QAResult, Question
 from panda_edge.runtime.pipeline import VideoRuntime
@@ -44,7 +45,7 @@ def measure_e2e(
     bundle: str | Path,
     questions: Sequence[Question],
     videos_dir: str | Path,
-    gguf_type: str = "f32",
+    gguf_type: str = REFERENCE_GGUF_TYPE,
     threads: int | None = None,
     on_video: Callable[[int], None] | None = None,
     f16_standin: bool = False,
@@ -84,7 +85,7 @@ def measure_task(
     questions: Sequence[Question],
     videos_dir: str | Path,
     gguf_type: str | None = None,
-    precision: str = "fp32",
+    precision: str = FP32,
     threads: int | None = None,
     on_answer: Callable[[int], None] | None = None,
 ) -> TaskParity:
@@ -109,7 +110,7 @@ def measure_gguf_agreement(
     task: TaskParity,
     questions: Sequence[Question],
     videos_dir: str | Path,
-    baseline: str = "f32",
+    baseline: str = REFERENCE_GGUF_TYPE,
     threads: int | None = None,
 ) -> dict[str, float | int | str]:
     """How often the `task` run's answers (its GGUF type) are the answers the runtime gives with the

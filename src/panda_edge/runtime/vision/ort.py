@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from panda_edge.backends import INT8, ORT, TRT
+from panda_edge.backends import FP32, INT8, ORT, TRT
 from panda_edge.errors import BundleError
 from panda_edge.host import available_cores
 from panda_edge.optional import onnxruntime
@@ -70,7 +70,7 @@ class OrtVisionEngine(VisionBackend):
 
     @classmethod
     def from_bundle(
-        cls, bundle: str | Path, providers: Sequence[str] | None = None, precision: str = "fp32"
+        cls, bundle: str | Path, providers: Sequence[str] | None = None, precision: str = FP32
     ) -> OrtVisionEngine:
         """The bundle's graph of `precision` (fp32, int8, int8-tensorrt), after its manifest's hashes
         are checked."""

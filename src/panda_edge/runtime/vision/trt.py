@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.backends import FP16
 from panda_edge.bundle import Engine, Manifest
 from panda_edge.errors import BundleError
 from panda_edge.runtime.vision.base import TensorSpec, VisionBackend
@@ -51,7 +52,7 @@ class TrtVisionEngine(VisionBackend):
 
     name = "trt"
 
-    def __init__(self, bundle: str | Path, precision: str = "fp16", device: int = 0) -> None:
+    def __init__(self, bundle: str | Path, precision: str = FP16, device: int = 0) -> None:
         super().__init__()
         self.bundle = Path(bundle)
         self.precision = precision
