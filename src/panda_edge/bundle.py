@@ -458,6 +458,85 @@ class Graph:
 
 
 @dataclass(frozen=True)
+class FormScore:
+    """How close one INT8 form's tokens are to the fp32 graph's (cosine per token)."""
+
+    cosine_mean: float
+    cosine_min: float
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    """One group of layers the calibration quantized, or kept in float, and why."""
+
+    name: str
+    nodes: int
+    precision: str  # int8, or float
+    alone_cosine_mean: float  # the tokens' cosine with only this group in INT8
+    reason: str
+
+
+@dataclass(frozen=True)
+class Int8Report:
+    """What `panda calibrate` recorded in `vision_int8` (calibration/pipeline.py writes it)."""
+
+    file: str  # the TensorRT (Q/DQ) form
+    cpu_file: str  # the ONNX Runtime form
+    calibration: str  # the calibration tensors
+    method: str
+    samples: int
+    target_cosine: float
+    tensorrt: FormScore  # on the calibration videos
+    cpu: FormScore
+    heldout_videos: int
+    heldout: tuple[FormScore, FormScore] | None  # (TensorRT form, CPU form) on held-out videos
+    groups: dict[str, GroupReport]
+    float_groups: list[str]
+    quantized_nodes: int
+    quantizable_nodes: int
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any], bundle: str | Path) -> Int8Report:
+        """The report of a `vision_int8` section; a field missing is a BundleError naming it."""
+        root = Path(bundle)
+        data = {VISION_INT8: entry}
+
+        def value(key: str) -> Any:
+            return manifest_value(data, f"{VISION_INT8}.{key}", root)
+
+        def score(key: str) -> FormScore:
+            return FormScore(float(value(f"{key}.cosine_mean")), float(value(f"{key}.cosine_min")))
+
+        heldout = entry.get("heldout")
+        groups = {
+            name: GroupReport(
+                name,
+                int(value(f"groups.{name}.nodes")),
+                str(value(f"groups.{name}.precision")),
+                float(value(f"groups.{name}.alone_cosine_mean")),
+                str(value(f"groups.{name}.reason")),
+            )
+            for name in value("groups")
+        }
+        return cls(
+            file=str(value("file")),
+            cpu_file=str(value("cpu_file")),
+            calibration=str(value("calibration")),
+            method=str(value("method")),
+            samples=int(value("samples")),
+            target_cosine=float(value("target_cosine")),
+            tensorrt=FormScore(float(value("cosine_mean")), float(value("cosine_min"))),
+            cpu=FormScore(float(value("cpu_cosine_mean")), float(value("cpu_cosine_min"))),
+            heldout_videos=len(heldout["videos"]) if heldout else 0,
+            heldout=(score("heldout.tensorrt"), score("heldout.cpu")) if heldout else None,
+            groups=groups,
+            float_groups=list(value("float_groups")),
+            quantized_nodes=int(value("quantized_nodes")),
+            quantizable_nodes=int(value("quantizable_nodes")),
+        )
+
+
+@dataclass(frozen=True)
 class Gguf:
     """One GGUF decoder (`llm.gguf.<type>`); `fields` is its entry as written."""
 
@@ -627,6 +706,10 @@ class Manifest:
             return self.path(self.vision.file)
         int8 = self.graph(VISION_INT8)
         return self.path(int8.file if backend == TRT or int8.cpu_file is None else int8.cpu_file)
+
+    def int8_report(self) -> Int8Report:
+        """What the calibration recorded with the INT8 graphs."""
+        return Int8Report.from_dict(self.graph(VISION_INT8).fields, self.root)
 
     def graph_io(self, section: str) -> tuple[dict[str, Any], dict[str, Any]]:
         """A graph's inputs and outputs: its own, else the fp32 graph's (every graph takes and gives

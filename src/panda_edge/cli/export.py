@@ -119,7 +119,7 @@ def _print_onnx(out_dir: Path, result: dict) -> None:
     if manifest.has_graph(VISION_INT8):
         from panda_edge.cli.calibrate import print_report
 
-        print_report(out_dir, manifest.graph(VISION_INT8).to_dict())
+        print_report(out_dir, manifest.int8_report())
 
 
 def _gguf_plan(checkpoint: str, gguf_type: str, json_out: Path | None) -> None:
