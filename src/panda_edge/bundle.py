@@ -698,9 +698,9 @@ class Manifest:
         return self.graphs[section]
 
     def vision_graph(self, backend: str, precision: str) -> Path:
-        """The ONNX graph `backend` runs at `precision`: for ONNX Runtime and the PyTorch reference
-        the fp32 graph or the INT8 CPU form; for TensorRT the graph its engine of that precision is
-        built from (the weakly typed form's: fp32 for fp16, the Q/DQ form for int8)."""
+        """The ONNX graph `backend` runs at `precision`: the fp32 graph, or for int8 the ONNX Runtime
+        (U8S8) form, and TensorRT's Q/DQ form for trt, the one its engines are built from (for trt this
+        graph sizes and names the run; the engine itself is chosen from `engines`)."""
         check_precision(backend, precision)
         if precision != INT8:
             return self.path(self.vision.file)
@@ -734,9 +734,8 @@ class Manifest:
         """name -> shape of a graph's inputs, and of its outputs."""
         inputs, outputs = self.graph_io(section)
         try:
-            return {n: list(s["shape"]) for n, s in inputs.items()}, {
-                n: list(s["shape"]) for n, s in outputs.items()
-            }
+            shapes_in = {n: list(s["shape"]) for n, s in inputs.items()}
+            return shapes_in, {n: list(s["shape"]) for n, s in outputs.items()}
         except (KeyError, TypeError, AttributeError):
             raise BundleError(
                 f"{self.root}: the manifest's '{section}' inputs or outputs lack a shape; export again"
