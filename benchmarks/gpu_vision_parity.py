@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    from panda_edge.bundle import bundle_file, load_manifest
+    from panda_edge.backends import FP32, INT8, ORT, TRT
+    from panda_edge.bundle import VISION_FP16, Manifest
     from panda_edge.calibration.pipeline import calibrate_bundle
     from panda_edge.errors import BundleError, PandaError
     from panda_edge.export.trt.pipeline import build_engine, export_trt
@@ -100,18 +101,18 @@ def main(argv: list[str] | None = None) -> int:
         export_trt(args.checkpoint, bundle, profile, "fp16", build=False)
         calibration = calibration_clips(Path(tmp) / "calibration")
         report["calibration"] = calibrate_bundle(bundle, calibration, samples=args.samples, holdout=0)
-        manifest = load_manifest(bundle)
+        manifest = Manifest.load(bundle)
         clips = write_parity_clips(Path(tmp) / "clips", tower.config.vision.image_size)
         # The INT8 graph ONNX Runtime runs well: TensorRT's Q/DQ form on the GPU, U8S8 on the CPU.
         graphs = {
-            "stab_fp32": "vision.file",
-            "stab_fp16": "vision_fp16.file",
-            "stab_int8": "vision_int8.file" if cuda else "vision_int8.cpu_file",
+            "stab_fp32": lambda: manifest.vision_graph(ORT, FP32),
+            "stab_fp16": lambda: manifest.path(manifest.graph(VISION_FP16).file),
+            "stab_int8": lambda: manifest.vision_graph(TRT if cuda else ORT, INT8),
         }
         with TorchVisionReference(tower) as reference:
-            for level, field in graphs.items():
+            for level, graph_of in graphs.items():
                 try:
-                    graph = bundle_file(bundle, manifest, field)
+                    graph = graph_of()
                 except BundleError as exc:  # stab.fp16.onnx: only for strongly typed TensorRT
                     report[level] = {"skipped": str(exc)}
                     continue

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
+from panda_edge.backends import TRT_TARGETS as PROFILES
 from panda_edge.bundle import (
     MANIFEST_FILE,
     VERIFIED_FILE,
-    bundle_file,
+    Manifest,
     extend_manifest,
     file_record,
     load_manifest,
@@ -24,7 +25,6 @@ from panda_edge.bundle import (
 from panda_edge.config import PRESETS
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.stab_onnx.pipeline import export_bundle
-from panda_edge.export.stab_onnx.profiles import PROFILES
 from panda_edge.fileio import write_json
 
 
@@ -134,20 +134,28 @@ def test_other_format_version_is_refused(bundle: Path, tmp_path: Path) -> None:
     ],
 )
 def test_every_file_a_field_names_is_inside_and_hashed(bundle: Path, name: object, message: str) -> None:
-    manifest = load_manifest(bundle)
-    assert bundle_file(bundle, manifest, "vision.file") == bundle / "stab.onnx"
-    with pytest.raises(BundleError, match=message):
-        bundle_file(bundle, {**manifest, "vision": {**manifest["vision"], "file": name}}, "vision.file")
+    data = load_manifest(bundle)
+    assert Manifest.load(bundle).vision_graph("ort", "fp32") == bundle / "stab.onnx"
+    with pytest.raises(BundleError, match=message):  # refused when the manifest is parsed
+        Manifest.from_dict({**data, "vision": {**data["vision"], "file": name}}, bundle)
 
 
 def test_a_missing_manifest_key_is_named(bundle: Path) -> None:
-    manifest = load_manifest(bundle)
-    assert manifest_value(manifest, "model.vision.video_frames", bundle) == 8
+    manifest = Manifest.load(bundle)
+    assert manifest.config.vision.video_frames == 8
+    assert manifest.tokenizer_path() == bundle / "tokenizer.model"
     with pytest.raises(BundleError, match=r"no 'model\.nothing'"):
-        manifest_value(manifest, "model.nothing.deeper", bundle)
-    with pytest.raises(BundleError, match="no 'llm'"):
-        bundle_file(bundle, manifest, "llm.gguf.q8_0.file")
-    assert bundle_file(bundle, manifest, "no_such_field", default="tokenizer.model").name == "tokenizer.model"
+        manifest_value(manifest.to_dict(), "model.nothing.deeper", bundle)
+    with pytest.raises(BundleError, match="no GGUF decoder; run panda export --target gguf"):
+        manifest.gguf("q8_0")
+    data = manifest.to_dict()
+    vision = {k: v for k, v in data["model"]["vision"].items() if k != "video_frames"}
+    with pytest.raises(BundleError, match=r"no 'model\.vision\.video_frames'.*export again"):
+        Manifest.from_dict({**data, "model": {**data["model"], "vision": vision}}, bundle)
+    with pytest.raises(BundleError, match=r"'model\.vision' does not fit .*export again"):
+        Manifest.from_dict(
+            {**data, "model": {**data["model"], "vision": {**vision, "video_frames": 8, "x": 1}}}, bundle
+        )
 
 
 def test_a_failed_export_leaves_the_bundle_as_it_was(
@@ -157,7 +165,7 @@ def test_a_failed_export_leaves_the_bundle_as_it_was(
     their names, and the bundle it was about to replace still loads (its manifest untouched)."""
     copy = _copy(bundle, tmp_path)
     before = {p.name: p.read_bytes() for p in copy.iterdir() if p.name != VERIFIED_FILE}
-    strict = dataclasses.replace(PROFILES["10"], name="none", allowed_ops=frozenset())
+    strict = dataclasses.replace(PROFILES["10"], profile="none", allowed_ops=frozenset())
     with pytest.raises(CheckFailed, match="operator MatMul"):
         export_bundle(tiny_checkpoint, copy, strict)
     assert {p.name: p.read_bytes() for p in copy.iterdir() if p.name != VERIFIED_FILE} == before
@@ -221,3 +229,47 @@ def _current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def _typed(**sections: object) -> Manifest:
+    """A manifest of these sections, every file it names listed (the files themselves not needed)."""
+    names = [
+        "stab.onnx",
+        "stab.int8.onnx",
+        "stab.int8.cpu.onnx",
+        *(f"llm.{t}.gguf" for t in ("f32", "f16", "q8_0")),
+    ]
+    return Manifest.from_dict({"files": {n: {"sha256": "0" * 64, "size": 1} for n in names}, **sections}, "B")
+
+
+def test_manifest_says_which_gguf_and_which_vision_graph() -> None:
+    ggufs = {"llm": {"gguf": {t: {"file": f"llm.{t}.gguf"} for t in ("f32", "f16", "q8_0")}}}
+    vision = {"vision": {"file": "stab.onnx", "profile": "11"}}
+    int8 = {"vision_int8": {"file": "stab.int8.onnx", "cpu_file": "stab.int8.cpu.onnx"}}
+    manifest = _typed(**ggufs, **vision, **int8)
+    assert manifest.gguf().type == "q8_0"  # backends.GGUF_PREFERENCE
+    assert manifest.gguf_path("f16") == Path("B/llm.f16.gguf")
+    with pytest.raises(BundleError, match=r"no q4_k_m GGUF \(it holds f16, f32, q8_0\); run panda export"):
+        manifest.gguf("q4_k_m")
+    assert manifest.vision_graph("ort", "fp32") == Path("B/stab.onnx")
+    assert manifest.vision_graph("ort", "int8") == Path("B/stab.int8.cpu.onnx")  # ONNX Runtime's U8S8 form
+    assert manifest.vision_graph("trt", "int8") == Path("B/stab.int8.onnx")  # TensorRT's Q/DQ form
+    assert manifest.vision_graph("trt", "fp16") == Path("B/stab.onnx")
+    assert manifest.graph("vision_int8").profile == "11"  # the fp32 graph's, when its own is not written
+    with pytest.raises(PandaError, match="unknown vision precision 'int8' for --vision torch"):
+        manifest.vision_graph("torch", "int8")
+    only_tensorrt_form = _typed(**vision, vision_int8={"file": "stab.int8.onnx"})
+    assert only_tensorrt_form.vision_graph("ort", "int8") == Path("B/stab.int8.onnx")
+    with pytest.raises(BundleError, match="no INT8 vision graph; run panda calibrate"):
+        _typed(**vision).vision_graph("ort", "int8")
+    with pytest.raises(BundleError, match="no GGUF decoder"):
+        _typed(**vision).gguf()
+
+
+def test_manifest_refuses_a_gguf_it_does_not_hash() -> None:
+    with pytest.raises(
+        BundleError, match=r"'llm\.gguf\.q4_k_m\.file' names llm\.q4_k_m\.gguf, which its 'files'"
+    ):
+        _typed(llm={"gguf": {"q4_k_m": {"file": "llm.q4_k_m.gguf"}}})
+    with pytest.raises(BundleError, match=r"no 'llm\.gguf\.f16\.file'.*export again"):
+        _typed(llm={"gguf": {"f16": {"type": "f16"}}})

@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
+from panda_edge.backends import TRT_TARGETS as PROFILES
 from panda_edge.bundle import load_manifest, sha256_file
 from panda_edge.calibration.data import load_calibration, videos_of_qa
 from panda_edge.calibration.qdq import CPU, TENSORRT, QdqWriter
@@ -22,7 +23,6 @@ from panda_edge.config import PRESETS
 from panda_edge.errors import BundleError
 from panda_edge.export.stab_onnx.check import check_onnx, qdq_problems
 from panda_edge.export.stab_onnx.pipeline import export_bundle
-from panda_edge.export.stab_onnx.profiles import PROFILES
 from panda_edge.runtime.vision import OrtVisionEngine
 from panda_edge.video import load_videos
 
@@ -143,6 +143,34 @@ def int8_bundle(toy: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Pa
     result = runner.invoke(app, [*args, "--json", "-"])
     assert result.exit_code == 0, result.output
     return bundle, json.loads(result.stdout)
+
+
+def test_the_int8_report_reads_what_the_calibration_wrote(int8_bundle: tuple[Path, dict]) -> None:
+    """`panda calibrate`'s printed report comes from the typed section, field for field."""
+    from panda_edge.bundle import Manifest
+    from panda_edge.cli.calibrate import print_report
+
+    bundle, manifest = int8_bundle
+    entry, report = manifest["vision_int8"], Manifest.load(bundle).int8_report()
+    assert (report.file, report.cpu_file, report.calibration) == (
+        entry["file"],
+        entry["cpu_file"],
+        entry["calibration"],
+    )
+    assert (report.samples, report.heldout_videos, report.method) == (4, 2, entry["method"])
+    assert (report.tensorrt.cosine_mean, report.cpu.cosine_min) == (
+        entry["cosine_mean"],
+        entry["cpu_cosine_min"],
+    )
+    assert (
+        report.heldout is not None
+        and report.heldout[0].cosine_mean == entry["heldout"]["tensorrt"]["cosine_mean"]
+    )
+    assert {n: g.precision for n, g in report.groups.items()} == {
+        n: g["precision"] for n, g in entry["groups"].items()
+    }
+    assert report.float_groups == entry["float_groups"] and report.quantized_nodes == entry["quantized_nodes"]
+    print_report(bundle, report)  # renders without a key lookup of its own
 
 
 def test_export_int8_writes_both_graphs_and_the_data(int8_bundle: tuple[Path, dict]) -> None:

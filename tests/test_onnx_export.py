@@ -18,11 +18,11 @@ from tests.conftest import random_tiny_model
 from torch import nn
 
 import panda_edge
+from panda_edge.backends import TRT_TARGETS as PROFILES
 from panda_edge.config import PRESETS
 from panda_edge.errors import PandaError
 from panda_edge.export.stab_onnx.check import check_onnx
 from panda_edge.export.stab_onnx.convert import export_graph
-from panda_edge.export.stab_onnx.profiles import PROFILES
 from panda_edge.model.static_stab import fold_batchnorm, primitive_layer_norms
 from panda_edge.model.vision import VisionTower
 from panda_edge.parity.clips import write_parity_clips

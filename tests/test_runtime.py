@@ -377,13 +377,14 @@ def test_trt_runs_the_engine_of_the_asked_precision_or_names_what_to_build(
 def test_the_prefix_cache_identity_is_the_file_the_vision_backend_runs(bundle: Path, tmp_path: Path) -> None:
     """A rebuilt engine must not reuse a prefix its predecessor computed: with trt the identity
     hashes the engine, not the ONNX graph it was built from."""
-    from panda_edge.bundle import load_manifest
+    from panda_edge.bundle import Manifest, load_manifest
     from panda_edge.runtime.bundle_parts import open_bundle
     from panda_edge.runtime.pipeline import vision_file
 
     with_engine, record = _with_engine(bundle, tmp_path / "B")
+    engine = Manifest.load(with_engine).engine_for(record)
     assert (
-        vision_file(open_bundle(with_engine, precision="fp16", backend="trt"), "trt", record)
+        vision_file(open_bundle(with_engine, precision="fp16", backend="trt"), "trt", engine)
         == record["file"]
     )
     assert vision_file(open_bundle(with_engine), "ort") == "stab.onnx"

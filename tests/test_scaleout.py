@@ -7,6 +7,7 @@ import importlib.util
 import json
 import os
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -211,11 +212,11 @@ def test_a_broken_video_is_an_error_on_its_questions_not_the_end(unseen_toy: Pat
 def test_parity_task_on_ray_gives_the_single_process_report(
     cluster, tiny_bundle: Path, unseen_toy: Path
 ) -> None:
-    from panda_edge.parity.report import run_parity
+    from panda_edge.parity.report import ParityOptions, run_parity
     from panda_edge.scaleout.ray_qa import ray_runner
 
-    kwargs = {"qa": unseen_toy / "heldout.json", "levels": ["task"]}
-    here = run_parity("tiny", tiny_bundle, **kwargs).report["task"]
-    there = run_parity("tiny", tiny_bundle, **kwargs, runner=ray_runner("local", 2)).report["task"]
+    options = ParityOptions(qa=unseen_toy / "heldout.json", levels=["task"])
+    here = run_parity("tiny", tiny_bundle, options).report["task"]
+    there = run_parity("tiny", tiny_bundle, replace(options, runner=ray_runner("local", 2))).report["task"]
     assert there == here
     assert len(here["predictions"]) == len(read_questions(unseen_toy / "heldout.json"))

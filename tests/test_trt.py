@@ -18,6 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 from typer.testing import CliRunner
 
 import panda_edge
+from panda_edge.backends import TRT_TARGETS
+from panda_edge.bundle import Engine, Manifest
 from panda_edge.cli.main import app
 from panda_edge.errors import BundleError, PandaError
 from panda_edge.export.stab_onnx.fp16 import to_fp16
@@ -31,7 +33,7 @@ from panda_edge.trt.record import (
     parse_trtexec_log,
     select_engine,
 )
-from panda_edge.trt.versions import FAMILIES, TrtUnsupported, TrtVersion, family_for
+from panda_edge.trt.versions import TrtUnsupported, TrtVersion, family_for
 
 runner = CliRunner()
 SRC = str(Path(panda_edge.__file__).parents[1])
@@ -62,7 +64,7 @@ def test_version_parsing(text: str, expected: TrtVersion) -> None:
     [("8.5.2", "8"), ("8.6.1.6", "8"), ("10.3.0", "10"), ("10.13.1", "10"), ("11.0.0", "11")],
 )
 def test_family_follows_the_major_release(version: str, family: str) -> None:
-    assert family_for(version).name == family
+    assert family_for(version).major == family
 
 
 @pytest.mark.parametrize("version", ["8.4.3", "9.2.0", "12.0.0", "7.1.3"])
@@ -71,7 +73,8 @@ def test_unsupported_releases_are_refused(version: str) -> None:
         family_for(version)
 
 
-def _manifest(profile: str, int8: bool = False, fp16: bool = True) -> dict:
+def _manifest(profile: str, int8: bool = False, fp16: bool = True) -> Manifest:
+    """A manifest of the graphs a bundle for `profile` holds (the files themselves are not needed)."""
     io = {
         "inputs": {"frames": {"shape": [8, 4, 112, 112]}},
         "outputs": {"visual_tokens": {"shape": [8, 21, 256]}},
@@ -85,7 +88,9 @@ def _manifest(profile: str, int8: bool = False, fp16: bool = True) -> dict:
             "cpu_file": "stab.int8.cpu.onnx",
             "profile": profile,
         }
-    return manifest
+    names = [g["file"] for g in manifest.values()] + [manifest.get("vision_int8", {}).get("cpu_file")]
+    files = {n: {"sha256": "0" * 64, "size": 1} for n in names if n}
+    return Manifest.from_dict({**manifest, "files": files}, "B")
 
 
 @pytest.mark.parametrize(
@@ -104,7 +109,7 @@ def _manifest(profile: str, int8: bool = False, fp16: bool = True) -> dict:
     ],
 )
 def test_recipe_per_family_and_precision(family, precision, onnx_file, network, builder, trtexec) -> None:
-    fam = FAMILIES[family]
+    fam = next(t for t in TRT_TARGETS.values() if t.major == family)
     recipe = recipe_for(_manifest(fam.profile, int8=True), fam, precision)
     assert recipe.onnx_file == onnx_file
     assert list(recipe.network_flags) == network
@@ -116,18 +121,18 @@ def test_missing_graphs_say_what_to_run() -> None:
     with pytest.raises(
         BundleError, match=r"no INT8 graph .*panda calibrate.*--precision int8 --trt-profile 10"
     ):
-        recipe_for(_manifest("10"), FAMILIES["10"], "int8", bundle="B")
+        recipe_for(_manifest("10"), TRT_TARGETS["10"], "int8", bundle="B")
     with pytest.raises(BundleError, match=r"no fp16 graph, which strongly typed TensorRT 11.x needs"):
-        recipe_for(_manifest("11", fp16=False), FAMILIES["11"], "fp16", bundle="B")
+        recipe_for(_manifest("11", fp16=False), TRT_TARGETS["11"], "fp16", bundle="B")
     with pytest.raises(BundleError, match=r"profile 11; TensorRT 10.x \(JetPack 6.1 .*--trt-profile 10"):
-        recipe_for(_manifest("11"), FAMILIES["10"], "fp16", bundle="B")
-    with pytest.raises(PandaError, match="unknown precision 'int4'"):
-        recipe_for(_manifest("11"), FAMILIES["11"], "int4")
+        recipe_for(_manifest("11"), TRT_TARGETS["10"], "fp16", bundle="B")
+    with pytest.raises(PandaError, match="unknown vision precision 'int4' for TensorRT"):
+        recipe_for(_manifest("11"), TRT_TARGETS["11"], "int4")
 
 
 def test_trtexec_commands_per_family() -> None:
     m8, m10, m11 = _manifest("8.5", int8=True), _manifest("10"), _manifest("11")
-    assert trtexec_command(recipe_for(m8, FAMILIES["8"], "int8"), "e.engine", 512) == [
+    assert trtexec_command(recipe_for(m8, TRT_TARGETS["8.5"], "int8"), "e.engine", 512) == [
         "trtexec",
         "--onnx=stab.int8.onnx",
         "--saveEngine=e.engine",
@@ -136,7 +141,7 @@ def test_trtexec_commands_per_family() -> None:
         "--int8",
         "--fp16",
     ]
-    assert trtexec_command(recipe_for(m10, FAMILIES["10"], "fp16"), "e.engine", timing_cache=None) == [
+    assert trtexec_command(recipe_for(m10, TRT_TARGETS["10"], "fp16"), "e.engine", timing_cache=None) == [
         "trtexec",
         "--onnx=stab.fp16.onnx",
         "--saveEngine=e.engine",
@@ -144,7 +149,7 @@ def test_trtexec_commands_per_family() -> None:
         "--stronglyTyped",
     ]
     assert (
-        trtexec_command(recipe_for(m11, FAMILIES["11"], "fp16"), "e.engine")[-1]
+        trtexec_command(recipe_for(m11, TRT_TARGETS["11"], "fp16"), "e.engine")[-1]
         == "--timingCacheFile=timing.cache"
     )
 
@@ -158,43 +163,55 @@ def test_engine_names_carry_the_gpu_and_precision() -> None:
 # --- engine records ---------------------------------------------------------------------------------
 
 
-def _record(tensorrt: str = "10.3.0.30", gpu: GpuInfo = ORIN, precision: str = "fp16") -> dict:
+def _record(
+    tensorrt: str = "10.3.0.30", gpu: GpuInfo = ORIN, precision: str = "fp16", name: str = "x"
+) -> dict:
     return {
-        "file": f"stab.x.{precision}.engine",
+        "file": f"stab.{name}.{precision}.engine",
         "precision": precision,
         "tensorrt": tensorrt,
         "gpu": gpu.to_dict(),
     }
 
 
+def _engines(*records: dict) -> Manifest:
+    files = {r["file"]: {"sha256": "0" * 64, "size": 1} for r in records}
+    return Manifest.from_dict({"engines": {r["file"]: r for r in records}, "files": files}, "BUNDLE")
+
+
+def _engine(*args: object, **kwargs: object) -> Engine:
+    (engine,) = _engines(_record(*args, **kwargs)).engines.values()
+    return engine
+
+
 def test_engine_compatibility() -> None:
     ten = TrtVersion.parse("10.3.0.30")
-    assert engine_problems(_record(), ten, ORIN) == []
-    assert engine_problems(_record("10.3.0"), ten, ORIN) == []  # a trtexec record knows major.minor.patch
-    (problem,) = engine_problems(_record("10.3.0.26"), ten, ORIN)
+    assert engine_problems(_engine(), ten, ORIN) == []
+    assert engine_problems(_engine("10.3.0"), ten, ORIN) == []  # a trtexec record knows major.minor.patch
+    (problem,) = engine_problems(_engine("10.3.0.26"), ten, ORIN)
     assert "built with TensorRT 10.3.0.26, this machine has TensorRT 10.3.0.30" in problem
-    (problem,) = engine_problems(_record(), ten, GpuInfo("NVIDIA GeForce RTX 4090", "8.9"))
+    (problem,) = engine_problems(_engine(), ten, GpuInfo("NVIDIA GeForce RTX 4090", "8.9"))
     assert "built for Orin (compute capability 8.7), this GPU is NVIDIA GeForce RTX 4090" in problem
     (problem,) = engine_problems(
-        _record(gpu=GpuInfo("NVIDIA A10", "8.6")), ten, GpuInfo("NVIDIA RTX A6000", "8.6")
+        _engine(gpu=GpuInfo("NVIDIA A10", "8.6")), ten, GpuInfo("NVIDIA RTX A6000", "8.6")
     )
     assert "built on a NVIDIA A10, this GPU is a NVIDIA RTX A6000" in problem
-    assert len(engine_problems(_record("8.5.2.2"), ten, GpuInfo("NVIDIA L4", "8.9"))) == 2
+    assert len(engine_problems(_engine("8.5.2.2"), ten, GpuInfo("NVIDIA L4", "8.9"))) == 2
 
 
 def test_select_engine_picks_the_one_for_this_device_or_says_rebuild() -> None:
     rtx = GpuInfo("NVIDIA GeForce RTX 4090", "8.9")
-    manifest = {"engines": {"a": _record(gpu=rtx), "b": _record(), "c": _record(precision="int8")}}
+    manifest = _engines(_record(gpu=rtx, name="a"), _record(name="b"), _record(precision="int8", name="c"))
     ten = TrtVersion.parse("10.3.0.30")
-    assert select_engine(manifest, "fp16", ten, ORIN) is manifest["engines"]["b"]
-    assert select_engine(manifest, "int8", ten, ORIN) is manifest["engines"]["c"]
+    assert select_engine(manifest, "fp16", ten, ORIN).file == "stab.b.fp16.engine"
+    assert select_engine(manifest, "int8", ten, ORIN).file == "stab.c.int8.engine"
     with pytest.raises(
         EngineMismatch, match=r"rebuild it on this device: panda build-engine --bundle B --precision"
     ):
         select_engine(manifest, "fp16", TrtVersion.parse("10.4.0"), ORIN, bundle="B")
     with pytest.raises(
         BundleError,
-        match=r"no fp32 TensorRT engine \(it has .*stab.x.int8.engine \(int8, TensorRT 10.3.0.30, Orin\)\); "
+        match=r"no fp32 TensorRT engine \(it has .*stab.c.int8.engine \(int8, TensorRT 10.3.0.30, Orin\)\); "
         r"build one on this device: panda build-engine --bundle BUNDLE --precision fp32",
     ):
         select_engine(manifest, "fp32", ten, ORIN)
@@ -273,8 +290,7 @@ def test_log_parsing_and_checks(jetpack6_bundle: Path, tools: dict[str, str], tm
     log = parse_trtexec_log(run.stdout)
     assert (log.version, log.gpu, log.status) == (TrtVersion(10, 3, 0), ORIN, "PASSED")
     assert log.gpu_compute_median_ms == 10.05 and log.option("--onnx") == "stab.fp16.onnx"
-    manifest = json.loads((jetpack6_bundle / "manifest.json").read_text())
-    recipe = recipe_for(manifest, FAMILIES["10"], "fp16")
+    recipe = recipe_for(Manifest.load(jetpack6_bundle), TRT_TARGETS["10"], "fp16")
     assert log_problems(log, recipe, "stab.trtexec.fp16.engine") == []
     wrong = parse_trtexec_log(run.stdout.replace("--stronglyTyped", "--fp16").replace("PASSED", "FAILED"))
     problems = " | ".join(log_problems(wrong, recipe, "other.engine"))
@@ -306,9 +322,8 @@ def test_build_script_builds_and_records_the_engine(jetpack6_bundle: Path, tools
     assert record["inputs"]["frames"]["shape"] == [8, 4, 112, 112] and record["workspace_mb"] == 1024
     assert record["trtexec_gpu_compute_median_ms"] == 10.05
     assert "stab.orin.fp16.engine" in manifest["files"] and not (bundle / "stab.trtexec.fp16.engine").exists()
-    from panda_edge.bundle import load_manifest
-
-    assert select_engine(load_manifest(bundle), "fp16", TrtVersion.parse("10.3.0.30"), ORIN) == record
+    engine = select_engine(Manifest.load(bundle), "fp16", TrtVersion.parse("10.3.0.30"), ORIN)
+    assert engine.to_dict() == record
 
 
 def test_build_script_refuses_another_tensorrt_and_missing_graphs(jetpack6_bundle: Path, tools) -> None:
@@ -467,7 +482,7 @@ def test_export_trt_json_and_int8_with_calibration(jetpack6_bundle: Path, tmp_pa
     assert manifest["vision_int8"]["file"] == "stab.int8.onnx" and "stab.int8.onnx" in manifest["files"]
     assert "stab.int8.onnx" in (tmp_path / "B" / "build_engine.sh").read_text()
     result = runner.invoke(app, [*args, "--precision", "int4"])
-    assert result.exit_code == 2 and "unknown precision 'int4'" in result.stderr
+    assert result.exit_code == 2 and "unknown vision precision 'int4' for TensorRT" in result.stderr
 
 
 @pytest.mark.skipif(importlib.util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
@@ -497,8 +512,7 @@ def test_trt_backend_says_why_it_cannot_run(jetpack6_bundle: Path) -> None:
     from panda_edge.runtime.vision import OrtVisionEngine
 
     with OrtVisionEngine(jetpack6_bundle / "stab.onnx") as ort_engine:
-        manifest = json.loads((jetpack6_bundle / "manifest.json").read_text())
-        assert layout_from_manifest(manifest) == ort_engine.layout
+        assert layout_from_manifest(Manifest.load(jetpack6_bundle)) == ort_engine.layout
 
 
 def test_device_side_modules_import_without_torch_or_onnx() -> None:

@@ -6,6 +6,10 @@ graphs take and give, and the sha256 and size of every file, so a missing or alt
 before anything runs. An export writes its new files under temporary names and replaces the
 manifest last, atomically: a bundle whose export failed or was killed still opens as it was.
 
+Readers and writers see the manifest as a `Manifest` (one dataclass per section, parsed and checked
+once) and ask it their questions: which GGUF, which vision graph for a backend and precision, which
+engines, the model configuration. No module outside this one indexes the JSON.
+
 Hashing a 7B GGUF takes tens of seconds, so `.verified.json` remembers, per file, the sha256 this
 machine last computed with the file's size, mtime, ctime and inode: a file whose stat still matches
 is not read again, and any change (a write, a copy, another machine) hashes it again.
@@ -20,13 +24,17 @@ import os
 import socket
 import tempfile
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import GGUF_PREFERENCE, INT8, TRT, check_precision
+from panda_edge.config import LlmConfig, ModelConfig, VisionConfig
 from panda_edge.errors import BundleError
 from panda_edge.fileio import file_mode, write_json
 from panda_edge.prompt import IMAGE_TOKEN, IMAGE_TOKEN_INDEX, ROLES, SEP, SEP2, SYSTEM_PROMPT
+from panda_edge.token_layout import FRAMES, VISUAL_TOKENS
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -230,37 +238,37 @@ def record_files(
     return records, how
 
 
-def previous_manifest(bundle: str | Path, weights: dict[str, Any]) -> dict[str, Any] | None:
-    """The bundle's current manifest, to extend with another part; None when there is none.
+def previous_manifest(bundle: str | Path, weights: dict[str, Any]) -> Manifest:
+    """The bundle's current manifest, to extend with another part (`Manifest.empty` when there is none).
 
     `weights` are the source checkpoint's file records: a bundle exported from other weights is
     refused, so one bundle never mixes two models' parts.
     """
     if not (Path(bundle) / MANIFEST_FILE).is_file():
-        return None
-    manifest = load_manifest(bundle, verify=False)
-    theirs = (manifest.get("source") or {}).get("weights")
-    if theirs is not None and theirs != weights:
+        return Manifest.empty(bundle)
+    manifest = Manifest.load(bundle, verify=False)
+    source = manifest.source
+    if source is not None and source.weights is not None and source.to_dict()["weights"] != weights:
         raise BundleError(
-            f"{bundle}: holds an export of another checkpoint ({manifest['source'].get('checkpoint')}); "
+            f"{bundle}: holds an export of another checkpoint ({source.checkpoint}); "
             "choose a new --out directory or delete this one"
         )
     return manifest
 
 
-def exported_from(manifest: dict[str, Any], weight_files: Sequence[Path]) -> bool | None:
+def exported_from(manifest: Manifest, weight_files: Sequence[Path]) -> bool | None:
     """Whether `weight_files` are the weights the bundle was exported from (None: it does not say).
 
     Content, not path: a moved checkpoint still matches. Names and sizes are compared before
     anything is hashed, so other weights are told apart without reading 13 GB.
     """
-    theirs = (manifest.get("source") or {}).get("weights")
+    theirs = None if manifest.source is None else manifest.source.weights
     if theirs is None:
         return None
     sizes = {p.name: p.stat().st_size for p in weight_files}
-    if sizes != {name: record.get("size") for name, record in theirs.items()}:
+    if sizes != {name: record.size for name, record in theirs.items()}:
         return False
-    return all(sha256_file(p) == theirs[p.name].get("sha256") for p in weight_files)
+    return all(sha256_file(p) == theirs[p.name].sha256 for p in weight_files)
 
 
 def write_manifest(
@@ -347,16 +355,6 @@ def verify_files(bundle: str | Path, manifest: dict[str, Any]) -> dict[str, str]
     return how
 
 
-def bundle_file(bundle: str | Path, manifest: dict[str, Any], field: str, default: str | None = None) -> Path:
-    """The file that the manifest's `field` ('vision.file', 'llm.gguf.q8_0.file') names, checked.
-
-    `default` is the name when the manifest lacks the field; without one, a missing field is a
-    BundleError naming it. `manifest` is as `load_manifest` returned it (hashes verified).
-    """
-    name = manifest_value(manifest, field, bundle) if default is None else _get(manifest, field, default)
-    return checked_path(bundle, manifest, name, f"'{field}'")
-
-
 def checked_path(bundle: str | Path, manifest: dict[str, Any], name: Any, field: str) -> Path:
     """The one check for every file name a manifest holds, its `files` keys included.
 
@@ -375,15 +373,6 @@ def checked_path(bundle: str | Path, manifest: dict[str, Any], name: Any, field:
             "check it against); export again"
         )
     return bundle / name
-
-
-def _get(manifest: dict[str, Any], key: str, default: Any) -> Any:
-    value: Any = manifest
-    for part in key.split("."):
-        if not isinstance(value, dict) or part not in value:
-            return default
-        value = value[part]
-    return value
 
 
 def manifest_value(manifest: dict[str, Any], key: str, bundle: str | Path) -> Any:
@@ -417,3 +406,527 @@ def _verify_file(bundle: Path, manifest: dict[str, Any], name: str, record: Any,
         raise changed
     cache.remember(name, sha)
     return "hashed"
+
+
+# --- The manifest, typed ----------------------------------------------------------------------------
+
+# The sections that hold a vision graph; the TensorRT targets name them (backends.TrtTarget.graphs).
+VISION, VISION_FP16, VISION_INT8 = "vision", "vision_fp16", "vision_int8"
+ENGINES = "engines"
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """A listed file's size and sha256, as `load_manifest` verified them."""
+
+    sha256: str
+    size: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sha256": self.sha256, "size": self.size}
+
+
+@dataclass(frozen=True)
+class Source:
+    """The checkpoint a bundle was exported from: its path then, and its weight files' records."""
+
+    checkpoint: str | None
+    weights: dict[str, FileRecord] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        weights = None if self.weights is None else {n: r.to_dict() for n, r in self.weights.items()}
+        return {"checkpoint": self.checkpoint, "weights": weights}
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One vision graph section (`vision`, `vision_fp16`, `vision_int8`): its file, the TensorRT profile
+    it was exported for and its inputs and outputs; `fields` is the section as written (reports)."""
+
+    section: str
+    file: str
+    profile: str | None
+    inputs: dict[str, Any] | None
+    outputs: dict[str, Any] | None
+    cpu_file: str | None  # vision_int8: the ONNX Runtime (U8S8) form; `file` is TensorRT's Q/DQ form
+    tensorrt: str | None  # the TensorRT release the profile was checked against
+    opset: int | None
+    fields: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+
+@dataclass(frozen=True)
+class FormScore:
+    """How close one INT8 form's tokens are to the fp32 graph's (cosine per token)."""
+
+    cosine_mean: float
+    cosine_min: float
+
+
+@dataclass(frozen=True)
+class GroupReport:
+    """One group of layers the calibration quantized, or kept in float, and why."""
+
+    name: str
+    nodes: int
+    precision: str  # int8, or float
+    alone_cosine_mean: float  # the tokens' cosine with only this group in INT8
+    reason: str
+
+
+@dataclass(frozen=True)
+class Int8Report:
+    """What `panda calibrate` recorded in `vision_int8` (calibration/pipeline.py writes it)."""
+
+    file: str  # the TensorRT (Q/DQ) form
+    cpu_file: str  # the ONNX Runtime form
+    calibration: str  # the calibration tensors
+    method: str
+    samples: int
+    target_cosine: float
+    tensorrt: FormScore  # on the calibration videos
+    cpu: FormScore
+    heldout_videos: int
+    heldout: tuple[FormScore, FormScore] | None  # (TensorRT form, CPU form) on held-out videos
+    groups: dict[str, GroupReport]
+    float_groups: list[str]
+    quantized_nodes: int
+    quantizable_nodes: int
+
+    @classmethod
+    def from_dict(cls, entry: dict[str, Any], bundle: str | Path) -> Int8Report:
+        """The report of a `vision_int8` section; a field missing is a BundleError naming it."""
+        root = Path(bundle)
+        data = {VISION_INT8: entry}
+
+        def value(key: str) -> Any:
+            return manifest_value(data, f"{VISION_INT8}.{key}", root)
+
+        def score(key: str) -> FormScore:
+            return FormScore(float(value(f"{key}.cosine_mean")), float(value(f"{key}.cosine_min")))
+
+        heldout = entry.get("heldout")
+        groups = {
+            name: GroupReport(
+                name,
+                int(value(f"groups.{name}.nodes")),
+                str(value(f"groups.{name}.precision")),
+                float(value(f"groups.{name}.alone_cosine_mean")),
+                str(value(f"groups.{name}.reason")),
+            )
+            for name in value("groups")
+        }
+        return cls(
+            file=str(value("file")),
+            cpu_file=str(value("cpu_file")),
+            calibration=str(value("calibration")),
+            method=str(value("method")),
+            samples=int(value("samples")),
+            target_cosine=float(value("target_cosine")),
+            tensorrt=FormScore(float(value("cosine_mean")), float(value("cosine_min"))),
+            cpu=FormScore(float(value("cpu_cosine_mean")), float(value("cpu_cosine_min"))),
+            heldout_videos=len(heldout["videos"]) if heldout else 0,
+            heldout=(score("heldout.tensorrt"), score("heldout.cpu")) if heldout else None,
+            groups=groups,
+            float_groups=list(value("float_groups")),
+            quantized_nodes=int(value("quantized_nodes")),
+            quantizable_nodes=int(value("quantizable_nodes")),
+        )
+
+
+@dataclass(frozen=True)
+class Gguf:
+    """One GGUF decoder (`llm.gguf.<type>`); `fields` is its entry as written."""
+
+    type: str
+    file: str
+    tensor_count: int | None
+    tensor_types: dict[str, int]  # ggml type -> how many tensors
+    fields: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+
+@dataclass(frozen=True)
+class Engine:
+    """One TensorRT engine record (`engines.<file>`, written by trt.record.engine_record)."""
+
+    file: str
+    precision: str
+    tensorrt: str
+    gpu: dict[str, Any]
+    profile: str | None
+    inputs: dict[str, Any]
+    outputs: dict[str, Any]
+    source_file: str | None  # the graph it was built from
+    device_memory_bytes: int | None  # what the built engine said it needs while running
+    fields: dict[str, Any]
+
+    @property
+    def gpu_name(self) -> str | None:
+        return self.gpu.get("name")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """`manifest.json`, parsed and checked once: what every reader asks of a bundle, by method.
+
+    Every file name a method returns has passed `checked_path` (inside the bundle, listed in `files`);
+    a missing or malformed field is a BundleError that names it and says to export again. The JSON
+    stays as written (`to_dict`), so FORMAT_VERSION 1 bundles open unchanged.
+    """
+
+    root: Path
+    files: dict[str, FileRecord]
+    source: Source | None
+    model: ModelConfig | None
+    graphs: dict[str, Graph]
+    ggufs: dict[str, Gguf]
+    engines: dict[str, Engine]
+    prompt: str | None
+    tokenizer: str | None
+    tools: dict[str, str]
+    data: dict[str, Any] = field(repr=False)
+    verified: dict[str, str] = field(default_factory=dict)  # name -> 'hashed' / 'unchanged' (load)
+
+    @classmethod
+    def load(cls, bundle: str | Path, verify: bool = True) -> Manifest:
+        """Read and check `bundle/manifest.json`; with `verify`, every listed file's size and hash too."""
+        data = load_manifest(bundle, verify=False)
+        manifest = cls.from_dict(data, bundle)
+        if verify:
+            return replace(manifest, verified=verify_files(bundle, data))
+        return manifest
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], bundle: str | Path) -> Manifest:
+        """The manifest `data` of `bundle` (as `load_manifest` or an export returned it), checked."""
+        root = Path(bundle)
+        files = _section(data, "files", root) or {}
+        checked = {**data, "files": files}
+        records = {name: _record(root, checked, name, record, "files") for name, record in files.items()}
+        return cls(
+            root=root,
+            files=records,
+            source=_source(root, data),
+            model=_model(root, data),
+            graphs={k: _graph(root, checked, k) for k in (VISION, VISION_FP16, VISION_INT8) if data.get(k)},
+            ggufs=_ggufs(root, checked),
+            engines=_engines(root, checked),
+            prompt=_name(root, checked, data.get("prompt"), "'prompt'", optional=True),
+            tokenizer=_name(root, checked, data.get("tokenizer"), "'tokenizer'", optional=True),
+            tools=dict(_section(data, "tools", root) or {}),
+            data=data,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.data)
+
+    # --- files ---
+
+    def path(self, name: str) -> Path:
+        """A listed file of the bundle (names from this manifest are checked when it is parsed)."""
+        return checked_path(self.root, self.data, name, "file")
+
+    def sha256(self, name: str) -> str:
+        if name not in self.files:
+            raise BundleError(f"{self.root}: the manifest's 'files' does not list {name}; export again")
+        return self.files[name].sha256
+
+    def tokenizer_path(self) -> Path:
+        return checked_path(self.root, self.data, self.tokenizer or TOKENIZER_FILE, "'tokenizer'")
+
+    def prompt_path(self) -> Path | None:
+        return None if self.prompt is None else self.path(self.prompt)
+
+    # --- the model ---
+
+    @property
+    def config(self) -> ModelConfig:
+        """The model configuration the bundle was exported with (`model`)."""
+        if self.model is None:
+            raise BundleError(
+                f"{self.root}: the manifest has no 'model' (the model configuration); export again"
+            )
+        return self.model
+
+    # --- the decoder ---
+
+    def gguf(self, gguf_type: str | None = None) -> Gguf:
+        """The GGUF of `gguf_type`, or the preferred one the bundle holds (backends.GGUF_PREFERENCE)."""
+        if not self.ggufs:
+            raise BundleError(
+                f"{self.root}: no GGUF decoder; run panda export --target gguf --out {self.root}"
+            )
+        if gguf_type is None:
+            return self.ggufs[next(t for t in (*GGUF_PREFERENCE, *self.ggufs) if t in self.ggufs)]
+        if gguf_type not in self.ggufs:
+            raise BundleError(
+                f"{self.root}: no {gguf_type} GGUF (it holds {', '.join(sorted(self.ggufs))}); "
+                f"run panda export --target gguf --gguf-type {gguf_type} --out {self.root}"
+            )
+        return self.ggufs[gguf_type]
+
+    def gguf_path(self, gguf_type: str | None = None) -> Path:
+        return self.path(self.gguf(gguf_type).file)
+
+    # --- vision ---
+
+    @property
+    def vision(self) -> Graph:
+        """The fp32 graph (`vision`), which every other graph and engine is made from."""
+        return self.graph(VISION)
+
+    def has_graph(self, section: str) -> bool:
+        return section in self.graphs
+
+    def graph(self, section: str) -> Graph:
+        if section not in self.graphs:
+            if section == VISION_INT8:
+                raise BundleError(
+                    f"{self.root}: no INT8 vision graph; run panda calibrate --bundle {self.root}"
+                )
+            raise BundleError(
+                f"{self.root}: no '{section}' graph; run panda export --target onnx --out {self.root}"
+            )
+        return self.graphs[section]
+
+    def vision_graph(self, backend: str, precision: str) -> Path:
+        """The ONNX graph `backend` runs at `precision`: the fp32 graph, or for int8 the ONNX Runtime
+        (U8S8) form, and TensorRT's Q/DQ form for trt, the one its engines are built from (for trt this
+        graph sizes and names the run; the engine itself is chosen from `engines`)."""
+        check_precision(backend, precision)
+        if precision != INT8:
+            return self.path(self.vision.file)
+        int8 = self.graph(VISION_INT8)
+        return self.path(int8.file if backend == TRT or int8.cpu_file is None else int8.cpu_file)
+
+    def int8_report(self) -> Int8Report:
+        """What the calibration recorded with the INT8 graphs."""
+        return Int8Report.from_dict(self.graph(VISION_INT8).fields, self.root)
+
+    def graph_io(self, section: str) -> tuple[dict[str, Any], dict[str, Any]]:
+        """A graph's inputs and outputs: its own, else the fp32 graph's (every graph takes and gives
+        what it does: float32 frames -> tokens)."""
+        graph, vision = self.graph(section), self.vision
+        inputs, outputs = graph.inputs or vision.inputs, graph.outputs or vision.outputs
+        if inputs is None or outputs is None:
+            raise BundleError(f"{self.root}: the manifest has no '{VISION}.outputs'; export again")
+        return inputs, outputs
+
+    def io_shapes(self, section: str = VISION) -> tuple[list[int], list[int]]:
+        """The shapes of a graph's frames input and visual-tokens output."""
+        inputs, outputs = self.graph_shapes(section)
+        try:
+            return inputs[FRAMES], outputs[VISUAL_TOKENS]
+        except KeyError:
+            raise BundleError(
+                f"{self.root}: the manifest's '{section}' has no {FRAMES} or {VISUAL_TOKENS}; export again"
+            ) from None
+
+    def graph_shapes(self, section: str = VISION) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
+        """name -> shape of a graph's inputs, and of its outputs."""
+        inputs, outputs = self.graph_io(section)
+        try:
+            shapes_in = {n: list(s["shape"]) for n, s in inputs.items()}
+            return shapes_in, {n: list(s["shape"]) for n, s in outputs.items()}
+        except (KeyError, TypeError, AttributeError):
+            raise BundleError(
+                f"{self.root}: the manifest's '{section}' inputs or outputs lack a shape; export again"
+            ) from None
+
+    @property
+    def token_width(self) -> int:
+        """The width of the vision graph's visual tokens (the LLM's hidden size when parts fit)."""
+        shape = manifest_value(self.data, f"{VISION}.outputs.{VISUAL_TOKENS}.shape", self.root)
+        return int(shape[-1])
+
+    @property
+    def profile(self) -> str | None:
+        """The TensorRT profile the graphs were exported for (`vision.profile`)."""
+        return self.vision.profile
+
+    def engines_of(self, precision: str) -> list[Engine]:
+        return [e for e in self.engines.values() if e.precision == precision]
+
+    def engine_for(self, record: dict[str, Any]) -> Engine:
+        """The engine a record (trt.record.engine_record) written into this manifest describes."""
+        return self.engines[record["file"]]
+
+    # --- writing ---
+
+    def extended(
+        self, updates: dict[str, Any], new_files: Iterable[str]
+    ) -> tuple[dict[str, Any], list[str], dict[str, dict[str, Any]]]:
+        """What `extend_manifest` writes with `updates` (sections by name) and `new_files`."""
+        return extended(self.root, self.data, updates, new_files)
+
+    def extend(self, updates: dict[str, Any], new_files: Iterable[str]) -> Manifest:
+        """This manifest with `updates` and `new_files`, written (`extend_manifest`) and parsed again."""
+        return Manifest.from_dict(extend_manifest(self.root, self.data, updates, new_files), self.root)
+
+    def with_engine(self, record: dict[str, Any]) -> Manifest:
+        """This manifest with the engine `record` (trt.record.engine_record) added, written."""
+        engines = {**{n: e.to_dict() for n, e in self.engines.items()}, record["file"]: record}
+        return self.extend({ENGINES: dict(sorted(engines.items()))}, [record["file"]])
+
+    def kept_for_vision_export(self) -> tuple[dict[str, Any], list[str]]:
+        """What an ONNX export keeps of this bundle: its GGUF decoders (`llm`), and their files."""
+        kept = {"llm": self.data["llm"]} if "llm" in self.data else {}
+        return kept, [g.file for g in self.ggufs.values() if (self.root / g.file).is_file()]
+
+    def with_gguf(
+        self, entry: dict[str, Any], source: Source, model: ModelConfig, written: Iterable[str]
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The fields and files of this manifest with the GGUF `entry` added (`source` and `model` when
+        it has none yet): what `StagedFiles.commit` writes. `written`: the files besides the GGUF that
+        this export stages (written now, or already there)."""
+        data = {k: v for k, v in self.data.items() if k not in ("format_version", "files")}
+        if self.source is None:
+            data |= {"source": source.to_dict(), "model": model.to_dict()}
+        data.setdefault("prompt", PROMPT_FILE)
+        data.setdefault("tokenizer", TOKENIZER_FILE)
+        ggufs = {**{t: g.to_dict() for t, g in self.ggufs.items()}, entry["type"]: entry}
+        data["llm"] = {**(data.get("llm") or {}), "gguf": ggufs, "config": dict(vars(model.llm))}
+        written = {*written, entry["file"]}
+        names = {n for n in self.files if (self.root / n).is_file()}
+        names |= {TOKENIZER_FILE, PROMPT_FILE} | {g["file"] for g in ggufs.values()}
+        return data, sorted(n for n in names if n in written or (self.root / n).is_file())
+
+    @classmethod
+    def empty(cls, bundle: str | Path) -> Manifest:
+        """A bundle with no manifest yet, for an export's first part."""
+        return cls.from_dict({"files": {}}, bundle)
+
+
+def _section(data: Any, key: str, root: Path) -> dict[str, Any] | None:
+    value = data.get(key)
+    if value is not None and not isinstance(value, dict):
+        raise BundleError(f"{root}: the manifest's '{key}' is not a section; export again")
+    return value
+
+
+def _name(root: Path, data: dict[str, Any], name: Any, where: str, optional: bool = False) -> str | None:
+    """A file name the manifest holds, through `checked_path` (None when optional and absent)."""
+    if name is None and optional:
+        return None
+    checked_path(root, data, name, where)
+    return name
+
+
+def _record(root: Path, data: dict[str, Any], name: str, record: Any, where: str) -> FileRecord:
+    checked_path(root, data, name, f"'{where}'")
+    if not isinstance(record, dict) or not isinstance(record.get("size"), int):
+        raise BundleError(f"{root}: the manifest's record of {name} is not a size and hash; export again")
+    return FileRecord(str(record.get("sha256")), record["size"])
+
+
+def _source(root: Path, data: dict[str, Any]) -> Source | None:
+    source = _section(data, "source", root)
+    if source is None:
+        return None
+    weights = source.get("weights")
+    if weights is not None and not isinstance(weights, dict):
+        raise BundleError(f"{root}: the manifest's 'source.weights' is not a section; export again")
+    records = None
+    if weights is not None:
+        records = {}
+        for name, record in weights.items():
+            if not isinstance(record, dict):
+                raise BundleError(
+                    f"{root}: the manifest's record of source weight {name} is malformed; export again"
+                )
+            records[name] = FileRecord(str(record.get("sha256")), record.get("size"))
+    return Source(source.get("checkpoint"), records)
+
+
+def _model(root: Path, data: dict[str, Any]) -> ModelConfig | None:
+    """`model` as a ModelConfig: every field of its vision and llm parts present, none unknown."""
+    model = _section(data, "model", root)
+    if model is None:
+        return None
+    parts = {}
+    for key, kind in (("vision", VisionConfig), ("llm", LlmConfig)):
+        values = manifest_value(data, f"model.{key}", root)
+        for name in kind.__dataclass_fields__:
+            manifest_value(data, f"model.{key}.{name}", root)
+        try:
+            parts[key] = kind(**values)
+        except TypeError as exc:  # a field it does not know, or not a mapping
+            raise BundleError(
+                f"{root}: the manifest's 'model.{key}' does not fit ({exc}); export again"
+            ) from None
+    rest = {k: v for k, v in model.items() if k not in parts}
+    try:
+        return ModelConfig(**parts, **rest)
+    except TypeError as exc:
+        raise BundleError(f"{root}: the manifest's 'model' does not fit ({exc}); export again") from None
+
+
+def _graph(root: Path, data: dict[str, Any], section: str) -> Graph:
+    entry = _section(data, section, root) or {}
+    # every name is checked before a missing one is reported: a name outside the bundle is the finding
+    cpu_file = _name(root, data, entry.get("cpu_file"), f"'{section}.cpu_file'", optional=True)
+    file = _name(root, data, manifest_value(data, f"{section}.file", root), f"'{section}.file'")
+    profile = entry.get("profile", (data.get(VISION) or {}).get("profile"))
+    return Graph(
+        section=section,
+        file=str(file),
+        profile=None if profile is None else str(profile),
+        inputs=entry.get("inputs"),
+        outputs=entry.get("outputs"),
+        cpu_file=cpu_file,
+        tensorrt=entry.get("tensorrt"),
+        opset=entry.get("opset"),
+        fields=entry,
+    )
+
+
+def _ggufs(root: Path, data: dict[str, Any]) -> dict[str, Gguf]:
+    llm = _section(data, "llm", root) or {}
+    ggufs = llm.get("gguf") or {}
+    if not isinstance(ggufs, dict):
+        raise BundleError(f"{root}: the manifest's 'llm.gguf' is not a section; export again")
+    out = {}
+    for gguf_type, entry in ggufs.items():
+        if not isinstance(entry, dict):
+            raise BundleError(f"{root}: the manifest's 'llm.gguf.{gguf_type}' is not a section; export again")
+        file = _name(
+            root,
+            data,
+            manifest_value(data, f"llm.gguf.{gguf_type}.file", root),
+            f"'llm.gguf.{gguf_type}.file'",
+        )
+        types = entry.get("tensor_types") or {}
+        out[gguf_type] = Gguf(gguf_type, str(file), entry.get("tensor_count"), dict(types), entry)
+    return out
+
+
+def _engines(root: Path, data: dict[str, Any]) -> dict[str, Engine]:
+    out = {}
+    for key, entry in (_section(data, ENGINES, root) or {}).items():
+        if not isinstance(entry, dict):
+            raise BundleError(
+                f"{root}: the manifest's '{ENGINES}.{key}' is not an engine record; export again"
+            )
+        file = _name(root, data, entry.get("file"), f"'{ENGINES}.{key}.file'")
+        source = entry.get("source") or {}
+        out[key] = Engine(
+            file=str(file),
+            precision=str(entry.get("precision")),
+            tensorrt=str(entry.get("tensorrt")),
+            gpu=dict(entry.get("gpu") or {}),
+            profile=entry.get("profile"),
+            inputs=dict(entry.get("inputs") or {}),
+            outputs=dict(entry.get("outputs") or {}),
+            source_file=source.get("file") if isinstance(source, dict) else None,
+            device_memory_bytes=entry.get("device_memory_bytes"),
+            fields=entry,
+        )
+    return out

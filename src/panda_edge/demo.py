@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import ORT, PRECISIONS, REFERENCE_GGUF_TYPE, RUNTIME_GGUF_TYPE
 from panda_edge.export.stab_onnx.pipeline import export_bundle
 from panda_edge.fileio import cache_dir
 from panda_edge.model.loading import ReferencePrecision
@@ -153,12 +154,12 @@ def _runtime_chain(
     )
 
     threads = default_threads(threads)
-    for gguf_type in ("f32", "q8_0"):
+    for gguf_type in (REFERENCE_GGUF_TYPE, RUNTIME_GGUF_TYPE):
         on_step(f"exporting the Llama backbone to GGUF ({gguf_type})")
         with clock(f"export_gguf_{gguf_type}"):
             export_gguf("tiny", bundle, gguf_type)
     tasks = {}
-    for precision in ("fp32", "int8"):
+    for precision in PRECISIONS[ORT]:
         on_step(
             f"answering the {len(qa)} questions with the runtime (ONNX Runtime {precision} + llama.cpp q8_0)"
         )

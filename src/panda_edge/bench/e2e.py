@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import RUNTIME_GGUF_TYPE
 from panda_edge.bench.machine import peak_rss_mb
 from panda_edge.timing import BELOW_RESOLUTION, measurable, median_s, quotient, rate, significant
 
@@ -69,7 +70,7 @@ def bench_e2e(
     model: str = "tiny",
     repeat: int = 3,
     threads: int = 2,
-    gguf_type: str = "q8_0",
+    gguf_type: str = RUNTIME_GGUF_TYPE,
     max_new_tokens: int = 32,
     dtype: str = "fp32",
     device: str = "cpu",

@@ -79,6 +79,7 @@ def write_checkpoint(directory: Path, layers: int, seed: int = 0) -> int:
 _MEASURED_CHILD = """
 import atexit, runpy, sys
 from panda_edge.bench.machine import peak_rss_mb
+from panda_edge.bundle import Manifest
 report = sys.argv[1]
 atexit.register(lambda: open(report, "w").write(str(peak_rss_mb())))
 mode, target = sys.argv[2], sys.argv[3]
@@ -125,7 +126,10 @@ def bench_gguf_memory(layers: int = 3, workdir: Path | None = None) -> dict:
         peak_rss, seconds, stdout = child_peak_rss(
             [*cli, "--out", str(bundle), "--gguf-type", "f16", "--json", "-"]
         )
-        entry = json.loads(stdout)["llm"]["gguf"]["f16"]
+        from panda_edge.bundle import Manifest
+
+        manifest = Manifest.from_dict(json.loads(stdout), bundle)
+        gguf = manifest.gguf("f16")
         return {
             "what": "peak RSS of `panda export --target gguf --gguf-type f16` (child process, its VmHWM)",
             "checkpoint": {
@@ -139,9 +143,9 @@ def bench_gguf_memory(layers: int = 3, workdir: Path | None = None) -> dict:
                 "largest_tensor_bytes": VOCAB * HIDDEN * 4,
             },
             "gguf": {
-                "bytes": entry["size"],
-                "tensors": entry["tensor_count"],
-                "types": entry["tensor_types"],
+                "bytes": manifest.files[gguf.file].size,
+                "tensors": gguf.tensor_count,
+                "types": gguf.tensor_types,
             },
             "peak_rss_mb": round(peak_rss, 1),
             "import_only_rss_mb": round(base_rss, 1),

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.backends import BENCHMARKED_GGUF_TYPES
+from panda_edge.bundle import Manifest
 from panda_edge.config import LlmConfig, ModelConfig
 from panda_edge.timing import BELOW_RESOLUTION, median_s, quotient, rate, significant
 
@@ -28,7 +30,7 @@ BENCH_LLM = LlmConfig(
     vocab_size=32000,
     max_position_embeddings=2048,
 )
-GGUF_TYPES = ("f16", "q8_0", "q4_k_m")
+GGUF_TYPES = BENCHMARKED_GGUF_TYPES
 
 
 def synthetic_tokenizer(path: Path, vocab: int) -> None:
@@ -117,11 +119,12 @@ def bench_llm(
         synthetic_tokenizer(ckpt / "tokenizer.model", llm.vocab_size)
         for t in types:
             step(f"exporting {t} GGUF")
-            entry = export_gguf(ckpt, bundle, t)["llm"]["gguf"][t]
+            manifest = Manifest.from_dict(export_gguf(ckpt, bundle, t), bundle)
+            gguf = manifest.gguf_path(t)
             step(f"timing llama.cpp {t}")
-            runner = _llama_runner(bundle / entry["file"], prompt, decode_tokens, threads)
+            runner = _llama_runner(gguf, prompt, decode_tokens, threads)
             timing = _timed(runner, repeat, prompt_tokens, decode_tokens)
-            result[f"llama.cpp-{t}"] = {**timing, "gguf_bytes": entry["size"]}
+            result[f"llama.cpp-{t}"] = {**timing, "gguf_bytes": manifest.files[gguf.name].size}
     base = result["transformers"]
     ratios = {
         name: {

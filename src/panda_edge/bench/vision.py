@@ -116,14 +116,14 @@ def bench_vision(
 ) -> dict[str, Any]:
     """Export a random-weight STAB + projector (and, with `int8`, calibrate it on `calibration_videos`
     other clips), then time every engine on one video, interleaved."""
+    from panda_edge.backends import trt_target
     from panda_edge.calibration.ranges import check_method
     from panda_edge.export.stab_onnx.convert import export_graph
-    from panda_edge.export.stab_onnx.profiles import get_profile
     from panda_edge.model.vision import VisionTower
     from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
 
     config = preset(preset_name)  # a bad preset, profile or method fails before anything is built
-    get_profile(profile)
+    trt_target(profile)
     check_method(method)
     step = on_step or (lambda message: None)
     tower = VisionTower.random(config, seed)

@@ -87,11 +87,3 @@ def load_calibration(path: str | Path, vision: VisionConfig | None = None) -> tu
         if frames.ndim != 5 or tuple(frames.shape[1:]) != expected or len(frames) != len(videos):
             raise PandaError(f"{path}: frames of shape {frames.shape}, this model takes (N, *{expected})")
     return frames.astype(np.float32, copy=False), videos
-
-
-def vision_config(manifest: dict) -> VisionConfig:
-    """The model geometry a bundle was exported with (its manifest's `model.vision`)."""
-    try:
-        return VisionConfig(**manifest["model"]["vision"])
-    except (KeyError, TypeError) as exc:
-        raise PandaError(f"the bundle manifest has no usable model.vision ({exc}); export it again") from None

@@ -21,14 +21,15 @@ from typing import Any
 import numpy as np
 import onnx
 
+from panda_edge.backends import trt_target
 from panda_edge.bundle import (
     CALIBRATION_FILE,
     STAB_INT8_CPU_FILE,
     STAB_INT8_FILE,
-    STAB_ONNX_FILE,
+    VISION,
+    VISION_INT8,
+    Manifest,
     StagedFiles,
-    extended,
-    load_manifest,
     tool_versions,
 )
 from panda_edge.calibration.data import (
@@ -38,14 +39,12 @@ from panda_edge.calibration.data import (
     spread,
     videos_in,
     videos_of_qa,
-    vision_config,
 )
 from panda_edge.calibration.qdq import CPU, TENSORRT, QdqWriter
 from panda_edge.calibration.ranges import DEFAULT_METHOD, check_method, collect_ranges
 from panda_edge.calibration.search import MixedPrecision, TokenScorer, choose_precision
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.stab_onnx.check import check_onnx, qdq_problems
-from panda_edge.export.stab_onnx.profiles import get_profile
 from panda_edge.export.trt.pipeline import write_build_script
 from panda_edge.export.trt.script import SCRIPT_FILE
 from panda_edge.parity.compare import LEVELS, OutputParity
@@ -148,34 +147,34 @@ def calibrate_bundle(
     if not 0 < target_cosine <= 1:
         raise PandaError(f"--target-cosine must be in (0, 1], got {target_cosine}")
     bundle = Path(bundle)
-    manifest = load_manifest(bundle)
-    if "vision" not in manifest:
+    manifest = Manifest.load(bundle)
+    if not manifest.has_graph(VISION):
         raise BundleError(f"{bundle}: the bundle has no vision graph; export it with --target onnx first")
-    vision = vision_config(manifest)
-    profile = get_profile(manifest["vision"]["profile"])
+    vision = manifest.config.vision
+    profile = trt_target(str(manifest.profile))
     frames, names, heldout_frames, heldout_names = _calibration_data(
         bundle, vision, videos, qa, samples, holdout, step
     )
-    source = bundle / STAB_ONNX_FILE
+    source = manifest.path(manifest.vision.file)
     graphs = calibrate_graph(source, frames, method, target_cosine, on_step)
     heldout = None
     if len(heldout_frames):
         step(f"checking both forms on {len(heldout_frames)} held-out video(s)")
         tensorrt, cpu = score_forms(source, graphs, heldout_frames, target_cosine)
         heldout = {"videos": heldout_names, "tensorrt": parity_entry(tensorrt), "cpu": parity_entry(cpu)}
-    entry = _entry(manifest, profile.name, graphs, names, target_cosine, heldout)
+    entry = _entry(manifest, profile.profile, graphs, names, target_cosine, heldout)
     with tempfile.TemporaryDirectory(prefix="panda-int8-") as tmp, StagedFiles(bundle) as staged:
         written = _write_checked(graphs, Path(tmp), profile)
         step("writing the INT8 graphs, calibration.npz and the manifest")
         for name, path in written.items():  # a copy: the temporary directory may be on another disk
             shutil.copyfile(path, staged.path(name))
         save_calibration(staged.path(CALIBRATION_FILE), frames, names)
-        updates = {"vision_int8": entry, "tools": {**manifest.get("tools", {}), **tool_versions()}}
+        updates = {VISION_INT8: entry, "tools": {**manifest.tools, **tool_versions()}}
         new_files = [STAB_INT8_FILE, STAB_INT8_CPU_FILE, CALIBRATION_FILE]
-        manifest = staged.commit(*extended(bundle, manifest, updates, new_files))
-    if SCRIPT_FILE in manifest["files"]:  # exported for TensorRT: build_engine.sh gets the INT8 build too
-        write_build_script(bundle, manifest)
-    return manifest["vision_int8"]
+        manifest = Manifest.from_dict(staged.commit(*manifest.extended(updates, new_files)), bundle)
+    if SCRIPT_FILE in manifest.files:  # exported for TensorRT: build_engine.sh gets the INT8 build too
+        write_build_script(manifest)
+    return manifest.graph(VISION_INT8).to_dict()
 
 
 def check_calibration_source(videos: str | Path | None, qa: str | Path | None, method: str) -> None:
@@ -247,7 +246,7 @@ def _write_checked(graphs: Int8Graphs, directory: Path, profile: Any) -> dict[st
 
 
 def _entry(
-    manifest: dict[str, Any],
+    manifest: Manifest,
     profile: str,
     graphs: Int8Graphs,
     videos: Sequence[str],
@@ -255,17 +254,18 @@ def _entry(
     heldout: dict[str, Any] | None,
 ) -> dict[str, Any]:
     precision = graphs.precision
-    vision = manifest["vision"]
+    vision = manifest.vision
+    inputs, outputs = manifest.graph_io(VISION)
     return {
         "file": STAB_INT8_FILE,
         "cpu_file": STAB_INT8_CPU_FILE,
         "calibration": CALIBRATION_FILE,
-        "source": {"file": vision["file"], "sha256": manifest["files"][vision["file"]]["sha256"]},
-        "inputs": vision["inputs"],
-        "outputs": vision["outputs"],
+        "source": {"file": vision.file, "sha256": manifest.sha256(vision.file)},
+        "inputs": inputs,
+        "outputs": outputs,
         "profile": profile,
-        "tensorrt": vision.get("tensorrt"),
-        "opset": vision.get("opset"),
+        "tensorrt": vision.tensorrt,
+        "opset": vision.opset,
         "method": graphs.method,
         "samples": len(videos),
         "videos": list(videos),

@@ -20,6 +20,16 @@ from typing import Annotated, Any, TypeVar
 import typer
 from rich.console import Console
 
+from panda_edge.backends import (
+    DEFAULT_KV_CACHE,
+    GGUF_PREFERENCE,
+    KV_CACHE_TYPES,
+    ORT,
+    TRT,
+    VISION_BACKENDS,
+    listed,
+    precision_help,
+)
 from panda_edge.errors import CheckFailed, PandaError
 
 err = Console(stderr=True)
@@ -272,22 +282,24 @@ VisionOpt = Annotated[
     str,
     typer.Option(
         "--vision",
-        help="Vision backend: ort (ONNX Runtime), trt (TensorRT engine), torch (the PyTorch reference; "
-        "give --checkpoint).",
+        help="Vision backend: "
+        + listed(f"{name} ({what})" for name, what in VISION_BACKENDS.items())
+        + " (torch: give --checkpoint).",
     ),
 ]
 PrecisionOpt = Annotated[
     str | None,
     typer.Option(
         "--precision",
-        help="Vision graph: fp32 (stab.onnx, the default) or int8 (the calibrated graph); with --vision "
-        "trt, the engine's: fp16 (default), fp32 or int8, one the bundle has (panda build-engine).",
+        help=f"Vision graph: {precision_help(ORT)} (int8: the calibrated graph); with --vision trt, the "
+        f"engine's: {precision_help(TRT)}, one the bundle has (panda build-engine).",
     ),
 ]
 GgufOpt = Annotated[
     str | None,
     typer.Option(
-        "--gguf-type", help="Decoder GGUF in the bundle (default: q8_0, else f16, else what it has)."
+        "--gguf-type",
+        help=f"Decoder GGUF in the bundle (default: the first it has of {listed(GGUF_PREFERENCE)}).",
     ),
 ]
 GpuLayersOpt = Annotated[
@@ -298,7 +310,11 @@ CtxOpt = Annotated[
 ]
 KvTypeOpt = Annotated[
     str,
-    typer.Option("--kv-type", help="KV cache type: f16, q8_0 (half the memory; flash attention) or f32."),
+    typer.Option(
+        "--kv-type",
+        help=f"KV cache type: {listed(KV_CACHE_TYPES)} (default {DEFAULT_KV_CACHE}; quantized: with "
+        "flash attention).",
+    ),
 ]
 KvCacheAlias = Annotated[
     str | None, typer.Option("--kv-cache", hidden=True, help="Deprecated spelling of --kv-type.")
@@ -340,7 +356,7 @@ def runtime_options(
     threads: int | None = None,
     n_gpu_layers: int = 0,
     n_ctx: int | None = None,
-    kv_type: str = "f16",
+    kv_type: str = DEFAULT_KV_CACHE,
     kv_cache: str | None = None,
     cache: Path | None = None,
     cache_max_gb: float | None = None,
@@ -350,7 +366,7 @@ def runtime_options(
     become absolute: a server's Ray replicas open them from another working directory."""
     from panda_edge.runtime.options import RuntimeOptions
 
-    kv_type = old_spelling("--kv-type", kv_type, "f16", "--kv-cache", kv_cache)
+    kv_type = old_spelling("--kv-type", kv_type, DEFAULT_KV_CACHE, "--kv-cache", kv_cache)
     if checkpoint is not None and Path(checkpoint).exists():
         checkpoint = str(Path(checkpoint).resolve())
     return RuntimeOptions(

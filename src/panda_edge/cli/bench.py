@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.backends import RUNTIME_GGUF_TYPE
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
     ReferenceDevice,
@@ -120,7 +121,7 @@ def e2e(
     ] = "tiny",
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 3,
     threads: Threads = None,
-    gguf_type: Annotated[str, typer.Option(help="The runtime's GGUF type.")] = "q8_0",
+    gguf_type: Annotated[str, typer.Option(help="The runtime's GGUF type.")] = RUNTIME_GGUF_TYPE,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Longest answer.")] = 32,
     dtype: ReferenceDtype = "fp32",
     device: ReferenceDevice = "cpu",

@@ -7,15 +7,18 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.backends import INT8, TRT, default_precision, precision_help
+from panda_edge.bundle import MANIFEST_FILE, Manifest
 from panda_edge.cli._common import emit_result, handle_errors, json_to_stdout, out, step_printer
+from panda_edge.trt.record import GpuInfo
 
 
 @handle_errors
 def build_engine(
     bundle: Annotated[Path, typer.Option(help="Bundle directory (from panda export --target trt).")],
     precision: Annotated[
-        str, typer.Option(help="fp16, int8 (needs the calibrated Q/DQ graph) or fp32.")
-    ] = "fp16",
+        str, typer.Option(help=f"{precision_help(TRT)} ({INT8} needs the calibrated Q/DQ graph).")
+    ] = default_precision(TRT),
     workspace: Annotated[int, typer.Option(help="Builder workspace limit in MiB.")] = 1024,
     timing_cache: Annotated[
         Path | None,
@@ -55,13 +58,12 @@ def build_engine(
         result = register_engine(bundle, register, precision, trtexec_log, on_step=step_printer(quiet))
     else:
         result = build(bundle, precision, workspace, timing_cache, on_step=step_printer(quiet))
-    record = result["engine"]
-    if emit_result(record, json_out):
+    if emit_result(result["engine"], json_out):
         return
-    size = result["manifest"]["files"][record["file"]]["size"]
-    gpu = record["gpu"]
+    manifest = Manifest.from_dict(result["manifest"], bundle)
+    engine = manifest.engine_for(result["engine"])
+    size, gpu = manifest.files[engine.file].size, GpuInfo.from_dict(engine.gpu)
     out.print(
-        f"{bundle / record['file']}: {record['precision']} engine ({size / 1e6:.1f} MB) for {gpu['name']} "
-        f"(compute capability {gpu['compute_capability']}), TensorRT {record['tensorrt']}, "
-        f"from {record['source']['file']}; recorded in {bundle / 'manifest.json'}"
+        f"{bundle / engine.file}: {engine.precision} engine ({size / 1e6:.1f} MB) for {gpu}, "
+        f"TensorRT {engine.tensorrt}, from {engine.source_file}; recorded in {bundle / MANIFEST_FILE}"
     )

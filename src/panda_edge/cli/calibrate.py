@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from panda_edge.bundle import Int8Report
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import emit_result, handle_errors, json_to_stdout, out, step_printer
 
@@ -58,43 +59,40 @@ def calibrate(
     )
     if emit_result(report, json_out):
         return
-    print_report(bundle, report)
+    print_report(bundle, Int8Report.from_dict(report, bundle))
 
 
-def print_report(bundle: Path, report: dict[str, Any]) -> None:
+def print_report(bundle: Path, report: Int8Report) -> None:
     """The groups table (what stayed float and why) and the cosines, on stdout."""
-    table = Table(title=f"INT8 layer groups ({report['method']}, {report['samples']} calibration videos)")
+    table = Table(title=f"INT8 layer groups ({report.method}, {report.samples} calibration videos)")
     for column in ("group", "nodes", "alone in INT8: cosine mean", "precision", "why"):
         table.add_column(column, overflow="fold")
-    for name, group in report["groups"].items():
-        style = "bold yellow" if group["precision"] == "float" else None
+    for group in report.groups.values():
         table.add_row(
-            name,
-            str(group["nodes"]),
-            f"{group['alone_cosine_mean']:.6f}",
-            group["precision"],
-            group["reason"],
-            style=style,
+            group.name,
+            str(group.nodes),
+            f"{group.alone_cosine_mean:.6f}",
+            group.precision,
+            group.reason,
+            style="bold yellow" if group.precision == "float" else None,
         )
     out.print(table)
+    t, c = report.tensorrt, report.cpu
     lines = [
-        f"TensorRT form ({report['file']}): cosine mean {report['cosine_mean']:.5f}, "
-        f"min {report['cosine_min']:.5f}",
-        f"CPU form ({report['cpu_file']}): cosine mean {report['cpu_cosine_mean']:.5f}, "
-        f"min {report['cpu_cosine_min']:.5f}",
+        f"TensorRT form ({report.file}): cosine mean {t.cosine_mean:.5f}, min {t.cosine_min:.5f}",
+        f"CPU form ({report.cpu_file}): cosine mean {c.cosine_mean:.5f}, min {c.cosine_min:.5f}",
     ]
-    heldout = report.get("heldout")
-    if heldout:
-        t, c = heldout["tensorrt"], heldout["cpu"]
+    if report.heldout is not None:
+        t, c = report.heldout
         lines.append(
-            f"held out ({len(heldout['videos'])} videos): TensorRT form {t['cosine_mean']:.5f} "
-            f"(min {t['cosine_min']:.5f}), CPU form {c['cosine_mean']:.5f} (min {c['cosine_min']:.5f})"
+            f"held out ({report.heldout_videos} videos): TensorRT form {t.cosine_mean:.5f} "
+            f"(min {t.cosine_min:.5f}), CPU form {c.cosine_mean:.5f} (min {c.cosine_min:.5f})"
         )
-    floats = ", ".join(report["float_groups"]) or "none"
+    floats = ", ".join(report.float_groups) or "none"
     lines.append(
-        f"wrote {bundle}: {report['file']}, {report['cpu_file']}, {report['calibration']}; "
-        f"{report['quantized_nodes']} of {report['quantizable_nodes']} nodes INT8, float groups: {floats} "
-        f"(target {report['target_cosine']}, against the fp32 graph)"
+        f"wrote {bundle}: {report.file}, {report.cpu_file}, {report.calibration}; "
+        f"{report.quantized_nodes} of {report.quantizable_nodes} nodes INT8, float groups: {floats} "
+        f"(target {report.target_cosine}, against the fp32 graph)"
     )
     for line in lines:
         out.print(line)

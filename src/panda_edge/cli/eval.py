@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from panda_edge.backends import DEFAULT_KV_CACHE
 from panda_edge.cli._common import (
     CtxOpt,
     GgufOpt,
@@ -54,7 +55,7 @@ def eval(
         str | None,
         typer.Option("--vision-precision", hidden=True, help="Deprecated spelling of --precision."),
     ] = None,
-    kv_type: KvTypeOpt = "f16",
+    kv_type: KvTypeOpt = DEFAULT_KV_CACHE,
     n_ctx: CtxOpt = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,

@@ -7,6 +7,18 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.backends import (
+    DEFAULT_GGUF_TYPE,
+    DEFAULT_TRT_PROFILE,
+    GGUF_TYPES,
+    INT8,
+    ORT,
+    TRT,
+    listed,
+    precision_help,
+    trt_profile_help,
+)
+from panda_edge.bundle import VISION_INT8, Manifest
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import emit_result, handle_errors, json_to_stdout, out, step_printer
 from panda_edge.cli.calibrate import HoldoutOption, MethodOption, SamplesOption, TargetOption
@@ -25,19 +37,19 @@ def export(
     ] = "onnx",
     trt_profile: Annotated[
         str,
-        typer.Option(help="TensorRT the graph is for: 8.5 (JetPack 5, 6.0), 10 (JetPack 6.1, 6.2) or 11."),
-    ] = "11",
+        typer.Option(help=f"TensorRT the graph is for: {trt_profile_help()}."),
+    ] = DEFAULT_TRT_PROFILE,
     gguf_type: Annotated[
-        str, typer.Option(help="GGUF storage for --target gguf: f32, f16, bf16, q8_0, q4_k_m, q5_k_m.")
-    ] = "f16",
+        str, typer.Option(help=f"GGUF storage for --target gguf: {listed(GGUF_TYPES)}.")
+    ] = DEFAULT_GGUF_TYPE,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="--target gguf: print the tensor plan, write nothing.")
     ] = False,
     precision: Annotated[
         str | None,
         typer.Option(
-            help="onnx/all: fp32 (default) or int8 (export, then calibrate as panda calibrate); "
-            "trt: fp16 (default), int8 (calibrates) or fp32."
+            help=f"onnx/all: {precision_help(ORT)} (int8: export, then calibrate as panda calibrate); "
+            f"trt: {precision_help(TRT)} (int8 calibrates)."
         ),
     ] = None,
     videos: Annotated[
@@ -78,7 +90,7 @@ def export(
         _gguf_plan(checkpoint, gguf_type, json_out)
         return
     calibrate = None
-    if precision == "int8" and target != "gguf":
+    if precision == INT8 and target != "gguf":
         options = {"samples": samples, "method": method, "target_cosine": target_cosine, "holdout": holdout}
         calibrate = bundle_calibrator(videos, qa, **options)
     result = export_target(
@@ -94,19 +106,20 @@ def export(
         _print_onnx(out_dir, result)
 
 
-def _print_onnx(out_dir: Path, manifest: dict) -> None:
-    vision = manifest["vision"]
-    size = manifest["files"][vision["file"]]["size"]
-    others = ", ".join(name for name in manifest["files"] if name != vision["file"])
+def _print_onnx(out_dir: Path, result: dict) -> None:
+    manifest = Manifest.from_dict(result, out_dir)
+    vision = manifest.vision
+    size = manifest.files[vision.file].size
+    others = ", ".join(name for name in manifest.files if name != vision.file)
+    frames, tokens = manifest.io_shapes()
     out.print(
-        f"wrote {out_dir}: {vision['file']} ({size / 1e6:.1f} MB, opset {vision['opset']}, TensorRT "
-        f"{vision['tensorrt']} profile, {vision['inputs']['frames']['shape']} -> "
-        f"{vision['outputs']['visual_tokens']['shape']}), {others}, manifest.json"
+        f"wrote {out_dir}: {vision.file} ({size / 1e6:.1f} MB, opset {vision.opset}, TensorRT "
+        f"{vision.tensorrt} profile, {frames} -> {tokens}), {others}, manifest.json"
     )
-    if "vision_int8" in manifest:
+    if manifest.has_graph(VISION_INT8):
         from panda_edge.cli.calibrate import print_report
 
-        print_report(out_dir, manifest["vision_int8"])
+        print_report(out_dir, manifest.int8_report())
 
 
 def _gguf_plan(checkpoint: str, gguf_type: str, json_out: Path | None) -> None:
@@ -123,21 +136,22 @@ def _gguf_plan(checkpoint: str, gguf_type: str, json_out: Path | None) -> None:
     out.print(f"{len(plan)} tensors; nothing written (dry run)")
 
 
-def _print_gguf(out_dir: Path, manifest: dict, gguf_type: str) -> None:
-    entry = manifest["llm"]["gguf"][gguf_type]
-    types = ", ".join(f"{n} {k}" for k, n in entry["tensor_types"].items())
+def _print_gguf(out_dir: Path, result: dict, gguf_type: str) -> None:
+    manifest = Manifest.from_dict(result, out_dir)
+    gguf = manifest.gguf(gguf_type)
+    types = ", ".join(f"{n} {k}" for k, n in gguf.tensor_types.items())
     out.print(
-        f"wrote {out_dir}: {entry['file']} ({entry['size'] / 1e6:.1f} MB, {entry['tensor_count']} tensors: "
-        f"{types}), manifest.json lists {', '.join(manifest['files'])}"
+        f"wrote {out_dir}: {gguf.file} ({manifest.files[gguf.file].size / 1e6:.1f} MB, {gguf.tensor_count} "
+        f"tensors: {types}), manifest.json lists {', '.join(manifest.files)}"
     )
 
 
 def _print_trt(out_dir: Path, result: dict) -> None:
-    files = ", ".join(result["manifest"]["files"])
-    out.print(f"wrote {out_dir}: {files}, manifest.json")
+    manifest = Manifest.from_dict(result["manifest"], out_dir)
+    out.print(f"wrote {out_dir}: {', '.join(manifest.files)}, manifest.json")
     if result["built_here"]:
-        engine = result["engine"]
-        out.print(f"built {engine['file']} with TensorRT {engine['tensorrt']} on {engine['gpu']['name']}")
+        engine = manifest.engine_for(result["engine"])
+        out.print(f"built {engine.file} with TensorRT {engine.tensorrt} on {engine.gpu_name}")
         return
     out.print(f"no engine built here: {result['not_built_because']}")
     out.print("TensorRT engines are built on the device that runs them. To finish:")

@@ -78,7 +78,7 @@ def parity(
     """
     from panda_edge.errors import CheckFailed
     from panda_edge.host import use_threads
-    from panda_edge.parity.report import run_parity
+    from panda_edge.parity.report import ParityOptions, run_parity
 
     quiet = json_to_stdout(json_out)
     runner = None
@@ -86,21 +86,25 @@ def parity(
         from panda_edge.scaleout.ray_qa import ray_runner
 
         runner = ray_runner(ray, workers)
-    use_threads(threads)  # the reference's; run_parity's VideoRuntime sets its own (runtime/pipeline.py)
+    here = use_threads(threads)  # the reference's PyTorch threads here
+    options = ParityOptions(
+        videos=[*(video_options or []), *(videos or [])],
+        qa=qa,
+        video_dir=video_dir,
+        levels=levels.split(",") if levels is not None else None,
+        e2e_videos=e2e_videos,
+        max_questions=questions,
+        runner=runner,
+        threads=threads if ray is not None else here,  # a Ray worker applies the rule on its own node
+    )
     run = run_parity(
         checkpoint,
         bundle,
-        [*(video_options or []), *(videos or [])],
-        qa,
-        video_dir,
-        levels.split(",") if levels is not None else None,
-        e2e_videos,
-        questions,
+        options,
         reference_precision(dtype, device),
         progress=lambda description, total: progress_bar(description, total, enabled=not quiet),
         on_step=step_printer(quiet),
         on_level=None if quiet else _print_level,
-        runner=runner,
     )
     emit_result(run.report, json_out)
     if not run.passed:

@@ -7,6 +7,18 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.backends import (
+    CPU_BACKEND,
+    DEFAULT_KV_CACHE,
+    KV_CACHE_TYPES,
+    PLANNED_GGUF_TYPES,
+    SMALLER_KV_CACHE,
+    TRT,
+    check_kv_cache,
+    default_precision,
+    listed,
+    precisions,
+)
 from panda_edge.cli._common import emit_result, handle_errors, out
 
 GIB = 1 << 30
@@ -38,15 +50,21 @@ def plan(
         int, typer.Option(help="llama.cpp context (n_ctx) the KV cache is allocated for.")
     ] = 4096,
     kv_type: Annotated[
-        str, typer.Option(help="KV cache type: f16, q8_0 or q4_0 (quantized V: flash attention).")
-    ] = "f16",
+        str,
+        typer.Option(
+            help=f"KV cache type: {listed(KV_CACHE_TYPES)} (quantized: flash attention, as panda run)."
+        ),
+    ] = DEFAULT_KV_CACHE,
     vision_precision: Annotated[
         str | None,
-        typer.Option(help="Vision engine precision: fp16, int8 or fp32 (default fp16; on cpu fp32)."),
+        typer.Option(
+            help=f"Vision engine precision: {listed(precisions(TRT))} (default {default_precision(TRT)}; "
+            f"on cpu {default_precision(CPU_BACKEND)})."
+        ),
     ] = None,
     gguf_type: Annotated[
         list[str] | None,
-        typer.Option(help="GGUF type(s) to plan (default f16, q8_0, q5_k_m, q4_k_m + the bundle's)."),
+        typer.Option(help=f"GGUF type(s) to plan (default {', '.join(PLANNED_GGUF_TYPES)} + the bundle's)."),
     ] = None,
     reserve_gib: Annotated[
         float | None, typer.Option(help="Memory the OS / driver keeps (default: 2 on Jetson, 0.5 on a GPU).")
@@ -128,8 +146,9 @@ def _advice(result) -> str:
         )
     if result.recommended is None:
         hints = []
-        if result.kv_type == "f16":
-            hints.append("a q8_0 KV cache (--kv-type q8_0; llama.cpp -ctk q8_0 -ctv q8_0 -fa)")
+        if not check_kv_cache(result.kv_type).flash_attn:
+            kv = SMALLER_KV_CACHE
+            hints.append(f"a {kv} KV cache (--kv-type {kv}; llama.cpp -ctk {kv} -ctv {kv} -fa)")
         if result.device.unified and result.device.reserve_gib > 1:
             hints.append("a headless system (--reserve-gib 1)")
         hints.append("a larger device")

@@ -8,6 +8,9 @@ from typing import Annotated, Any
 
 import typer
 
+from panda_edge.backends import (
+    DEFAULT_KV_CACHE,
+)
 from panda_edge.cli._common import (
     BundleOpt,
     CacheMaxOpt,
@@ -74,7 +77,7 @@ def run(
     seed: SeedOpt = None,
     cache: CacheOpt = None,
     cache_max_gb: CacheMaxOpt = 20.0,
-    kv_type: KvTypeOpt = "f16",
+    kv_type: KvTypeOpt = DEFAULT_KV_CACHE,
     kv_cache: KvCacheAlias = None,
     checkpoint: CheckpointOpt = None,
     json_out: JsonOpt = None,
@@ -127,7 +130,7 @@ def chat(
     seed: SeedOpt = None,
     cache: CacheOpt = None,
     cache_max_gb: CacheMaxOpt = 20.0,
-    kv_type: KvTypeOpt = "f16",
+    kv_type: KvTypeOpt = DEFAULT_KV_CACHE,
     kv_cache: KvCacheAlias = None,
     checkpoint: CheckpointOpt = None,
     json_out: JsonOpt = None,

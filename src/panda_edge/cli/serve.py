@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from panda_edge.backends import DEFAULT_KV_CACHE
 from panda_edge.cli._common import (
     BundleOpt,
     CacheMaxOpt,
@@ -43,7 +44,7 @@ def serve(
     n_gpu_layers: GpuLayersOpt = 0,
     threads: Threads = None,
     n_ctx: CtxOpt = None,
-    kv_type: KvTypeOpt = "f16",
+    kv_type: KvTypeOpt = DEFAULT_KV_CACHE,
     kv_cache: KvCacheAlias = None,
     cache: CacheOpt = None,
     cache_max_gb: CacheMaxOpt = 20.0,

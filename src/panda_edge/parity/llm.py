@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.backends import STANDIN_GGUF_TYPE
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer, build_prompt, split_prompt
 from panda_edge.sampling import top2_margin
 
@@ -163,7 +164,7 @@ def llm_parity(
     results = {}
     for i, (gguf_type, path) in enumerate(ggufs.items()):
         with LlamaCppModel(path, n_ctx=n_ctx, threads=threads, kv_cache=kv_cache) as model:
-            max_rel = F16_STANDIN_MAX_REL if f16_standin and gguf_type == "f16" else None
+            max_rel = F16_STANDIN_MAX_REL if f16_standin and gguf_type == STANDIN_GGUF_TYPE else None
             results[gguf_type] = compare_logits(
                 gguf_type, ref, [model.logits(s) for s in sequences], required_max_rel=max_rel
             )

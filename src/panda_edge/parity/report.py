@@ -15,10 +15,24 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from panda_edge.bundle import bundle_file, exported_from, load_manifest
+from panda_edge.backends import (
+    INT8,
+    ORT,
+    PRECISIONS,
+    REFERENCE_GGUF_TYPE,
+    RUNTIME_GGUF_TYPE,
+    STANDIN_GGUF_TYPE,
+    default_precision,
+)
+from panda_edge.bundle import VISION, VISION_INT8, Manifest, exported_from
 from panda_edge.errors import PandaError
+
+if TYPE_CHECKING:
+    from panda_edge.model.loading import ReferencePrecision
+    from panda_edge.parity.llm import LogitsParity, TokenizerParity
+    from panda_edge.parity.qa_jobs import Runner
 
 log = logging.getLogger(__name__)
 
@@ -59,44 +73,77 @@ def check_levels(levels: Sequence[str] | None) -> set[str]:
     return chosen
 
 
+@dataclass(frozen=True)
+class ParityOptions:
+    """What to check, on what: `videos` for the stab levels (default: four generated clips); `qa` and
+    `video_dir` for e2e and task; `levels` (None: all); `runner` (parity.qa_jobs; a Ray cluster's,
+    say) answers the task level's questions by video, the reference and the runtime side by side."""
+
+    videos: Sequence[Path] = ()
+    qa: Path | None = None
+    video_dir: Path | None = None
+    levels: Sequence[str] | None = None
+    e2e_videos: int = 20
+    max_questions: int | None = None
+    runner: Runner | None = None
+    threads: int | None = None  # the runtime's CPU threads (None: host.default_threads)
+
+
+@dataclass(frozen=True)
+class ParityContext:
+    """What every level reads: the bundle (its checked manifest), the reference checkpoint and how it
+    runs, and where progress goes."""
+
+    checkpoint: str
+    manifest: Manifest
+    precision: ReferencePrecision
+    progress: Progress
+    step: Callable[[str], None]
+    # Without an f32 GGUF, the f16 one stands in over float16-stored weights: it holds them exactly
+    # (a 7B f32 GGUF is 27 GB); judged by its error's size (parity/llm.py F16_STANDIN_MAX_REL).
+    standin: bool
+    threads: int | None = None  # the runtime's CPU threads (None: host.default_threads)
+
+    @property
+    def bundle(self) -> Path:
+        return self.manifest.root
+
+    @property
+    def task_precisions(self) -> list[str]:
+        """The ONNX Runtime precisions the task level answers with: the int8 graph when calibrated."""
+        return [p for p in PRECISIONS[ORT] if p != INT8 or self.manifest.has_graph(VISION_INT8)]
+
+
 def run_parity(
     checkpoint: str,
     bundle: Path,
-    videos: Sequence[Path] = (),
-    qa: Path | None = None,
-    video_dir: Path | None = None,
-    levels: Sequence[str] | None = None,
-    e2e_videos: int = 20,
-    max_questions: int | None = None,
-    precision: Any = None,
+    options: ParityOptions = ParityOptions(),
+    precision: ReferencePrecision | None = None,
     progress: Progress = no_progress,
     on_step: Callable[[str], None] | None = None,
     on_level: Callable[[str, Any], None] | None = None,
-    runner: Any = None,
 ) -> ParityRun:
-    """Check `bundle` against the reference `checkpoint` at every level it holds (of `levels`).
+    """Check `bundle` against the reference `checkpoint` at every level it holds (of `options.levels`).
 
-    `videos` for the stab levels (default: four generated clips); `qa` and `video_dir` for e2e and
-    task. `precision` is the reference's `ReferencePrecision` (default fp32 on CPU). `on_level(name,
-    result)` receives each level's result as it is done (its `str()` is a report line); `on_step`
-    says what is happening, `progress` draws the long loops. `runner` (parity.qa_jobs; a Ray cluster's,
-    say) answers the task level's questions by video, the reference and the runtime side by side.
+    `precision` is the reference's (default fp32 on CPU). `on_level(name, result)` receives each
+    level's result as it is done (its `str()` is a report line); `on_step` says what is happening,
+    `progress` draws the long loops.
     """
     from panda_edge.model.loading import ReferencePrecision
     from panda_edge.model.videopanda import describe_reference
 
     step = on_step or (lambda message: None)
     done = on_level or (lambda name, result: None)
-    missing = [str(v) for v in videos if not Path(v).is_file()]
+    missing = [str(v) for v in options.videos if not Path(v).is_file()]
     if missing:
         raise PandaError(f"no such video file: {', '.join(missing)}")
-    manifest = load_manifest(bundle)
-    ggufs = (manifest.get("llm") or {}).get("gguf") or {}
-    if "vision" not in manifest and not ggufs:
+    manifest = Manifest.load(bundle)
+    has_vision, ggufs = manifest.has_graph(VISION), manifest.ggufs
+    if not has_vision and not ggufs:
         raise PandaError(
             f"{bundle}: the bundle holds neither the vision graph nor a GGUF; nothing to compare"
         )
-    wanted = check_levels(levels)
+    wanted = check_levels(options.levels)
     precision = precision or ReferencePrecision()
     report: dict[str, Any] = {
         "source": _check_source(checkpoint, manifest),
@@ -104,12 +151,13 @@ def run_parity(
     }
     ref = report["reference"]
     step(f"reference: {ref['dtype']} on {ref['device']}, weights stored as {ref['weights_stored']}")
-    # Without an f32 GGUF, the f16 one stands in over float16-stored weights: it holds them exactly
-    # (a 7B f32 GGUF is 27 GB); judged by its error's size (parity/llm.py F16_STANDIN_MAX_REL).
-    standin = "f32" not in ggufs and "f16" in ggufs and ref["weights_stored"] == "float16"
+    standin = (
+        REFERENCE_GGUF_TYPE not in ggufs and STANDIN_GGUF_TYPE in ggufs and ref["weights_stored"] == "float16"
+    )
+    ctx = ParityContext(checkpoint, manifest, precision, progress, step, standin, options.threads)
     run = ParityRun(report)
-    if "vision" in manifest and wanted & {"stab_fp32", "stab_int8"}:
-        for level, stab in _stab_levels(checkpoint, bundle, list(videos), precision, progress, step).items():
+    if has_vision and wanted & {"stab_fp32", "stab_int8"}:
+        for level, stab in stab_levels(ctx, list(options.videos)).items():
             if level not in wanted:
                 continue
             report.update(stab.to_dict())
@@ -117,33 +165,18 @@ def run_parity(
             if not stab:
                 run.failures.append(f"{level} parity failed: {_overall(stab)}")
     if ggufs and "tokenizer" in wanted:
-        tokenizer = _tokenizer_level(checkpoint, bundle, manifest)
+        tokenizer = tokenizer_level(ctx)
         report["tokenizer"] = tokenizer.to_dict()
         done("tokenizer", tokenizer)
         if not tokenizer.passed:
             run.failures.append(str(tokenizer))
     if ggufs and "llm" in wanted:
-        llm = _llm_level(checkpoint, bundle, manifest, precision, standin, progress, step)
+        llm = llm_level(ctx)
         report["llm"] = {t: r.to_dict() for t, r in llm.items()}
         done("llm", llm)
         run.failures += [f"llm parity failed: {r}" for r in llm.values() if not r.passed]
-    if "vision" in manifest and ggufs and wanted & {"e2e", "task"}:
-        runtime_levels = _runtime_levels(
-            checkpoint,
-            bundle,
-            manifest,
-            qa,
-            video_dir,
-            wanted,
-            e2e_videos,
-            max_questions,
-            precision,
-            standin,
-            progress,
-            step,
-            runner,
-        )
-        for name, level in runtime_levels.items():
+    if has_vision and ggufs and wanted & {"e2e", "task"}:
+        for name, level in runtime_levels(ctx, options, wanted).items():
             report[name] = level.to_dict()
             done(name, level)
             if not level.passed:
@@ -151,13 +184,13 @@ def run_parity(
     return run
 
 
-def _check_source(checkpoint: str, manifest: dict[str, Any]) -> dict[str, Any]:
+def _check_source(checkpoint: str, manifest: Manifest) -> dict[str, Any]:
     """Warn when `checkpoint` is not the one the bundle was exported from: every level would then
     compare two different models, and its failures would look like export bugs."""
     from panda_edge.model.checkpoint import weight_files
     from panda_edge.model.videopanda import resolve_checkpoint
 
-    source = (manifest.get("source") or {}).get("checkpoint")
+    source = None if manifest.source is None else manifest.source.checkpoint
     matches = exported_from(manifest, weight_files(resolve_checkpoint(checkpoint)))
     if matches is False:
         log.warning(
@@ -169,27 +202,20 @@ def _check_source(checkpoint: str, manifest: dict[str, Any]) -> dict[str, Any]:
     return {"checkpoint": source, "matches": matches}
 
 
-def _stab_levels(
-    checkpoint: str,
-    bundle: Path,
-    chosen: list[Path],
-    precision: Any,
-    progress: Progress,
-    step: Callable[[str], None],
-) -> dict[str, Any]:
+def stab_levels(ctx: ParityContext, videos: list[Path]) -> dict[str, Any]:
     """stab_fp32, and stab_int8 when the bundle has INT8 graphs: one reference run per video."""
     from panda_edge.model.vision import VisionTower
     from panda_edge.parity.clips import write_parity_clips
     from panda_edge.parity.stab import bundle_vision_parity
     from panda_edge.runtime.vision import TorchVisionReference
 
-    step(f"loading the vision reference (STAB + projector) from {checkpoint}")
-    tower = VisionTower.from_checkpoint(checkpoint, precision)
+    ctx.step(f"loading the vision reference (STAB + projector) from {ctx.checkpoint}")
+    tower = VisionTower.from_checkpoint(ctx.checkpoint, ctx.precision)
     with tempfile.TemporaryDirectory(prefix="panda-parity-") as tmp:
-        if not chosen:
-            chosen = write_parity_clips(tmp, tower.config.vision.image_size)
-        with TorchVisionReference(tower) as reference, progress("comparing", len(chosen)) as advance:
-            return bundle_vision_parity(reference, bundle, chosen, tower.config.vision, on_video=advance)
+        if not videos:
+            videos = write_parity_clips(tmp, tower.config.vision.image_size)
+        with TorchVisionReference(tower) as reference, ctx.progress("comparing", len(videos)) as advance:
+            return bundle_vision_parity(reference, ctx.bundle, videos, tower.config.vision, on_video=advance)
 
 
 def _overall(stab: Any) -> str:
@@ -198,7 +224,7 @@ def _overall(stab: Any) -> str:
     return f"CPU graph {stab.cpu.overall}; TensorRT graph {stab.tensorrt.overall}"
 
 
-def _tokenizer_level(checkpoint: str, bundle: Path, manifest: dict[str, Any]) -> Any:
+def tokenizer_level(ctx: ParityContext) -> TokenizerParity:
     """llama.cpp's ids (a GGUF's vocabulary only) vs SentencePiece's: no weights are loaded."""
     from panda_edge.model.checkpoint import TOKENIZER_FILE
     from panda_edge.model.videopanda import resolve_checkpoint
@@ -206,25 +232,17 @@ def _tokenizer_level(checkpoint: str, bundle: Path, manifest: dict[str, Any]) ->
     from panda_edge.parity.llm import hf_tokenizer_agreement, tokenizer_parity
 
     llama_cpp()
-    tokenizer_file = resolve_checkpoint(checkpoint) / TOKENIZER_FILE
-    ggufs = manifest["llm"]["gguf"]
-    gguf = bundle_file(bundle, manifest, f"llm.gguf.{'f32' if 'f32' in ggufs else next(iter(ggufs))}.file")
+    tokenizer_file = resolve_checkpoint(ctx.checkpoint) / TOKENIZER_FILE
+    ggufs = ctx.manifest.ggufs
+    gguf = ctx.manifest.gguf_path(REFERENCE_GGUF_TYPE if REFERENCE_GGUF_TYPE in ggufs else next(iter(ggufs)))
     tokenizer = tokenizer_parity(gguf, tokenizer_file)
     tokenizer.others["transformers_llama_tokenizer"] = hf_tokenizer_agreement(tokenizer_file)
     return tokenizer
 
 
-def _llm_level(
-    checkpoint: str,
-    bundle: Path,
-    manifest: dict[str, Any],
-    precision: Any,
-    standin: bool,
-    progress: Progress,
-    step: Callable[[str], None],
-) -> dict[str, Any]:
+def llm_level(ctx: ParityContext) -> dict[str, LogitsParity]:
     """Every GGUF type in the bundle against the Llama alone; the reference is freed before llama.cpp
-    loads a GGUF. `standin`: the f16 GGUF is judged in place of a missing f32 one."""
+    loads a GGUF. With `ctx.standin`, the f16 GGUF is judged in place of a missing f32 one."""
     from panda_edge.model.checkpoint import TOKENIZER_FILE
     from panda_edge.model.videopanda import resolve_checkpoint
     from panda_edge.optional import llama_cpp
@@ -233,36 +251,21 @@ def _llm_level(
     from panda_edge.prompt import PromptTokenizer
 
     llama_cpp()
-    directory = resolve_checkpoint(checkpoint)
+    directory = resolve_checkpoint(ctx.checkpoint)
     sequences = parity_sequences(PromptTokenizer(directory / TOKENIZER_FILE))
-    step(f"loading the LLM reference ({precision.dtype}) from {checkpoint}")
-    with progress("reference logits", len(sequences)) as advance:
-        reference = reference_logits(directory, sequences, precision, on_sequence=advance)
-    ggufs = manifest["llm"]["gguf"]
-    paths = {t: bundle_file(bundle, manifest, f"llm.gguf.{t}.file") for t in ggufs}
-    with progress("llama.cpp logits", len(paths)) as advance:
-        return llm_parity(reference, paths, sequences, on_gguf=advance, f16_standin=standin)
+    ctx.step(f"loading the LLM reference ({ctx.precision.dtype}) from {ctx.checkpoint}")
+    with ctx.progress("reference logits", len(sequences)) as advance:
+        reference = reference_logits(directory, sequences, ctx.precision, on_sequence=advance)
+    paths = {t: ctx.manifest.gguf_path(t) for t in ctx.manifest.ggufs}
+    with ctx.progress("llama.cpp logits", len(paths)) as advance:
+        return llm_parity(reference, paths, sequences, on_gguf=advance, f16_standin=ctx.standin)
 
 
-def _runtime_levels(
-    checkpoint: str,
-    bundle: Path,
-    manifest: dict[str, Any],
-    qa: Path | None,
-    video_dir: Path | None,
-    wanted: set[str],
-    e2e_videos: int,
-    max_questions: int | None,
-    precision: Any,
-    standin: bool,
-    progress: Progress,
-    step: Callable[[str], None],
-    runner: Any = None,
-) -> dict[str, Any]:
+def runtime_levels(ctx: ParityContext, options: ParityOptions, wanted: set[str]) -> dict[str, Any]:
     """e2e (the f32 GGUF, or f16 over float16 weights) and task (fp32 vision, and int8 when calibrated)
     on a QA set. The whole reference answers first and is freed before the runtime loads the GGUF: at
-    7B the two do not fit in memory together. With a `runner`, the task level's answers come from it
-    (each of its workers holds both)."""
+    7B the two do not fit in memory together. With `options.runner`, the task level's answers come
+    from it (each of its workers holds both)."""
     from panda_edge.fileio import cache_dir
     from panda_edge.model.videopanda import VideoPanda, reference_answerer
     from panda_edge.parity.e2e import one_question_per_video
@@ -276,34 +279,36 @@ def _runtime_levels(
     from panda_edge.parity.task import evaluate, read_questions
     from panda_edge.toyworld.writer import tiny_training_world
 
+    qa, step, progress, bundle = options.qa, ctx.step, ctx.progress, ctx.bundle
     if qa is None:
-        if checkpoint != "tiny":
+        if ctx.checkpoint != "tiny":
             step("e2e/task skipped: give --qa QA.json (and --video-dir) with questions about videos")
             return {}
         qa = tiny_training_world(cache_dir() / "parity") / "heldout.json"
     if not qa.is_file():
         raise PandaError(f"{qa}: no such QA file")
-    videos_dir = video_dir or qa.parent / "videos"
+    videos_dir = options.video_dir or qa.parent / "videos"
     if not videos_dir.is_dir():
         raise PandaError(f"{videos_dir}: no such video directory; give --video-dir")
     questions = read_questions(qa, videos_dir)
-    if max_questions is not None:
-        questions = questions[:max_questions]
-    ggufs = manifest["llm"]["gguf"]
-    e2e_gguf = "f32" if "f32" in ggufs else "f16" if standin else None
+    if options.max_questions is not None:
+        questions = questions[: options.max_questions]
+    ggufs = ctx.manifest.ggufs
+    e2e_gguf = (
+        REFERENCE_GGUF_TYPE if REFERENCE_GGUF_TYPE in ggufs else STANDIN_GGUF_TYPE if ctx.standin else None
+    )
     if "e2e" in wanted and e2e_gguf is None:
-        step("e2e skipped: it needs the f32 GGUF (panda export --target gguf --gguf-type f32)")
-    chosen = one_question_per_video(questions, e2e_videos) if "e2e" in wanted and e2e_gguf else []
+        f32 = REFERENCE_GGUF_TYPE
+        step(f"e2e skipped: it needs the {f32} GGUF (panda export --target gguf --gguf-type {f32})")
+    chosen = one_question_per_video(questions, options.e2e_videos) if "e2e" in wanted and e2e_gguf else []
     levels: dict[str, Any] = {}
-    if runner is not None and "task" in wanted:
-        levels.update(
-            _task_levels_by(runner, checkpoint, bundle, manifest, questions, videos_dir, precision, progress)
-        )
+    if options.runner is not None and "task" in wanted:
+        levels.update(_task_levels_by(ctx, options.runner, questions, videos_dir))
         wanted = wanted - {"task"}
     if not chosen and "task" not in wanted:
         return levels  # no level left to run: the reference is not loaded
-    step(f"loading the PyTorch reference ({precision.dtype}) from {checkpoint}")
-    model = VideoPanda.from_pretrained(checkpoint, precision)
+    step(f"loading the PyTorch reference ({ctx.precision.dtype}) from {ctx.checkpoint}")
+    model = VideoPanda.from_pretrained(ctx.checkpoint, ctx.precision)
     expected, reference = None, None
     if chosen:
         with progress("e2e reference answers", len(chosen)) as advance:
@@ -322,61 +327,70 @@ def _runtime_levels(
                 chosen,
                 videos_dir,
                 e2e_gguf,
+                threads=ctx.threads,
                 on_video=advance,
-                f16_standin=e2e_gguf == "f16",
+                f16_standin=e2e_gguf == STANDIN_GGUF_TYPE,
             )
     if reference is not None:
-        gguf_type = "q8_0" if "q8_0" in ggufs else None
-        for vision in ["fp32", *(["int8"] if manifest.get("vision_int8") else [])]:
+        gguf_type = RUNTIME_GGUF_TYPE if RUNTIME_GGUF_TYPE in ggufs else None
+        for vision in ctx.task_precisions:
             with progress(f"task answers ({vision})", len(questions)) as advance:
                 task = measure_task(
-                    reference, bundle, questions, videos_dir, gguf_type, vision, on_answer=advance
+                    reference,
+                    bundle,
+                    questions,
+                    videos_dir,
+                    gguf_type,
+                    vision,
+                    threads=ctx.threads,
+                    on_answer=advance,
                 )
-            levels["task" if vision == "fp32" else f"task_{vision}"] = task
-        if "f32" in ggufs and gguf_type not in (None, "f32"):
+            levels[_task_key(vision)] = task
+        if REFERENCE_GGUF_TYPE in ggufs and gguf_type not in (None, REFERENCE_GGUF_TYPE):
             task = levels["task"]
-            task.gguf_agreement = measure_gguf_agreement(bundle, task, questions, videos_dir)
+            task.gguf_agreement = measure_gguf_agreement(
+                bundle, task, questions, videos_dir, threads=ctx.threads
+            )
     return levels
 
 
+def _task_key(vision: str) -> str:
+    """task for the fp32 graph, task_int8 for the INT8 one."""
+    return "task" if vision == default_precision(ORT) else f"task_{vision}"
+
+
 def _task_levels_by(
-    runner: Any,
-    checkpoint: str,
-    bundle: Path,
-    manifest: dict[str, Any],
-    questions: Sequence[Any],
-    videos_dir: Path,
-    precision: Any,
-    progress: Progress,
+    ctx: ParityContext, runner: Runner, questions: Sequence[Any], videos_dir: Path
 ) -> dict[str, Any]:
     """The task level (and task_int8) with the answers from `runner`: the same questions, answerers
     and report keys as the single-process path, the reference and the runtime in each worker."""
     from panda_edge.parity.e2e import TaskParity
     from panda_edge.parity.qa_jobs import AnswererSpec, answer_questions, results
     from panda_edge.parity.runtime_answers import MAX_NEW_TOKENS
-    from panda_edge.runtime.bundle_parts import GGUF_PREFERENCE
     from panda_edge.runtime.options import RuntimeOptions
 
-    ggufs = manifest["llm"]["gguf"]
-    gguf_type = "q8_0" if "q8_0" in ggufs else next(t for t in GGUF_PREFERENCE if t in ggufs)
+    gguf_type = ctx.manifest.gguf().type
     levels: dict[str, Any] = {}
     reference = None
-    for vision in ["fp32", *(["int8"] if manifest.get("vision_int8") else [])]:
+    for vision in ctx.task_precisions:
         spec = AnswererSpec(
-            checkpoint if reference is None else None,
-            precision,
-            str(bundle.resolve()),
-            RuntimeOptions(precision=vision, gguf_type=gguf_type),
+            ctx.checkpoint if reference is None else None,
+            ctx.precision,
+            str(ctx.bundle.resolve()),
+            RuntimeOptions(precision=vision, gguf_type=gguf_type, threads=ctx.threads),
             max_new_tokens=MAX_NEW_TOKENS,
         )
-        with progress(f"task answers ({vision})", len(questions)) as advance:
+        with ctx.progress(f"task answers ({vision})", len(questions)) as advance:
             run = answer_questions(questions, videos_dir, spec, runner=runner, on_answers=advance)
         reference = reference or results(questions, run, "reference")
         task = TaskParity(reference, results(questions, run, "runtime"))
         task.config = {"vision": f"ort {vision}", "gguf": gguf_type}
-        levels["task" if vision == "fp32" else f"task_{vision}"] = task
-    if "f32" in ggufs and gguf_type != "f32":  # as the single-process path: here, the f32 GGUF alone
+        levels[_task_key(vision)] = task
+    # as the single-process path: the runtime's answers with the f32 GGUF beside the chosen one
+    if REFERENCE_GGUF_TYPE in ctx.manifest.ggufs and gguf_type != REFERENCE_GGUF_TYPE:
         from panda_edge.parity.runtime_answers import measure_gguf_agreement
 
-        levels["task"].gguf_agreement = measure_gguf_agreement(bundle, levels["task"], questions, videos_dir)
+        levels["task"].gguf_agreement = measure_gguf_agreement(
+            ctx.bundle, levels["task"], questions, videos_dir, threads=ctx.threads
+        )
     return levels

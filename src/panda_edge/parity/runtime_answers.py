@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
+from panda_edge.backends import FP32, REFERENCE_GGUF_TYPE
 from panda_edge.parity.e2e import E2eParity, ReferenceAnswer, TaskParity, e2e_parity, task_parity
 from panda_edge.parity.task import QAResult, Question
 from panda_edge.runtime.options import RuntimeOptions
@@ -44,7 +45,7 @@ def measure_e2e(
     bundle: str | Path,
     questions: Sequence[Question],
     videos_dir: str | Path,
-    gguf_type: str = "f32",
+    gguf_type: str = REFERENCE_GGUF_TYPE,
     threads: int | None = None,
     on_video: Callable[[int], None] | None = None,
     f16_standin: bool = False,
@@ -53,11 +54,13 @@ def measure_e2e(
     answers (`reference_tokens`). The context holds a square video's prefix and one answer, not the
     model's 4096: an f32 KV cache for 4096 positions is 4.3 GB at 7B. `f16_standin`: the f16 GGUF
     stands in for f32, and answers may part at a near tie for its error (F16_STANDIN_MAX_REL)."""
-    from panda_edge.bundle import load_manifest
+    from dataclasses import asdict
+
+    from panda_edge.bundle import Manifest
     from panda_edge.parity.llm import F16_STANDIN_MAX_REL
     from panda_edge.plan.vision import visual_tokens_per_video
 
-    vision = load_manifest(bundle, verify=False)["model"]["vision"]
+    vision = asdict(Manifest.load(bundle, verify=False).config.vision)
     n_ctx = visual_tokens_per_video(vision) + 128 + MAX_NEW_TOKENS
     options = RuntimeOptions(gguf_type=gguf_type, kv_type="f32", threads=threads, n_ctx=n_ctx)
     with options.open(bundle) as runtime:
@@ -81,7 +84,7 @@ def measure_task(
     questions: Sequence[Question],
     videos_dir: str | Path,
     gguf_type: str | None = None,
-    precision: str = "fp32",
+    precision: str = FP32,
     threads: int | None = None,
     on_answer: Callable[[int], None] | None = None,
 ) -> TaskParity:
@@ -104,7 +107,7 @@ def measure_gguf_agreement(
     task: TaskParity,
     questions: Sequence[Question],
     videos_dir: str | Path,
-    baseline: str = "f32",
+    baseline: str = REFERENCE_GGUF_TYPE,
     threads: int | None = None,
 ) -> dict[str, float | int | str]:
     """How often the `task` run's answers (its GGUF type) are the answers the runtime gives with the

@@ -124,14 +124,15 @@ def bundle_vision_parity(
     after panda calibrate, {"stab_int8": Int8Parity}; each video decoded and referenced once."""
     from contextlib import ExitStack
 
-    from panda_edge.bundle import load_manifest
+    from panda_edge.backends import INT8
+    from panda_edge.bundle import VISION_INT8, Manifest
     from panda_edge.errors import PandaError
-    from panda_edge.runtime.vision.ort import OrtVisionEngine
+    from panda_edge.runtime.vision.ort import INT8_TENSORRT, OrtVisionEngine
 
-    int8 = "vision_int8" in load_manifest(bundle)
+    int8 = Manifest.load(bundle).has_graph(VISION_INT8)
     engines = {"stab_fp32": (OrtVisionEngine.from_bundle(bundle), "stab_fp32")}
     if int8:
-        for precision in ("int8", "int8-tensorrt"):
+        for precision in (INT8, INT8_TENSORRT):
             engines[precision] = (OrtVisionEngine.from_bundle(bundle, precision=precision), "stab_int8")
     with ExitStack() as stack:
         for engine, _ in engines.values():
@@ -144,5 +145,5 @@ def bundle_vision_parity(
         results = compare_engines(reference, engines, videos, vision, on_video)
     levels: dict[str, StabParity | Int8Parity] = {"stab_fp32": results["stab_fp32"]}
     if int8:
-        levels["stab_int8"] = Int8Parity(results["int8"], results["int8-tensorrt"])
+        levels["stab_int8"] = Int8Parity(results[INT8], results[INT8_TENSORRT])
     return levels

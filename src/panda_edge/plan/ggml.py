@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from panda_edge.backends import DEFAULT_KV_CACHE, check_gguf_type, check_kv_cache
 from panda_edge.errors import PandaError
 
 # ggml type -> (weights per block, bytes per block)
@@ -32,12 +33,7 @@ BLOCKS: dict[str, tuple[int, int]] = {
     "Q6_K": (256, 210),
 }
 QK_K = 256
-_PLAIN = {"f32": "F32", "f16": "F16", "bf16": "BF16", "q8_0": "Q8_0"}
-_KQUANT = {"q4_k_m": "Q4_K", "q5_k_m": "Q5_K"}
 _KQUANT_FALLBACK = {"Q4_K": "Q5_0", "Q5_K": "Q5_1", "Q6_K": "Q8_0"}
-GGUF_TYPES = (*_PLAIN, *_KQUANT)
-# KV cache element types llama.cpp offers (--cache-type-k/-v); quantized V needs flash attention.
-KV_TYPES = {"f32": "F32", "f16": "F16", "q8_0": "Q8_0", "q4_0": "Q4_0"}  # f32: the parity runs
 
 
 def tensor_bytes(ggml_type: str, n_weights: int) -> int:
@@ -100,14 +96,12 @@ def use_more_bits(layer: int, layers: int) -> bool:
 
 def tensor_type(gguf_type: str, tensor: LlamaTensor, layers: int) -> str:
     """The ggml type `gguf_type` stores `tensor` in."""
-    if gguf_type not in GGUF_TYPES:
-        raise PandaError(f"unknown GGUF type '{gguf_type}'; choose one of: {', '.join(GGUF_TYPES)}")
+    gtype = check_gguf_type(gguf_type)
     if len(tensor.shape) < 2:
         return "F32"
-    if gguf_type in _PLAIN:
-        target = _PLAIN[gguf_type]
+    target = gtype.weights
+    if not gtype.kquant:
         return target if tensor.row % BLOCKS[target][0] == 0 else "F16"
-    target = _KQUANT[gguf_type]
     if tensor.name == "output.weight" or (
         tensor.layer is not None
         and tensor.name.endswith(("attn_v.weight", "ffn_down.weight"))
@@ -156,11 +150,10 @@ def weight_plan(llm: dict[str, Any], gguf_type: str) -> WeightPlan:
     return WeightPlan(gguf_type, {k: by_type[k] for k in order}, {k: counts[k] for k in order}, embd)
 
 
-def kv_cache_bytes(llm: dict[str, Any], context: int, kv_type: str = "f16") -> int:
+def kv_cache_bytes(llm: dict[str, Any], context: int, kv_type: str = DEFAULT_KV_CACHE) -> int:
     """K and V for `context` positions: 2 x layers x context x kv_heads x head_dim elements."""
     heads = llm["num_attention_heads"]
     kv = llm.get("num_key_value_heads") or heads
     per_position = kv * (llm["hidden_size"] // heads)
-    if kv_type not in KV_TYPES:
-        raise PandaError(f"unknown KV cache type '{kv_type}'; choose one of: {', '.join(KV_TYPES)}")
-    return 2 * llm["num_hidden_layers"] * context * tensor_bytes(KV_TYPES[kv_type], per_position)
+    element = check_kv_cache(kv_type).ggml_type
+    return 2 * llm["num_hidden_layers"] * context * tensor_bytes(element, per_position)

@@ -12,13 +12,24 @@ The runtime figures are estimates (named constants below); measure a device with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import (
+    CPU_BACKEND,
+    DEFAULT_KV_CACHE,
+    PLANNED_GGUF_TYPES,
+    RECOMMENDED_GGUF_TYPES,
+    TRT,
+    check_gguf_type,
+    check_kv_cache,
+    default_precision,
+)
+from panda_edge.bundle import Manifest
 from panda_edge.errors import PandaError
 from panda_edge.plan.devices import Device
-from panda_edge.plan.ggml import GGUF_TYPES, KV_TYPES, kv_cache_bytes, weight_plan
+from panda_edge.plan.ggml import kv_cache_bytes, weight_plan
 from panda_edge.plan.vision import (
     activation_bytes,
     engine_weight_bytes,
@@ -33,10 +44,6 @@ N_UBATCH = 512  # llama.cpp's default micro-batch: rows in one compute pass
 PROMPT_TEXT_TOKENS = 64  # system prompt + question around the visual tokens
 ANSWER_TOKENS = 256
 CONTEXT_STEP = 256
-# Best quality first: the order in which types are tried for the recommendation (f16 is shown,
-# but q8_0 is within the task-accuracy target of it at half the bytes; docs/design.md §5).
-RECOMMEND_ORDER = ("q8_0", "q5_k_m", "q4_k_m")
-DEFAULT_TYPES = ("f16", "q8_0", "q5_k_m", "q4_k_m")
 
 
 @dataclass(frozen=True)
@@ -55,22 +62,18 @@ class ModelShape:
         return cls(source, config["llm"], config["vision"], config.get("projector_type", "mlp2x_gelu"))
 
     @classmethod
-    def from_manifest(cls, manifest: dict[str, Any], source: str) -> ModelShape:
-        model = manifest.get("model")
-        if not isinstance(model, dict) or "llm" not in model or "vision" not in model:
-            raise PandaError(f"{source}: the manifest has no model configuration ('model')")
-        gguf = (manifest.get("llm") or {}).get("gguf") or {}
-        engines = manifest.get("engines") or {}
+    def from_manifest(cls, manifest: Manifest) -> ModelShape:
+        config = manifest.config
         return cls(
-            source,
-            model["llm"],
-            model["vision"],
-            model.get("projector_type", "mlp2x_gelu"),
-            {t: int(e["size"]) for t, e in gguf.items() if "size" in e},
+            str(manifest.root),
+            asdict(config.llm),
+            asdict(config.vision),
+            config.projector_type,
+            {t: manifest.files[g.file].size for t, g in manifest.ggufs.items()},
             {
-                r["precision"]: int(r["device_memory_bytes"])
-                for r in engines.values()
-                if r.get("device_memory_bytes")
+                e.precision: int(e.device_memory_bytes)
+                for e in manifest.engines.values()
+                if e.device_memory_bytes
             },
         )
 
@@ -160,11 +163,7 @@ def model_shape(bundle: str | Path | None = None, preset_name: str | None = None
     if (bundle is None) == (preset_name is None):
         raise PandaError("give one of --bundle BUNDLE or --preset full|tiny")
     if bundle is not None:
-        from panda_edge.bundle import load_manifest
-
-        return ModelShape.from_manifest(load_manifest(bundle, verify=False), str(bundle))
-    from dataclasses import asdict
-
+        return ModelShape.from_manifest(Manifest.load(bundle, verify=False))
     from panda_edge.config import preset
 
     return ModelShape.from_config(asdict(preset(preset_name)), f"preset:{preset_name}")
@@ -174,21 +173,19 @@ def plan_memory(
     model: ModelShape,
     device: Device,
     context: int = 4096,
-    kv_type: str = "f16",
+    kv_type: str = DEFAULT_KV_CACHE,
     vision_precision: str | None = None,
     gguf_types: tuple[str, ...] | None = None,
 ) -> Plan:
     """`model` on `device`: memory per part for each GGUF type, whether it fits, the decode ceiling.
     `vision_precision` defaults to fp16 (TensorRT), fp32 on the cpu device (ONNX Runtime)."""
-    vision_precision = vision_precision or ("fp32" if device.name == "cpu" else "fp16")
+    vision_precision = vision_precision or default_precision(CPU_BACKEND if device.name == "cpu" else TRT)
     if context < 1:
         raise PandaError(f"--context must be positive, not {context}")
-    if kv_type not in KV_TYPES:
-        raise PandaError(f"unknown KV cache type '{kv_type}'; choose one of: {', '.join(KV_TYPES)}")
-    types = gguf_types or tuple(dict.fromkeys((*DEFAULT_TYPES, *model.gguf_files)))
+    check_kv_cache(kv_type)
+    types = gguf_types or tuple(dict.fromkeys((*PLANNED_GGUF_TYPES, *model.gguf_files)))
     for t in types:
-        if t not in GGUF_TYPES:
-            raise PandaError(f"unknown GGUF type '{t}'; choose one of: {', '.join(GGUF_TYPES)}")
+        check_gguf_type(t)
     llm, vision = model.llm, model.vision
     hidden = llm["hidden_size"]
     params = vision_parameters(vision, model.projector_type, hidden)
@@ -266,7 +263,7 @@ def _option(
 def _recommend(options: list[Option], context: int, needed: int) -> tuple[str | None, int | None]:
     """The best-quality type that fits the asked context, else the one that fits the most context."""
     by_type = {o.gguf_type: o for o in options}
-    ranked = [by_type[t] for t in RECOMMEND_ORDER if t in by_type] or options
+    ranked = [by_type[t] for t in RECOMMENDED_GGUF_TYPES if t in by_type] or options
     for option in ranked:
         if option.fits:
             return option.gguf_type, context

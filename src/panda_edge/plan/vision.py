@@ -14,9 +14,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from panda_edge.backends import FP32, INT8, TRT, check_precision
 from panda_edge.errors import PandaError
 
-ENGINE_PRECISIONS = ("fp16", "int8", "fp32")
 LIVE_INTERMEDIATES = 3  # the largest intermediate, its producer's input and the next op's output
 
 
@@ -66,13 +66,9 @@ def projector_parameters(projector_type: str, width: int, hidden: int) -> tuple[
 
 
 def engine_weight_bytes(params: VisionParameters, precision: str) -> int:
-    if precision == "fp32":
-        return 4 * params.total
-    if precision == "fp16":
-        return 2 * params.total
-    if precision == "int8":
+    if check_precision(TRT, precision) == INT8:
         return params.matrices + 2 * params.other
-    raise PandaError(f"unknown vision precision '{precision}'; choose one of: {', '.join(ENGINE_PRECISIONS)}")
+    return (4 if precision == FP32 else 2) * params.total
 
 
 def activation_bytes(vision: dict[str, Any], hidden: int, precision: str) -> int:
@@ -86,7 +82,7 @@ def activation_bytes(vision: dict[str, Any], hidden: int, precision: str) -> int
     gstra_kv = (frames // chunk) * chunk * grid * grid * 2 * c
     lsd_kv = frames * windows * stride * stride * 2 * c
     projector = frames * tokens * hidden
-    width = 4 if precision == "fp32" else 2
+    width = 4 if precision == FP32 else 2
     return io + LIVE_INTERMEDIATES * max(gstra_kv, lsd_kv, projector) * width
 
 

@@ -10,27 +10,15 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from panda_edge.bundle import TOKENIZER_FILE, bundle_file, load_manifest, manifest_value, verify_files
+from panda_edge.backends import FP32, ORT, check_precision
+from panda_edge.bundle import VISION, Manifest
 from panda_edge.errors import BundleError
 
 log = logging.getLogger(__name__)
-
-# Preference when a bundle holds several GGUF types and none is asked for.
-GGUF_PREFERENCE = ("q8_0", "f16", "q5_k_m", "q4_k_m", "bf16", "f32")
-VISION_BACKENDS = ("ort", "trt", "torch")
-VISION_PRECISIONS = ("fp32", "int8")
-# TensorRT runs an engine of the asked precision; fp16 exists only as an engine.
-TRT_PRECISIONS = ("fp32", "fp16", "int8")
-
-
-def default_precision(backend: str) -> str:
-    """The vision precision a backend runs when none is asked: TensorRT the fp16 engine `panda
-    build-engine` builds by default, the others the fp32 graph."""
-    return "fp16" if backend == "trt" else "fp32"
 
 
 @dataclass(frozen=True)
@@ -38,74 +26,54 @@ class BundleParts:
     """The files a runtime session uses, resolved and hash-checked."""
 
     root: Path
-    manifest: dict[str, Any]
+    manifest: Manifest
     gguf_type: str
     gguf: Path
     vision_precision: str
     vision_onnx: Path
     tokenizer: Path
     frames: int
-    # name -> 'hashed' or 'unchanged' (this machine hashed it at the same stat: not read again)
-    verified: dict[str, str] = field(default_factory=dict)
 
     @property
     def hidden(self) -> int:
-        return int(self.manifest["model"]["llm"]["hidden_size"])
+        return self.manifest.config.llm.hidden_size
+
+    @property
+    def verified(self) -> dict[str, str]:
+        """name -> 'hashed' or 'unchanged' (this machine hashed it at the same stat: not read again)."""
+        return self.manifest.verified
 
 
 def open_bundle(
-    bundle: str | Path, gguf_type: str | None = None, precision: str = "fp32", backend: str = "ort"
+    bundle: str | Path, gguf_type: str | None = None, precision: str = FP32, backend: str = ORT
 ) -> BundleParts:
     """Resolve the bundle's GGUF (`gguf_type`, or the preferred one it holds) and vision graph.
 
-    Every file comes through `bundle_file`: inside the bundle and hash-checked, or refused. With
+    Every file comes through the Manifest: inside the bundle and hash-checked, or refused. With
     `backend` trt, `vision_onnx` is the graph its engine was built from (memory estimates, reports);
     the engine itself is chosen when the backend starts.
     """
     root = Path(bundle)
-    manifest = load_manifest(root, verify=False)
-    verified = verify_files(root, manifest)
-    precisions = TRT_PRECISIONS if backend == "trt" else VISION_PRECISIONS
-    if precision not in precisions:
-        raise BundleError(
-            f"unknown vision precision '{precision}' for --vision {backend}; choose one of: "
-            f"{', '.join(precisions)}"
-        )
-    if "vision" not in manifest:
+    manifest = Manifest.load(root)
+    check_precision(backend, precision)
+    if not manifest.has_graph(VISION):
         raise BundleError(f"{root}: no vision graph; run panda export --target onnx --out {root}")
-    ggufs = (manifest.get("llm") or {}).get("gguf") or {}
-    if not ggufs:
-        raise BundleError(f"{root}: no GGUF decoder; run panda export --target gguf --out {root}")
-    if gguf_type is None:
-        gguf_type = next(t for t in (*GGUF_PREFERENCE, *ggufs) if t in ggufs)
-    elif gguf_type not in ggufs:
-        raise BundleError(
-            f"{root}: no {gguf_type} GGUF (it holds {', '.join(sorted(ggufs))}); "
-            f"run panda export --target gguf --gguf-type {gguf_type} --out {root}"
-        )
-    if precision == "int8":
-        int8 = manifest.get("vision_int8")
-        if not int8:
-            raise BundleError(f"{root}: no INT8 vision graph; run panda calibrate --bundle {root}")
-        onnx = bundle_file(
-            root, manifest, "vision_int8.cpu_file" if "cpu_file" in int8 else "vision_int8.file"
-        )
-    else:
-        onnx = bundle_file(root, manifest, "vision.file")
-    gguf = bundle_file(root, manifest, f"llm.gguf.{gguf_type}.file")
-    tokenizer = bundle_file(root, manifest, "tokenizer", default=TOKENIZER_FILE)
-    frames = int(manifest_value(manifest, "model.vision.video_frames", root))
-    if manifest.get("prompt"):
-        frames = int(_read_json(bundle_file(root, manifest, "prompt")).get("frames", frames))
-    width = int(manifest_value(manifest, "vision.outputs.visual_tokens.shape", root)[-1])
-    hidden = int(manifest_value(manifest, "model.llm.hidden_size", root))
+    gguf = manifest.gguf(gguf_type)
+    onnx = manifest.vision_graph(backend, precision)
+    tokenizer = manifest.tokenizer_path()
+    frames = manifest.config.vision.video_frames
+    prompt = manifest.prompt_path()
+    if prompt is not None:
+        frames = int(_read_json(prompt).get("frames", frames))
+    width, hidden = manifest.token_width, manifest.config.llm.hidden_size
     if width != hidden:
         raise BundleError(
             f"{root}: the vision graph gives tokens of width {width} but the model's LLM is "
             f"{hidden} wide; export both parts from one checkpoint"
         )
+    verified = manifest.verified
     hashed = sum(how == "hashed" for how in verified.values())
-    log.info("bundle %s: vision %s (%s), decoder %s", root, onnx.name, precision, gguf.name)
+    log.info("bundle %s: vision %s (%s), decoder %s", root, onnx.name, precision, gguf.file)
     log.debug(
         "%d files checked: %d hashed now, %d unchanged since hashed",
         len(verified),
@@ -115,13 +83,12 @@ def open_bundle(
     return BundleParts(
         root=root,
         manifest=manifest,
-        gguf_type=gguf_type,
-        gguf=gguf,
+        gguf_type=gguf.type,
+        gguf=manifest.path(gguf.file),
         vision_precision=precision,
         vision_onnx=onnx,
         tokenizer=tokenizer,
         frames=frames,
-        verified=verified,
     )
 
 

@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from panda_edge.backends import DEFAULT_KV_CACHE, VISION_BACKENDS, default_precision
 from panda_edge.errors import PandaError
-from panda_edge.runtime.bundle_parts import VISION_BACKENDS, BundleParts, default_precision, open_bundle
+from panda_edge.runtime.bundle_parts import BundleParts, open_bundle
 
 if TYPE_CHECKING:
     from panda_edge.runtime.pipeline import VideoRuntime
@@ -29,7 +30,7 @@ class RuntimeOptions:
     n_gpu_layers: int = 0
     n_ctx: int | None = None  # None: the model's, at most DEFAULT_N_CTX
     n_batch: int = 512
-    kv_type: str = "f16"
+    kv_type: str = DEFAULT_KV_CACHE
     prefix_cache: str | Path | None = None  # a directory; None: no disk cache
     cache_max_bytes: int | None = None
     checkpoint: str | None = None  # --vision torch only: a checkpoint directory or 'tiny'

@@ -13,22 +13,18 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from panda_edge.bundle import manifest_value, sha256_file
-from panda_edge.config import VisionConfig
-from panda_edge.errors import BundleError, PandaError, VideoError
+from panda_edge.backends import VISION_BACKENDS
+from panda_edge.bundle import Engine, sha256_file
+from panda_edge.errors import PandaError, VideoError
 from panda_edge.host import default_threads
 from panda_edge.prompt import PromptTokenizer, TextStream
-from panda_edge.runtime.bundle_parts import (
-    VISION_BACKENDS,
-    BundleParts,
-    check_fit,
-)
+from panda_edge.runtime.bundle_parts import BundleParts, check_fit
 from panda_edge.runtime.llm.decoder import LlamaDecoder
 from panda_edge.runtime.options import RuntimeOptions
 from panda_edge.runtime.prefix_cache import PrefixCache
@@ -75,15 +71,6 @@ class Answer:
         }
 
 
-def _vision_config(fields: Any, root: Path) -> VisionConfig:
-    """The manifest's `model.vision` as a VisionConfig; a field missing or unknown is a BundleError."""
-    try:
-        return VisionConfig(**fields)
-    except TypeError as exc:  # a missing or unexpected field, or not a mapping
-        message = f"{root}: the manifest's 'model.vision' does not fit ({exc}); export again"
-        raise BundleError(message) from None
-
-
 def open_vision(
     parts: BundleParts, backend: str, checkpoint: str | None = None, threads: int | None = None
 ) -> VisionBackend:
@@ -107,7 +94,7 @@ def open_vision(
     raise PandaError(f"unknown vision backend '{backend}'; choose one of: {', '.join(VISION_BACKENDS)}")
 
 
-def vision_file(parts: BundleParts, backend: str, engine_record: dict[str, Any] | None = None) -> str:
+def vision_file(parts: BundleParts, backend: str, engine_record: Engine | None = None) -> str:
     """The bundle file the vision backend runs, whose hash keys the prefix cache: the engine chosen
     for trt (a rebuilt engine must not reuse a prefix computed by the old one), the graph of the asked
     precision for ort (the INT8 CPU graph, or stab.onnx). torch runs the checkpoint: stab.onnx stands
@@ -115,7 +102,7 @@ def vision_file(parts: BundleParts, backend: str, engine_record: dict[str, Any] 
     if backend == "trt":
         if engine_record is None:
             raise PandaError("the trt backend has not chosen its engine yet")
-        return str(engine_record["file"])
+        return engine_record.file
     return parts.vision_onnx.relative_to(parts.root).as_posix()
 
 
@@ -126,7 +113,7 @@ def check_runtime_memory(parts: BundleParts, n_ctx: int, kv_type: str) -> None:
     from panda_edge.plan.ggml import kv_cache_bytes
     from panda_edge.plan.memory import HOST_PROCESS_BYTES, compute_buffer_bytes
 
-    llm = parts.manifest["model"]["llm"]
+    llm = asdict(parts.manifest.config.llm)
     need = (
         parts.gguf.stat().st_size
         + kv_cache_bytes(llm, n_ctx, kv_type)
@@ -150,12 +137,10 @@ class VideoRuntime:
         self.parts = options.check(bundle)
         self.vision_name = vision
         manifest, root = self.parts.manifest, self.parts.root
-        self.vision_config = _vision_config(manifest_value(manifest, "model.vision", root), root)
+        self.vision_config = manifest.config.vision
         self.tokenizer = PromptTokenizer(self.parts.tokenizer)
         threads = default_threads(options.threads)
-        n_ctx = options.n_ctx or min(
-            DEFAULT_N_CTX, int(manifest_value(manifest, "model.llm.max_position_embeddings", root))
-        )
+        n_ctx = options.n_ctx or min(DEFAULT_N_CTX, manifest.config.llm.max_position_embeddings)
         if options.n_gpu_layers == 0:
             check_runtime_memory(self.parts, n_ctx, kv_type)
         self.engine = open_vision(self.parts, vision, options.checkpoint, threads)
@@ -174,7 +159,6 @@ class VideoRuntime:
         except BaseException:
             self.close()
             raise
-        files = manifest["files"]  # listed, and their hashes checked when the bundle was opened
         self.vision_file = vision_file(self.parts, vision, getattr(self.engine, "record", None))
         log.info(
             "vision backend %s (%s %s), %d threads, n_ctx %d",
@@ -185,8 +169,8 @@ class VideoRuntime:
             n_ctx,
         )
         self.identity = {
-            "gguf": files[self.parts.gguf.relative_to(root).as_posix()]["sha256"],
-            "vision": files[self.vision_file]["sha256"],
+            "gguf": manifest.sha256(self.parts.gguf.relative_to(root).as_posix()),
+            "vision": manifest.sha256(self.vision_file),
             "backend": f"{vision}-{precision}",
             "kv_cache": kv_type,
         }

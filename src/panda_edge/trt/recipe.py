@@ -11,8 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from panda_edge.backends import TRT, TrtTarget, check_precision
+from panda_edge.bundle import Manifest
 from panda_edge.errors import BundleError
-from panda_edge.trt.versions import Family, check_precision
 
 DEFAULT_WORKSPACE_MB = 1024
 # trtexec options that choose precision or typing; a log's command must carry exactly the recipe's.
@@ -21,7 +22,7 @@ PRECISION_OPTIONS = frozenset({"--fp16", "--int8", "--bf16", "--fp8", "--best", 
 
 @dataclass(frozen=True)
 class Recipe:
-    family: Family
+    family: TrtTarget
     precision: str
     graph_key: str  # manifest entry of the graph: vision, vision_fp16 or vision_int8
     onnx_file: str
@@ -40,7 +41,7 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "family": self.family.name,
+            "family": self.family.major,
             "precision": self.precision,
             "graph": self.graph_key,
             "onnx": self.onnx_file,
@@ -50,24 +51,23 @@ class Recipe:
         }
 
 
-def recipe_for(manifest: dict[str, Any], family: Family, precision: str, bundle: str = "BUNDLE") -> Recipe:
+def recipe_for(manifest: Manifest, family: TrtTarget, precision: str, bundle: str = "BUNDLE") -> Recipe:
     """The recipe for `precision` with `family`, or a BundleError that says which export is missing."""
-    check_precision(precision)
+    check_precision(TRT, precision, "TensorRT")
     key = family.graphs[precision]
-    entry = manifest.get(key)
-    if not isinstance(entry, dict) or "file" not in entry:
+    if not manifest.has_graph(key):
         raise BundleError(_missing_graph(key, family, bundle))
-    profile = str(entry.get("profile", manifest.get("vision", {}).get("profile")))
-    if profile != family.profile:
+    graph = manifest.graph(key)
+    if graph.profile != family.profile:
         raise BundleError(
-            f"{bundle}: {entry['file']} was exported for TensorRT profile {profile}; {family.label} "
+            f"{bundle}: {graph.file} was exported for TensorRT profile {graph.profile}; {family.label} "
             f"({family.platform}) builds profile {family.profile} graphs: export again with "
             f"--trt-profile {family.profile}"
         )
-    return Recipe(family, precision, key, entry["file"])
+    return Recipe(family, precision, key, graph.file)
 
 
-def _missing_graph(key: str, family: Family, bundle: str) -> str:
+def _missing_graph(key: str, family: TrtTarget, bundle: str) -> str:
     if key == "vision_int8":
         return (
             f"{bundle}: no INT8 graph (manifest 'vision_int8'); calibrate first: panda calibrate, or "
@@ -89,7 +89,7 @@ def gpu_slug(name: str) -> str:
 
 def engine_file_name(gpu_name: str, precision: str) -> str:
     """`stab.<gpu>.<precision>.engine` (docs/design.md §3): one engine per GPU model and precision."""
-    return f"stab.{gpu_slug(gpu_name)}.{check_precision(precision)}.engine"
+    return f"stab.{gpu_slug(gpu_name)}.{check_precision(TRT, precision, 'TensorRT')}.engine"
 
 
 def trtexec_command(

@@ -13,11 +13,10 @@ import shlex
 from dataclasses import dataclass
 from typing import Any
 
+from panda_edge.bundle import Engine, Manifest
 from panda_edge.errors import BundleError
 from panda_edge.trt.recipe import PRECISION_OPTIONS, Recipe
 from panda_edge.trt.versions import TrtVersion
-
-ENGINES_KEY = "engines"
 
 
 class EngineMismatch(BundleError):
@@ -58,7 +57,7 @@ def engine_record(
         "file": file,
         "precision": recipe.precision,
         "tensorrt": str(version),
-        "tensorrt_family": recipe.family.name,
+        "tensorrt_family": recipe.family.major,
         "gpu": gpu.to_dict(),
         "profile": recipe.family.profile,
         "source": {"file": recipe.onnx_file, "graph": recipe.graph_key, "sha256": source_sha256},
@@ -72,15 +71,15 @@ def engine_record(
     }
 
 
-def engine_problems(record: dict[str, Any], version: TrtVersion, gpu: GpuInfo) -> list[str]:
+def engine_problems(record: Engine, version: TrtVersion, gpu: GpuInfo) -> list[str]:
     """Why the engine of `record` cannot run with TensorRT `version` on `gpu`; empty when it can."""
     problems = []
-    built = TrtVersion.parse(record["tensorrt"])
+    built = TrtVersion.parse(record.tensorrt)
     # TensorRT checks the full version when it deserializes; a trtexec log gives major.minor.patch only.
     both_have_build = built.build is not None and version.build is not None
     if built.release != version.release or (both_have_build and built.build != version.build):
         problems.append(f"it was built with TensorRT {built}, this machine has TensorRT {version}")
-    made_for = GpuInfo.from_dict(record["gpu"])
+    made_for = GpuInfo.from_dict(record.gpu)
     if made_for.compute_capability != gpu.compute_capability:
         problems.append(f"it was built for {made_for}, this GPU is {gpu}")
     elif made_for.name != gpu.name:
@@ -88,19 +87,17 @@ def engine_problems(record: dict[str, Any], version: TrtVersion, gpu: GpuInfo) -
     return problems
 
 
-def engines_of_precision(manifest: dict[str, Any], precision: str, bundle: str = "BUNDLE") -> list[dict]:
+def engines_of_precision(manifest: Manifest, precision: str, bundle: str = "BUNDLE") -> list[Engine]:
     """The bundle's engine records of `precision`, or an error naming the engines it has instead.
 
     Pure: the runtime calls it before TensorRT is imported, so asking for an engine the bundle lacks
     is refused the same way on every machine, never answered by an engine of another precision.
     """
-    records = [r for r in (manifest.get(ENGINES_KEY) or {}).values() if isinstance(r, dict)]
-    candidates = [r for r in records if r.get("precision") == precision]
+    candidates = manifest.engines_of(precision)
     if not candidates:
         has = "; ".join(
-            f"{r.get('file')} ({r.get('precision')}, TensorRT {r.get('tensorrt')}, "
-            f"{(r.get('gpu') or {}).get('name')})"
-            for r in records
+            f"{r.file} ({r.precision}, TensorRT {r.tensorrt}, {r.gpu_name})"
+            for r in manifest.engines.values()
         )
         raise BundleError(
             f"{bundle}: no {precision} TensorRT engine (it has {has or 'no engine'}); build one on "
@@ -110,8 +107,8 @@ def engines_of_precision(manifest: dict[str, Any], precision: str, bundle: str =
 
 
 def select_engine(
-    manifest: dict[str, Any], precision: str, version: TrtVersion, gpu: GpuInfo, bundle: str = "BUNDLE"
-) -> dict[str, Any]:
+    manifest: Manifest, precision: str, version: TrtVersion, gpu: GpuInfo, bundle: str = "BUNDLE"
+) -> Engine:
     """The bundle's `precision` engine that runs here, or an error that says to rebuild it."""
     rebuild = f"panda build-engine --bundle {bundle} --precision {precision}"
     candidates = engines_of_precision(manifest, precision, bundle)
@@ -121,7 +118,7 @@ def select_engine(
     record = candidates[0]
     reasons = "; ".join(engine_problems(record, version, gpu))
     raise EngineMismatch(
-        f"{bundle}: {record['file']} cannot run here: {reasons}. An engine is specific to one GPU model "
+        f"{bundle}: {record.file} cannot run here: {reasons}. An engine is specific to one GPU model "
         f"and one TensorRT release; rebuild it on this device: {rebuild}"
     )
 

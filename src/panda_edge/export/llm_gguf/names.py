@@ -1,5 +1,5 @@
 """Panda-specific data for the Llama -> GGUF conversion: which checkpoint names to skip, which to
-permute, and what each `--gguf-type` means. Data only; the GGUF names themselves come from
+permute, and each `--gguf-type` in gguf-py's terms. Data only; the GGUF names themselves come from
 `gguf.TensorNameMap` (llama architecture), so supporting a new name is a row here, not code.
 """
 
@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import gguf
+
+from panda_edge import backends
 
 ARCH = gguf.MODEL_ARCH.LLAMA
 ARCH_NAME = gguf.MODEL_ARCH_NAMES[ARCH]
@@ -47,17 +49,11 @@ class GgufType:
 
 Q = gguf.GGMLQuantizationType
 F = gguf.LlamaFileType
+# Each `--gguf-type` of panda_edge.backends.GGUF_TYPES, in gguf-py's terms.
 GGUF_TYPES: dict[str, GgufType] = {
-    "f32": GgufType("f32", F.ALL_F32, Q.F32),
-    "f16": GgufType("f16", F.MOSTLY_F16, Q.F16),
-    "bf16": GgufType("bf16", F.MOSTLY_BF16, Q.BF16),
-    "q8_0": GgufType("q8_0", F.MOSTLY_Q8_0, Q.Q8_0),
-    "q4_k_m": GgufType("q4_k_m", F.MOSTLY_Q4_K_M, None, "LLAMA_FTYPE_MOSTLY_Q4_K_M"),
-    "q5_k_m": GgufType("q5_k_m", F.MOSTLY_Q5_K_M, None, "LLAMA_FTYPE_MOSTLY_Q5_K_M"),
+    t.name: GgufType(t.name, F[t.file_type], None if t.kquant else Q[t.weights], t.llama_ftype)
+    for t in backends.GGUF_TYPES.values()
 }
-DEFAULT_GGUF_TYPE = "f16"
-# K-quants start from this gguf-py type; llama.cpp requantizes it.
-KQUANT_SOURCE = "f16"
 
 
 def gguf_file_name(type_name: str) -> str:

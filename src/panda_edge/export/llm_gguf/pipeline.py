@@ -12,21 +12,24 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import DEFAULT_GGUF_TYPE, KQUANT_SOURCE, check_gguf_type
 from panda_edge.bundle import (
     PROMPT_FILE,
     TOKENIZER_FILE,
+    FileRecord,
+    Manifest,
+    Source,
     StagedFiles,
     file_record,
     previous_manifest,
     prompt_settings,
     tool_versions,
 )
-from panda_edge.errors import CheckpointError, PandaError
+from panda_edge.config import ModelConfig
+from panda_edge.errors import CheckpointError
 from panda_edge.export.llm_gguf.names import (
     ARCH_NAME,
-    DEFAULT_GGUF_TYPE,
     GGUF_TYPES,
-    KQUANT_SOURCE,
     GgufType,
     gguf_file_name,
 )
@@ -36,10 +39,7 @@ TOOLS = ("torch", "onnx", "onnxruntime", "gguf", "llama_cpp_python", "panda-edge
 
 
 def get_gguf_type(name: str) -> GgufType:
-    try:
-        return GGUF_TYPES[name]
-    except KeyError:
-        raise PandaError(f"unknown GGUF type '{name}'; choose one of: {', '.join(GGUF_TYPES)}") from None
+    return GGUF_TYPES[check_gguf_type(name).name]
 
 
 def gguf_plan(checkpoint: str | Path, gguf_type: str = DEFAULT_GGUF_TYPE) -> list[dict[str, Any]]:
@@ -139,33 +139,17 @@ def export_gguf(
 
 def _write_manifest(
     staged: StagedFiles,
-    previous: dict[str, Any] | None,
+    previous: Manifest,
     directory: Path,
-    config,
+    config: ModelConfig,
     weights: dict[str, Any],
     entry: dict[str, Any],
 ) -> dict[str, Any]:
     bundle = staged.bundle
-    manifest = dict(previous or {})
-    manifest.pop("format_version", None)
-    listed = {name for name in manifest.pop("files", {}) if (bundle / name).is_file()}
-    if "source" not in manifest:
-        manifest["source"] = {
-            "checkpoint": str(directory.resolve()),
-            "weights": weights,
-        }
-        manifest["model"] = config.to_dict()
     if not (bundle / TOKENIZER_FILE).is_file():
         shutil.copyfile(directory / TOKENIZER_FILE, staged.path(TOKENIZER_FILE))
     if not (bundle / PROMPT_FILE).is_file():
         write_json(staged.path(PROMPT_FILE), prompt_settings(config.vision.video_frames))
-    manifest.setdefault("prompt", PROMPT_FILE)
-    manifest.setdefault("tokenizer", TOKENIZER_FILE)
-    llm = dict(manifest.get("llm") or {})
-    llm["gguf"] = {**llm.get("gguf", {}), entry["type"]: entry}
-    llm["config"] = dict(vars(config.llm))
-    manifest["llm"] = llm
-    manifest["tools"] = {**manifest.get("tools", {}), **tool_versions(TOOLS)}
-    names = listed | {TOKENIZER_FILE, PROMPT_FILE} | {e["file"] for e in llm["gguf"].values()}
-    staged_names = {TOKENIZER_FILE, PROMPT_FILE, entry["file"]}  # those written now, or already there
-    return staged.commit(manifest, sorted(n for n in names if n in staged_names or (bundle / n).is_file()))
+    source = Source(str(directory.resolve()), {n: FileRecord(**r) for n, r in weights.items()})
+    manifest, files = previous.with_gguf(entry, source, config, {TOKENIZER_FILE, PROMPT_FILE})
+    return staged.commit({**manifest, "tools": {**previous.tools, **tool_versions(TOOLS)}}, files)

@@ -16,15 +16,15 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from panda_edge.export.stab_onnx.profiles import Profile, get_profile
+from panda_edge.backends import TrtTarget, trt_target
 
 _DEFAULT_DOMAINS = ("", "ai.onnx")
 _SHOWN = 5
 
 
-def check_onnx(path: str | Path, profile: Profile | str) -> list[str]:
+def check_onnx(path: str | Path, profile: TrtTarget | str) -> list[str]:
     """Problems that would stop or change a TensorRT build for `profile`; empty means ok."""
-    profile = get_profile(profile) if isinstance(profile, str) else profile
+    profile = trt_target(profile) if isinstance(profile, str) else profile
     try:
         model = onnx.load(str(path))
     except Exception as exc:  # onnx raises DecodeError, OSError, ...
@@ -47,7 +47,7 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _opset_problems(model: onnx.ModelProto, profile: Profile) -> list[str]:
+def _opset_problems(model: onnx.ModelProto, profile: TrtTarget) -> list[str]:
     problems = []
     for entry in model.opset_import:
         if entry.domain not in _DEFAULT_DOMAINS:
@@ -55,7 +55,7 @@ def _opset_problems(model: onnx.ModelProto, profile: Profile) -> list[str]:
         elif entry.version > profile.max_opset:
             problems.append(
                 f"opset {entry.version} is above {profile.max_opset}, the highest TensorRT "
-                f"{profile.tensorrt} reads (profile {profile.name})"
+                f"{profile.tensorrt} reads (profile {profile.profile})"
             )
     return problems
 
@@ -71,11 +71,11 @@ def _all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
                     yield from _all_nodes(sub)
 
 
-def _operator_problems(model: onnx.ModelProto, profile: Profile) -> list[str]:
+def _operator_problems(model: onnx.ModelProto, profile: TrtTarget) -> list[str]:
     counts = Counter(node.op_type for node in _all_nodes(model.graph))
     return [
         f"operator {op} ({counts[op]} node{'s' if counts[op] > 1 else ''}) is not on the TensorRT "
-        f"{profile.tensorrt} list of profile {profile.name}"
+        f"{profile.tensorrt} list of profile {profile.profile}"
         for op in sorted(set(counts) - profile.allowed_ops)
     ]
 

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from panda_edge import __version__
-from panda_edge.export.stab_onnx.profiles import Profile, get_profile
+from panda_edge.backends import TrtTarget, trt_target
 from panda_edge.model.stab import STAB
 from panda_edge.model.static_stab import StabForOnnx, primitive_layer_norms
 from panda_edge.token_layout import FRAMES, METADATA_KEY, VISUAL_TOKENS, TokenLayout
@@ -48,9 +48,11 @@ def example_frames(layout: TokenLayout, seed: int = 0) -> torch.Tensor:
     return frames
 
 
-def export_graph(stab: STAB, projector: nn.Module, path: str | Path, profile: Profile | str) -> ExportedGraph:
+def export_graph(
+    stab: STAB, projector: nn.Module, path: str | Path, profile: TrtTarget | str
+) -> ExportedGraph:
     """Export STAB + projector (eval mode, lmhra1's BatchNorm folded) to `path` for `profile`."""
-    profile = get_profile(profile) if isinstance(profile, str) else profile
+    profile = trt_target(profile) if isinstance(profile, str) else profile
     path = Path(path)
     module = StabForOnnx(stab, projector)
     layout = module.layout()
@@ -78,13 +80,13 @@ def export_graph(stab: STAB, projector: nn.Module, path: str | Path, profile: Pr
         model,
         {
             METADATA_KEY: layout.to_json(),
-            "panda_edge.profile": profile.name,
+            "panda_edge.profile": profile.profile,
             "panda_edge.version": __version__,
         },
     )
     onnx.save(model, str(path))
     operators = Counter(node.op_type for node in model.graph.node)
-    return ExportedGraph(path, profile.name, profile.opset, layout, dict(sorted(operators.items())))
+    return ExportedGraph(path, profile.profile, profile.opset, layout, dict(sorted(operators.items())))
 
 
 def fix_negative_transpose_perms(graph: onnx.GraphProto) -> int:

@@ -7,10 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import DEFAULT_TRT_PROFILE, TrtTarget, trt_target
 from panda_edge.bundle import (
     PROMPT_FILE,
     STAB_ONNX_FILE,
     TOKENIZER_FILE,
+    Manifest,
     StagedFiles,
     file_record,
     previous_manifest,
@@ -20,19 +22,17 @@ from panda_edge.bundle import (
 from panda_edge.errors import CheckFailed, CheckpointError
 from panda_edge.export.stab_onnx.check import check_onnx
 from panda_edge.export.stab_onnx.convert import export_graph
-from panda_edge.export.stab_onnx.profiles import DEFAULT_PROFILE, Profile, get_profile
 from panda_edge.fileio import write_json
 from panda_edge.token_layout import FRAMES, VISUAL_TOKENS
 
 # Parts of an existing bundle of the same checkpoint that a new ONNX export leaves in place (an INT8
 # graph is not kept: it was calibrated from the graph this export replaces).
-KEPT_PARTS = ("llm",)
 
 
 def export_bundle(
     checkpoint: str | Path,
     out_dir: str | Path,
-    profile: str | Profile = DEFAULT_PROFILE,
+    profile: str | TrtTarget = DEFAULT_TRT_PROFILE,
     on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Export the vision part of `checkpoint` ('tiny' or a directory) into the bundle `out_dir`.
@@ -46,7 +46,7 @@ def export_bundle(
     from panda_edge.model.vision import VisionTower
 
     step = on_step or (lambda message: None)
-    target = profile if isinstance(profile, Profile) else get_profile(profile)
+    target = profile if isinstance(profile, TrtTarget) else trt_target(profile)
     directory = resolve_checkpoint(checkpoint)
     read_config(directory)  # a wrong directory fails here, before anything is loaded
     tokenizer = directory / TOKENIZER_FILE
@@ -56,7 +56,7 @@ def export_bundle(
     tower = VisionTower.from_checkpoint(directory)
     step("hashing the source weights")
     weights = {p.name: file_record(p) for p in weight_files(directory)}
-    previous = previous_manifest(out_dir, weights) or {}
+    previous = previous_manifest(out_dir, weights)
     with StagedFiles(out_dir) as staged:  # the bundle as it was stays valid until the commit
         step(f"exporting STAB + projector to ONNX (TensorRT {target.tensorrt} profile, opset {target.opset})")
         tmp = staged.path(STAB_ONNX_FILE)
@@ -74,11 +74,10 @@ def export_bundle(
 
 
 def _manifest(
-    bundle: Path, previous: dict[str, Any], directory: Path, weights: dict[str, Any], tower, graph, target
+    bundle: Path, previous: Manifest, directory: Path, weights: dict[str, Any], tower, graph, target
 ) -> tuple[dict[str, Any], list[str]]:
     """The new manifest and the files it lists: this export's, and a GGUF already in the bundle."""
-    kept = {key: previous[key] for key in KEPT_PARTS if key in previous}  # a GGUF already there
-    kept_files = [e["file"] for e in (kept.get("llm") or {}).get("gguf", {}).values()]
+    kept, kept_files = previous.kept_for_vision_export()
     manifest = {
         "source": {"checkpoint": str(directory.resolve()), "weights": weights},
         "model": tower.config.to_dict(),
@@ -87,7 +86,7 @@ def _manifest(
             "inputs": {FRAMES: {"shape": list(graph.input_shape), "dtype": "float32"}},
             "outputs": {VISUAL_TOKENS: {"shape": list(graph.output_shape), "dtype": "float32"}},
             "layout": "full LSD grid per frame; the runtime keeps the crop rectangle's tokens",
-            "profile": target.name,
+            "profile": target.profile,
             "tensorrt": target.tensorrt,
             "opset": graph.opset,
             "precision": "fp32",
@@ -95,8 +94,8 @@ def _manifest(
         },
         "prompt": PROMPT_FILE,
         "tokenizer": TOKENIZER_FILE,
-        "tools": {**previous.get("tools", {}), **tool_versions()},
+        "tools": {**previous.tools, **tool_versions()},
         **kept,
     }
-    files = [STAB_ONNX_FILE, TOKENIZER_FILE, PROMPT_FILE, *(f for f in kept_files if (bundle / f).is_file())]
+    files = [STAB_ONNX_FILE, TOKENIZER_FILE, PROMPT_FILE, *kept_files]
     return manifest, files

@@ -14,26 +14,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from panda_edge.bundle import MANIFEST_FILE, bundle_file, checked_path, extend_manifest, load_manifest
+from panda_edge.backends import DEFAULT_TRT_PROFILE, FP16, INT8, TRT, TRT_TARGETS, check_precision, trt_target
+from panda_edge.bundle import MANIFEST_FILE, VISION, VISION_FP16, Manifest
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.trt.script import DEFAULT_PRECISION, SCRIPT_FILE, build_script
 from panda_edge.fileio import atomic_path
 from panda_edge.trt.device import TrtUnavailable, trt_status
 from panda_edge.trt.recipe import DEFAULT_WORKSPACE_MB, Recipe, engine_file_name, recipe_for
 from panda_edge.trt.record import (
-    ENGINES_KEY,
     GpuInfo,
     engine_record,
     log_problems,
     parse_trtexec_log,
 )
-from panda_edge.trt.versions import (
-    FAMILIES,
-    TrtVersion,
-    check_precision,
-    family_for,
-    family_for_profile,
-)
+from panda_edge.trt.versions import TrtVersion, family_for
 
 FP16_ONNX_FILE = "stab.fp16.onnx"
 Step = Callable[[str], None] | None
@@ -41,18 +35,6 @@ Step = Callable[[str], None] | None
 
 def _step(on_step: Step) -> Callable[[str], None]:
     return on_step or (lambda message: None)
-
-
-def _graph_io(manifest: dict[str, Any], recipe: Recipe) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Every graph of a bundle takes and gives what the fp32 graph does (float32 frames -> tokens)."""
-    entry = manifest.get(recipe.graph_key, {})
-    vision = manifest["vision"]
-    return entry.get("inputs", vision["inputs"]), entry.get("outputs", vision["outputs"])
-
-
-def _add_engine(bundle: Path, manifest: dict[str, Any], record: dict[str, Any]) -> dict[str, Any]:
-    engines = {**manifest.get(ENGINES_KEY, {}), record["file"]: record}
-    return extend_manifest(bundle, manifest, {ENGINES_KEY: dict(sorted(engines.items()))}, [record["file"]])
 
 
 def _where_to_build(bundle: Path) -> str:
@@ -76,26 +58,26 @@ def build_engine(
     from panda_edge.export.trt.build import build_serialized_engine, inspect_engine
 
     bundle, step = Path(bundle), _step(on_step)
-    check_precision(precision)
+    check_precision(TRT, precision, "TensorRT")
     if workspace_mb < 1:
         raise PandaError(f"--workspace must be a positive number of MiB, not {workspace_mb}")
     status = trt_status()
     if not status.usable:
         raise TrtUnavailable(f"no engine can be built here: {status.reason}. {_where_to_build(bundle)}")
-    manifest = load_manifest(bundle)
+    manifest = Manifest.load(bundle)
     version = TrtVersion.parse(status.tensorrt)
     recipe = recipe_for(manifest, family_for(version), precision, bundle=str(bundle))
     step(f"TensorRT {version} on {status.gpu}: {recipe.onnx_file} -> {precision} engine")
     data = build_serialized_engine(
-        checked_path(bundle, manifest, recipe.onnx_file, f"'{recipe.graph_key}.file'"),
+        manifest.path(recipe.onnx_file),
         recipe,
         workspace_mb,
         Path(timing_cache) if timing_cache is not None else None,
         on_step=step,
     )
     info = inspect_engine(data)
-    inputs, outputs = _graph_io(manifest, recipe)
-    _check_shapes(info, inputs, outputs)
+    inputs, outputs = manifest.graph_io(recipe.graph_key)
+    _check_shapes(info, manifest, recipe.graph_key)
     name = engine_file_name(status.gpu.name, precision)
     with atomic_path(bundle / name) as tmp:
         tmp.write_bytes(data)
@@ -104,7 +86,7 @@ def build_engine(
         recipe=recipe,
         version=version,
         gpu=status.gpu,
-        source_sha256=_source_sha256(bundle, manifest, recipe),
+        source_sha256=manifest.sha256(recipe.onnx_file),
         inputs=inputs,
         outputs=outputs,
         workspace_mb=workspace_mb,
@@ -112,13 +94,14 @@ def build_engine(
         device_memory_bytes=info["device_memory_bytes"],
     )
     step(f"wrote {name}; recording it in the manifest")
-    return {"engine": record, "manifest": _add_engine(bundle, manifest, record)}
+    return {"engine": record, "manifest": manifest.with_engine(record).to_dict()}
 
 
-def _check_shapes(info: dict[str, Any], inputs: dict[str, Any], outputs: dict[str, Any]) -> None:
-    for kind, want, got in (("input", inputs, info["inputs"]), ("output", outputs, info["outputs"])):
+def _check_shapes(info: dict[str, Any], manifest: Manifest, section: str) -> None:
+    """The engine's tensors (TensorRT's inspection) against the graph's, as the manifest records them."""
+    inputs, outputs = manifest.graph_shapes(section)
+    for kind, expected, got in (("input", inputs, info["inputs"]), ("output", outputs, info["outputs"])):
         shapes = {n: list(s["shape"]) for n, s in got.items()}
-        expected = {n: list(s["shape"]) for n, s in want.items()}
         if shapes != expected:
             raise CheckFailed(f"the engine's {kind}s are {shapes}, the graph's {expected}")
 
@@ -136,8 +119,8 @@ def register_engine(
     show this precision's graph and options; without it, TensorRT here inspects the engine.
     """
     bundle, step = Path(bundle), _step(on_step)
-    check_precision(precision)
-    manifest = load_manifest(bundle)
+    check_precision(TRT, precision, "TensorRT")
+    manifest = Manifest.load(bundle)
     path = _find_engine(bundle, Path(engine))
     extra: dict[str, Any] = {}
     if trtexec_log is not None:
@@ -152,7 +135,7 @@ def register_engine(
         problems = log_problems(log, recipe, path.name)
         if problems:
             raise BundleError(f"{log_path}: " + "; ".join(problems))
-        inputs, outputs = _graph_io(manifest, recipe)
+        inputs, outputs = manifest.graph_io(recipe.graph_key)
         workspace = _workspace_from(log.option("--memPoolSize"))
         if log.gpu_compute_median_ms is not None:
             extra["trtexec_gpu_compute_median_ms"] = log.gpu_compute_median_ms
@@ -170,14 +153,14 @@ def register_engine(
         recipe=recipe,
         version=version,
         gpu=gpu,
-        source_sha256=_source_sha256(bundle, manifest, recipe),
+        source_sha256=manifest.sha256(recipe.onnx_file),
         inputs=inputs,
         outputs=outputs,
         workspace_mb=workspace,
         builder=builder,
         **extra,
     )
-    return {"engine": record, "manifest": _add_engine(bundle, manifest, record)}
+    return {"engine": record, "manifest": manifest.with_engine(record).to_dict()}
 
 
 def _find_engine(bundle: Path, engine: Path) -> Path:
@@ -199,7 +182,7 @@ def _workspace_from(pool: str | None) -> int | None:
 
 
 def _inspect_here(
-    manifest: dict[str, Any], bundle: Path, path: Path, precision: str
+    manifest: Manifest, bundle: Path, path: Path, precision: str
 ) -> tuple[TrtVersion, GpuInfo, Recipe, dict, dict, int | None, dict[str, Any]]:
     from panda_edge.export.trt.build import inspect_engine
 
@@ -212,8 +195,8 @@ def _inspect_here(
     version = TrtVersion.parse(status.tensorrt)
     recipe = recipe_for(manifest, family_for(version), precision, bundle=str(bundle))
     info = inspect_engine(path.read_bytes())
-    inputs, outputs = _graph_io(manifest, recipe)
-    _check_shapes(info, inputs, outputs)
+    inputs, outputs = manifest.graph_io(recipe.graph_key)
+    _check_shapes(info, manifest, recipe.graph_key)
     return (
         version,
         status.gpu,
@@ -233,55 +216,51 @@ def _move_into(source: Path, target: Path) -> None:
     os.unlink(source)
 
 
-def _source_sha256(bundle: Path, manifest: dict[str, Any], recipe: Recipe) -> str:
-    """The verified hash of the graph an engine is built from (refused when the manifest never hashed it)."""
-    checked_path(bundle, manifest, recipe.onnx_file, f"'{recipe.graph_key}.file'")
-    return manifest["files"][recipe.onnx_file]["sha256"]
-
-
 # --- panda export --target trt ----------------------------------------------------------------------
 
 
-def write_fp16_graph(bundle: Path, manifest: dict[str, Any], on_step: Step = None) -> dict[str, Any]:
+def write_fp16_graph(manifest: Manifest, on_step: Step = None) -> Manifest:
     """BUNDLE/stab.fp16.onnx from the fp32 graph, checked for the bundle's profile (needs onnx)."""
     from panda_edge.export.stab_onnx.check import check_onnx
     from panda_edge.export.stab_onnx.fp16 import FP32_OPS, convert_file
 
-    vision = manifest["vision"]
+    vision, bundle = manifest.vision, manifest.root
     _step(on_step)(f"writing {FP16_ONNX_FILE} (fp16, LayerNorm in fp32) for strongly typed TensorRT")
     with atomic_path(bundle / FP16_ONNX_FILE) as tmp:
-        convert_file(bundle_file(bundle, manifest, "vision.file"), tmp)
-        problems = check_onnx(tmp, vision["profile"])
+        convert_file(manifest.path(vision.file), tmp)
+        problems = check_onnx(tmp, str(vision.profile))
         if problems:
             raise CheckFailed(
-                f"the fp16 graph fails the TensorRT {vision['tensorrt']} checks: " + "; ".join(problems)
+                f"the fp16 graph fails the TensorRT {vision.tensorrt} checks: " + "; ".join(problems)
             )
+    inputs, outputs = manifest.graph_io(VISION)
     entry = {
         "file": FP16_ONNX_FILE,
-        "source": vision["file"],
-        "profile": vision["profile"],
-        "tensorrt": vision["tensorrt"],
-        "opset": vision["opset"],
-        "precision": "fp16",
+        "source": vision.file,
+        "profile": vision.profile,
+        "tensorrt": vision.tensorrt,
+        "opset": vision.opset,
+        "precision": FP16,
         "fp32_ops": sorted(FP32_OPS),
-        "inputs": vision["inputs"],
-        "outputs": vision["outputs"],
+        "inputs": inputs,
+        "outputs": outputs,
     }
-    return extend_manifest(bundle, manifest, {"vision_fp16": entry}, [FP16_ONNX_FILE])
+    return manifest.extend({VISION_FP16: entry}, [FP16_ONNX_FILE])
 
 
-def write_build_script(bundle: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+def write_build_script(manifest: Manifest) -> Manifest:
     """BUNDLE/build_engine.sh for the graphs the manifest lists now (executable), hashed in."""
+    bundle = manifest.root
     with atomic_path(bundle / SCRIPT_FILE) as tmp:
         tmp.write_text(build_script(manifest), encoding="utf-8")
     os.chmod(bundle / SCRIPT_FILE, 0o755)
-    return extend_manifest(bundle, manifest, {}, [SCRIPT_FILE])
+    return manifest.extend({}, [SCRIPT_FILE])
 
 
 def export_trt(
     checkpoint: str | Path,
     out_dir: str | Path,
-    profile: str = "11",
+    profile: str = DEFAULT_TRT_PROFILE,
     precision: str = DEFAULT_PRECISION,
     on_step: Step = None,
     build: bool = True,
@@ -294,21 +273,21 @@ def export_trt(
     """
     from panda_edge.export.stab_onnx.pipeline import export_bundle
 
-    check_precision(precision)
-    family = family_for_profile(profile)
-    if precision == "int8" and calibrate is None:
+    check_precision(TRT, precision, "TensorRT")
+    family = trt_target(profile)
+    if precision == INT8 and calibrate is None:
         raise PandaError("--precision int8 calibrates the graph: give --videos DIR or --qa QA.json")
     bundle = Path(out_dir)
-    manifest = export_bundle(checkpoint, bundle, profile, on_step=on_step)
-    if family.graphs[precision] == "vision_fp16":
-        manifest = write_fp16_graph(bundle, manifest, on_step)
-    if precision == "int8":
+    manifest = Manifest.from_dict(export_bundle(checkpoint, bundle, profile, on_step=on_step), bundle)
+    if family.graphs[precision] == VISION_FP16:
+        manifest = write_fp16_graph(manifest, on_step)
+    if precision == INT8:
         calibrate(bundle, on_step)
-        manifest = load_manifest(bundle)
-    manifest = write_build_script(bundle, manifest)
+        manifest = Manifest.load(bundle)
+    manifest = write_build_script(manifest)
     status = trt_status() if build else None
     result: dict[str, Any] = {
-        "manifest": manifest,
+        "manifest": manifest.to_dict(),
         "engine": None,
         "tensorrt": status.to_dict() if status else None,
         "built_here": False,
@@ -317,8 +296,9 @@ def export_trt(
     if reason is None:
         built = build_engine(bundle, precision, on_step=on_step)
         result.update(manifest=built["manifest"], engine=built["engine"], built_here=True)
+        engine = Manifest.from_dict(built["manifest"], bundle).engine_for(built["engine"])
         result["next_steps"] = [
-            f"{built['engine']['file']} is recorded in {bundle / MANIFEST_FILE}; the trt vision backend "
+            f"{engine.file} is recorded in {bundle / MANIFEST_FILE}; the trt vision backend "
             "runs it on this GPU with this TensorRT"
         ]
         return result
@@ -330,7 +310,9 @@ def export_trt(
         "(TensorRT Python bindings + cuda-python)",
         f"or there: {bundle.name}/{SCRIPT_FILE} {precision}   (trtexec; records the engine with panda)",
         "another TensorRT needs another export: "
-        + ", ".join(f"{f.platform} --trt-profile {f.profile}" for f in FAMILIES.values() if f is not family),
+        + ", ".join(
+            f"{f.platform} --trt-profile {f.profile}" for f in TRT_TARGETS.values() if f is not family
+        ),
     ]
     return result
 
@@ -341,7 +323,7 @@ def _why_not_here(status, family) -> str | None:
     if not status.usable:
         return status.reason
     here = family_for(status.tensorrt)
-    if here.name != family.name:
+    if here is not family:
         return (
             f"this machine has TensorRT {status.tensorrt}, which builds profile {here.profile} graphs, "
             f"not profile {family.profile}"

@@ -9,15 +9,15 @@ script checks that the installed TensorRT reads the bundle's graphs, runs the sa
 from __future__ import annotations
 
 import shlex
-from typing import Any
 
 from panda_edge import __version__
+from panda_edge.backends import PRECISIONS, TRT, TRT_TARGETS, default_precision, trt_target
+from panda_edge.bundle import Manifest
 from panda_edge.errors import BundleError
 from panda_edge.trt.recipe import DEFAULT_WORKSPACE_MB, recipe_for, trtexec_command
-from panda_edge.trt.versions import FAMILIES, PRECISIONS, family_for_profile
 
 SCRIPT_FILE = "build_engine.sh"
-DEFAULT_PRECISION = "fp16"
+DEFAULT_PRECISION = default_precision(TRT)
 
 
 def trtexec_engine_name(precision: str) -> str:
@@ -29,12 +29,12 @@ def log_name(precision: str) -> str:
     return f"build_engine.{precision}.log"
 
 
-def build_script(manifest: dict[str, Any]) -> str:
+def build_script(manifest: Manifest) -> str:
     """The script's text for the bundle's profile; precisions whose graph is missing say how to make it."""
-    family = family_for_profile(manifest["vision"]["profile"])
-    others = "\n".join(f"#   {f.platform}: --trt-profile {f.profile}" for f in FAMILIES.values())
+    family = trt_target(str(manifest.profile))
+    others = "\n".join(f"#   {f.platform}: --trt-profile {f.profile}" for f in TRT_TARGETS.values())
     cases = []
-    for precision in PRECISIONS:
+    for precision in PRECISIONS[TRT]:
         try:
             recipe = recipe_for(manifest, family, precision, bundle="this bundle")
         except BundleError as exc:
@@ -54,10 +54,10 @@ def build_script(manifest: dict[str, Any]) -> str:
         profile=family.profile,
         family=family.label,
         platform=family.platform,
-        major=family.name,
+        major=family.major,
         others=others,
         default=DEFAULT_PRECISION,
-        precisions="|".join(PRECISIONS),
+        precisions="|".join(PRECISIONS[TRT]),
         workspace=DEFAULT_WORKSPACE_MB,
         cases="\n".join(cases),
     )

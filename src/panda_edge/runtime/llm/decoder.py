@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from panda_edge.backends import DEFAULT_KV_CACHE
 from panda_edge.errors import BundleError, PandaError
 from panda_edge.optional import llama_cpp
 from panda_edge.runtime.llm.llamacpp import load_llama
@@ -36,7 +37,7 @@ class LlamaDecoder:
         n_batch: int = 512,
         threads: int = 2,
         n_gpu_layers: int = 0,
-        kv_cache: str = "f16",
+        kv_cache: str = DEFAULT_KV_CACHE,
     ) -> None:
         """`kv_cache` f32 keeps the cache exact (parity runs); f16 is llama.cpp's default."""
         lib = llama_cpp()

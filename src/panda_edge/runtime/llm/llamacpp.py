@@ -18,13 +18,11 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.backends import DEFAULT_KV_CACHE, SMALLER_GGUF_TYPE, SMALLER_KV_CACHE, check_kv_cache
 from panda_edge.errors import BundleError, PandaError
 from panda_edge.optional import llama_cpp, native_log_level
 
 log = logging.getLogger(__name__)
-
-# ggml_type ids of the KV cache element types we use; a quantized V cache needs flash attention.
-KV_TYPES = {"f32": 0, "f16": 1, "q8_0": 8}
 
 
 def load_llama(
@@ -33,7 +31,7 @@ def load_llama(
     n_batch: int,
     threads: int,
     n_gpu_layers: int = 0,
-    kv_cache: str = "f16",
+    kv_cache: str = DEFAULT_KV_CACHE,
     logits_all: bool = False,
     vocab_only: bool = False,
 ):
@@ -42,8 +40,7 @@ def load_llama(
     lib = llama_cpp()
     if not path.is_file():
         raise BundleError(f"{path}: no such GGUF file")
-    if kv_cache not in KV_TYPES:
-        raise PandaError(f"unknown KV cache type '{kv_cache}'; choose one of: {', '.join(KV_TYPES)}")
+    kv = check_kv_cache(kv_cache)
     log.info(
         "loading %s into llama.cpp: n_ctx %d, n_batch %d, %d threads, %d GPU layers, %s KV cache",
         path,
@@ -65,9 +62,9 @@ def load_llama(
                 n_gpu_layers=n_gpu_layers,
                 logits_all=logits_all,
                 vocab_only=vocab_only,
-                type_k=KV_TYPES[kv_cache],
-                type_v=KV_TYPES[kv_cache],
-                flash_attn=kv_cache == "q8_0",
+                type_k=kv.ggml_id,
+                type_v=kv.ggml_id,
+                flash_attn=kv.flash_attn,
                 verbose=native_log_level() <= logging.INFO,
             )
     except ValueError as exc:  # llama-cpp-python's only report of a failed load; the reason went to stderr
@@ -106,7 +103,8 @@ def _load_error(path: Path, exc: ValueError, n_ctx: int, n_gpu_layers: int, kv_c
         return PandaError(
             f"{path}: llama.cpp could not create a context of {n_ctx} tokens ({kv_cache} KV cache, "
             f"{n_gpu_layers} layers on the GPU): not enough memory for it. Use a smaller --n-ctx, fewer "
-            "--n-gpu-layers, --kv-type q8_0, or a smaller GGUF (--gguf-type q4_k_m)"
+            f"--n-gpu-layers, --kv-type {SMALLER_KV_CACHE}, or a smaller GGUF "
+            f"(--gguf-type {SMALLER_GGUF_TYPE})"
         )
     if "load model" in message:
         return BundleError(
@@ -125,7 +123,7 @@ class LlamaCppModel:
         n_ctx: int = 1024,
         threads: int = 2,
         vocab_only: bool = False,
-        kv_cache: str = "f16",
+        kv_cache: str = DEFAULT_KV_CACHE,
     ) -> None:
         """`kv_cache` f32 keeps llama.cpp's cache exact (parity); f16 is its default (runtime)."""
         self.path = Path(path)

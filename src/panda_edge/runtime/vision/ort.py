@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from panda_edge.errors import BundleError, PandaError
+from panda_edge.backends import FP32, INT8, ORT, TRT
+from panda_edge.errors import BundleError
 from panda_edge.host import default_threads
 from panda_edge.optional import onnxruntime
 from panda_edge.runtime.vision.base import TensorSpec, VisionBackend
@@ -23,12 +24,9 @@ from panda_edge.token_layout import FRAMES, METADATA_KEY, VISUAL_TOKENS, TokenLa
 log = logging.getLogger(__name__)
 
 _ORT_TYPES = {"tensor(float)": np.dtype(np.float32)}
-# precision -> (manifest section, key of the graph's file name, Q/DQ computed in float)
-PRECISIONS: dict[str, tuple[str, str, bool]] = {
-    "fp32": ("vision", "file", False),
-    "int8": ("vision_int8", "cpu_file", False),
-    "int8-tensorrt": ("vision_int8", "file", True),
-}
+# Beside the precisions ONNX Runtime runs (backends.PRECISIONS): the TensorRT INT8 graph, its Q/DQ
+# computed in float, to measure that graph's accuracy where there is no TensorRT.
+INT8_TENSORRT = "int8-tensorrt"
 
 
 def default_providers() -> list[str]:
@@ -72,20 +70,16 @@ class OrtVisionEngine(VisionBackend):
 
     @classmethod
     def from_bundle(
-        cls, bundle: str | Path, providers: Sequence[str] | None = None, precision: str = "fp32"
+        cls, bundle: str | Path, providers: Sequence[str] | None = None, precision: str = FP32
     ) -> OrtVisionEngine:
         """The bundle's graph of `precision` (fp32, int8, int8-tensorrt), after its manifest's hashes
         are checked."""
-        from panda_edge.bundle import bundle_file, load_manifest
+        from panda_edge.bundle import Manifest
 
-        if precision not in PRECISIONS:
-            raise PandaError(f"unknown precision '{precision}'; choose one of: {', '.join(PRECISIONS)}")
-        section, key, qdq_in_float = PRECISIONS[precision]
-        manifest = load_manifest(bundle)
-        if section not in manifest:
-            hint = "run panda calibrate on it" if section == "vision_int8" else "export it with --target onnx"
-            raise BundleError(f"{bundle}: the bundle has no {precision} vision graph; {hint}")
-        return cls(bundle_file(bundle, manifest, f"{section}.{key}"), providers, qdq_in_float=qdq_in_float)
+        manifest = Manifest.load(bundle)
+        if precision == INT8_TENSORRT:  # the graph TensorRT builds its int8 engine from
+            return cls(manifest.vision_graph(TRT, INT8), providers, qdq_in_float=True)
+        return cls(manifest.vision_graph(ORT, precision), providers)
 
     def _activate(self) -> None:
         ort = onnxruntime()

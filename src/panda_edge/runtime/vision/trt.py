@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
 
+from panda_edge.backends import FP16
+from panda_edge.bundle import Engine, Manifest
 from panda_edge.errors import BundleError
 from panda_edge.runtime.vision.base import TensorSpec, VisionBackend
 from panda_edge.token_layout import FRAMES, VISUAL_TOKENS, TokenLayout
@@ -30,7 +31,7 @@ from panda_edge.trt.device import (
     trt_logger,
     trt_status,
 )
-from panda_edge.trt.record import ENGINES_KEY, engines_of_precision, select_engine
+from panda_edge.trt.record import engines_of_precision, select_engine
 from panda_edge.trt.versions import TrtVersion
 
 log = logging.getLogger(__name__)
@@ -41,15 +42,9 @@ def trt_available(device: int = 0) -> TrtStatus:
     return trt_status(device)
 
 
-def layout_from_manifest(manifest: dict[str, Any], bundle: str | Path | None = None) -> TokenLayout:
+def layout_from_manifest(manifest: Manifest) -> TokenLayout:
     """The graph geometry from the manifest (a device has no onnx package to read the graph's metadata)."""
-    from panda_edge.bundle import manifest_value
-
-    bundle = bundle or "BUNDLE"
-    hidden = manifest_value(manifest, f"vision.outputs.{VISUAL_TOKENS}.shape", bundle)[-1]
-    fields = ("video_frames", "image_size", "patch", "conv_stride", "pad_frame_patches")
-    values = {k: manifest_value(manifest, f"model.vision.{k}", bundle) for k in fields}
-    return TokenLayout.from_config(SimpleNamespace(**values), int(hidden))
+    return TokenLayout.from_config(manifest.config.vision, manifest.token_width)
 
 
 class TrtVisionEngine(VisionBackend):
@@ -57,22 +52,17 @@ class TrtVisionEngine(VisionBackend):
 
     name = "trt"
 
-    def __init__(self, bundle: str | Path, precision: str = "fp16", device: int = 0) -> None:
+    def __init__(self, bundle: str | Path, precision: str = FP16, device: int = 0) -> None:
         super().__init__()
         self.bundle = Path(bundle)
         self.precision = precision
         self.device = device
-        self.record: dict[str, Any] | None = None
+        self.record: Engine | None = None
         self._logger = self._runtime = self._engine = self._context = self._stream = None
         self._buffers: dict[str, tuple[int, np.ndarray]] = {}  # name -> (device pointer, host array)
 
     def _activate(self) -> None:
-        from panda_edge.bundle import checked_path, load_manifest
-
-        manifest = load_manifest(self.bundle)
-        for key, entry in (manifest.get(ENGINES_KEY) or {}).items():  # before any is chosen, on any machine
-            name = entry.get("file") if isinstance(entry, dict) else None
-            checked_path(self.bundle, manifest, name, f"'{ENGINES_KEY}.{key}.file'")
+        manifest = Manifest.load(self.bundle)  # every engine's file name checked, on any machine
         engines_of_precision(manifest, self.precision, str(self.bundle))  # no other precision stands in
         status = trt_available(self.device)
         if not status.usable:
@@ -80,17 +70,17 @@ class TrtVisionEngine(VisionBackend):
         record = select_engine(
             manifest, self.precision, TrtVersion.parse(status.tensorrt), status.gpu, bundle=str(self.bundle)
         )
-        self._layout = layout_from_manifest(manifest, self.bundle)
-        log.info("TensorRT %s engine %s on %s", self.precision, record["file"], status.gpu)
+        self._layout = layout_from_manifest(manifest)
+        log.info("TensorRT %s engine %s on %s", self.precision, record.file, status.gpu)
         trt, rt = tensorrt(), cudart()
         cuda_check(rt.cudaSetDevice(self.device))
-        data = checked_path(self.bundle, manifest, record["file"], f"'{ENGINES_KEY}' record").read_bytes()
+        data = manifest.path(record.file).read_bytes()
         self._logger = trt_logger(trt)
         self._runtime = trt.Runtime(self._logger)  # outlives the engine
         self._engine = self._runtime.deserialize_cuda_engine(data)
         if self._engine is None:
             raise BundleError(
-                f"{self.bundle / record['file']}: TensorRT could not deserialize it; rebuild it here with "
+                f"{self.bundle / record.file}: TensorRT could not deserialize it; rebuild it here with "
                 f"panda build-engine --bundle {self.bundle} --precision {self.precision}"
             )
         self._context = self._engine.create_execution_context()
