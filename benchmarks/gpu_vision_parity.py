@@ -72,9 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from panda_edge.backends import FP32, INT8, ORT, TRT
     from panda_edge.bundle import VISION_FP16, Manifest
-    from panda_edge.calibration.pipeline import calibrate_bundle
+    from panda_edge.calibration.calibrate import calibrate_bundle
     from panda_edge.errors import BundleError, PandaError
-    from panda_edge.export.trt.pipeline import build_engine, export_trt
+    from panda_edge.export.trt.engines import build_engine, export_trt
     from panda_edge.model.vision import VisionTower
     from panda_edge.parity.clips import write_parity_clips
     from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference, TrtVisionEngine

@@ -29,8 +29,8 @@ def main() -> None:
     import ray
     import torch
 
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
-    from panda_edge.export.stab_onnx.pipeline import export_bundle
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
     from panda_edge.host import cpu_info, load_average
     from panda_edge.parity.qa_jobs import AnswererSpec, answer_questions
     from panda_edge.parity.task import read_questions

@@ -81,8 +81,8 @@ def make_video(tmp_path: Path):
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The embedded tiny model exported as users run it: ONNX graph + the q8_0 GGUF `panda run` picks."""
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
-    from panda_edge.export.stab_onnx.pipeline import export_bundle
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
 
     directory = tmp_path_factory.mktemp("tiny-bundle") / "tiny"
     export_bundle("tiny", directory)

@@ -24,7 +24,7 @@ from panda_edge.bundle import (
 )
 from panda_edge.config import PRESETS
 from panda_edge.errors import BundleError, CheckFailed, PandaError
-from panda_edge.export.stab_onnx.pipeline import export_bundle
+from panda_edge.export.stab_onnx.export_onnx import export_bundle
 from panda_edge.fileio import write_json
 
 

@@ -22,7 +22,7 @@ from panda_edge.cli.main import app
 from panda_edge.config import PRESETS
 from panda_edge.errors import BundleError
 from panda_edge.export.stab_onnx.check import check_onnx, qdq_problems
-from panda_edge.export.stab_onnx.pipeline import export_bundle
+from panda_edge.export.stab_onnx.export_onnx import export_bundle
 from panda_edge.runtime.vision import OrtVisionEngine
 from panda_edge.video import load_videos
 

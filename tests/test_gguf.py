@@ -22,8 +22,8 @@ from typer.testing import CliRunner
 from panda_edge.bundle import load_manifest
 from panda_edge.config import PRESETS, LlmConfig, ModelConfig, official_config_dict, read_config
 from panda_edge.export.llm_gguf.convert import permute_rows, plan_tensors, write_gguf
+from panda_edge.export.llm_gguf.export_gguf import export_gguf
 from panda_edge.export.llm_gguf.names import GGUF_TYPES
-from panda_edge.export.llm_gguf.pipeline import export_gguf
 from panda_edge.export.llm_gguf.vocab import read_vocab
 from panda_edge.fileio import write_json
 from panda_edge.model.checkpoint import weight_files, write_weights
@@ -243,7 +243,7 @@ def test_manifest_lists_every_gguf_with_hash(bundle: Path) -> None:
 
 
 def test_gguf_export_keeps_the_onnx_entry(tiny_checkpoint: Path, tmp_path: Path) -> None:
-    from panda_edge.export.stab_onnx.pipeline import export_bundle
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
 
     onnx = export_bundle(tiny_checkpoint, tmp_path, "11")
     manifest = export_gguf(tiny_checkpoint, tmp_path, "q8_0")

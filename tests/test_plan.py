@@ -16,8 +16,8 @@ from panda_edge.config import PRESETS, VisionConfig
 from panda_edge.errors import PandaError
 from panda_edge.model.stab import STAB, build_projector
 from panda_edge.plan.devices import DEVICES, get_device
+from panda_edge.plan.footprint import GIB, ModelShape, compute_buffer_bytes, plan_memory
 from panda_edge.plan.ggml import kv_cache_bytes, llama_tensors, tensor_type, use_more_bits, weight_plan
-from panda_edge.plan.memory import GIB, ModelShape, compute_buffer_bytes, plan_memory
 from panda_edge.plan.vision import vision_parameters
 
 runner = CliRunner()
@@ -58,7 +58,7 @@ def test_planned_types_and_bytes_are_those_of_the_written_files(tmp_path: Path) 
     """f16 / q8_0 from our gguf-py converter; q4_k_m / q5_k_m from llama.cpp's quantizer."""
     import gguf
 
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
     from panda_edge.optional import has_llama_cpp
 
     types = ["f16", "q8_0"] + (["q4_k_m", "q5_k_m"] if has_llama_cpp() else [])
@@ -204,7 +204,7 @@ def test_plan_json_and_table() -> None:
 
 
 def test_plan_of_a_bundle_uses_its_gguf_file(tmp_path: Path) -> None:
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
 
     entry = export_gguf("tiny", tmp_path, "q8_0")["llm"]["gguf"]["q8_0"]
     args = ["plan", "--device", "orin-nano-4gb", "--bundle", str(tmp_path), "--json", "-"]

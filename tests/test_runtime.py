@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from panda_edge.cli.main import app
-from panda_edge.export.llm_gguf.pipeline import export_gguf
-from panda_edge.export.stab_onnx.pipeline import export_bundle
+from panda_edge.export.llm_gguf.export_gguf import export_gguf
+from panda_edge.export.stab_onnx.export_onnx import export_bundle
 from panda_edge.optional import has_llama_cpp
 from panda_edge.parity.task import read_questions
 
@@ -379,7 +379,7 @@ def test_the_prefix_cache_identity_is_the_file_the_vision_backend_runs(bundle: P
     hashes the engine, not the ONNX graph it was built from."""
     from panda_edge.bundle import Manifest, load_manifest
     from panda_edge.runtime.bundle_parts import open_bundle
-    from panda_edge.runtime.pipeline import vision_file
+    from panda_edge.runtime.video_runtime import vision_file
 
     with_engine, record = _with_engine(bundle, tmp_path / "B")
     engine = Manifest.load(with_engine).engine_for(record)

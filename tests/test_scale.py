@@ -130,8 +130,8 @@ def test_unknown_dtype_or_device_is_exit_2(released: Path, make_video) -> None:
 
 @pytest.fixture(scope="module")
 def bundle(released: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
-    from panda_edge.export.stab_onnx.pipeline import export_bundle
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
 
     directory = tmp_path_factory.mktemp("released-bundle") / "bundle"
     export_bundle(released, directory)
@@ -186,7 +186,7 @@ def test_journey_on_the_released_layout(released: Path, bundle: Path, make_video
 def test_the_f16_standin_catches_a_wrong_export(released: Path, tmp_path: Path) -> None:
     """Judged by the size of its error, the f16 stand-in still fails an export without the q/k
     permutation llama.cpp's RoPE needs."""
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
     from panda_edge.parity.llm import llm_parity, parity_sequences
     from panda_edge.parity.llm_reference import reference_logits
     from panda_edge.prompt import PromptTokenizer

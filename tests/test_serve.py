@@ -40,8 +40,8 @@ runner = CliRunner()
 def random_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny model with random weights: its answers run long (`</s>` is one token of 512), which the
     stop, cancel and queue tests need; the trained one says one word and stops."""
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
-    from panda_edge.export.stab_onnx.pipeline import export_bundle
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
 
     directory = tmp_path_factory.mktemp("serve") / "random"
     export_bundle(tiny_checkpoint, directory)

@@ -89,7 +89,7 @@ def test_the_check_finds_a_copied_table() -> None:
 def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle with the tiny model's f32 GGUF."""
     pytest.importorskip("llama_cpp")
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
 
     bundle = tmp_path_factory.mktemp("gguf")
     export_gguf("tiny", bundle, "f32")
@@ -100,8 +100,8 @@ def tiny_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_plan_and_run_accept_the_same_kv_cache_types(kv_cache: str, tiny_gguf: Path) -> None:
     """Every KV cache type `panda plan` sizes, llama.cpp loads as `panda run` asks it to (a quantized
     V cache with flash attention: without it llama.cpp refuses to create the context)."""
+    from panda_edge.plan.footprint import model_shape
     from panda_edge.plan.ggml import kv_cache_bytes
-    from panda_edge.plan.memory import model_shape
     from panda_edge.runtime.llm.llamacpp import load_llama
 
     llm = model_shape(bundle=tiny_gguf).llm

@@ -24,7 +24,7 @@ from panda_edge.cli.main import app
 from panda_edge.errors import BundleError, PandaError
 from panda_edge.export.stab_onnx.fp16 import to_fp16
 from panda_edge.export.trt.script import build_script
-from panda_edge.trt.recipe import engine_file_name, recipe_for, trtexec_command
+from panda_edge.trt.build_recipe import engine_file_name, recipe_for, trtexec_command
 from panda_edge.trt.record import (
     EngineMismatch,
     GpuInfo,
@@ -518,8 +518,8 @@ def test_trt_backend_says_why_it_cannot_run(jetpack6_bundle: Path) -> None:
 def test_device_side_modules_import_without_torch_or_onnx() -> None:
     code = (
         "import sys\n"
-        "import panda_edge.export.trt.pipeline, panda_edge.runtime.vision.trt, panda_edge.cli.build_engine\n"
-        "import panda_edge.plan.memory, panda_edge.cli.plan\n"
+        "import panda_edge.export.trt.engines, panda_edge.runtime.vision.trt, panda_edge.cli.build_engine\n"
+        "import panda_edge.plan.footprint, panda_edge.cli.plan\n"
         "sys.exit(sorted(m for m in ('torch', 'onnx') if m in sys.modules) or 0)\n"
     )
     result = subprocess.run(
@@ -538,7 +538,7 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def test_engine_matches_onnx_runtime(tmp_path: Path) -> None:
     pytest.importorskip("tensorrt", reason="TensorRT is not installable here (docs/design.md §4)")
-    from panda_edge.export.trt.pipeline import build_engine, export_trt
+    from panda_edge.export.trt.engines import build_engine, export_trt
     from panda_edge.runtime.vision import OrtVisionEngine, TrtVisionEngine
     from panda_edge.trt.device import trt_status
 

@@ -478,7 +478,7 @@ class GroupReport:
 
 @dataclass(frozen=True)
 class Int8Report:
-    """What `panda calibrate` recorded in `vision_int8` (calibration/pipeline.py writes it)."""
+    """What `panda calibrate` recorded in `vision_int8` (calibration/calibrate.py writes it)."""
 
     file: str  # the TensorRT (Q/DQ) form
     cpu_file: str  # the ONNX Runtime form

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.backends import ORT, PRECISIONS, REFERENCE_GGUF_TYPE, RUNTIME_GGUF_TYPE
-from panda_edge.export.stab_onnx.pipeline import export_bundle
+from panda_edge.export.stab_onnx.export_onnx import export_bundle
 from panda_edge.fileio import cache_dir
 from panda_edge.model.loading import ReferencePrecision
 from panda_edge.toyworld.writer import tiny_training_world
@@ -123,7 +123,7 @@ def run_demo(
         export_bundle("tiny", bundle)
     on_step("calibrating INT8 on training videos (TensorRT Q/DQ and ONNX Runtime graphs)")
     with clock("calibrate_int8"):
-        from panda_edge.calibration.pipeline import calibrate_bundle
+        from panda_edge.calibration.calibrate import calibrate_bundle
 
         calibrate_bundle(bundle, videos=videos, qa=data / "train.json", samples=CALIBRATION_VIDEOS)
     on_step("checking stab_fp32 and stab_int8 parity")
@@ -143,7 +143,7 @@ def _runtime_chain(
     model, bundle: Path, qa: list, videos: Path, reference, report, clock, on_step, on_answer, threads
 ):
     """GGUF export, then the runtime's answers and the e2e / task levels."""
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
     from panda_edge.host import default_threads
     from panda_edge.parity.e2e import one_question_per_video
     from panda_edge.parity.runtime_answers import (

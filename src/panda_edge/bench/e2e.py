@@ -80,8 +80,8 @@ def bench_e2e(
     reference and the runtime on `model` (tiny, or bench: full-size STAB + 0.54B random Llama), each in
     its own process."""
     from panda_edge.errors import PandaError
-    from panda_edge.export.llm_gguf.pipeline import export_gguf, get_gguf_type
-    from panda_edge.export.stab_onnx.pipeline import export_bundle
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf, get_gguf_type
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
     from panda_edge.model.loading import ReferencePrecision
     from panda_edge.optional import llama_cpp
 

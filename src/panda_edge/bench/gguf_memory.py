@@ -119,7 +119,7 @@ def bench_gguf_memory(layers: int = 3, workdir: Path | None = None) -> dict:
         weight_bytes = int(child_peak_rss(["-c", code])[2])
         # The fixed overhead: a child with the same imports and no conversion.
         imports = (
-            "import panda_edge.cli.main, panda_edge.export.llm_gguf.pipeline, panda_edge.model.checkpoint"
+            "import panda_edge.cli.main, panda_edge.export.llm_gguf.export_gguf, panda_edge.model.checkpoint"
         )
         base_rss, _, _ = child_peak_rss(["-c", imports])
         cli = ["-m", "panda_edge.cli.main", "export", "--target", "gguf", "--checkpoint", str(ckpt)]

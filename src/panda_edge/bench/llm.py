@@ -77,7 +77,7 @@ def bench_llm(
     from transformers import LlamaForCausalLM
 
     from panda_edge.config import official_config_dict
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
     from panda_edge.fileio import write_json
     from panda_edge.model.checkpoint import write_weights
     from panda_edge.model.videopanda import llama_config

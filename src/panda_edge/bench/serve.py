@@ -183,8 +183,8 @@ def _export(model: str, work_dir: Path, step: Callable[[str], None]) -> Path:
     """A bundle of `model` (ONNX + q8_0 GGUF): the embedded tiny model, or bench e2e's full-size STAB
     with the 0.54B random Llama, where the video prefix costs what it costs at scale."""
     from panda_edge.bench.e2e import build_bench_checkpoint
-    from panda_edge.export.llm_gguf.pipeline import export_gguf
-    from panda_edge.export.stab_onnx.pipeline import export_bundle
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
 
     checkpoint: str | Path = "tiny"
     if model == "bench":

@@ -279,7 +279,7 @@ def _calibrate(
     """Both INT8 forms of the graph at `path`, calibrated on `videos` clips other than the bench's."""
     import onnx
 
-    from panda_edge.calibration.pipeline import calibrate_graph
+    from panda_edge.calibration.calibrate import calibrate_graph
 
     start = time.perf_counter()
     clips = np.stack([bench_video(config, seed + 1 + i) for i in range(videos)])

@@ -4,7 +4,7 @@
 - `ranges`: activation ranges of the fp32 graph (ONNX Runtime's entropy / minmax / percentile);
 - `qdq`: both Q/DQ forms from one set of ranges (TensorRT: int8 symmetric; CPU: U8S8);
 - `groups` + `search`: per-layer-group sensitivity and the float fallback to a target cosine;
-- `pipeline`: `calibrate_bundle` (what `panda calibrate` runs) and `calibrate_graph`.
+- `calibrate`: `calibrate_bundle` (what `panda calibrate` runs) and `calibrate_graph`.
 
 Importing this package is cheap; onnx and onnxruntime load in the modules that use them.
 """

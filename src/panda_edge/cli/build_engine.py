@@ -48,8 +48,8 @@ def build_engine(
     GPU is missing, or the bundle lacks the graph; exit 1 when TensorRT fails to build it.
     """
     from panda_edge.errors import PandaError
-    from panda_edge.export.trt.pipeline import build_engine as build
-    from panda_edge.export.trt.pipeline import register_engine
+    from panda_edge.export.trt.engines import build_engine as build
+    from panda_edge.export.trt.engines import register_engine
 
     quiet = json_to_stdout(json_out)
     if trtexec_log is not None and register is None:

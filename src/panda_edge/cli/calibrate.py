@@ -51,7 +51,7 @@ def calibrate(
     --target-cosine (mean per-token cosine against the fp32 graph). Exit 1 when the TensorRT graph
     fails its profile's checks (nothing written), 2 for bad input.
     """
-    from panda_edge.calibration.pipeline import calibrate_bundle
+    from panda_edge.calibration.calibrate import calibrate_bundle
 
     quiet = json_to_stdout(json_out)
     report = calibrate_bundle(

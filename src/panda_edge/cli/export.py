@@ -82,7 +82,7 @@ def export(
     --precision int8 then calibrates the graph on --videos DIR or --qa QA.json as panda calibrate
     does, adding stab.int8.onnx (TensorRT Q/DQ), stab.int8.cpu.onnx (ONNX Runtime) and calibration.npz.
     """
-    from panda_edge.calibration.pipeline import bundle_calibrator
+    from panda_edge.calibration.calibrate import bundle_calibrator
     from panda_edge.export.target import export_target
 
     quiet = json_to_stdout(json_out)
@@ -124,7 +124,7 @@ def _print_onnx(out_dir: Path, result: dict) -> None:
 
 def _gguf_plan(checkpoint: str, gguf_type: str, json_out: Path | None) -> None:
     """--dry-run: the tensor plan from the checkpoint's headers; nothing written."""
-    from panda_edge.export.llm_gguf.pipeline import gguf_plan
+    from panda_edge.export.llm_gguf.export_gguf import gguf_plan
 
     plan = gguf_plan(checkpoint, gguf_type)
     if emit_result({"gguf_type": gguf_type, "tensors": plan}, json_out):

@@ -86,7 +86,7 @@ def plan(
     runtime, OS reserve), whether it fits, the GGUF type to pick, and the decode speed ceiling
     (memory bandwidth / bytes read per token). Estimates, not measurements: see docs/jetson.md."""
     from panda_edge.plan.devices import get_device
-    from panda_edge.plan.memory import model_shape, plan_memory
+    from panda_edge.plan.footprint import model_shape, plan_memory
 
     model = model_shape(bundle, preset)
     dev = get_device(device, memory_gib, bandwidth_gbs, unified, reserve_gib)

@@ -1,6 +1,6 @@
 """`panda export` as one call: a checkpoint into a bundle for one target (onnx, trt, gguf, all).
 
-INT8 comes from the `calibrate(bundle, on_step)` the caller passes (`calibration.pipeline.
+INT8 comes from the `calibrate(bundle, on_step)` the caller passes (`calibration.calibrate.
 bundle_calibrator`): calibration runs graphs and judges them, a layer above export. Every choice
 is checked before anything is read or written.
 """
@@ -23,9 +23,9 @@ from panda_edge.backends import (
 )
 from panda_edge.bundle import load_manifest
 from panda_edge.errors import PandaError
-from panda_edge.export.llm_gguf.pipeline import export_gguf, get_gguf_type
-from panda_edge.export.stab_onnx.pipeline import export_bundle
-from panda_edge.export.trt.pipeline import export_trt
+from panda_edge.export.llm_gguf.export_gguf import export_gguf, get_gguf_type
+from panda_edge.export.stab_onnx.export_onnx import export_bundle
+from panda_edge.export.trt.engines import export_trt
 
 TARGETS = ("onnx", "trt", "gguf", "all")
 

@@ -15,7 +15,7 @@ from panda_edge.errors import PandaError
 from panda_edge.runtime.bundle_parts import BundleParts, open_bundle
 
 if TYPE_CHECKING:
-    from panda_edge.runtime.pipeline import VideoRuntime
+    from panda_edge.runtime.video_runtime import VideoRuntime
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,6 @@ class RuntimeOptions:
 
     def open(self, bundle: str | Path) -> VideoRuntime:
         """The runtime on `bundle` with these options."""
-        from panda_edge.runtime.pipeline import VideoRuntime
+        from panda_edge.runtime.video_runtime import VideoRuntime
 
         return VideoRuntime(bundle, self)

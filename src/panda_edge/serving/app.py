@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.optional import require
-from panda_edge.runtime.pipeline import VideoRuntime
+from panda_edge.runtime.video_runtime import VideoRuntime
 from panda_edge.serving.media import MediaResolver
 from panda_edge.serving.metrics import ServerMetrics
 from panda_edge.serving.protocol import ApiError, ChatRequest, parse_body, parse_chat_request

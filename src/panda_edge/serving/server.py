@@ -14,7 +14,7 @@ from typing import Any
 from panda_edge.errors import PandaError
 from panda_edge.optional import require
 from panda_edge.runtime.options import RuntimeOptions
-from panda_edge.runtime.pipeline import VideoRuntime
+from panda_edge.runtime.video_runtime import VideoRuntime
 from panda_edge.serving.app import ServeOptions, create_app
 
 

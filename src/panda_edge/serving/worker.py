@@ -21,7 +21,7 @@ from typing import Any
 
 from panda_edge.errors import PandaError, VideoError
 from panda_edge.runtime.llm.decoder import ContextFull
-from panda_edge.runtime.pipeline import Answer, VideoChat, VideoRuntime
+from panda_edge.runtime.video_runtime import Answer, VideoChat, VideoRuntime
 from panda_edge.serving.media import MediaFile
 from panda_edge.serving.metrics import ServerMetrics
 from panda_edge.serving.protocol import ApiError, ChatRequest, bad_request

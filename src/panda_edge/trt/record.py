@@ -15,7 +15,7 @@ from typing import Any
 
 from panda_edge.bundle import Engine, Manifest
 from panda_edge.errors import BundleError
-from panda_edge.trt.recipe import PRECISION_OPTIONS, Recipe
+from panda_edge.trt.build_recipe import PRECISION_OPTIONS, Recipe
 from panda_edge.trt.versions import TrtVersion
 
 

@@ -1,4 +1,4 @@
-"""STAB + projector -> ONNX per TensorRT profile.
+"""STAB + projector -> ONNX per TensorRT profile (the profiles themselves: `panda_edge.backends`).
 
-`profiles` (data) and `check` (static checks) need no torch; `module`, `convert` and `pipeline` do.
+`check` (static checks) and `fp16` (the fp16 graph) need no torch; `convert` and `export_onnx` do.
 """

@@ -15,8 +15,8 @@ from typing import Any
 
 from panda_edge.errors import CheckFailed, PandaError
 from panda_edge.fileio import atomic_path
+from panda_edge.trt.build_recipe import Recipe
 from panda_edge.trt.device import tensorrt, trt_logger
-from panda_edge.trt.recipe import Recipe
 
 
 class EngineBuildFailed(CheckFailed):

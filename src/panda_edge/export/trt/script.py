@@ -14,7 +14,7 @@ from panda_edge import __version__
 from panda_edge.backends import PRECISIONS, TRT, TRT_TARGETS, default_precision, trt_target
 from panda_edge.bundle import Manifest
 from panda_edge.errors import BundleError
-from panda_edge.trt.recipe import DEFAULT_WORKSPACE_MB, recipe_for, trtexec_command
+from panda_edge.trt.build_recipe import DEFAULT_WORKSPACE_MB, recipe_for, trtexec_command
 
 SCRIPT_FILE = "build_engine.sh"
 DEFAULT_PRECISION = default_precision(TRT)

@@ -110,8 +110,8 @@ def check_runtime_memory(parts: BundleParts, n_ctx: int, kv_type: str) -> None:
     """Exit-2 error before loading when the GGUF, its KV cache for `n_ctx` and the vision graph do not
     fit in the memory available (CPU: llama.cpp maps the GGUF and allocates the whole KV cache)."""
     from panda_edge.memory import check_memory
+    from panda_edge.plan.footprint import HOST_PROCESS_BYTES, compute_buffer_bytes
     from panda_edge.plan.ggml import kv_cache_bytes
-    from panda_edge.plan.memory import HOST_PROCESS_BYTES, compute_buffer_bytes
 
     llm = asdict(parts.manifest.config.llm)
     need = (

@@ -45,7 +45,7 @@ from panda_edge.calibration.ranges import DEFAULT_METHOD, check_method, collect_
 from panda_edge.calibration.search import MixedPrecision, TokenScorer, choose_precision
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.stab_onnx.check import check_onnx, qdq_problems
-from panda_edge.export.trt.pipeline import write_build_script
+from panda_edge.export.trt.engines import write_build_script
 from panda_edge.export.trt.script import SCRIPT_FILE
 from panda_edge.parity.compare import LEVELS, OutputParity
 from panda_edge.video import load_videos

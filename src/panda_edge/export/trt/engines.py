@@ -19,8 +19,8 @@ from panda_edge.bundle import MANIFEST_FILE, VISION, VISION_FP16, Manifest
 from panda_edge.errors import BundleError, CheckFailed, PandaError
 from panda_edge.export.trt.script import DEFAULT_PRECISION, SCRIPT_FILE, build_script
 from panda_edge.fileio import atomic_path
+from panda_edge.trt.build_recipe import DEFAULT_WORKSPACE_MB, Recipe, engine_file_name, recipe_for
 from panda_edge.trt.device import TrtUnavailable, trt_status
-from panda_edge.trt.recipe import DEFAULT_WORKSPACE_MB, Recipe, engine_file_name, recipe_for
 from panda_edge.trt.record import (
     GpuInfo,
     engine_record,
@@ -271,7 +271,7 @@ def export_trt(
     `calibrate(bundle, on_step)` adds the INT8 graphs (`panda calibrate`'s work); int8 needs it.
     Returns {manifest, engine (record or None), tensorrt (status), built_here, next_steps}.
     """
-    from panda_edge.export.stab_onnx.pipeline import export_bundle
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
 
     check_precision(TRT, precision, "TensorRT")
     family = trt_target(profile)
