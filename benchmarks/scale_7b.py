@@ -16,13 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
+from panda_edge.bench.process import timed_panda
 from panda_edge.bench.release import write_release_checkpoint
 from panda_edge.config import preset
 
@@ -43,32 +41,6 @@ def write_clips(directory: Path) -> Path:
         qa.append({"id": str(i), "video": name, "question": QUESTIONS[i % 2], "answer": "a square"})
     (directory / "qa.json").write_text(json.dumps(qa, indent=1))
     return directory / "qa.json"
-
-
-def timed(name: str, args: list[str], log: Path, stdin: str | None = None) -> dict:
-    """One `panda` command in its own process: exit status, wall seconds, peak RSS (VmHWM) in MB.
-    Its stdout goes to `log` with `.out` for a suffix, its stderr (and time's report) to `log`."""
-    start = time.perf_counter()
-    with log.open("w") as err, log.with_suffix(".out").open("w") as out:
-        done = subprocess.run(
-            ["/usr/bin/time", "-v", sys.executable, "-m", "panda_edge.cli.main", *args],
-            stdout=out,
-            stderr=err,
-            input=stdin,
-            text=True,
-        )
-    wall = time.perf_counter() - start
-    text = log.read_text(errors="replace")
-    rss = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
-    record = {
-        "command": "panda " + " ".join(args),
-        "exit": done.returncode,
-        "wall_s": round(wall, 1),
-        "peak_rss_mb": round(int(rss.group(1)) / 1024) if rss else None,
-        "log": str(log),
-    }
-    print(f"{name}: exit {record['exit']}, {record['wall_s']} s, {record['peak_rss_mb']} MB", flush=True)
-    return record
 
 
 def read_json(path: Path) -> object:
@@ -120,7 +92,7 @@ def main() -> None:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
 
     def step(name: str, argv: list[str], stdin: str | None = None, json_path: Path | None = None) -> None:
-        record = timed(name, argv, logs / f"{name}.log", stdin)
+        record = timed_panda(name, argv, logs / f"{name}.log", stdin)
         if json_path is not None:
             record["result"] = read_json(json_path)
         s[name] = record

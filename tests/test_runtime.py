@@ -657,3 +657,25 @@ def test_bench_e2e_reports_both_engines() -> None:
         numbers = report["e2e"][engine]
         assert numbers["ttft_first_ms"] > 0 and numbers["ttft_followup_ms"] > 0 and numbers["peak_rss_mb"] > 0
     assert report["ratios"]["runtime_followup_vs_first_ttft"] > 0
+
+
+def test_weights_that_llama_cpp_repacks_are_read_not_mapped(tiny_bundle: Path) -> None:
+    """Where llama.cpp repacks weights for its CPU kernels (every CPU but those with AMX, where the
+    weights go into plain buffers), the GGUF is read instead of memory-mapped, so the repacked copy
+    does not sit beside the mapped original (7B q4_k_m: 9.72 GB mapped vs 6.80 GB read, against a
+    7.10 GB plan; benchmarks/results/run_vs_plan_7b.json); a GPU run and a vocabulary load still map it."""
+    from panda_edge.optional import llama_cpp
+    from panda_edge.runtime.llm.llamacpp import load_llama
+
+    lib = llama_cpp()
+    amx = b"AMX_INT8 = 1" in lib.llama_print_system_info()
+    gguf = tiny_bundle / "llm.q8_0.gguf"
+    cpu = load_llama(gguf, 64, 64, 1)
+    vocab = load_llama(gguf, 64, 64, 1, vocab_only=True)
+    try:
+        mapped = lib.LLAMA_LOAD_MODE_MMAP
+        assert (cpu.model_params.load_mode == mapped) is amx
+        assert vocab.model_params.load_mode == mapped
+    finally:
+        cpu.close()
+        vocab.close()
