@@ -84,7 +84,7 @@ def _plain_cpu_buffers(lib: Any) -> Iterator[None]:
     type" it repacks q8_0/q4 weights into) segfaults in llama_decode on the tiny model's small
     matrices (ggml-org/llama.cpp#20824, open), so the same bundle crashed on a Sapphire Rapids CPU
     and ran elsewhere. llama-cpp-python does not pass `use_extra_bufts` through, so its default
-    model parameters are adjusted while one Llama loads. Elsewhere nothing changes.
+    model parameters are adjusted while one Llama loads.
 
     Elsewhere llama.cpp repacks q4_0 / q4_K / iq4_nl weights into its CPU_REPACK buffers for its
     AVX2 / AVX-512 / NEON kernels. With the GGUF memory-mapped, the originals it read stay mapped
