@@ -1,11 +1,11 @@
 """The tiny reference's time per question on an idle machine and with one core held busy by another
-process, per thread setting: what `panda_edge.host.default_threads` and `wait_passively` are for.
+process, per thread setting: what `panda_edge.host.default_threads` is for.
 
     python benchmarks/threads_busy_core.py [--questions N] [--cases before,1,default] [--out PATH]
 
 Cases: `before` is what panda-edge did before the rule (one PyTorch thread per core this process may
-use, OpenMP's own waiting: spin, then sleep); `N` is N threads waiting passively; `default` is the
-rule (passive waiting, the cores other processes leave idle). Each (case, idle|busy) runs in its own
+use); `N` is N threads; `default` is the rule (the cores other processes leave idle when it starts).
+OpenMP waits as it does by default (spin, then sleep) in every case. Each (case, idle|busy) runs in its own
 process (OpenMP reads its settings once): it loads the embedded tiny model, answers one question to
 warm up, then times `--questions` held-out toy-world questions, one video each. "busy" starts
 `python -c "while True: pass"` pinned to the last core this process may use, for the whole case.
@@ -35,12 +35,9 @@ DEFAULT, BEFORE = "default", "before"
 def answer_times(toy: Path, questions: int, case: str) -> dict[str, Any]:
     """Seconds per question of the tiny reference in `case` (see the module's docstring), and the
     PyTorch threads it ran with."""
-    from panda_edge.host import available_cores, use_threads, wait_passively
-
-    if case != BEFORE:
-        wait_passively()  # before torch is imported
     import torch
 
+    from panda_edge.host import available_cores, use_threads
     from panda_edge.model.videopanda import VideoPanda
 
     threads = use_threads(available_cores() if case == BEFORE else None if case == DEFAULT else int(case))

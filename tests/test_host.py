@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from panda_edge.host import available_cores, busy_cores, default_threads, use_threads, wait_passively
+from panda_edge.host import available_cores, busy_cores, default_threads, use_threads
 
 
 def test_given_threads_win_and_must_be_positive() -> None:
@@ -45,12 +45,3 @@ def test_use_threads_sets_pytorchs_pool() -> None:
         assert use_threads(1) == 1 and torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
-
-
-def test_passive_waiting_is_a_default_the_environment_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    wait_passively()
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    wait_passively()
-    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -64,6 +64,9 @@ def default_threads(threads: int | None = None, steady: bool = False) -> int:
     stalls the rest (2 threads with one core held busy: the tiny reference 30x, a training step
     5-20x slower; docs/design.md §4). `steady`: all the cores this process may use, whatever the
     load, for work whose result depends on the thread count (training: same threads, same weights).
+    OpenMP keeps its own spin-then-sleep waiting: passive waiting (OMP_WAIT_POLICY=PASSIVE) would
+    protect against load that starts later, but it made llama.cpp's decode (an OpenMP build) 18x
+    slower on the tiny model (9,300 -> 520 tokens/s) and the idle tiny reference 1.4x slower.
     """
     if threads is not None:
         if threads < 1:
@@ -71,14 +74,6 @@ def default_threads(threads: int | None = None, steady: bool = False) -> int:
         return threads
     cores = available_cores()
     return cores if steady else max(1, cores - busy_cores())
-
-
-def wait_passively() -> None:
-    """OpenMP threads (PyTorch's) sleep instead of spinning while they wait, unless the environment
-    says otherwise: a spinning thread takes the core a stalled one needs (measured on 2 cores, one
-    held busy: two threads answered tiny-model questions 40x slower spinning, as fast as one thread
-    passive). Read once when OpenMP starts, so call it before torch is imported."""
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def use_threads(threads: int | None = None, steady: bool = False) -> int:

@@ -20,7 +20,6 @@ from panda_edge.cli.run import chat, run
 from panda_edge.cli.serve import serve
 from panda_edge.cli.toyworld import toyworld
 from panda_edge.cli.train import train
-from panda_edge.host import wait_passively
 
 app = typer.Typer(
     name="panda",
@@ -71,7 +70,6 @@ def _root(
     ),
 ) -> None:
     """Video-Panda on edge devices."""
-    wait_passively()  # before any command imports torch
     ctx.call_on_close(configure_output(verbose, quiet))
 
 
