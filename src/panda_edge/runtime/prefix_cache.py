@@ -11,9 +11,10 @@ never a failed answer.
 Each state file's sha256 is written beside it (hashed after llama.cpp has written the file) and checked
 before llama.cpp reads it back: the size alone catches a truncated file, not flipped bytes, and a damaged
 state loads without complaint and answers garbage (with `panda serve --ray` the directory is shared by
-every replica). sha256 is the standard library's and uses SHA-NI where the CPU has it: about half a
-second for a 565 MB 7B prefix on a busy 2-core Xeon (benchmarks/results/prefix_checksum.json; XXH3 took
-0.2 s, not worth a dependency), against tens of seconds to compute the prefix again. Replicas that
+every replica). sha256 is the standard library's and uses SHA-NI where the CPU has it: 0.36 s for a
+565 MB 7B prefix on the idle 2-core Xeon (benchmarks/results/prefix_checksum.json; XXH3 took 0.21 s
+on the same machine under load, not worth a dependency), against 46 s to compute a 7B prefix again
+and 0.65 s to load one (a warm cache's first token: about 2.5 s). Replicas that
 save one video's prefix at once can leave one's state beside the other's record: a false alarm,
 recomputed like a damaged file.
 """
