@@ -8,9 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from panda_edge.backends import (
-    DEFAULT_KV_CACHE,
-)
+from panda_edge.backends import DEFAULT_KV_CACHE
 from panda_edge.cli._common import (
     BundleOpt,
     CacheMaxOpt,
