@@ -243,3 +243,16 @@ def test_this_machine_as_the_device() -> None:
     parts = {o["gguf_type"]: o["parts_bytes"] for o in plan["options"]}["q4_k_m"]
     assert "cuda_runtime" not in parts and parts["host_process"] > 0
     assert 180e6 < parts["vision_engine"] < 190e6  # 46.5M parameters in float32
+
+
+def test_plan_spells_its_options_as_panda_run_does() -> None:
+    """--n-ctx and --precision, as run, chat and serve spell them; the old --context and
+    --vision-precision still work, with a warning, and give the same plan."""
+    base = ["plan", "--device", "agx-orin-32gb", "--preset", "full", "--json", "-"]
+    new = runner.invoke(app, [*base, "--n-ctx", "2048", "--precision", "int8"])
+    old = runner.invoke(app, [*base, "--context", "2048", "--vision-precision", "int8"])
+    assert new.exit_code == 0 and old.exit_code == 0
+    assert json.loads(new.stdout) == json.loads(old.stdout)
+    assert json.loads(new.stdout)["context"] == 2048 and json.loads(new.stdout)["vision_precision"] == "int8"
+    assert "--context is deprecated: use --n-ctx" in old.stderr
+    assert "--vision-precision is deprecated: use --precision" in old.stderr

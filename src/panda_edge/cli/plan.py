@@ -19,7 +19,7 @@ from panda_edge.backends import (
     listed,
     precisions,
 )
-from panda_edge.cli._common import emit_result, handle_errors, out
+from panda_edge.cli._common import emit_result, handle_errors, old_spelling, out
 
 GIB = 1 << 30
 _ROWS = {
@@ -46,21 +46,29 @@ def plan(
     preset: Annotated[
         str | None, typer.Option(help="Plan a preset instead: full (Video-Panda-7B) or tiny.")
     ] = None,
-    context: Annotated[
-        int, typer.Option(help="llama.cpp context (n_ctx) the KV cache is allocated for.")
+    n_ctx: Annotated[
+        int, typer.Option("--n-ctx", min=1, help="llama.cpp context the KV cache is allocated for.")
     ] = 4096,
+    context: Annotated[
+        int | None, typer.Option("--context", hidden=True, help="Deprecated spelling of --n-ctx.")
+    ] = None,
     kv_type: Annotated[
         str,
         typer.Option(
             help=f"KV cache type: {listed(KV_CACHE_TYPES)} (quantized: flash attention, as panda run)."
         ),
     ] = DEFAULT_KV_CACHE,
-    vision_precision: Annotated[
+    precision: Annotated[
         str | None,
         typer.Option(
+            "--precision",
             help=f"Vision engine precision: {listed(precisions(TRT))} (default {default_precision(TRT)}; "
-            f"on cpu {default_precision(CPU_BACKEND)})."
+            f"on cpu {default_precision(CPU_BACKEND)}).",
         ),
+    ] = None,
+    vision_precision: Annotated[
+        str | None,
+        typer.Option("--vision-precision", hidden=True, help="Deprecated spelling of --precision."),
     ] = None,
     gguf_type: Annotated[
         list[str] | None,
@@ -88,10 +96,12 @@ def plan(
     from panda_edge.plan.devices import get_device
     from panda_edge.plan.footprint import model_shape, plan_memory
 
+    n_ctx = old_spelling("--n-ctx", n_ctx, 4096, "--context", context)
+    precision = old_spelling("--precision", precision, None, "--vision-precision", vision_precision)
     model = model_shape(bundle, preset)
     dev = get_device(device, memory_gib, bandwidth_gbs, unified, reserve_gib)
     gguf_types = tuple(gguf_type) if gguf_type else None
-    result = plan_memory(model, dev, context, kv_type, vision_precision, gguf_types)
+    result = plan_memory(model, dev, n_ctx, kv_type, precision, gguf_types)
     if emit_result(result.to_dict(), json_out):
         return
     _render(result)

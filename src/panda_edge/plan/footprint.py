@@ -181,7 +181,7 @@ def plan_memory(
     `vision_precision` defaults to fp16 (TensorRT), fp32 on the cpu device (ONNX Runtime)."""
     vision_precision = vision_precision or default_precision(CPU_BACKEND if device.name == "cpu" else TRT)
     if context < 1:
-        raise PandaError(f"--context must be positive, not {context}")
+        raise PandaError(f"--n-ctx must be positive, not {context}")
     check_kv_cache(kv_type)
     types = gguf_types or tuple(dict.fromkeys((*PLANNED_GGUF_TYPES, *model.gguf_files)))
     for t in types:
