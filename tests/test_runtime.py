@@ -679,3 +679,19 @@ def test_weights_that_llama_cpp_repacks_are_read_not_mapped(tiny_bundle: Path) -
     finally:
         cpu.close()
         vocab.close()
+
+
+def test_the_torch_backends_prefix_identity_is_its_weights() -> None:
+    """--vision torch runs the checkpoint's vision part, not the bundle's graph: the prefix cache keys
+    its prefixes by those weights, so two checkpoints never share a cached prefix."""
+    import torch
+
+    from panda_edge.model.vision import VisionTower
+    from panda_edge.runtime.vision.torch_ref import TorchVisionReference
+
+    tower = VisionTower.from_checkpoint("tiny")
+    same = TorchVisionReference(VisionTower.from_checkpoint("tiny")).weights_sha256()
+    assert TorchVisionReference(tower).weights_sha256() == same
+    with torch.no_grad():
+        next(iter(tower.projector.parameters())).view(-1)[0] += 1e-3
+    assert TorchVisionReference(tower).weights_sha256() != same

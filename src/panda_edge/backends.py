@@ -63,7 +63,7 @@ def check_gguf_type(name: str) -> GgufType:
         raise PandaError(f"unknown GGUF type '{name}'; choose one of: {', '.join(GGUF_TYPES)}") from None
 
 
-# --- KV cache types (`--kv-cache`) ------------------------------------------------------------------
+# --- KV cache types (`--kv-type`) ------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,14 @@ KV_CACHE_TYPES: dict[str, KvCacheType] = {
 }
 DEFAULT_KV_CACHE = "f16"
 SMALLER_KV_CACHE = "q8_0"  # what an out-of-memory error suggests
+# The context llama.cpp is given when none is asked: the model's, at most this (a square video's
+# prefix is 2,248 positions at full size; 4096 leaves room for turns and answers).
+DEFAULT_N_CTX = 4096
+
+
+def default_n_ctx(max_position_embeddings: int) -> int:
+    """The context `panda run` allocates and `panda plan` sizes when --n-ctx is not given."""
+    return min(DEFAULT_N_CTX, int(max_position_embeddings))
 
 
 def check_kv_cache(name: str) -> KvCacheType:
@@ -119,8 +127,9 @@ PRECISIONS: dict[str, tuple[str, ...]] = {
     TRT: (FP16, INT8, FP32),
     TORCH: (FP32,),
 }
-# A planning device without a GPU runs ONNX Runtime.
+# A planning device without a GPU runs ONNX Runtime, as `panda run` does when no backend is asked.
 CPU_BACKEND = ORT
+DEFAULT_BACKEND = ORT
 
 
 def default_precision(backend: str) -> str:
@@ -128,13 +137,14 @@ def default_precision(backend: str) -> str:
     return precisions(backend)[0]
 
 
+def check_backend(backend: str) -> str:
+    if backend not in VISION_BACKENDS:
+        raise PandaError(f"unknown vision backend '{backend}'; choose one of: {', '.join(VISION_BACKENDS)}")
+    return backend
+
+
 def precisions(backend: str) -> tuple[str, ...]:
-    try:
-        return PRECISIONS[backend]
-    except KeyError:
-        raise PandaError(
-            f"unknown vision backend '{backend}'; choose one of: {', '.join(VISION_BACKENDS)}"
-        ) from None
+    return PRECISIONS[check_backend(backend)]
 
 
 def check_precision(backend: str, precision: str, asked_by: str | None = None) -> str:

@@ -29,7 +29,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from panda_edge.backends import GGUF_PREFERENCE, INT8, TRT, check_precision
+from panda_edge.backends import GGUF_PREFERENCE, INT8, TRT, check_precision, trt_target
 from panda_edge.config import LlmConfig, ModelConfig, VisionConfig
 from panda_edge.errors import BundleError
 from panda_edge.fileio import file_mode, write_json
@@ -699,9 +699,14 @@ class Manifest:
 
     def vision_graph(self, backend: str, precision: str) -> Path:
         """The ONNX graph `backend` runs at `precision`: the fp32 graph, or for int8 the ONNX Runtime
-        (U8S8) form, and TensorRT's Q/DQ form for trt, the one its engines are built from (for trt this
-        graph sizes and names the run; the engine itself is chosen from `engines`)."""
+        (U8S8) form; for trt the graph its engine of that precision is built from, as the bundle's
+        TensorRT target says (stab.fp16.onnx for fp16 on 10 and 11, the Q/DQ form for int8): it sizes
+        and names the run, the engine itself is chosen from `engines`."""
         check_precision(backend, precision)
+        if backend == TRT and self.profile is not None:
+            section = trt_target(self.profile).graphs[precision]  # stab.fp16.onnx for 10 and 11
+            if self.has_graph(section):
+                return self.path(self.graph(section).file)
         if precision != INT8:
             return self.path(self.vision.file)
         int8 = self.graph(VISION_INT8)

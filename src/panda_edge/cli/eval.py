@@ -90,10 +90,6 @@ def eval(
     questions = read_questions(qa, videos)[:limit]
     if not videos.is_dir():
         raise PandaError(f"--videos {videos}: no such directory")
-    if bundle is not None:
-        from panda_edge.bundle import load_manifest
-
-        load_manifest(bundle, verify=False)  # a missing bundle is exit 2 before any model loads
     precision = old_spelling("--precision", precision, None, "--vision-precision", vision_precision)
     here = use_threads(threads)  # a Ray worker applies the rule on its own node
     runtime = runtime_options(
@@ -103,6 +99,8 @@ def eval(
         n_ctx=n_ctx,
         kv_type=kv_type,
     )
+    if bundle is not None:
+        runtime.check(bundle)  # a bad bundle, or no asked GGUF or graph: exit 2 before a model loads
     reference_dtype = reference_precision(dtype, device)
     spec = AnswererSpec(
         checkpoint,

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from panda_edge.backends import DEFAULT_KV_CACHE, VISION_BACKENDS, default_precision
+from panda_edge.backends import (
+    DEFAULT_BACKEND,
+    DEFAULT_KV_CACHE,
+    TORCH,
+    check_gguf_type,
+    check_kv_cache,
+    check_precision,
+    default_precision,
+)
 from panda_edge.errors import PandaError
 from panda_edge.runtime.bundle_parts import BundleParts, open_bundle
 
@@ -18,17 +26,20 @@ if TYPE_CHECKING:
     from panda_edge.runtime.video_runtime import VideoRuntime
 
 
+NEEDS_CHECKPOINT = "--vision torch runs the PyTorch reference: give --checkpoint (or 'tiny')"
+
+
 @dataclass(frozen=True)
 class RuntimeOptions:
     """The vision backend and its precision, the decoder's GGUF, threads, GPU layers, context, batch
     and KV cache type, the disk prefix cache and its bound, and (`--vision torch`) the checkpoint."""
 
-    vision: str = "ort"
+    vision: str = DEFAULT_BACKEND
     precision: str | None = None  # None: the backend's default (default_precision)
     gguf_type: str | None = None  # None: the bundle's preferred GGUF
     threads: int | None = None  # None: host.default_threads
     n_gpu_layers: int = 0
-    n_ctx: int | None = None  # None: the model's, at most DEFAULT_N_CTX
+    n_ctx: int | None = None  # None: backends.default_n_ctx
     n_batch: int = 512
     kv_type: str = DEFAULT_KV_CACHE
     prefix_cache: str | Path | None = None  # a directory; None: no disk cache
@@ -36,12 +47,14 @@ class RuntimeOptions:
     checkpoint: str | None = None  # --vision torch only: a checkpoint directory or 'tiny'
 
     def __post_init__(self) -> None:
-        if self.vision not in VISION_BACKENDS:
-            choices = ", ".join(VISION_BACKENDS)
-            raise PandaError(f"unknown vision backend '{self.vision}'; choose one of: {choices}")
-        if self.vision == "torch" and self.checkpoint is None:
-            raise PandaError("--vision torch runs the PyTorch reference: give --checkpoint (or 'tiny')")
-        if self.vision != "torch" and self.checkpoint is not None:
+        """Every choice checked against the tables before anything loads (or Ray replicas start)."""
+        check_precision(self.vision, self.vision_precision)
+        check_kv_cache(self.kv_type)
+        if self.gguf_type is not None:
+            check_gguf_type(self.gguf_type)
+        if self.vision == TORCH and self.checkpoint is None:
+            raise PandaError(NEEDS_CHECKPOINT)
+        if self.vision != TORCH and self.checkpoint is not None:
             raise PandaError(f"--checkpoint is for --vision torch; --vision {self.vision} runs the bundle")
 
     @property

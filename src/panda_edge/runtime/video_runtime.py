@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from panda_edge.backends import VISION_BACKENDS
+from panda_edge.backends import ORT, SMALLER_GGUF_TYPE, SMALLER_KV_CACHE, TORCH, TRT, default_n_ctx
 from panda_edge.bundle import Engine, sha256_file
 from panda_edge.errors import PandaError, VideoError
 from panda_edge.host import default_threads
@@ -34,8 +34,6 @@ from panda_edge.sampling import GREEDY, Sampling, pick_token
 from panda_edge.timing import rate
 
 log = logging.getLogger(__name__)
-
-DEFAULT_N_CTX = 4096
 
 
 @dataclass
@@ -71,27 +69,24 @@ class Answer:
         }
 
 
-def open_vision(
-    parts: BundleParts, backend: str, checkpoint: str | None = None, threads: int | None = None
-) -> VisionBackend:
-    """The vision backend for the bundle: ort (its ONNX, fp32 or int8, on `threads` CPU threads), trt
-    (its engine) or torch."""
-    if backend == "ort":
+def open_vision(parts: BundleParts, options: RuntimeOptions, threads: int) -> VisionBackend:
+    """The vision backend the options ask for (checked when they were made), on `threads` CPU
+    threads: ort (the bundle's ONNX, fp32 or int8), trt (its engine) or torch (the checkpoint's
+    vision part, the PyTorch reference)."""
+    if options.vision == ORT:
         from panda_edge.runtime.vision.ort import OrtVisionEngine
 
         return OrtVisionEngine(parts.vision_onnx, threads=threads)
-    if backend == "trt":
+    if options.vision == TRT:
         from panda_edge.runtime.vision.trt import TrtVisionEngine
 
         return TrtVisionEngine(parts.root, precision=parts.vision_precision)
-    if backend == "torch":
-        if checkpoint is None:
-            raise PandaError("--vision torch runs the PyTorch reference: give --checkpoint (or 'tiny')")
-        from panda_edge.model.vision import VisionTower
-        from panda_edge.runtime.vision.torch_ref import TorchVisionReference
+    from panda_edge.host import use_threads
+    from panda_edge.model.vision import VisionTower
+    from panda_edge.runtime.vision.torch_ref import TorchVisionReference
 
-        return TorchVisionReference(VisionTower.from_checkpoint(checkpoint))
-    raise PandaError(f"unknown vision backend '{backend}'; choose one of: {', '.join(VISION_BACKENDS)}")
+    use_threads(threads)
+    return TorchVisionReference(VisionTower.from_checkpoint(options.checkpoint))
 
 
 def vision_file(parts: BundleParts, backend: str, engine_record: Engine | None = None) -> str:
@@ -124,7 +119,8 @@ def check_runtime_memory(parts: BundleParts, n_ctx: int, kv_type: str) -> None:
     check_memory(
         need,
         f"the runtime ({parts.gguf.name}, a {n_ctx}-position {kv_type} KV cache)",
-        "a smaller GGUF (--gguf-type q4_k_m), a shorter --n-ctx, --kv-type q8_0, or --n-gpu-layers on a GPU",
+        f"a smaller GGUF (--gguf-type {SMALLER_GGUF_TYPE}), a shorter --n-ctx, --kv-type {SMALLER_KV_CACHE}, "
+        "or --n-gpu-layers on a GPU",
     )
 
 
@@ -140,10 +136,10 @@ class VideoRuntime:
         self.vision_config = manifest.config.vision
         self.tokenizer = PromptTokenizer(self.parts.tokenizer)
         threads = default_threads(options.threads)
-        n_ctx = options.n_ctx or min(DEFAULT_N_CTX, manifest.config.llm.max_position_embeddings)
+        n_ctx = options.n_ctx or default_n_ctx(manifest.config.llm.max_position_embeddings)
         if options.n_gpu_layers == 0:
             check_runtime_memory(self.parts, n_ctx, kv_type)
-        self.engine = open_vision(self.parts, vision, options.checkpoint, threads)
+        self.engine = open_vision(self.parts, options, threads)
         self.engine.__enter__()
         try:
             self.decoder = LlamaDecoder(
@@ -170,7 +166,8 @@ class VideoRuntime:
         )
         self.identity = {
             "gguf": manifest.sha256(self.parts.gguf.relative_to(root).as_posix()),
-            "vision": manifest.sha256(self.vision_file),
+            # torch runs the checkpoint's weights, not the bundle's graph: their own hash
+            "vision": self.engine.weights_sha256() if vision == TORCH else manifest.sha256(self.vision_file),
             "backend": f"{vision}-{precision}",
             "kv_cache": kv_type,
         }

@@ -25,6 +25,21 @@ class TorchVisionReference(VisionBackend):
         self.model = model
         self._static = None
 
+    def weights_sha256(self) -> str:
+        """The sha256 of STAB's and the projector's weights (names, dtypes, shapes and bytes): what a
+        prefix computed by this backend depends on, whichever checkpoint directory they came from."""
+        import hashlib
+
+        import torch
+
+        digest = hashlib.sha256()
+        for part in (self.model.stab, self.model.projector):
+            for name, tensor in part.state_dict().items():
+                digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+                raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+                digest.update(raw.numpy().tobytes())
+        return digest.hexdigest()
+
     def _activate(self) -> None:
         from panda_edge.model.static_stab import StabForOnnx
 
