@@ -256,3 +256,14 @@ def test_plan_spells_its_options_as_panda_run_does() -> None:
     assert json.loads(new.stdout)["context"] == 2048 and json.loads(new.stdout)["vision_precision"] == "int8"
     assert "--context is deprecated: use --n-ctx" in old.stderr
     assert "--vision-precision is deprecated: use --precision" in old.stderr
+
+
+def test_plan_sizes_the_context_and_vision_panda_run_would_use() -> None:
+    """Without --n-ctx the plan sizes the context `panda run` allocates (the model's, at most 4096:
+    2048 for the tiny model); on the cpu device the vision part is ONNX Runtime's, which has no fp16."""
+    tiny = runner.invoke(app, ["plan", "--device", "cpu", "--preset", "tiny", "--json", "-"])
+    assert tiny.exit_code == 0 and json.loads(tiny.stdout)["context"] == 2048
+    full = runner.invoke(app, ["plan", "--device", "cpu", "--preset", "full", "--json", "-"])
+    assert json.loads(full.stdout)["context"] == 4096
+    fp16 = runner.invoke(app, ["plan", "--device", "cpu", "--preset", "tiny", "--precision", "fp16"])
+    assert fp16.exit_code == 2 and "fp16" in fp16.stderr and "Traceback" not in fp16.output

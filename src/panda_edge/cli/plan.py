@@ -10,6 +10,7 @@ import typer
 from panda_edge.backends import (
     CPU_BACKEND,
     DEFAULT_KV_CACHE,
+    DEFAULT_N_CTX,
     KV_CACHE_TYPES,
     PLANNED_GGUF_TYPES,
     SMALLER_KV_CACHE,
@@ -47,8 +48,14 @@ def plan(
         str | None, typer.Option(help="Plan a preset instead: full (Video-Panda-7B) or tiny.")
     ] = None,
     n_ctx: Annotated[
-        int, typer.Option("--n-ctx", min=1, help="llama.cpp context the KV cache is allocated for.")
-    ] = 4096,
+        int | None,
+        typer.Option(
+            "--n-ctx",
+            min=1,
+            help="llama.cpp context the KV cache is allocated for (default: the model's, at most "
+            f"{DEFAULT_N_CTX}, as panda run).",
+        ),
+    ] = None,
     context: Annotated[
         int | None, typer.Option("--context", hidden=True, help="Deprecated spelling of --n-ctx.")
     ] = None,
@@ -96,7 +103,7 @@ def plan(
     from panda_edge.plan.devices import get_device
     from panda_edge.plan.footprint import model_shape, plan_memory
 
-    n_ctx = old_spelling("--n-ctx", n_ctx, 4096, "--context", context)
+    n_ctx = old_spelling("--n-ctx", n_ctx, None, "--context", context)
     precision = old_spelling("--precision", precision, None, "--vision-precision", vision_precision)
     model = model_shape(bundle, preset)
     dev = get_device(device, memory_gib, bandwidth_gbs, unified, reserve_gib)

@@ -19,11 +19,14 @@ from typing import Any
 from panda_edge.backends import (
     CPU_BACKEND,
     DEFAULT_KV_CACHE,
+    DEFAULT_N_CTX,
     PLANNED_GGUF_TYPES,
     RECOMMENDED_GGUF_TYPES,
     TRT,
     check_gguf_type,
     check_kv_cache,
+    check_precision,
+    default_n_ctx,
     default_precision,
 )
 from panda_edge.bundle import Manifest
@@ -172,14 +175,17 @@ def model_shape(bundle: str | Path | None = None, preset_name: str | None = None
 def plan_memory(
     model: ModelShape,
     device: Device,
-    context: int = 4096,
+    context: int | None = None,
     kv_type: str = DEFAULT_KV_CACHE,
     vision_precision: str | None = None,
     gguf_types: tuple[str, ...] | None = None,
 ) -> Plan:
     """`model` on `device`: memory per part for each GGUF type, whether it fits, the decode ceiling.
     `vision_precision` defaults to fp16 (TensorRT), fp32 on the cpu device (ONNX Runtime)."""
-    vision_precision = vision_precision or default_precision(CPU_BACKEND if device.name == "cpu" else TRT)
+    backend = CPU_BACKEND if device.name == "cpu" else TRT  # what runs the vision part there
+    vision_precision = check_precision(backend, vision_precision or default_precision(backend))
+    if context is None:  # what panda run allocates
+        context = default_n_ctx(model.llm.get("max_position_embeddings", DEFAULT_N_CTX))
     if context < 1:
         raise PandaError(f"--n-ctx must be positive, not {context}")
     check_kv_cache(kv_type)
