@@ -3,6 +3,7 @@ notable features, its memory bandwidth (measured)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import statistics
@@ -73,7 +74,13 @@ def default_threads(threads: int | None = None, steady: bool = False) -> int:
             raise ValueError(f"threads must be at least 1, got {threads}")
         return threads
     cores = available_cores()
-    return cores if steady else max(1, cores - busy_cores())
+    return cores if steady else max(1, cores - _busy_at_start())
+
+
+@functools.cache
+def _busy_at_start() -> int:
+    """`busy_cores()` sampled once per process, so every pool in it gets the same count."""
+    return busy_cores()
 
 
 def use_threads(threads: int | None = None, steady: bool = False) -> int:

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.backends import DEFAULT_TRT_PROFILE
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.config import ModelConfig, preset
 from panda_edge.parity.clips import clip_frames
@@ -107,24 +108,28 @@ BACKENDS = {
 def bench_vision(
     preset_name: str = "full",
     repeat: int = 5,
-    profile: str = "11",
+    profile: str = DEFAULT_TRT_PROFILE,
     seed: int = 0,
     on_step: Callable[[str], None] | None = None,
     int8: bool = True,
     calibration_videos: int = 4,
     method: str = DEFAULT_METHOD,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Export a random-weight STAB + projector (and, with `int8`, calibrate it on `calibration_videos`
-    other clips), then time every engine on one video, interleaved."""
+    other clips), then time every engine on one video, interleaved, each on the same `threads`
+    (None: host.default_threads)."""
     from panda_edge.backends import trt_target
     from panda_edge.calibration.ranges import check_method
     from panda_edge.export.stab_onnx.convert import export_graph
+    from panda_edge.host import use_threads
     from panda_edge.model.vision import VisionTower
     from panda_edge.runtime.vision import OrtVisionEngine, TorchVisionReference
 
     config = preset(preset_name)  # a bad preset, profile or method fails before anything is built
     trt_target(profile)
     check_method(method)
+    threads = use_threads(threads)  # PyTorch's pool, and ONNX Runtime's below
     step = on_step or (lambda message: None)
     tower = VisionTower.random(config, seed)
     frames = bench_video(config, seed)
@@ -133,12 +138,12 @@ def bench_vision(
         step(f"exporting the {preset_name} STAB + projector (random weights) to ONNX")
         path = Path(tmp) / "stab.onnx"
         export_graph(tower.stab, tower.projector, path, profile)
-        engines = {"ort": OrtVisionEngine(path)}
+        engines = {"ort": OrtVisionEngine(path, threads=threads)}
         calibration = None
         if int8:
             calibration, int8_paths = _calibrate(path, config, seed, calibration_videos, method, step)
-            engines["ort_int8"] = OrtVisionEngine(int8_paths["cpu"])
-            engines["ort_int8_tensorrt"] = OrtVisionEngine(int8_paths["tensorrt"])
+            engines["ort_int8"] = OrtVisionEngine(int8_paths["cpu"], threads=threads)
+            engines["ort_int8_tensorrt"] = OrtVisionEngine(int8_paths["tensorrt"], threads=threads)
         with TorchVisionReference(tower) as torch_engine, contextlib.ExitStack() as stack:
             for engine in engines.values():
                 stack.enter_context(engine)
@@ -219,7 +224,7 @@ def gemm_ceiling(repeat: int, rows: int = 2184, width: int = 4096, seed: int = 0
     from onnx import TensorProto, helper, numpy_helper
 
     from panda_edge.calibration.qdq import CPU, QdqWriter
-    from panda_edge.host import available_cores
+    from panda_edge.host import default_threads
     from panda_edge.optional import onnxruntime
     from panda_edge.runtime.vision.ort import session_options
 
@@ -237,7 +242,7 @@ def gemm_ceiling(repeat: int, rows: int = 2184, width: int = 4096, seed: int = 0
     fp32 = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     int8 = QdqWriter(fp32, {"x": (-4.0, 4.0), "y": (-4.0, 4.0)}).write(["gemm"], CPU)
     x = rng.standard_normal((rows, width)).astype(np.float32)
-    options = session_options(available_cores())
+    options = session_options(default_threads())
     sessions = {
         name: ort.InferenceSession(m.SerializeToString(), options, providers=["CPUExecutionProvider"])
         for name, m in (("fp32", fp32), ("int8_u8s8", int8))

@@ -23,7 +23,7 @@ import onnx
 
 from panda_edge.calibration.groups import GROUPS, OTHER, group_nodes
 from panda_edge.calibration.qdq import CPU, TENSORRT, QdqWriter
-from panda_edge.host import available_cores
+from panda_edge.host import default_threads
 from panda_edge.optional import onnxruntime
 from panda_edge.parity.compare import LEVELS, OutputParity, Thresholds, combine, compare_tokens
 from panda_edge.runtime.vision.ort import session_options
@@ -48,7 +48,7 @@ class TokenScorer:
             raise ValueError(f"not a panda-edge STAB graph (no '{METADATA_KEY}' metadata)")
         self.layout = TokenLayout.from_json(meta[METADATA_KEY])
         self.videos = videos
-        self.threads = threads or available_cores()
+        self.threads = default_threads(threads)
         self.thresholds = Thresholds(cosine_mean=target)
         self.rects = [self.layout.frame_rects(v) for v in videos]
         self.reference = self.tokens(fp32 if isinstance(fp32, onnx.ModelProto) else Path(fp32))

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.backends import RUNTIME_GGUF_TYPE
+from panda_edge.backends import DEFAULT_TRT_PROFILE, RUNTIME_GGUF_TYPE
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
     ReferenceDevice,
@@ -34,7 +34,7 @@ app = typer.Typer(
 def vision(
     preset: Annotated[str, typer.Option(help="Model size: full (448 px, width 1024) or tiny.")] = "full",
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 5,
-    trt_profile: Annotated[str, typer.Option(help="Export profile of the ONNX graph.")] = "11",
+    trt_profile: Annotated[str, typer.Option(help="Export profile of the ONNX graph.")] = DEFAULT_TRT_PROFILE,
     int8: Annotated[
         bool, typer.Option("--int8/--no-int8", help="Also calibrate and time the INT8 graphs.")
     ] = True,
@@ -44,6 +44,7 @@ def vision(
     method: Annotated[
         str, typer.Option(help="INT8 calibration: entropy, minmax or percentile.")
     ] = DEFAULT_METHOD,
+    threads: Threads = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
     ] = None,
@@ -61,6 +62,7 @@ def vision(
         int8=int8,
         calibration_videos=calibration_videos,
         method=method,
+        threads=threads,
     )
     if emit_result(result, json_out):
         return

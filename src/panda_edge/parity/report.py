@@ -22,7 +22,6 @@ from panda_edge.backends import (
     ORT,
     PRECISIONS,
     REFERENCE_GGUF_TYPE,
-    RUNTIME_GGUF_TYPE,
     STANDIN_GGUF_TYPE,
     default_precision,
 )
@@ -215,7 +214,9 @@ def stab_levels(ctx: ParityContext, videos: list[Path]) -> dict[str, Any]:
         if not videos:
             videos = write_parity_clips(tmp, tower.config.vision.image_size)
         with TorchVisionReference(tower) as reference, ctx.progress("comparing", len(videos)) as advance:
-            return bundle_vision_parity(reference, ctx.bundle, videos, tower.config.vision, on_video=advance)
+            return bundle_vision_parity(
+                reference, ctx.bundle, videos, tower.config.vision, on_video=advance, threads=ctx.threads
+            )
 
 
 def _overall(stab: Any) -> str:
@@ -332,7 +333,7 @@ def runtime_levels(ctx: ParityContext, options: ParityOptions, wanted: set[str])
                 f16_standin=e2e_gguf == STANDIN_GGUF_TYPE,
             )
     if reference is not None:
-        gguf_type = RUNTIME_GGUF_TYPE if RUNTIME_GGUF_TYPE in ggufs else None
+        gguf_type = ctx.manifest.gguf().type  # the runtime's: q8_0 when the bundle has it
         for vision in ctx.task_precisions:
             with progress(f"task answers ({vision})", len(questions)) as advance:
                 task = measure_task(
@@ -345,8 +346,8 @@ def runtime_levels(ctx: ParityContext, options: ParityOptions, wanted: set[str])
                     threads=ctx.threads,
                     on_answer=advance,
                 )
-            levels[_task_key(vision)] = task
-        if REFERENCE_GGUF_TYPE in ggufs and gguf_type not in (None, REFERENCE_GGUF_TYPE):
+            levels[task_key(vision)] = task
+        if REFERENCE_GGUF_TYPE in ggufs and gguf_type != REFERENCE_GGUF_TYPE:
             task = levels["task"]
             task.gguf_agreement = measure_gguf_agreement(
                 bundle, task, questions, videos_dir, threads=ctx.threads
@@ -354,7 +355,7 @@ def runtime_levels(ctx: ParityContext, options: ParityOptions, wanted: set[str])
     return levels
 
 
-def _task_key(vision: str) -> str:
+def task_key(vision: str) -> str:
     """task for the fp32 graph, task_int8 for the INT8 one."""
     return "task" if vision == default_precision(ORT) else f"task_{vision}"
 
@@ -385,7 +386,7 @@ def _task_levels_by(
         reference = reference or results(questions, run, "reference")
         task = TaskParity(reference, results(questions, run, "runtime"))
         task.config = {"vision": f"ort {vision}", "gguf": gguf_type}
-        levels[_task_key(vision)] = task
+        levels[task_key(vision)] = task
     # as the single-process path: the runtime's answers with the f32 GGUF beside the chosen one
     if REFERENCE_GGUF_TYPE in ctx.manifest.ggufs and gguf_type != REFERENCE_GGUF_TYPE:
         from panda_edge.parity.runtime_answers import measure_gguf_agreement

@@ -119,9 +119,11 @@ def bundle_vision_parity(
     videos: Sequence[str | Path],
     vision: VisionConfig,
     on_video: Callable[[int], None] | None = None,
+    threads: int | None = None,
 ) -> dict[str, StabParity | Int8Parity]:
     """Every vision level `bundle` holds against the active `reference`: {"stab_fp32": StabParity} and,
-    after panda calibrate, {"stab_int8": Int8Parity}; each video decoded and referenced once."""
+    after panda calibrate, {"stab_int8": Int8Parity}; each video decoded and referenced once, ONNX
+    Runtime on `threads` threads (None: host.default_threads)."""
     from contextlib import ExitStack
 
     from panda_edge.backends import INT8
@@ -130,10 +132,11 @@ def bundle_vision_parity(
     from panda_edge.runtime.vision.ort import INT8_TENSORRT, OrtVisionEngine
 
     int8 = Manifest.load(bundle).has_graph(VISION_INT8)
-    engines = {"stab_fp32": (OrtVisionEngine.from_bundle(bundle), "stab_fp32")}
+    engines = {"stab_fp32": (OrtVisionEngine.from_bundle(bundle, threads=threads), "stab_fp32")}
     if int8:
         for precision in (INT8, INT8_TENSORRT):
-            engines[precision] = (OrtVisionEngine.from_bundle(bundle, precision=precision), "stab_int8")
+            engine = OrtVisionEngine.from_bundle(bundle, precision=precision, threads=threads)
+            engines[precision] = (engine, "stab_int8")
     with ExitStack() as stack:
         for engine, _ in engines.values():
             stack.enter_context(engine)

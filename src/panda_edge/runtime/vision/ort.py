@@ -70,7 +70,11 @@ class OrtVisionEngine(VisionBackend):
 
     @classmethod
     def from_bundle(
-        cls, bundle: str | Path, providers: Sequence[str] | None = None, precision: str = FP32
+        cls,
+        bundle: str | Path,
+        providers: Sequence[str] | None = None,
+        precision: str = FP32,
+        threads: int | None = None,
     ) -> OrtVisionEngine:
         """The bundle's graph of `precision` (fp32, int8, int8-tensorrt), after its manifest's hashes
         are checked."""
@@ -78,8 +82,8 @@ class OrtVisionEngine(VisionBackend):
 
         manifest = Manifest.load(bundle)
         if precision == INT8_TENSORRT:  # the graph TensorRT builds its int8 engine from
-            return cls(manifest.vision_graph(TRT, INT8), providers, qdq_in_float=True)
-        return cls(manifest.vision_graph(ORT, precision), providers)
+            return cls(manifest.vision_graph(TRT, INT8), providers, threads, qdq_in_float=True)
+        return cls(manifest.vision_graph(ORT, precision), providers, threads)
 
     def _activate(self) -> None:
         ort = onnxruntime()
