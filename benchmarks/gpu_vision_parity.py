@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import onnxruntime as ort
 
-    from panda_edge.backends import FP32, INT8, ORT, TRT
+    from panda_edge.backends import DEFAULT_TRT_PROFILE, FP32, INT8, ORT, TRT
     from panda_edge.bundle import VISION_FP16, Manifest
     from panda_edge.calibration.calibrate import calibrate_bundle
     from panda_edge.errors import BundleError, PandaError
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (RESULTS if cuda else None)
     providers = ["CUDAExecutionProvider"] if cuda else ["CPUExecutionProvider"]
     status = trt_status()
-    profile = family_for(status.tensorrt).profile if status.usable else "11"
+    profile = family_for(status.tensorrt).profile if status.usable else DEFAULT_TRT_PROFILE
     report: dict[str, Any] = {
         "checkpoint": args.checkpoint,
         "profile": profile,

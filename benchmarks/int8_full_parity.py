@@ -13,11 +13,11 @@ come from this command only.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 from pathlib import Path
 
 from panda_edge.assets import tiny_checkpoint
+from panda_edge.bundle import VISION_INT8, Manifest
 from panda_edge.cli.main import app
 from panda_edge.config import PREPROCESSOR_FILE, PRESETS, official_config_dict, preprocessor_dict
 from panda_edge.fileio import write_json
@@ -87,8 +87,8 @@ def main() -> None:
         )  # fmt: skip
         parity = RESULTS / "stab_int8_full.json"
         run(["parity", "--checkpoint", str(checkpoint), "--bundle", str(bundle), "--json", str(parity)])
-        manifest = json.loads((bundle / "manifest.json").read_text())
-        write_json(RESULTS / "stab_int8_full_calibration.json", manifest["vision_int8"])
+        calibration = Manifest.load(bundle).graph(VISION_INT8).fields
+        write_json(RESULTS / "stab_int8_full_calibration.json", calibration)
 
 
 if __name__ == "__main__":

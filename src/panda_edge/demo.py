@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from panda_edge.backends import ORT, PRECISIONS, REFERENCE_GGUF_TYPE, RUNTIME_GGUF_TYPE
+from panda_edge.backends import FP32, ORT, PRECISIONS, REFERENCE_GGUF_TYPE, RUNTIME_GGUF_TYPE
 from panda_edge.export.stab_onnx.export_onnx import export_bundle
 from panda_edge.fileio import cache_dir
 from panda_edge.model.loading import ReferencePrecision
@@ -146,6 +146,7 @@ def _runtime_chain(
     from panda_edge.export.llm_gguf.export_gguf import export_gguf
     from panda_edge.host import default_threads
     from panda_edge.parity.e2e import one_question_per_video
+    from panda_edge.parity.report import task_key
     from panda_edge.parity.runtime_answers import (
         measure_e2e,
         measure_gguf_agreement,
@@ -161,27 +162,37 @@ def _runtime_chain(
     tasks = {}
     for precision in PRECISIONS[ORT]:
         on_step(
-            f"answering the {len(qa)} questions with the runtime (ONNX Runtime {precision} + llama.cpp q8_0)"
+            f"answering the {len(qa)} questions with the runtime (ONNX Runtime {precision} + llama.cpp "
+            f"{RUNTIME_GGUF_TYPE})"
         )
         with clock(f"runtime_answers_{precision}"):
             task = measure_task(
-                reference, bundle, qa, videos, "q8_0", precision, on_answer=on_answer, threads=threads
+                reference,
+                bundle,
+                qa,
+                videos,
+                RUNTIME_GGUF_TYPE,
+                precision,
+                on_answer=on_answer,
+                threads=threads,
             )
         tasks[precision] = task
-        report.parity["task" if precision == "fp32" else "task_int8"] = task.to_dict()
+        report.parity[task_key(precision)] = task.to_dict()
         per_type = task.runtime.to_dict()["per_type"]
         # a quantization error in one path of STAB (motion: the temporal one) shows in its type
         deltas = {k: round((v - report.per_type[k]) * 100, 2) for k, v in per_type.items()}
-        report.runtime[f"ort {precision} + q8_0"] = {
+        report.runtime[f"ort {precision} + {RUNTIME_GGUF_TYPE}"] = {
             "accuracy": round(task.runtime.accuracy, 4),
             "per_type": per_type,
             "per_type_delta_points": deltas,
             "seconds": report.timings_s[f"runtime_answers_{precision}"],
         }
-    on_step("the same questions with the f32 GGUF: does q8_0 change any answer?")
+    on_step(
+        f"the same questions with the {REFERENCE_GGUF_TYPE} GGUF: does {RUNTIME_GGUF_TYPE} change any answer?"
+    )
     with clock("gguf_agreement"):
         report.parity["task"]["gguf_agreement"] = measure_gguf_agreement(
-            bundle, tasks["fp32"], qa, videos, threads=threads
+            bundle, tasks[FP32], qa, videos, threads=threads
         )
     chosen = one_question_per_video(qa, E2E_VIDEOS)
     on_step(f"e2e parity: runtime (fp32 vision + f32 GGUF) vs reference, {len(chosen)} videos")

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 
 from panda_edge.backends import (
+    DEFAULT_BACKEND,
     DEFAULT_KV_CACHE,
     GGUF_PREFERENCE,
     KV_CACHE_TYPES,
@@ -244,7 +245,7 @@ def reference_precision(dtype: str, device: str) -> Any:
     return ReferencePrecision(dtype, device)
 
 
-# --- CPU threads (demo, generate, eval, parity, train, bench) ------------------------------------
+# --- CPU threads (demo, generate, eval, parity, bench, run, chat, serve) ------------------------------------
 
 Threads = Annotated[
     int | None,
@@ -350,7 +351,7 @@ def old_spelling(flag: str, value: Any, default: Any, old_flag: str, old_value: 
 
 
 def runtime_options(
-    vision: str = "ort",
+    vision: str = DEFAULT_BACKEND,
     precision: str | None = None,
     gguf_type: str | None = None,
     threads: int | None = None,

@@ -167,7 +167,7 @@ def parity_table(report: dict[str, Any]) -> Table:
         same = f"{agreement['same_answers']}/{agreement['questions']} same"
         rows.append(
             (
-                "q8_0 answers",
+                f"{parity['task']['gguf']} answers",
                 f"vs {agreement['baseline']} GGUF",
                 same,
                 ">= 98%",

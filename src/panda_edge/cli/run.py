@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from panda_edge.backends import DEFAULT_KV_CACHE
+from panda_edge.backends import DEFAULT_BACKEND, DEFAULT_KV_CACHE
 from panda_edge.cli._common import (
     BundleOpt,
     CacheMaxOpt,
@@ -63,7 +63,7 @@ def run(
     video: VideoArg,
     question: Annotated[str, typer.Argument(help="The question about the video.")],
     bundle: BundleOpt,
-    vision: VisionOpt = "ort",
+    vision: VisionOpt = DEFAULT_BACKEND,
     precision: PrecisionOpt = None,
     gguf_type: GgufOpt = None,
     max_new_tokens: MaxTokensOpt = 64,
@@ -116,7 +116,7 @@ def run(
 def chat(
     video: VideoArg,
     bundle: BundleOpt,
-    vision: VisionOpt = "ort",
+    vision: VisionOpt = DEFAULT_BACKEND,
     precision: PrecisionOpt = None,
     gguf_type: GgufOpt = None,
     max_new_tokens: MaxTokensOpt = 256,

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.backends import DEFAULT_KV_CACHE
+from panda_edge.backends import DEFAULT_BACKEND, DEFAULT_KV_CACHE
 from panda_edge.cli._common import (
     BundleOpt,
     CacheMaxOpt,
@@ -38,7 +38,7 @@ def serve(
         str, typer.Option(help="Address to listen on; 0.0.0.0 exposes the server to the network.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port (0: a free one, printed).")] = 8000,
-    vision: VisionOpt = "ort",
+    vision: VisionOpt = DEFAULT_BACKEND,
     precision: PrecisionOpt = None,
     gguf_type: GgufOpt = None,
     n_gpu_layers: GpuLayersOpt = 0,

@@ -25,9 +25,6 @@ from panda_edge.export.stab_onnx.convert import export_graph
 from panda_edge.fileio import write_json
 from panda_edge.token_layout import FRAMES, VISUAL_TOKENS
 
-# Parts of an existing bundle of the same checkpoint that a new ONNX export leaves in place (an INT8
-# graph is not kept: it was calibrated from the graph this export replaces).
-
 
 def export_bundle(
     checkpoint: str | Path,

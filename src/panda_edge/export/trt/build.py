@@ -1,8 +1,8 @@
 """ONNX -> serialized engine through TensorRT's Python API (8.5 through 11), following a `Recipe`.
 
 Written against NVIDIA's documented API; TensorRT cannot be installed where panda-edge is
-developed, so the choices it makes (which graph, which flags) live in `recipe`/`versions` and are
-tested there, and this module only carries them out:
+developed, so the choices it makes (which graph, which flags) live in `trt/build_recipe` and
+`backends.TRT_TARGETS` and are tested there, and this module only carries them out:
 Builder -> create_network(flags) -> OnnxParser.parse_from_file -> builder config (workspace pool,
 builder flags, timing cache) -> build_serialized_network.
 """
