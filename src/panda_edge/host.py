@@ -17,10 +17,7 @@ from panda_edge.timing import rate
 
 def available_cores() -> int:
     """Cores this process may run on (the affinity mask in containers), not the host's count."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
+    return len(_allowed_cpus())
 
 
 def busy_cores(interval: float = 0.1) -> int:
@@ -52,6 +49,7 @@ def busy_cores(interval: float = 0.1) -> int:
 
 
 def _allowed_cpus() -> set[int]:
+    """The CPU ids of this process's affinity mask (every CPU where there is no such mask)."""
     try:
         return set(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
