@@ -143,6 +143,34 @@ def test_two_conversations_at_the_same_position_do_not_share_the_kv_cache(runtim
     assert second.ask("Which direction does the square move?", max_new_tokens=6).prefix == "memory"
 
 
+def test_a_video_given_as_frames_gets_the_files_answer_token_for_token(runtime, toy: Path) -> None:
+    """The frames `panda run` samples from a file, given as frames (also as more frames that the rule
+    samples back to them), go through the same pre-processing and get the same answer."""
+    from panda_edge.errors import VideoError
+    from panda_edge.video.decode import read_video
+
+    question = "Which direction does the square move?"
+    for q in read_questions(toy / "heldout.json")[:3]:
+        path = toy / "videos" / q.video
+        sampled = read_video(path, max_frames=8).frames
+        expected = runtime.answer(path, question, max_new_tokens=12)
+        as_frames = runtime.chat_frames(sampled).ask(question, max_new_tokens=12)
+        assert as_frames.tokens == expected.tokens and as_frames.prefix == "computed"
+        # 15 frames at one per second: linspace(0, 14, 8) floors to 0, 2, 4, ..., 14, our 8 frames
+        blank = np.zeros_like(sampled[0])
+        padded = [f for frame in sampled for f in (frame, blank)][:15]
+        again = runtime.chat_frames(padded).ask(question, max_new_tokens=12)
+        assert again.prefix == "memory" and again.tokens == expected.tokens
+    one = runtime.chat_frames(sampled[:1])
+    assert one.video.frames == 1 and one.ask(question, max_new_tokens=4).tokens
+    with pytest.raises(VideoError, match="must have one size"):
+        runtime.chat_frames([sampled[0], sampled[1][:-2]])
+    with pytest.raises(VideoError, match="at most 128 frames"):
+        runtime.chat_frames([sampled[0]] * 129)
+    with pytest.raises(VideoError, match="no frames"):
+        runtime.chat_frames([])
+
+
 def test_sampling_is_seeded_and_matches_the_reference(runtime, reference, toy: Path) -> None:
     from panda_edge.sampling import Sampling
 

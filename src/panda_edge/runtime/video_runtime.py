@@ -28,7 +28,7 @@ from panda_edge.runtime.bundle_parts import BundleParts, check_fit
 from panda_edge.runtime.llm.decoder import LlamaDecoder
 from panda_edge.runtime.options import RuntimeOptions
 from panda_edge.runtime.prefix_cache import PrefixCache
-from panda_edge.runtime.prefix_state import PrefixState
+from panda_edge.runtime.prefix_state import PrefixState, VisualTokens
 from panda_edge.runtime.vision.base import VisionBackend
 from panda_edge.sampling import GREEDY, Sampling, pick_token
 from panda_edge.timing import rate
@@ -229,7 +229,8 @@ class VideoRuntime:
         return sha256_file(video)
 
     def chat(self, video: str | Path, video_sha256: str | None = None) -> VideoChat:
-        """A conversation about `video`; its first question computes (or reuses) the video prefix.
+        """A conversation about the video file `video`; its first question computes (or reuses) the
+        video prefix.
 
         A prefix is known by the video's content (`video_sha256`, hashed here when not given), so the
         same clip under another name, a server's temporary copy say, reuses it.
@@ -237,7 +238,23 @@ class VideoRuntime:
         path = Path(video)
         if not path.is_file():
             raise VideoError(f"{path}: no such video file")
-        return VideoChat(self, path, video_sha256 or self.video_key(path))
+        key = video_sha256 or self.video_key(path)
+        return VideoChat(self, VideoInput(key, str(path), lambda: self.encode_video(path)))
+
+    def frames_input(self, frames: Sequence[np.ndarray], fps: float = 1.0, label: str = "") -> VideoInput:
+        """A video given as RGB uint8 frames (a harness's images, a live window's frames), sampled to
+        the model's frame count by the official rule (`video.frames`; frames without a rate are one
+        per second) and known by the sampled frames' content. VideoError for no frames, too many, or
+        frames of different sizes."""
+        from panda_edge.video.frames import frames_key, sample_frames
+
+        sampled = sample_frames(frames, self.vision_config.video_frames, fps)
+        label = label or f"{len(frames)} frames"
+        return VideoInput(frames_key(sampled), label, lambda: self.encode_frames(sampled), len(sampled))
+
+    def chat_frames(self, frames: Sequence[np.ndarray], fps: float = 1.0) -> VideoChat:
+        """A conversation about a video given as frames (`frames_input`)."""
+        return VideoChat(self, self.frames_input(frames, fps))
 
     def answer(
         self,
@@ -260,25 +277,45 @@ class VideoRuntime:
         tokens = self.engine.encode(frames)
         return tokens, {"decode_video": decoded - start, "vision": time.perf_counter() - decoded}
 
+    def encode_frames(self, frames: Sequence[np.ndarray]) -> tuple[list[np.ndarray], dict[str, float]]:
+        """Pre-process + vision for frames already sampled (the same pre-processing as a decoded
+        file's frames): one (tokens, hidden) float32 array per frame."""
+        from panda_edge.video.preprocess import preprocess_frames
+
+        start = time.perf_counter()
+        pixels = preprocess_frames(frames, self.vision_config)
+        ready = time.perf_counter()
+        tokens = self.engine.encode(pixels)
+        return tokens, {"preprocess": ready - start, "vision": time.perf_counter() - ready}
+
+
+@dataclass(frozen=True)
+class VideoInput:
+    """What a conversation is about: the key its prefix is known by (a file's sha256, the frames'
+    digest), a label for logs and the disk cache's record, how to compute its visual tokens, and how
+    many real frames the model sees when that is known before decoding (frames given as frames)."""
+
+    key: str
+    label: str
+    visual: VisualTokens
+    frames: int | None = None
+
 
 class VideoChat:
     """Turns about one video in the Vicuna v1 format; each follow-up adds only its own text."""
 
-    def __init__(self, runtime: VideoRuntime, video: Path, video_sha256: str) -> None:
+    def __init__(self, runtime: VideoRuntime, video: VideoInput) -> None:
         self.runtime = runtime
         self.video = video
-        self.video_sha256 = video_sha256
         self.turns: list[tuple[str, str]] = []
         self._pending: list[int] = []  # tokens that close the last answer, fed with the next question
 
     def _continue(self) -> tuple[str, dict[str, float], int]:
         """Ready the KV cache for this conversation's next tokens: how the video prefix was had, its
         timings, and how many positions were already there."""
-        runtime, prefix = self.runtime, self.runtime.prefix
+        prefix = self.runtime.prefix
         if not self.turns:
-            how, timings = prefix.enter(
-                self.video_sha256, lambda: runtime.encode_video(self.video), self.video
-            )
+            how, timings = prefix.enter(self.video.key, self.video.visual, self.video.label)
             return how, timings, 0 if how == "computed" else prefix.n_past
         if not prefix.owned_by(self):
             raise PandaError(

@@ -190,7 +190,7 @@ class AnswerWorker:
         sha = None
         if live is not None and live.turns == list(request.turns):
             sha = self.runtime.video_key(job.media.path)
-            if sha == live.video_sha256 and self.runtime.prefix.resident == sha:
+            if sha == live.video.key and self.runtime.prefix.resident == sha:
                 return live, None, None
         self._live = None
         chat = self.runtime.chat(job.media.path, sha)
