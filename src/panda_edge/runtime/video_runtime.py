@@ -6,6 +6,10 @@ frame's visual tokens as embeddings at its `<image>` place. A video's prefix (sy
 visual tokens) is computed once: later questions about the same video (a new conversation, or a
 follow-up turn) start from it in the KV cache (`prefix_state` owns what the cache holds), and
 `prefix_cache` keeps it on disk between runs.
+
+A `Slot` is one llama.cpp context with the prefix state that owns its KV cache; the runtime has one,
+and `open_slot()` adds another on the same loaded weights (a live window's double buffer,
+`runtime.live`).
 """
 
 from __future__ import annotations
@@ -177,13 +181,27 @@ class VideoRuntime:
             else None
         )
         self.warnings: list[str] = []  # what went wrong without failing an answer (a full cache disk)
+        self._disk_cache = disk_cache
         self.prefix = PrefixState(
             self.decoder, self.tokenizer.video_prefix_ids(self.parts.frames), disk_cache, self.warn
         )
+        self.slot = Slot(self.decoder, self.prefix)
+        self._more_slots: list[Slot] = []
+
+    def open_slot(self) -> Slot:
+        """Another context on the loaded weights (one more KV cache of n_ctx positions, not another copy
+        of the GGUF) with its own prefix state; closed with the runtime."""
+        decoder = self.decoder.sibling()
+        slot = Slot(decoder, PrefixState(decoder, self.prefix.prefix_ids, self._disk_cache, self.warn))
+        self._more_slots.append(slot)
+        return slot
 
     # --- lifetime --------------------------------------------------------------------------------
 
     def close(self) -> None:
+        for slot in getattr(self, "_more_slots", ()):
+            slot.decoder.close()
+        self._more_slots = []
         if getattr(self, "decoder", None) is not None:
             self.decoder.close()
             self.decoder = None
@@ -241,20 +259,31 @@ class VideoRuntime:
         key = video_sha256 or self.video_key(path)
         return VideoChat(self, VideoInput(key, str(path), lambda: self.encode_video(path)))
 
-    def frames_input(self, frames: Sequence[np.ndarray], fps: float = 1.0, label: str = "") -> VideoInput:
+    def frames_input(
+        self,
+        frames: Sequence[np.ndarray],
+        fps: float = 1.0,
+        label: str = "",
+        max_frames: int | None = None,
+    ) -> VideoInput:
         """A video given as RGB uint8 frames (a harness's images, a live window's frames), sampled to
         the model's frame count by the official rule (`video.frames`; frames without a rate are one
-        per second) and known by the sampled frames' content. VideoError for no frames, too many, or
-        frames of different sizes."""
-        from panda_edge.video.frames import frames_key, sample_frames
+        per second) and known by the sampled frames' content. VideoError for no frames, more than
+        `max_frames` (default `video.frames.MAX_FRAMES`; a live window's are bounded by its length),
+        or frames of different sizes."""
+        from panda_edge.video.frames import MAX_FRAMES, frames_key, sample_frames
 
-        sampled = sample_frames(frames, self.vision_config.video_frames, fps)
+        sampled = sample_frames(frames, self.vision_config.video_frames, fps, max_frames or MAX_FRAMES)
         label = label or f"{len(frames)} frames"
         return VideoInput(frames_key(sampled), label, lambda: self.encode_frames(sampled), len(sampled))
 
     def chat_frames(self, frames: Sequence[np.ndarray], fps: float = 1.0) -> VideoChat:
         """A conversation about a video given as frames (`frames_input`)."""
         return VideoChat(self, self.frames_input(frames, fps))
+
+    def chat_input(self, video: VideoInput, slot: Slot | None = None) -> VideoChat:
+        """A conversation about `video` in `slot` (default: the runtime's own)."""
+        return VideoChat(self, video, slot)
 
     def answer(
         self,
@@ -290,6 +319,14 @@ class VideoRuntime:
 
 
 @dataclass(frozen=True)
+class Slot:
+    """One llama.cpp context and the prefix state that owns its KV cache."""
+
+    decoder: LlamaDecoder
+    prefix: PrefixState
+
+
+@dataclass(frozen=True)
 class VideoInput:
     """What a conversation is about: the key its prefix is known by (a file's sha256, the frames'
     digest), a label for logs and the disk cache's record, how to compute its visual tokens, and how
@@ -304,16 +341,17 @@ class VideoInput:
 class VideoChat:
     """Turns about one video in the Vicuna v1 format; each follow-up adds only its own text."""
 
-    def __init__(self, runtime: VideoRuntime, video: VideoInput) -> None:
+    def __init__(self, runtime: VideoRuntime, video: VideoInput, slot: Slot | None = None) -> None:
         self.runtime = runtime
         self.video = video
+        self.slot = slot or runtime.slot
         self.turns: list[tuple[str, str]] = []
         self._pending: list[int] = []  # tokens that close the last answer, fed with the next question
 
     def _continue(self) -> tuple[str, dict[str, float], int]:
         """Ready the KV cache for this conversation's next tokens: how the video prefix was had, its
         timings, and how many positions were already there."""
-        prefix = self.runtime.prefix
+        prefix = self.slot.prefix
         if not self.turns:
             how, timings = prefix.enter(self.video.key, self.video.visual, self.video.label)
             return how, timings, 0 if how == "computed" else prefix.n_past
@@ -328,19 +366,18 @@ class VideoChat:
         """Earlier (question, answer) turns a client repeats, fed as text without generating them (as
         training encodes them), so the next `ask` continues that conversation. Returns how the video
         prefix was had and how many positions were already in the KV cache."""
-        runtime = self.runtime
         how, _, cached = self._continue()
-        runtime.prefix.release()
-        tokenizer = runtime.tokenizer
+        self.slot.prefix.release()
+        tokenizer = self.runtime.tokenizer
         for question, answer in turns:
             first = not self.turns
             turn = tokenizer.turn_ids(question, first)
-            runtime.decoder.feed_tokens(
+            self.slot.decoder.feed_tokens(
                 [*self._pending, *turn, *tokenizer.answer_ids(question, answer, first)]
             )
             self._pending = []
             self.turns.append((question, answer))
-        runtime.prefix.claim(self)
+        self.slot.prefix.claim(self)
         return how, cached
 
     def ask(
@@ -355,10 +392,10 @@ class VideoChat:
         after each token, ends the answer early (a stop string seen, a client gone)."""
         if not question.strip():
             raise PandaError("the question is empty")
-        runtime, decoder, tokenizer = self.runtime, self.runtime.decoder, self.runtime.tokenizer
+        decoder, tokenizer, prefix = self.slot.decoder, self.runtime.tokenizer, self.slot.prefix
         start = time.perf_counter()
         how, timings, cached = self._continue()
-        runtime.prefix.release()  # until this turn is complete: a failed turn leaves no owner
+        prefix.release()  # until this turn is complete: a failed turn leaves no owner
         step = time.perf_counter()
         decoder.feed_tokens([*self._pending, *tokenizer.turn_ids(question, first=not self.turns)])
         timings["question"] = time.perf_counter() - step
@@ -377,9 +414,9 @@ class VideoChat:
                 break
         end = time.perf_counter()
         first_token_at = first_token_at or end
-        if saved := runtime.prefix.save():
+        if saved := prefix.save():
             timings["save_prefix"] = saved
-        runtime.prefix.claim(self)
+        prefix.claim(self)
         answer = stream.answer()
         self.turns.append((question, answer))
         return Answer(
@@ -399,7 +436,7 @@ class VideoChat:
     ) -> Iterator[int]:
         """Generated ids; the last one yielded enters the KV cache with the next question, together
         with the `</s>` that closes the answer (also when the caller stops early)."""
-        decoder, eos = self.runtime.decoder, self.runtime.tokenizer.eos_id
+        decoder, eos = self.slot.decoder, self.runtime.tokenizer.eos_id
         self._pending = [eos]
         for n in range(max_new_tokens):
             token = pick_token(decoder.logits(), sampling, rng)

@@ -4,7 +4,8 @@ Visual tokens enter llama.cpp as rows of a raw `llama_batch` whose `embd` is set
 decoded in slices of at most `n_batch` rows: one `llama_decode` with more rows aborts the process.
 One sequence (id 0) lives in the KV cache; its state can be saved and restored, so a video's prefix
 (system prompt + visual tokens) is computed once and reused by every question about that video.
-No torch here.
+`sibling()` gives a second context (its own KV cache and sequence) on the same loaded weights: a live
+window prefills the next window in one while questions are answered in the other. No torch here.
 """
 
 from __future__ import annotations
@@ -44,11 +45,33 @@ class LlamaDecoder:
         self.lib = lib
         self.path = Path(path)
         self.llm = load_llama(self.path, n_ctx, n_batch, threads, n_gpu_layers, kv_cache)
-        self.ctx = self.llm.ctx
+        self._own_ctx = None  # a sibling's context, freed by its close (the Llama frees its own)
+        self._setup(self.llm.ctx)
+
+    def sibling(self) -> LlamaDecoder:
+        """A decoder with its own context (KV cache, one sequence) on this one's loaded weights: the
+        memory of one more KV cache and compute buffer, not of another copy of the GGUF. Close it
+        before this one."""
+        ctx = self.lib.llama_init_from_model(self.llm.model, self.llm.context_params)
+        if not ctx:
+            raise PandaError(
+                f"{self.path}: llama.cpp could not create a second context of {self.n_ctx} tokens "
+                "(not enough memory for its KV cache): use a smaller --n-ctx"
+            )
+        other = LlamaDecoder.__new__(LlamaDecoder)
+        other.lib, other.path, other.llm = self.lib, self.path, None
+        other._own_ctx = ctx
+        other._setup(ctx)
+        return other
+
+    def _setup(self, ctx) -> None:
+        lib = self.lib
+        self.ctx = ctx
         self.n_ctx = lib.llama_n_ctx(self.ctx)
         self.n_batch = lib.llama_n_batch(self.ctx)
-        self.n_embd = self.llm.n_embd()
-        self.n_vocab = self.llm.n_vocab()
+        model = lib.llama_get_model(ctx)
+        self.n_embd = lib.llama_model_n_embd(model)
+        self.n_vocab = lib.llama_vocab_n_tokens(lib.llama_model_get_vocab(model))
         self.n_past = 0
         self._tokens = _Batch(lib, self.n_batch, 0)
         self._embeds = _Batch(lib, self.n_batch, self.n_embd)
@@ -142,7 +165,12 @@ class LlamaDecoder:
     def close(self) -> None:
         self._tokens.free()
         self._embeds.free()
-        self.llm.close()
+        if self._own_ctx is not None:
+            self.lib.llama_free(self._own_ctx)
+            self._own_ctx = None
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
 
     def __enter__(self) -> LlamaDecoder:
         return self
