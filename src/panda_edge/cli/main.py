@@ -20,6 +20,7 @@ from panda_edge.cli.run import chat, run
 from panda_edge.cli.serve import serve
 from panda_edge.cli.toyworld import toyworld
 from panda_edge.cli.train import train
+from panda_edge.cli.watch import watch
 
 app = typer.Typer(
     name="panda",
@@ -42,6 +43,7 @@ app.command(rich_help_panel="Export")(calibrate)
 app.command(rich_help_panel="Run")(run)
 app.command(rich_help_panel="Run")(chat)
 app.command(rich_help_panel="Run")(serve)
+app.command(rich_help_panel="Run")(watch)
 app.command(rich_help_panel="Checks")(parity)
 app.add_typer(bench_app, name="bench", rich_help_panel="Checks")
 app.command(rich_help_panel="Deploy")(plan)
