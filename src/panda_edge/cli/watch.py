@@ -133,8 +133,9 @@ def _follow(
 ) -> None:
     """Re-ask the standing questions on each new window until the source ends or `duration` passes;
     stdin questions are answered in their own thread meanwhile."""
+    pending = threading.Semaphore(1)  # held while a stdin question is answered: the run ends after it
     if not sys.stdin.closed and sys.stdin.readable():
-        threading.Thread(target=_ask_stdin, args=(live, max_new_tokens, sink), daemon=True).start()
+        threading.Thread(target=_ask_stdin, args=(live, max_new_tokens, sink, pending), daemon=True).start()
     deadline = None if duration is None else time.monotonic() + duration
     last: dict[str, str] = {}
     seen = -1
@@ -142,7 +143,7 @@ def _follow(
         window = live.wait_window(seen, timeout=0.25)
         if window is None:
             if live.finished:
-                return
+                break
             continue
         seen = window.index
         for q in questions:
@@ -151,17 +152,20 @@ def _follow(
             if last.get(q) != answer.text:
                 sink.answer("change" if q in last else "answer", answer, last.get(q))
                 last[q] = answer.text
+    if pending.acquire(timeout=60):
+        pending.release()
 
 
-def _ask_stdin(live: Any, max_new_tokens: int, sink: _Sink) -> None:
+def _ask_stdin(live: Any, max_new_tokens: int, sink: _Sink, pending: threading.Semaphore) -> None:
     for line in sys.stdin:
         q = line.strip()
         if not q:
             continue
-        try:
-            sink.answer("reply", live.ask(q, max_new_tokens, timeout=30))
-        except PandaError as exc:
-            warn(str(exc))
+        with pending:
+            try:
+                sink.answer("reply", live.ask(q, max_new_tokens, timeout=30))
+            except PandaError as exc:
+                warn(str(exc))
 
 
 class _Sink:

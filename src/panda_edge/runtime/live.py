@@ -4,8 +4,8 @@ Three kinds of thread share a `LiveWindow`:
 
 - ingest reads frames (`video.stream.read_stream`) into a deque bounded by W x fps: memory holds one
   window's decoded frames, never more, and ingest never waits for the model. A frame that leaves the
-  deque (or is cleared by a reconnect) without having been in any window the model encoded is
-  counted as dropped.
+  deque (or is cleared by a reconnect: frames before a gap are not one video with those after it)
+  without having been in any window the model encoded is counted as dropped.
 - refresh takes the newest complete window (W seconds of frames; at a file's end, what there is) at
   most every `every_s` seconds, samples its frames by the official rule
   (`runtime.frames_input(frames, fps=stream_fps)`, `video.frames.sample_frames`: a window is a
@@ -274,12 +274,11 @@ class LiveWindow:
                 self.fps = event.fps
             if event.kind in ("connected", "reconnected"):
                 self.state = "live"
-                if event.kind == "reconnected":
+                if event.kind == "reconnected":  # the frames before the gap are not one video with these
                     self.reconnects += 1
-            elif event.kind in ("lost", "retry"):
-                self.state = "reconnecting"
-                if event.kind == "lost":  # the window restarts with the new connection
                     self._clear()
+            elif event.kind in ("lost", "retry"):
+                self.state = "reconnecting"  # the last frames still make a window meanwhile
             elif event.kind == "ended":
                 self.state = "ended"
             self._cv.notify_all()

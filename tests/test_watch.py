@@ -1,0 +1,309 @@
+"""`panda watch` and the live window on a real local stream: a publisher process sends MPEG-TS (H.264)
+over TCP in real time (`python -m panda_edge.video.publish`), as a camera would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import panda_edge
+from panda_edge.cli.main import app
+from panda_edge.optional import has_llama_cpp
+
+pytestmark = pytest.mark.skipif(
+    not has_llama_cpp(), reason="llama-cpp-python is not installed (pip install 'panda-edge[llama]')"
+)
+runner = CliRunner()
+QUESTION = "Which direction does the square move?"
+FPS = 8  # the toy videos' rate: 16 frames, 2 s each
+WINDOW_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
+
+    directory = tmp_path_factory.mktemp("watch") / "bundle"
+    export_bundle("tiny", directory)
+    export_gguf("tiny", directory, "f32")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def runtime(bundle: Path):
+    from panda_edge.runtime.options import RuntimeOptions
+
+    with RuntimeOptions(gguf_type="f32", kv_type="f32", n_batch=32).open(bundle) as rt:
+        yield rt
+
+
+@pytest.fixture(scope="module")
+def two_videos(runtime, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Two toy videos of one size whose answers to QUESTION differ."""
+    import av
+
+    from panda_edge.toyworld.writer import generate
+
+    directory = tmp_path_factory.mktemp("toy")
+    generate(directory, videos=6, seed=3, heldout_fraction=0.5, workers=1)
+    by_size: dict[tuple[int, int], list[tuple[Path, str]]] = {}
+    for path in sorted((directory / "videos").glob("*.mp4")):
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            size = (stream.width, stream.height)
+        answer = runtime.answer(path, QUESTION, max_new_tokens=8).text
+        for other, other_answer in by_size.get(size, []):
+            if other_answer != answer:
+                return other, path
+        by_size.setdefault(size, []).append((path, answer))
+    raise AssertionError("no two toy videos of one size answer differently")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def publisher(port: int, *videos: Path, loop: bool = True) -> Iterator[subprocess.Popen]:
+    """`python -m panda_edge.video.publish` listening on `port` (one viewer) in its own process."""
+    process = start_publisher(port, *videos, loop=loop)
+    try:
+        yield process
+    finally:
+        stop_publisher(process)
+
+
+def start_publisher(port: int, *videos: Path, loop: bool = True) -> subprocess.Popen:
+    src = str(Path(panda_edge.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "panda_edge.video.publish", f"tcp://127.0.0.1:{port}?listen=1"]
+    command += [str(v) for v in videos] + (["--loop"] if loop else [])
+    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None and "publishing" in process.stderr.readline()
+    time.sleep(0.2)  # from the line to its accept()
+    return process
+
+
+def stop_publisher(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+    process.wait(timeout=10)
+
+
+def live_window(runtime, port: int, events: list | None = None):
+    from panda_edge.runtime.live import LiveWindow
+    from panda_edge.video.stream import Source
+
+    return LiveWindow(
+        runtime,
+        Source.parse(f"tcp://127.0.0.1:{port}"),
+        WINDOW_S,
+        0.25,
+        on_event=None if events is None else events.append,
+    )
+
+
+# --- (a) an answer is the runtime's answer for exactly its window's frames ----------------------------
+
+
+def test_an_answer_is_the_runtimes_answer_for_the_frames_of_its_window(runtime, two_videos) -> None:
+    port = free_port()
+    answers = []
+    with publisher(port, two_videos[0]), live_window(runtime, port) as live:
+        first = live.wait_window(timeout=20)
+        assert first is not None and len(first.frames) == WINDOW_S * FPS and first.fps == FPS
+        while len({a.window.index for a in answers}) < 3:
+            live.wait_window(answers[-1].window.index if answers else -1, timeout=20)
+            answers.append(live.ask(QUESTION, max_new_tokens=8))
+            answers.append(live.ask("What color is the ring?", max_new_tokens=8))
+        stats = live.stats()
+    assert stats["windows"] >= 3 and stats["frames_in"] > WINDOW_S * FPS and stats["answers"] == len(answers)
+    for live_answer in answers:
+        window = live_answer.window
+        # the prefix was ready: the question fed only its own tokens
+        assert live_answer.answer.prefix == "memory" and "vision" not in live_answer.answer.timings_s
+        assert window.stream_s[1] - window.stream_s[0] == pytest.approx(WINDOW_S - 1 / FPS)
+        described = live_answer.to_dict()["window"]
+        assert described["index"] == window.index and described["age_s"] >= 0
+        again = runtime.chat_frames(window.frames, fps=window.fps).ask(live_answer.question, max_new_tokens=8)
+        assert again.tokens == live_answer.answer.tokens, live_answer.to_dict()
+
+
+# --- (b) a change event when the stream shows something else ---------------------------------------
+
+
+def test_a_stream_of_two_videos_gives_a_change_event_with_the_second_ones_answer(
+    runtime, bundle: Path, two_videos, tmp_path: Path
+) -> None:
+    first, second = two_videos
+    port = free_port()
+    lines = tmp_path / "events.jsonl"
+    with publisher(port, first, second, loop=False):
+        result = runner.invoke(
+            app,
+            [
+                "watch",
+                f"tcp://127.0.0.1:{port}",
+                "--bundle",
+                str(bundle),
+                "--gguf-type",
+                "f32",
+                "--kv-type",
+                "f32",
+                "--question",
+                QUESTION,
+                "--window",
+                str(WINDOW_S),
+                "--every",
+                "0.25",
+                "--duration",
+                "6",
+                "--json",
+                str(lines),
+                "--save-windows",
+                str(tmp_path / "windows"),
+                "--max-new-tokens",
+                "8",
+            ],
+        )
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in lines.read_text().splitlines()]
+    kinds = [e["event"] for e in events]
+    assert kinds[0] == "connected" and kinds[-1] == "summary" and "lost" in kinds  # the publisher ended
+    answers = [e for e in events if e["event"] in ("answer", "change")]
+    assert answers[0]["event"] == "answer" and answers[0]["window"]["stream_s"][0] == 0
+    assert answers[0]["answer"] == runtime.answer(first, QUESTION, max_new_tokens=8).text
+    expected = runtime.answer(second, QUESTION, max_new_tokens=8).text
+    assert expected != answers[0]["answer"]
+    # the window that holds the second video alone: its answer is the second video's
+    last = [e for e in answers if e["window"]["stream_s"][0] >= WINDOW_S - 1e-6]
+    assert last and last[-1]["event"] == "change" and last[-1]["answer"] == expected, answers
+    for event in answers:
+        saved = np.load(tmp_path / "windows" / f"window-{event['window']['index']}.npz")
+        frames = list(saved["frames"])
+        assert len(frames) == event["window"]["frames"]
+        again = runtime.chat_frames(frames, fps=float(saved["fps"])).ask(QUESTION, max_new_tokens=8)
+        assert again.text == event["answer"]
+    summary = events[-1]
+    assert summary["windows"] >= 2 and summary["answers"] >= len(answers)
+
+
+# --- (c) a publisher that dies and comes back -------------------------------------------------------
+
+
+def test_a_stream_that_drops_is_reconnected_and_answers_go_on(runtime, two_videos) -> None:
+    port = free_port()
+    events: list = []
+    process = start_publisher(port, two_videos[0])
+    try:
+        with live_window(runtime, port, events) as live:
+            before = live.wait_window(timeout=20)
+            assert before is not None
+            stop_publisher(process)
+            wait_for(lambda: any(e.kind == "lost" for e in events), "the loss to be seen")
+            process = start_publisher(port, two_videos[0])
+            wait_for(lambda: any(e.kind == "reconnected" for e in events), "a reconnection")
+            restarted = time.time()
+            after = live.wait_window(before.index, timeout=20)
+            while after is not None and after.captured[0] < restarted - 0.5:  # a window of the new connection
+                after = live.wait_window(after.index, timeout=20)
+            assert after is not None
+            answer = live.ask(QUESTION, max_new_tokens=8)
+            stats = live.stats()
+    finally:
+        stop_publisher(process)
+    assert answer.window.index >= after.index and answer.answer.prefix == "memory"
+    assert stats["reconnects"] == 1 and stats["state"] == "live"
+    assert [e.kind for e in events][:2] == ["connected", "lost"]
+
+
+def wait_for(condition, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"waited {timeout} s for {what}"
+        time.sleep(0.05)
+
+
+# --- (d) a file source ends the run ------------------------------------------------------------------
+
+
+def test_a_file_source_ends_the_run_with_a_summary(runtime, bundle: Path, two_videos) -> None:
+    video = two_videos[0]
+    result = runner.invoke(
+        app,
+        [
+            "watch",
+            str(video),
+            "--bundle",
+            str(bundle),
+            "--gguf-type",
+            "f32",
+            "--kv-type",
+            "f32",
+            "--question",
+            QUESTION,
+            "--window",
+            str(WINDOW_S),
+            "--json",
+            "-",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["event"] for e in events] == ["connected", "answer", "ended", "summary"] or [
+        e["event"] for e in events
+    ] == ["connected", "ended", "answer", "summary"]
+    answer = next(e for e in events if e["event"] == "answer")
+    assert answer["window"]["frames"] == WINDOW_S * FPS
+    assert answer["answer"] == runtime.answer(video, QUESTION, max_new_tokens=64).text
+    summary = events[-1]
+    assert summary["frames_in"] == WINDOW_S * FPS and summary["windows"] == 1 and summary["answers"] == 1
+    assert summary["state"] == "ended"
+
+
+def test_a_source_that_cannot_be_opened_is_one_line_and_exit_2(bundle: Path, tmp_path: Path) -> None:
+    for source, message in (
+        (str(tmp_path / "missing.mp4"), "no such file or device"),
+        (f"tcp://127.0.0.1:{free_port()}", "cannot open it"),
+        ("gopher://camera", "not a stream URL"),
+    ):
+        result = runner.invoke(app, ["watch", source, "--bundle", str(bundle), "--gguf-type", "f32"])
+        assert result.exit_code == 2, result.output
+        assert message in result.output and "Traceback" not in result.output
+
+
+def test_stdin_questions_are_answered_against_the_newest_window(bundle: Path, two_videos) -> None:
+    video = two_videos[1]
+    result = runner.invoke(
+        app,
+        ["watch", str(video), "--bundle", str(bundle), "--gguf-type", "f32", "--realtime", "--window", "1"],
+        input=f"{QUESTION}\n",
+    )
+    assert result.exit_code == 0, result.output
+    assert f"{QUESTION} -> " in result.stdout and "[window " in result.stdout
+
+
+def test_the_window_threads_do_not_outlive_it(runtime, two_videos) -> None:
+    from panda_edge.runtime.live import LiveWindow
+    from panda_edge.video.stream import Source
+
+    before = threading.active_count()
+    with LiveWindow(runtime, Source.parse(str(two_videos[0])), WINDOW_S, 0.25) as live:
+        live.wait_window(timeout=20)
+    assert threading.active_count() == before
