@@ -29,8 +29,8 @@ LMMS_EVAL = Path(os.environ.get("PANDA_LMMS_EVAL_PYTHON", ROOT / ".venv-lmms-eva
 
 
 def lmms_eval_score(url: str, tmp: Path, mode: str, model_args: str, *flags: str) -> tuple[float, int]:
-    """(exact-match score, questions) of `python -m lmms_eval eval --model openai` on the task in
-    `tmp`/task, its output in `tmp`/`mode`."""
+    """(exact-match score, questions) of `python -m lmms_eval eval --model openai` on the task, run in
+    `tmp` (where its questions are), its output in `tmp`/`mode`."""
     out = tmp / mode
     env = {
         **os.environ,
@@ -42,7 +42,7 @@ def lmms_eval_score(url: str, tmp: Path, mode: str, model_args: str, *flags: str
     }
     args = f"model_version=tiny,max_frames_num=8,num_concurrent=2,max_retries=1,timeout=120{model_args}"
     command = [str(LMMS_EVAL), "-m", "lmms_eval", "eval", "--model", "openai", "--model_args", args]
-    command += ["--tasks", "panda_toy", "--include_path", str(tmp / "task"), "--batch_size", "1"]
+    command += ["--tasks", "panda_toy", "--include_path", str(TASK), "--batch_size", "1"]
     command += ["--output_path", str(out), "--log_samples", *flags]
     done = subprocess.run(command, env=env, cwd=tmp, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -69,11 +69,7 @@ def test_lmms_eval_scores_frames_like_video_urls(tiny_bundle: Path, unseen_toy: 
         }
         for q in questions
     ]
-    (tmp_path / "task").mkdir()
-    (tmp_path / "data.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
-    yaml = (TASK / "panda_toy.yaml.in").read_text().replace("@DATA@", str(tmp_path / "data.jsonl"))
-    (tmp_path / "task" / "panda_toy.yaml").write_text(yaml)
-    (tmp_path / "task" / "panda_toy_utils.py").write_text((TASK / "panda_toy_utils.py").read_text())
+    (tmp_path / "panda_toy.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
 
     runtime = RuntimeOptions().open(tiny_bundle)
     # frames: no --media-dir, so a file:// video_url would be refused and only images can be answered;
