@@ -152,6 +152,7 @@ def test_num_frames_is_honoured_up_to_the_models_eight(client, unseen_toy: Path)
     reply = chat(client, video_message(path), extra_body=asked)
     assert reply.choices[0].message.content == expected.choices[0].message.content
     assert reply.usage.video_frames == 4 and reply.usage.prompt_tokens == expected.usage.prompt_tokens
+    assert reply.usage.video_prefix == "memory"  # the same four frames' prefix
     eight = chat(client, video_message(path), extra_body={"media_io_kwargs": {"video": {"num_frames": 8}}})
     plain = chat(client, video_message(path))
     assert eight.choices[0].message.content == plain.choices[0].message.content
@@ -162,7 +163,7 @@ def test_num_frames_is_honoured_up_to_the_models_eight(client, unseen_toy: Path)
         frames_message([image_part(encoded(f)) for f in frames]),
         extra_body={"mm_processor_kwargs": {"num_frames": 3}},
     )
-    assert resampled.usage.video_frames == 3
+    assert resampled.usage.video_frames == 3 and resampled.usage.video_prefix == "memory"
     assert resampled.choices[0].message.content == picked.choices[0].message.content
 
 
@@ -220,3 +221,32 @@ def test_each_bad_frames_request_is_a_400_with_openais_error_body(client, unseen
             assert "at most 8 frames" in error["message"]
     # the server still answers after all of them
     assert chat(client, frames_message([image_part(encoded(np.zeros((64, 64, 3), np.uint8)))])).choices
+
+
+def test_image_urls_follow_the_video_urls_rules(client, unseen_toy: Path, tmp_path: Path) -> None:
+    """file:// frames under --media-dir are read (the same answer as data: URLs); outside it 403;
+    http(s) refused without --allow-remote-media."""
+    from panda_edge.video.decode import read_video
+
+    frames = read_video(videos(unseen_toy, 1)[0], max_frames=8).frames
+    inside = unseen_toy / "frames-as-files"
+    inside.mkdir(exist_ok=True)
+    files = []
+    for i, frame in enumerate(frames):
+        files.append(inside / f"{i}.png")
+        files[-1].write_bytes(encoded(frame))
+    as_files = [{"type": "image_url", "image_url": {"url": f.as_uri()}} for f in files]
+    reply = chat(client, frames_message(as_files))
+    expected = chat(client, frames_message([image_part(encoded(f)) for f in frames]))
+    assert reply.choices[0].message.content == expected.choices[0].message.content
+    assert expected.usage.video_prefix == "memory"  # the same pixels: the same prefix
+    outside = tmp_path / "0.png"
+    outside.write_bytes(encoded(frames[0]))
+    with pytest.raises(openai.PermissionDeniedError) as caught:
+        chat(client, frames_message([{"type": "image_url", "image_url": {"url": outside.as_uri()}}]))
+    assert caught.value.body["code"] == "media_path_refused"
+    with pytest.raises(openai.BadRequestError) as caught:
+        chat(
+            client, frames_message([{"type": "image_url", "image_url": {"url": "https://example.com/0.png"}}])
+        )
+    assert caught.value.body["code"] == "remote_media_refused"

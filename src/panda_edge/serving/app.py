@@ -183,21 +183,13 @@ def open_video(runtime: VideoRuntime, media: MediaResolver, chat: ChatRequest) -
     """The request's video, off the event loop: a file the worker decodes (the model's own frame
     count), or frames decoded and sampled here (images; a file with fewer frames asked). A video that
     cannot be read is a 400 `invalid_video`."""
-    from panda_edge.video.frames import MAX_FRAMES
-
-    frames = chat.num_frames or runtime.vision_config.video_frames
+    model_frames = runtime.vision_config.video_frames
+    frames = chat.num_frames or model_frames
     try:
         if chat.image_urls:
-            from panda_edge.video.images import read_frames
-
-            if len(chat.image_urls) > MAX_FRAMES:
-                raise VideoError(f"{len(chat.image_urls)} frames; at most {MAX_FRAMES} frames make one video")
-            images = media.read_images(chat.image_urls)
-            sampled = read_frames(images, frames)
-            return runtime.frames_input(sampled, label=f"{len(images)} images")
-        assert chat.video_url is not None
-        video = media.open(chat.video_url)
-        if frames == runtime.vision_config.video_frames:
+            return _images_video(runtime, media, chat.image_urls, frames)
+        video = media.open(chat.video_url or "")
+        if frames == model_frames:
             return video
         from panda_edge.video.decode import read_video
 
@@ -205,9 +197,23 @@ def open_video(runtime: VideoRuntime, media: MediaResolver, chat: ChatRequest) -
             decoded = read_video(video.path, max_frames=frames)
         finally:
             video.close()
-        return runtime.frames_input(decoded.frames, label=f"{chat.video_url[:60]} at {frames} frames")
+        return runtime.frames_input(decoded.frames, label=f"a video read at {frames} frames")
     except VideoError as exc:
         raise bad_request(str(exc), code="invalid_video") from None
+
+
+def _images_video(
+    runtime: VideoRuntime, media: MediaResolver, urls: tuple[str, ...], frames: int
+) -> VideoInput:
+    """Image URLs as one video: counted before any is read, each read and checked, `frames` of them kept
+    by the one rule (`video.frames`)."""
+    from panda_edge.video.frames import MAX_FRAMES
+    from panda_edge.video.images import read_frames
+
+    if len(urls) > MAX_FRAMES:
+        raise VideoError(f"{len(urls)} frames; at most {MAX_FRAMES} frames make one video")
+    sampled = read_frames(media.read_images(urls), frames)
+    return runtime.frames_input(sampled, label=f"{len(urls)} images")
 
 
 def _too_large(limit: int) -> ApiError:
