@@ -118,6 +118,18 @@ def test_one_image_is_a_one_frame_video(client, unseen_toy: Path) -> None:
     frame = read_video(videos(unseen_toy, 1)[0], max_frames=8).frames[3]
     reply = chat(client, frames_message([image_part(encoded(frame))]))
     assert reply.choices[0].message.content and reply.usage.video_frames == 1
+    stream = chat(
+        client,
+        frames_message([image_part(encoded(frame))]),
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == reply.choices[0].message.content
+    )
+    assert chunks[-1].usage.video_frames == 1 and chunks[-1].usage.video_prefix == "memory"
 
 
 def test_a_follow_up_about_the_same_frames_reuses_the_prefix(client, unseen_toy: Path) -> None:
