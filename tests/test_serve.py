@@ -370,11 +370,19 @@ def bad_requests(unseen_toy: Path, tmp: Path) -> list[tuple[str, int, str | None
             ),
         ),
         (
-            "an image",
+            "a video file sent as an image (a frame)",
             400,
-            "unsupported_content",
+            "invalid_video",
             body(
-                [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": video.as_uri()}}]}]
+                [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": video.as_uri()}},
+                            {"type": "text", "text": "q?"},
+                        ],
+                    }
+                ]
             ),
         ),
         ("unknown model", 404, "model_not_found", {**body(), "model": "gpt-4o"}),

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from panda_edge.errors import VideoError
 from panda_edge.optional import require
-from panda_edge.runtime.video_runtime import VideoRuntime
-from panda_edge.serving.media import MediaResolver
+from panda_edge.runtime.video_runtime import VideoInput, VideoRuntime
+from panda_edge.serving.media import MediaFile, MediaResolver
 from panda_edge.serving.metrics import ServerMetrics
-from panda_edge.serving.protocol import ApiError, ChatRequest, parse_body, parse_chat_request
+from panda_edge.serving.protocol import ApiError, ChatRequest, bad_request, parse_body, parse_chat_request
 from panda_edge.serving.worker import AnswerWorker, Job
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ def create_app(runtime: VideoRuntime, options: ServeOptions) -> Any:
     worker = AnswerWorker(runtime, options.max_queue, metrics)
     created = int(time.time())
     max_tokens_limit = runtime.n_ctx
+    video_frames = runtime.vision_config.video_frames
 
     def error_response(error: ApiError) -> JSONResponse:
         return JSONResponse(error.body(), status_code=error.status, headers=error.headers)
@@ -108,13 +110,14 @@ def create_app(runtime: VideoRuntime, options: ServeOptions) -> Any:
         try:
             check_key(request)
             body = parse_body(await read_body(request))
-            chat = parse_chat_request(body, options.model_name, max_tokens_limit)
-            video = await asyncio.to_thread(media.open, chat.video_url)
+            chat = parse_chat_request(body, options.model_name, max_tokens_limit, video_frames)
+            video = await asyncio.to_thread(open_video, runtime, media, chat)
             job = Job(chat, video, asyncio.get_running_loop())
             try:
                 worker.submit(job)
             except BaseException:
-                video.close()
+                if isinstance(video, MediaFile):
+                    video.close()
                 raise
             first = await _next_event(job, request)
             if first[0] == "error":
@@ -174,6 +177,43 @@ def create_app(runtime: VideoRuntime, options: ServeOptions) -> Any:
     app.state.media = media
     app.state.runtime = runtime
     return app
+
+
+def open_video(runtime: VideoRuntime, media: MediaResolver, chat: ChatRequest) -> MediaFile | VideoInput:
+    """The request's video, off the event loop: a file the worker decodes (the model's own frame
+    count), or frames decoded and sampled here (images; a file with fewer frames asked). A video that
+    cannot be read is a 400 `invalid_video`."""
+    model_frames = runtime.vision_config.video_frames
+    frames = chat.num_frames or model_frames
+    try:
+        if chat.image_urls:
+            return _images_video(runtime, media, chat.image_urls, frames)
+        video = media.open(chat.video_url or "")
+        if frames == model_frames:
+            return video
+        from panda_edge.video.decode import read_video
+
+        try:
+            decoded = read_video(video.path, max_frames=frames)
+        finally:
+            video.close()
+        return runtime.frames_input(decoded.frames, label=f"a video read at {frames} frames")
+    except VideoError as exc:
+        raise bad_request(str(exc), code="invalid_video") from None
+
+
+def _images_video(
+    runtime: VideoRuntime, media: MediaResolver, urls: tuple[str, ...], frames: int
+) -> VideoInput:
+    """Image URLs as one video: counted before any is read, each read and checked, `frames` of them kept
+    by the one rule (`video.frames`)."""
+    from panda_edge.video.frames import MAX_FRAMES
+    from panda_edge.video.images import read_frames
+
+    if len(urls) > MAX_FRAMES:
+        raise VideoError(f"{len(urls)} frames; at most {MAX_FRAMES} frames make one video")
+    sampled = read_frames(media.read_images(urls), frames)
+    return runtime.frames_input(sampled, label=f"{len(urls)} images")
 
 
 def _too_large(limit: int) -> ApiError:

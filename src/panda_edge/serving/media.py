@@ -3,7 +3,9 @@
 `file://` URLs are served only from under `--media-dir`, checked after resolving `..` and links. A
 `data:video/...;base64,` URL is written to a private temporary file (mode 0600 in a 0700 directory)
 that is removed when its answer is done. http(s) URLs are refused unless the server allows them;
-then they are downloaded, bounded by the same size limit as a request.
+then they are downloaded, bounded by the same size limit as a request. Image parts (a video's frames)
+follow the same rules and are read into memory: `read_images`, at most the request's size limit for
+all of them together.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import base64
 import binascii
 import os
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlparse
@@ -59,16 +62,55 @@ class MediaResolver:
             code="invalid_video_url",
         )
 
+    def read_images(self, urls: Sequence[str]) -> list[bytes]:
+        """The encoded bytes of each image URL (data:, file:// under --media-dir, http(s) when allowed),
+        in order; their total is bounded by the request size limit."""
+        images, total = [], 0
+        for i, url in enumerate(urls):
+            where = f"image {i + 1}"
+            scheme = urlparse(url).scheme.lower()
+            if scheme == "data":
+                data = _data_url_bytes(url, image=True)
+            elif scheme == "file":
+                path = self._local(url, "image")
+                if path.stat().st_size > self.max_bytes - total:
+                    raise self._too_large("the images")
+                data = path.read_bytes()
+            elif scheme in ("http", "https"):
+                if not self.allow_remote:
+                    raise bad_request(
+                        f"{where}: remote image URLs are refused; send the frames as data: URLs or "
+                        "file:// URLs under the server's --media-dir (or start the server with "
+                        "--allow-remote-media)",
+                        code="remote_media_refused",
+                    )
+                media = self._download(url, "image")
+                try:
+                    data = media.path.read_bytes()
+                finally:
+                    media.close()
+            else:
+                raise bad_request(
+                    f"{where}: unsupported image URL scheme '{scheme or url[:20]}': use data:, file:// "
+                    "or https://",
+                    code="invalid_image_url",
+                )
+            total += len(data)
+            if scheme != "data" and total > self.max_bytes:
+                raise self._too_large("the images")
+            images.append(data)
+        return images
+
     def close(self) -> None:
         for leftover in self.tmp_dir.glob("*"):
             leftover.unlink(missing_ok=True)
         self.tmp_dir.rmdir()
 
-    def _local(self, url: str) -> Path:
+    def _local(self, url: str, what: str = "video") -> Path:
         if self.media_dir is None:
             raise ApiError(
                 403,
-                "file:// video URLs need the server started with --media-dir DIR",
+                f"file:// {what} URLs need the server started with --media-dir DIR",
                 "messages",
                 "media_dir_not_set",
             )
@@ -81,13 +123,13 @@ class MediaResolver:
         try:
             resolved = path.resolve(strict=True)
         except (OSError, RuntimeError):
-            raise bad_request(f"{path}: no such video file", code="video_not_found") from None
+            raise bad_request(f"{path}: no such {what} file", code=f"{what}_not_found") from None
         if not resolved.is_relative_to(self.media_dir):
             raise ApiError(
                 403, f"{path} is outside the server's media directory", "messages", "media_path_refused"
             )
         if not resolved.is_file():
-            raise bad_request(f"{path}: not a file", code="video_not_found")
+            raise bad_request(f"{path}: not a file", code=f"{what}_not_found")
         return resolved
 
     def _write(self, data: bytes) -> MediaFile:
@@ -96,7 +138,12 @@ class MediaResolver:
             f.write(data)
         return MediaFile(Path(name), temporary=True)
 
-    def _download(self, url: str) -> MediaFile:
+    def _too_large(self, what: str) -> ApiError:
+        return ApiError(
+            413, f"{what}: over {self.max_bytes >> 20} MB together", "messages", "video_too_large"
+        )
+
+    def _download(self, url: str, what: str = "video") -> MediaFile:
         import urllib.error
         import urllib.request
 
@@ -113,7 +160,7 @@ class MediaResolver:
                     if size > self.max_bytes:
                         raise ApiError(
                             413,
-                            f"{url}: the video is over {self.max_bytes >> 20} MB",
+                            f"{url}: the {what} is over {self.max_bytes >> 20} MB",
                             "messages",
                             "video_too_large",
                         )
@@ -121,7 +168,7 @@ class MediaResolver:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             media.close()
             raise bad_request(
-                f"{url}: could not download the video ({exc})", code="video_not_found"
+                f"{url}: could not download the {what} ({exc})", code=f"{what}_not_found"
             ) from None
         except BaseException:
             media.close()
@@ -129,16 +176,21 @@ class MediaResolver:
         return media
 
 
-def _data_url_bytes(url: str) -> bytes:
+def _data_url_bytes(url: str, image: bool = False) -> bytes:
+    """A data: URL's bytes; its type must be a video's (or, with `image`, an image's: which image
+    formats are read is the video layer's check)."""
+    what = "image" if image else "video"
     header, sep, payload = url.partition(",")
     if not sep or not header.endswith(";base64"):
         raise bad_request(
-            "a data: video URL must be data:video/<type>;base64,<data>", code="invalid_video_url"
+            f"a data: {what} URL must be data:{what}/<type>;base64,<data>", code=f"invalid_{what}_url"
         )
     mime = header[len("data:") : -len(";base64")].lower()
-    if not (mime.startswith("video/") or mime in ("application/octet-stream", "image/gif")):
+    if image and not (mime.startswith("image/") or mime == "application/octet-stream"):
+        raise bad_request(f"a data: URL of type '{mime}' is not an image", code="invalid_image")
+    if not image and not (mime.startswith("video/") or mime in ("application/octet-stream", "image/gif")):
         raise bad_request(f"a data: URL of type '{mime}' is not a video", code="invalid_video")
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise bad_request("the data: URL's base64 is damaged", code="invalid_video_url") from None
+        raise bad_request("the data: URL's base64 is damaged", code=f"invalid_{what}_url") from None

@@ -2,11 +2,13 @@
 
 A conversation is about one video, given as a content part of its first user message, spelled as vLLM
 and SGLang accept it (`{"type": "video_url", "video_url": {"url": ...}}`) or as llama.cpp's server does
-(`{"type": "input_video", "input_video": {"url": ...}}`). Earlier assistant turns are the model's
-answers; the last message is the question. System messages are accepted and not used: Video-Panda
-was trained with its fixed system prompt, which the video prefix holds. Fields clients send that do
-not change the answer (`user`, penalties, ...) are ignored; one that would and that we cannot honour
-(`n` above 1, tools, logprobs) is refused.
+(`{"type": "input_video", "input_video": {"url": ...}}`), or as its frames: image parts
+(`{"type": "image_url", "image_url": {"url": ...}}`, or the Responses API's `input_image`), in order
+and with no video part, as lmms-eval and VLMEvalKit send a video to GPT-4o. Earlier assistant turns
+are the model's answers; the last message is the question. System messages are accepted and not
+used: Video-Panda was trained with its fixed system prompt, which the video prefix holds. Fields
+clients send that do not change the answer (`user`, penalties, ...) are ignored; one that would and
+that we cannot honour (`n` above 1, tools, logprobs, more frames than the model takes) is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from panda_edge.sampling import Sampling
 DEFAULT_MAX_TOKENS = 64
 MAX_STOP_STRINGS = 4
 VIDEO_PARTS = ("video_url", "input_video")
+IMAGE_PARTS = ("image_url", "input_image")
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -65,7 +68,7 @@ class ChatRequest:
     """What one chat completion asks: the video, the earlier turns, the question and how to answer."""
 
     model: str
-    video_url: str
+    video_url: str | None  # the video as a file, or
     turns: tuple[tuple[str, str], ...]  # earlier (question, answer) pairs
     question: str
     max_tokens: int = DEFAULT_MAX_TOKENS
@@ -73,6 +76,8 @@ class ChatRequest:
     stop: tuple[str, ...] = ()
     stream: bool = False
     include_usage: bool = False
+    image_urls: tuple[str, ...] = ()  # the video as its frames, in order
+    num_frames: int | None = None  # frames the client asks the model to see (media_io_kwargs)
 
 
 def parse_body(raw: bytes) -> dict[str, Any]:
@@ -85,7 +90,9 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def parse_chat_request(body: dict[str, Any], served_model: str, max_tokens_limit: int) -> ChatRequest:
+def parse_chat_request(
+    body: dict[str, Any], served_model: str, max_tokens_limit: int, video_frames: int = 8
+) -> ChatRequest:
     """Check a /v1/chat/completions body; every problem is an ApiError naming the field."""
     model = body.get("model")
     if not isinstance(model, str) or not model:
@@ -102,7 +109,7 @@ def parse_chat_request(body: dict[str, Any], served_model: str, max_tokens_limit
             raise bad_request(f"'{unsupported}' is not supported by this server", unsupported, "unsupported")
     if body.get("n") not in (None, 1):
         raise bad_request("only n=1 is supported", "n")
-    video_url, turns, question = _conversation(body.get("messages"))
+    video_url, image_urls, turns, question = _conversation(body.get("messages"))
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
     if not _is_int(max_tokens) or not 1 <= max_tokens <= max_tokens_limit:
@@ -130,16 +137,20 @@ def parse_chat_request(body: dict[str, Any], served_model: str, max_tokens_limit
         stop=_stop(body.get("stop")),
         stream=stream,
         include_usage=bool(options.get("include_usage", False)),
+        image_urls=image_urls,
+        num_frames=_num_frames(body, video_frames),
     )
 
 
-def _conversation(messages: Any) -> tuple[str, tuple[tuple[str, str], ...], str]:
-    """(video URL, earlier turns, question) of `messages`: user and assistant alternate, the video is
-    in the first user message, the last message is the user's question."""
+def _conversation(messages: Any) -> tuple[str | None, tuple[str, ...], tuple[tuple[str, str], ...], str]:
+    """(video URL, image URLs, earlier turns, question) of `messages`: user and assistant alternate,
+    the video (one video part, or image parts that are its frames) is in the first user message, the
+    last message is the user's question."""
     if not isinstance(messages, list) or not messages:
         raise bad_request("'messages' must be a non-empty list")
     said: list[tuple[str, str]] = []  # (role, text) of user and assistant messages
     videos: list[tuple[int, str]] = []
+    images: list[tuple[int, str]] = []
     for i, message in enumerate(messages):
         where = f"messages[{i}]"
         if not isinstance(message, dict):
@@ -149,8 +160,9 @@ def _conversation(messages: Any) -> tuple[str, tuple[tuple[str, str], ...], str]
             continue
         if role not in ("user", "assistant"):
             raise bad_request(f"{where}: role '{role}' is not supported (user, assistant, system)", where)
-        text, urls = _content(message.get("content"), f"{where}.content", allow_video=role == "user")
+        text, urls, frames = _content(message.get("content"), f"{where}.content", allow_video=role == "user")
         videos.extend((len(said), url) for url in urls)
+        images.extend((len(said), url) for url in frames)
         said.append((role, text))
     if not said or said[0][0] != "user":
         raise bad_request("the conversation must start with a user message that holds the video")
@@ -159,52 +171,93 @@ def _conversation(messages: Any) -> tuple[str, tuple[tuple[str, str], ...], str]
             raise bad_request("user and assistant messages must alternate, starting with the user")
     if said[-1][0] != "user":
         raise bad_request("the last message must be the user's question")
-    if not videos:
+    if videos and images:
         raise bad_request(
-            "no video part: put {'type': 'video_url', 'video_url': {'url': ...}} in the first user message",
+            "a video part and image parts: send the video either as one video_url part or as image "
+            "parts that are its frames, not both",
+            code="video_and_images",
+        )
+    if not videos and not images:
+        raise bad_request(
+            "no video part: put {'type': 'video_url', 'video_url': {'url': ...}} (or the video's frames "
+            "as image_url parts) in the first user message",
             code="missing_video",
         )
     if len(videos) > 1:
         raise bad_request(
             "one video per conversation: this request has " + str(len(videos)), code="too_many_videos"
         )
-    if videos[0][0] != 0:
+    if videos and videos[0][0] != 0:
         raise bad_request("the video must be in the first user message", code="misplaced_video")
+    if any(turn != 0 for turn, _ in images):
+        raise bad_request(
+            "images in a later turn: a conversation is about one video, and its frames are the image "
+            "parts of the first user message; start a new conversation to ask about other frames",
+            code="misplaced_video",
+        )
     texts = [text for _, text in said]
     if not all(texts[0::2]):
         raise bad_request("every user message needs a question (a text part)", code="missing_text")
     turns = tuple(zip(texts[0:-1:2], texts[1::2], strict=True))
-    return videos[0][1], turns, texts[-1]
+    video_url = videos[0][1] if videos else None
+    return video_url, tuple(url for _, url in images), turns, texts[-1]
 
 
-def _content(content: Any, where: str, allow_video: bool) -> tuple[str, list[str]]:
-    """A message's text (its text parts joined by newlines) and its video URLs."""
+def _content(content: Any, where: str, allow_video: bool) -> tuple[str, list[str], list[str]]:
+    """A message's text (its text parts joined by newlines), its video URLs and its image URLs."""
     if isinstance(content, str):
-        return content.strip(), []
+        return content.strip(), [], []
     if not isinstance(content, list):
         raise bad_request(f"{where} must be a string or a list of content parts", where)
-    texts, urls = [], []
+    texts, urls, images = [], [], []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
-        if kind == "text" and isinstance(part.get("text"), str):
+        if kind in ("text", "input_text") and isinstance(part.get("text"), str):
             texts.append(part["text"])
-        elif kind in VIDEO_PARTS and allow_video:
-            inner = part.get(kind)
+        elif kind in VIDEO_PARTS + IMAGE_PARTS and allow_video:
+            # image_url: {"url": ..., "detail": ...}; the Responses API's input_image: "image_url": "..."
+            inner = part.get("image_url", part.get(kind)) if kind in IMAGE_PARTS else part.get(kind)
             url = inner.get("url") if isinstance(inner, dict) else inner if isinstance(inner, str) else None
             if not isinstance(url, str) or not url:
                 raise bad_request(f"{where}[{j}]: a {kind} part needs {{'url': ...}}", f"{where}[{j}]")
-            urls.append(url)
-        elif kind in ("image_url", "input_image"):
-            raise bad_request(
-                f"{where}[{j}]: images are not supported; send a video",
-                f"{where}[{j}]",
-                "unsupported_content",
-            )
+            (images if kind in IMAGE_PARTS else urls).append(url)
         else:
             raise bad_request(
                 f"{where}[{j}]: unsupported content part {kind!r}", f"{where}[{j}]", "unsupported_content"
             )
-    return "\n".join(texts).strip(), urls
+    return "\n".join(texts).strip(), urls, images
+
+
+def _num_frames(body: dict[str, Any], video_frames: int) -> int | None:
+    """The frame count a client asks for, spelled as vLLM takes it (`media_io_kwargs.video.num_frames`,
+    `mm_processor_kwargs.num_frames`): None when not asked; refused above the model's `video_frames`."""
+    asked: dict[str, Any] = {}
+    media_io = body.get("media_io_kwargs")
+    if media_io is not None:
+        video = media_io.get("video") if isinstance(media_io, dict) else None
+        if not isinstance(media_io, dict) or not isinstance(video, (dict, type(None))):
+            raise bad_request("'media_io_kwargs' must be {'video': {'num_frames': N}}", "media_io_kwargs")
+        if video and video.get("num_frames") is not None:
+            asked["media_io_kwargs.video.num_frames"] = video["num_frames"]
+    processor = body.get("mm_processor_kwargs")
+    if processor is not None:
+        if not isinstance(processor, dict):
+            raise bad_request("'mm_processor_kwargs' must be an object", "mm_processor_kwargs")
+        if processor.get("num_frames") is not None:
+            asked["mm_processor_kwargs.num_frames"] = processor["num_frames"]
+    for name, n in asked.items():
+        if not _is_int(n) or n < 1:
+            raise bad_request(f"'{name}' must be a positive integer", name)
+        if n > video_frames:
+            raise bad_request(
+                f"'{name}' is {n}: this model sees at most {video_frames} frames of a video; ask for "
+                f"{video_frames} or fewer (more frames sent as images are sampled to {video_frames})",
+                name,
+                "too_many_frames",
+            )
+    if len(set(asked.values())) > 1:
+        raise bad_request(f"two different frame counts asked: {asked}", next(iter(asked)))
+    return next(iter(asked.values()), None)
 
 
 def _stop(stop: Any) -> tuple[str, ...]:

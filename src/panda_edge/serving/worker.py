@@ -21,7 +21,7 @@ from typing import Any
 
 from panda_edge.errors import PandaError, VideoError
 from panda_edge.runtime.llm.decoder import ContextFull
-from panda_edge.runtime.video_runtime import Answer, VideoChat, VideoRuntime
+from panda_edge.runtime.video_runtime import Answer, VideoChat, VideoInput, VideoRuntime
 from panda_edge.serving.media import MediaFile
 from panda_edge.serving.metrics import ServerMetrics
 from panda_edge.serving.protocol import ApiError, ChatRequest, bad_request
@@ -70,10 +70,11 @@ class AnswerText:
 @dataclass
 class Job:
     """One request on its way through the queue; `events` receives ("text", str), then ("done", dict)
-    or ("error", ApiError)."""
+    or ("error", ApiError). Its video is a file (`MediaFile`), or frames already decoded and sampled
+    (`VideoInput`)."""
 
     request: ChatRequest
-    media: MediaFile
+    video: MediaFile | VideoInput
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -138,7 +139,8 @@ class AnswerWorker:
                 failed = f"the server failed answering ({type(exc).__name__})"
                 job.send("error", ApiError(500, failed, None, "internal_error"))
             finally:
-                job.media.close()
+                if isinstance(job.video, MediaFile):
+                    job.video.close()
                 with self._lock:
                     self._pending -= 1
                     self._running = False
@@ -186,14 +188,17 @@ class AnswerWorker:
         """The live conversation when the request continues it, else a new one with the request's
         earlier turns replayed; how its video prefix was had and the positions reused (None: the
         answer's own account)."""
-        request, live = job.request, self._live
-        sha = None
+        request, live, video = job.request, self._live, job.video
+        sha = video.key if isinstance(video, VideoInput) else None
         if live is not None and live.turns == list(request.turns):
-            sha = self.runtime.video_key(job.media.path)
+            sha = sha or self.runtime.video_key(video.path)
             if sha == live.video.key and self.runtime.prefix.resident == sha:
                 return live, None, None
         self._live = None
-        chat = self.runtime.chat(job.media.path, sha)
+        if isinstance(video, VideoInput):
+            chat = VideoChat(self.runtime, video)
+        else:
+            chat = self.runtime.chat(video.path, sha)
         if not request.turns:
             return chat, None, None
         how, cached = chat.replay(request.turns)
@@ -227,5 +232,6 @@ class AnswerWorker:
                 "total_tokens": answer.prompt_tokens + len(answer.tokens),
                 "prompt_tokens_details": {"cached_tokens": cached_tokens},
                 "video_prefix": how,
+                "video_frames": job.video.frames if isinstance(job.video, VideoInput) else None,
             },
         }

@@ -40,13 +40,18 @@ def check_frames(frames: Sequence[np.ndarray], max_frames: int = MAX_FRAMES) -> 
             )
 
 
+def sampled_indices(count: int, video_frames: int, fps: float = 1.0) -> list[int]:
+    """Which of `count` frames the model sees, by the official sampler's rule (module docstring)."""
+    return sample_frame_indices(count, fps, video_frames)
+
+
 def sample_frames(
     frames: Sequence[np.ndarray], video_frames: int, fps: float = 1.0, max_frames: int = MAX_FRAMES
 ) -> list[np.ndarray]:
     """The frames the model sees, by the official sampler's rule (module docstring); at most
     `max_frames` may be given (a live window's bound is its own: seconds x frame rate)."""
     check_frames(frames, max_frames)
-    return [frames[i] for i in sample_frame_indices(len(frames), fps, video_frames)]
+    return [frames[i] for i in sampled_indices(len(frames), video_frames, fps)]
 
 
 def frames_key(frames: Sequence[np.ndarray]) -> str:
