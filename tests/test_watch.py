@@ -286,6 +286,9 @@ def test_a_source_that_cannot_be_opened_is_one_line_and_exit_2(bundle: Path, tmp
         result = runner.invoke(app, ["watch", source, "--bundle", str(bundle), "--gguf-type", "f32"])
         assert result.exit_code == 2, result.output
         assert message in result.output and "Traceback" not in result.output
+    for spec, message in (("door", "give NAME=SOURCE"), ("door=gopher://x", "not a stream URL")):
+        result = runner.invoke(app, ["serve", "--bundle", str(bundle), "--port", "0", "--stream", spec])
+        assert result.exit_code == 2 and message in result.output, result.output
 
 
 def test_stdin_questions_are_answered_against_the_newest_window(bundle: Path, two_videos) -> None:
@@ -307,3 +310,76 @@ def test_the_window_threads_do_not_outlive_it(runtime, two_videos) -> None:
     with LiveWindow(runtime, Source.parse(str(two_videos[0])), WINDOW_S, 0.25) as live:
         live.wait_window(timeout=20)
     assert threading.active_count() == before
+
+
+# --- (e) panda serve: stream://NAME ----------------------------------------------------------------
+
+
+def test_serve_answers_stream_urls_against_the_streams_newest_window(bundle: Path, two_videos) -> None:
+    """A stream played from a file keeps its last window once the file ends: the HTTP answers (and a
+    follow-up) are the runtime's for that window's frames."""
+    openai = pytest.importorskip("openai", reason="the test speaks to the server with openai")
+    pytest.importorskip("starlette", reason="panda serve needs the serve extra")
+    import urllib.request
+
+    from panda_edge.runtime.options import RuntimeOptions
+    from panda_edge.serving.app import ServeOptions, create_app
+    from panda_edge.serving.server import running_server
+    from panda_edge.serving.streams import LiveStreams
+
+    runtime = RuntimeOptions(gguf_type="f32", kv_type="f32", n_batch=32).open(bundle)
+    streams = LiveStreams(runtime, {"door": str(two_videos[1])}, window_s=1.0, every_s=0.25)
+    streams.start()
+    app = create_app(runtime, ServeOptions(model_name="tiny"), streams)
+    live = streams.windows["door"]
+    with running_server(app) as url:
+        client = openai.OpenAI(base_url=url + "/v1", api_key="none", max_retries=0, timeout=60)
+        first = live.wait_window(timeout=20)
+        assert first is not None
+        while not live.finished:
+            live.wait_window(live.newest.index, timeout=5)
+        video = {"type": "video_url", "video_url": {"url": "stream://door"}}
+
+        def messages(*turns: tuple[str, str | None]) -> list[dict]:
+            out: list[dict] = []
+            for i, (q, a) in enumerate(turns):
+                out.append({"role": "user", "content": [video, {"type": "text", "text": q}] if i == 0 else q})
+                if a is not None:
+                    out.append({"role": "assistant", "content": a})
+            return out
+
+        reply = client.chat.completions.create(
+            model="tiny", messages=messages((QUESTION, None)), max_tokens=8
+        )
+        text = reply.choices[0].message.content
+        follow = client.chat.completions.create(
+            model="tiny", messages=messages((QUESTION, text), ("What color is the ring?", None)), max_tokens=8
+        )
+        listed = json.loads(urllib.request.urlopen(url + "/v1/streams").read())["data"]
+        scraped = urllib.request.urlopen(url + "/metrics").read().decode()
+        with pytest.raises(openai.NotFoundError, match="no stream 'window'"):
+            client.chat.completions.create(
+                model="tiny",
+                messages=[
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "video_url", "video_url": {"url": "stream://window"}},
+                            {"type": "text", "text": "q?"},
+                        ],
+                    }
+                ],
+            )
+        window = live.newest  # the file ended: the window stays; the server closes the runtime on exit
+        chat = runtime.chat_frames(window.frames, fps=window.fps)
+        expected = [chat.ask(QUESTION, max_new_tokens=8).text]
+        expected.append(chat.ask("What color is the ring?", max_new_tokens=8).text)
+    usage = reply.usage.model_dump()
+    assert usage["video_window"]["stream"] == "door" and usage["video_window"]["index"] == window.index
+    assert usage["video_prefix"] == "memory"
+    assert [text, follow.choices[0].message.content] == expected
+    [door] = listed
+    assert door["name"] == "door" and door["fps"] == FPS and door["state"] == "ended"
+    assert door["frames_in"] == 2 * FPS and door["window_age_s"] >= 0 and door["frames_dropped"] == 0
+    assert 'panda_stream_frames_total{stream="door"} 16.0' in scraped
+    assert "panda_stream_window_age_seconds" in scraped

@@ -82,15 +82,36 @@ def serve(
     gpus_per_replica: Annotated[
         float, typer.Option("--gpus-per-replica", min=0.0, help="With --ray: GPUs each replica asks for.")
     ] = 0.0,
+    stream: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--stream",
+            help="NAME=SOURCE: a live stream (URL, device or file, as panda watch takes) kept as a ready "
+            "window; a request's video_url stream://NAME is answered against it (repeatable).",
+        ),
+    ] = None,
+    stream_window: Annotated[
+        float, typer.Option("--stream-window", min=0.1, help="Seconds of each stream one window holds.")
+    ] = 8.0,
+    stream_every: Annotated[
+        float,
+        typer.Option("--stream-every", min=0.0, help="Refresh each stream's window at most this often."),
+    ] = 1.0,
 ) -> None:
     """Serve the bundle over HTTP, as OpenAI's Chat Completions API with a video content part.
 
     POST /v1/chat/completions (stream or not), GET /v1/models, /health, /metrics (Prometheus). One
     decoder answers requests in order; a later request about the same video (or a follow-up that
     repeats the earlier turns) starts from the cached video prefix, in memory and with --cache on
-    disk. Ctrl-C stops it.
+    disk. With --stream NAME=SOURCE, video_url stream://NAME is the stream's newest window (see panda
+    watch), and GET /v1/streams lists the streams. Ctrl-C stops it.
     """
     from panda_edge.serving.app import ServeOptions
+    from panda_edge.serving.streams import parse_streams
+
+    streams = parse_streams(stream or [])
+    if streams and ray is not None:
+        raise PandaError("--stream runs its windows in the server's process: not with --ray")
 
     if media_dir is not None and not media_dir.is_dir():
         raise PandaError(f"--media-dir {media_dir}: no such directory")
@@ -133,5 +154,13 @@ def serve(
 
     note(f"loading {bundle}")
     serve_bundle(
-        bundle, runtime, options, host, port, lambda url, loaded: where(url, loaded.describe()["decoder"])
+        bundle,
+        runtime,
+        options,
+        host,
+        port,
+        lambda url, loaded: where(url, loaded.describe()["decoder"]),
+        streams,
+        stream_window,
+        stream_every,
     )

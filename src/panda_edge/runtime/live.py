@@ -113,7 +113,10 @@ class LiveWindow:
         window_s: float = DEFAULT_WINDOW_S,
         every_s: float = DEFAULT_EVERY_S,
         on_event: Callable[[StreamEvent], None] | None = None,
+        slots: tuple[Slot, Slot] | None = None,
     ) -> None:
+        """`slots`: the two contexts of the double buffer (default: the runtime's own and one more; a
+        server gives two more, keeping its own for file requests)."""
         if not (window_s > 0 and math.isfinite(window_s)):
             raise PandaError(f"the window must be a positive number of seconds, not {window_s}")
         if every_s < 0:
@@ -125,8 +128,9 @@ class LiveWindow:
         self._on_event = on_event or (lambda event: None)
         self._cv = threading.Condition()
         self._stop = threading.Event()
-        self._front = _Buffer(runtime.slot)
-        self._back = _Buffer(runtime.open_slot())
+        front, back = slots or (runtime.slot, runtime.open_slot())
+        self._front = _Buffer(front)
+        self._back = _Buffer(back)
         self._frames: deque[tuple[int, Frame]] = deque()
         self._seq = 0  # frames read so far (the next frame's number)
         self._seen = -1  # the newest frame number any encoded window had
@@ -208,16 +212,18 @@ class LiveWindow:
         on_text: Callable[[str], None] | None = None,
         turns: list[tuple[str, str]] | None = None,
         timeout: float | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> LiveAnswer:
         """Answer `question` against the newest ready window (waiting for the first one, at most
-        `timeout`), after `turns` (earlier question/answer pairs a client repeats) when given."""
+        `timeout`), after `turns` (earlier question/answer pairs a client repeats) when given;
+        `should_stop` as `VideoChat.ask`'s."""
         buffer, window = self._take_front(timeout)
         try:
             asked_at = time.time()
             chat = self.runtime.chat_input(window.video, buffer.slot)
             if turns:
                 chat.replay(turns)
-            answer = chat.ask(question, max_new_tokens, sampling, on_text)
+            answer = chat.ask(question, max_new_tokens, sampling, on_text, should_stop)
         finally:
             with self._cv:
                 buffer.busy = False

@@ -1,4 +1,4 @@
-"""The HTTP routes: /v1/chat/completions, /v1/models, /health, /metrics, on Starlette.
+"""The HTTP routes: /v1/chat/completions, /v1/models, /v1/streams, /health, /metrics, on Starlette.
 
 Anything a client sends wrong is a 4xx with OpenAI's error body; a streamed answer starts (200 and
 its first chunk) only once its first token exists, so a bad video is a 400, not a broken stream.
@@ -25,6 +25,7 @@ from panda_edge.runtime.video_runtime import VideoInput, VideoRuntime
 from panda_edge.serving.media import MediaFile, MediaResolver
 from panda_edge.serving.metrics import ServerMetrics
 from panda_edge.serving.protocol import ApiError, ChatRequest, bad_request, parse_body, parse_chat_request
+from panda_edge.serving.streams import SCHEME, LiveStreams, StreamVideo
 from panda_edge.serving.worker import AnswerWorker, Job
 
 log = logging.getLogger(__name__)
@@ -44,8 +45,9 @@ class ServeOptions:
     max_request_bytes: int = 64 << 20
 
 
-def create_app(runtime: VideoRuntime, options: ServeOptions) -> Any:
-    """The ASGI app around a loaded runtime; it closes the runtime when the server shuts down."""
+def create_app(runtime: VideoRuntime, options: ServeOptions, streams: LiveStreams | None = None) -> Any:
+    """The ASGI app around a loaded runtime (and its started live `streams`, if any); it closes them
+    when the server shuts down."""
     require("starlette", "serve")
     from starlette.applications import Starlette
     from starlette.exceptions import HTTPException
@@ -54,6 +56,8 @@ def create_app(runtime: VideoRuntime, options: ServeOptions) -> Any:
     from starlette.routing import Route
 
     metrics = ServerMetrics()
+    if streams is not None:
+        metrics.registry.register(streams.collector())
     media = MediaResolver(options.media_dir, options.allow_remote_media, options.max_request_bytes)
     worker = AnswerWorker(runtime, options.max_queue, metrics)
     created = int(time.time())
@@ -103,6 +107,14 @@ def create_app(runtime: VideoRuntime, options: ServeOptions) -> Any:
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "model": options.model_name, "queue": worker.waiting})
 
+    async def streams_route(request: Request) -> Response:
+        try:
+            check_key(request)
+        except ApiError as error:
+            return error_response(error)
+        listed = [] if streams is None else streams.describe()
+        return JSONResponse({"object": "list", "data": listed})
+
     async def metrics_route(request: Request) -> Response:
         return Response(metrics.render(), media_type=metrics.content_type)
 
@@ -111,7 +123,10 @@ def create_app(runtime: VideoRuntime, options: ServeOptions) -> Any:
             check_key(request)
             body = parse_body(await read_body(request))
             chat = parse_chat_request(body, options.model_name, max_tokens_limit, video_frames)
-            video = await asyncio.to_thread(open_video, runtime, media, chat)
+            if chat.video_url is not None and chat.video_url.startswith(SCHEME):
+                video = _stream_video(streams, chat)
+            else:
+                video = await asyncio.to_thread(open_video, runtime, media, chat)
             job = Job(chat, video, asyncio.get_running_loop())
             try:
                 worker.submit(job)
@@ -163,12 +178,15 @@ def create_app(runtime: VideoRuntime, options: ServeOptions) -> Any:
             yield
         finally:
             worker.close()
+            if streams is not None:
+                streams.close()
             media.close()
             runtime.close()
 
     routes = [
         Route("/v1/chat/completions", chat_completions, methods=["POST"]),
         Route("/v1/models", models, methods=["GET"]),
+        Route("/v1/streams", streams_route, methods=["GET"]),
         Route("/health", health, methods=["GET"]),
         Route("/metrics", metrics_route, methods=["GET"]),
     ]
@@ -176,7 +194,22 @@ def create_app(runtime: VideoRuntime, options: ServeOptions) -> Any:
     app.state.worker = worker
     app.state.media = media
     app.state.runtime = runtime
+    app.state.streams = streams
     return app
+
+
+def _stream_video(streams: LiveStreams | None, chat: ChatRequest) -> StreamVideo:
+    """A `stream://NAME` video: the live window of that name (404 when the server has none)."""
+    if streams is None:
+        raise ApiError(
+            404,
+            "this server has no live streams (start it with --stream NAME=SOURCE)",
+            "messages",
+            "stream_not_found",
+        )
+    if chat.num_frames is not None:
+        raise bad_request("a live stream is sampled by its window; num_frames does not apply to it")
+    return streams.video(chat.video_url or "")
 
 
 def open_video(runtime: VideoRuntime, media: MediaResolver, chat: ChatRequest) -> MediaFile | VideoInput:

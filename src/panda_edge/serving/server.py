@@ -55,14 +55,27 @@ def serve_bundle(
     host: str = "127.0.0.1",
     port: int = 8000,
     on_ready: Callable[[str, VideoRuntime], None] | None = None,
+    streams: dict[str, str] | None = None,
+    stream_window_s: float = 8.0,
+    stream_every_s: float = 1.0,
 ) -> None:
     """`panda serve`: listen first (a busy port fails in a second, not after loading the model), load
-    the runtime, say where (`on_ready(url, runtime)`), answer until interrupted."""
+    the runtime, open the live `streams` ({name: source}), say where (`on_ready(url, runtime)`),
+    answer until interrupted."""
     sock = bind(host, port)
+    loaded = live = None
     try:
-        app = create_app(runtime.open(bundle), options)
+        loaded = runtime.open(bundle)
+        if streams:
+            from panda_edge.serving.streams import LiveStreams
+
+            live = LiveStreams(loaded, streams, stream_window_s, stream_every_s)
+            live.start()
+        app = create_app(loaded, options, live)
     except BaseException:
         sock.close()
+        if loaded is not None:
+            loaded.close()
         raise
     address, bound = sock.getsockname()[:2]
     if on_ready is not None:

@@ -25,6 +25,7 @@ from panda_edge.runtime.video_runtime import Answer, VideoChat, VideoInput, Vide
 from panda_edge.serving.media import MediaFile
 from panda_edge.serving.metrics import ServerMetrics
 from panda_edge.serving.protocol import ApiError, ChatRequest, bad_request
+from panda_edge.serving.streams import StreamVideo
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +71,11 @@ class AnswerText:
 @dataclass
 class Job:
     """One request on its way through the queue; `events` receives ("text", str), then ("done", dict)
-    or ("error", ApiError). Its video is a file (`MediaFile`), or frames already decoded and sampled
-    (`VideoInput`)."""
+    or ("error", ApiError). Its video is a file (`MediaFile`), frames already decoded and sampled
+    (`VideoInput`), or a live stream's newest window (`StreamVideo`)."""
 
     request: ChatRequest
-    video: MediaFile | VideoInput
+    video: MediaFile | VideoInput | StreamVideo
     loop: asyncio.AbstractEventLoop
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -149,8 +150,8 @@ class AnswerWorker:
 
     def _answer(self, job: Job) -> None:
         request = job.request
+        window = None
         try:
-            chat, how, cached = self._conversation(job)
             text = AnswerText(request.stop)
             first_token: list[float] = []
 
@@ -160,13 +161,25 @@ class AnswerWorker:
                 if released := text.push(piece):
                     job.send("text", released)
 
-            answer = chat.ask(
-                request.question,
-                request.max_tokens,
-                request.sampling,
-                on_text,
-                should_stop=lambda: text.stopped or job.cancelled.is_set(),
-            )
+            should_stop = lambda: text.stopped or job.cancelled.is_set()  # noqa: E731
+            if isinstance(job.video, StreamVideo):  # the newest window; its turns replayed on it
+                self._live = None
+                seen = job.video.live.ask(
+                    request.question,
+                    request.max_tokens,
+                    request.sampling,
+                    on_text,
+                    turns=list(request.turns),
+                    timeout=30,
+                    should_stop=should_stop,
+                )
+                chat, answer, how, cached = None, seen.answer, None, None
+                window = {"stream": job.video.name, **seen.window.describe(seen.asked_at)}
+            else:
+                chat, how, cached = self._conversation(job)
+                answer = chat.ask(
+                    request.question, request.max_tokens, request.sampling, on_text, should_stop
+                )
         except ContextFull as exc:
             self._live = None
             job.send("error", bad_request(str(exc), code="context_length_exceeded"))
@@ -181,8 +194,12 @@ class AnswerWorker:
             return
         if released := text.finish():
             job.send("text", released)
-        self._live = chat if text.content == answer.text else None  # a client repeats what it was sent
-        job.send("done", self._summary(job, answer, how or answer.prefix, cached, text, first_token))
+        if chat is not None:  # a client repeats what it was sent
+            self._live = chat if text.content == answer.text else None
+        done = self._summary(job, answer, how or answer.prefix, cached, text, first_token)
+        if window is not None:
+            done["usage"]["video_window"] = window
+        job.send("done", done)
 
     def _conversation(self, job: Job) -> tuple[VideoChat, str | None, int | None]:
         """The live conversation when the request continues it, else a new one with the request's
