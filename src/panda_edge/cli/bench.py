@@ -194,6 +194,45 @@ def serve(
         )
 
 
+@app.command()
+@handle_errors
+def watch(
+    model: Annotated[
+        str, typer.Option(help="tiny (the embedded model) or bench (full-size STAB + 0.54B random Llama).")
+    ] = "tiny",
+    seconds: Annotated[
+        float, typer.Option(min=5.0, help="How long to watch (after the first window).")
+    ] = 60.0,
+    window: Annotated[float, typer.Option(min=0.5, help="Window length, seconds.")] = 8.0,
+    every: Annotated[float, typer.Option(min=0.0, help="Refresh the window at most this often.")] = 1.0,
+    fps: Annotated[float, typer.Option(min=1.0, help="The published stream's frame rate.")] = 25.0,
+    size: Annotated[str, typer.Option(help="The published stream's WIDTHxHEIGHT.")] = "640x360",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Write the result as JSON ('-': stdout).")
+    ] = None,
+) -> None:
+    """A live window on a real-time local stream (a test pattern over MPEG-TS/TCP): frames ingested and
+    dropped per second, window refresh period, question-to-first-token against the ready window vs a
+    cold question, peak and growing memory."""
+    from panda_edge.bench.watch import bench_watch
+    from panda_edge.cli._common import parse_size
+
+    quiet = json_to_stdout(json_out)
+    result = bench_watch(model, seconds, window, every, fps, parse_size(size), on_step=step_printer(quiet))
+    if emit_result(result, json_out):
+        return
+    ttft, ready = result["ttft_ms"]["cold"], result["ttft_ms"]["ready_window"]
+    out.print(
+        f"{result['frames_in_per_s']} frames/s in, {result['frames_dropped_per_s']} dropped/s; window every "
+        f"{result['refresh_period_s']['p50']} s (p95 {result['refresh_period_s']['p95']})"
+    )
+    out.print(
+        f"first token: ready window p50 {ready['p50']} ms (p95 {ready['p95']}), "
+        f"cold p50 {ttft['p50']} ms (p95 {ttft['p95']}); peak RSS "
+        f"{result['memory_mb']['end'].get('VmHWM')} MB, growth {result['rss_growth_mb']} MB"
+    )
+
+
 @app.command(name="all")
 @handle_errors
 def all_benchmarks(

@@ -146,7 +146,8 @@ class LiveWindow:
         self._ingest_done = False
         self.finished = False  # the source ended and its last window is ready (or failed)
         self._threads: list[threading.Thread] = []
-        self._refresh_s: list[float] = []  # seconds between consecutive windows being ready
+        # seconds between consecutive windows being ready (the last 1,000: a run may last for days)
+        self._refresh_s: deque[float] = deque(maxlen=1000)
 
     # --- lifetime --------------------------------------------------------------------------------
 
