@@ -397,6 +397,7 @@ class LiveWindow:
         with self._cv:
             back.window = window
             self._front, self._back = back, self._front
+            self._back.window = None  # its frames go (a question still on it holds its own reference)
             self.windows += 1
             self._cv.notify_all()
         return window
