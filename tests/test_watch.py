@@ -233,6 +233,26 @@ def test_a_stream_that_drops_is_reconnected_and_answers_go_on(runtime, two_video
     assert [e.kind for e in events][:2] == ["connected", "lost"]
 
 
+def test_ctrl_c_ends_a_watch_with_its_summary(bundle: Path, two_videos, tmp_path: Path) -> None:
+    port = free_port()
+    src = str(Path(panda_edge.__file__).parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    command = [sys.executable, "-m", "panda_edge.cli.main", "watch", f"tcp://127.0.0.1:{port}"]
+    command += ["--bundle", str(bundle), "--gguf-type", "f32", "--question", QUESTION, "--window", "1"]
+    with publisher(port, two_videos[0]):
+        watch = subprocess.Popen(
+            [*command, "--json", "-"], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True
+        )
+        assert watch.stdout is not None
+        lines = [watch.stdout.readline(), watch.stdout.readline()]  # connected, the first answer
+        watch.send_signal(signal.SIGINT)
+        rest, _ = watch.communicate(timeout=30)
+    events = [json.loads(line) for line in [*lines, *rest.splitlines()]]
+    assert watch.returncode == 0
+    assert [e["event"] for e in events[:2]] == ["connected", "answer"] and events[-1]["event"] == "summary"
+    assert events[-1]["state"] == "stopped" and events[-1]["answers"] >= 1
+
+
 def wait_for(condition, what: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not condition():

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TextIO
 
@@ -115,7 +118,8 @@ def watch(
             with spinner(f"opening {source}"):
                 live.start()
             try:
-                _follow(live, questions, max_new_tokens, duration, sink)
+                with _terminate_as_interrupt():
+                    _follow(live, questions, max_new_tokens, duration, sink)
             except KeyboardInterrupt:
                 pass
             finally:
@@ -126,6 +130,24 @@ def watch(
                 raise live.error if isinstance(live.error, PandaError) else PandaError(str(live.error))
     finally:
         sink.close()
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a service manager stopping it) ends the run as Ctrl-C does: with the summary."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread: nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _follow(
