@@ -15,6 +15,7 @@ and `open_slot()` adds another on the same loaded weights (a live window's doubl
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -145,6 +146,9 @@ class VideoRuntime:
             check_runtime_memory(self.parts, n_ctx, kv_type)
         self.engine = open_vision(self.parts, options, threads)
         self.engine.__enter__()
+        # one encode at a time: live windows' refresh threads and a server's decoder thread share the
+        # engine (a TensorRT execution context and its buffers are not for concurrent use)
+        self._vision_lock = threading.Lock()
         try:
             self.decoder = LlamaDecoder(
                 self.parts.gguf, n_ctx, options.n_batch, threads, options.n_gpu_layers, kv_type
@@ -190,7 +194,19 @@ class VideoRuntime:
 
     def open_slot(self) -> Slot:
         """Another context on the loaded weights (one more KV cache of n_ctx positions, not another copy
-        of the GGUF) with its own prefix state; closed with the runtime."""
+        of the GGUF) with its own prefix state; closed with the runtime. Exit-2 error first when its
+        KV cache and compute buffer do not fit in the memory available (CPU)."""
+        if self.options.n_gpu_layers == 0:
+            from panda_edge.memory import check_memory
+            from panda_edge.plan.footprint import compute_buffer_bytes
+            from panda_edge.plan.ggml import kv_cache_bytes
+
+            llm = asdict(self.parts.manifest.config.llm)
+            check_memory(
+                kv_cache_bytes(llm, self.n_ctx, self.options.kv_type) + compute_buffer_bytes(llm, self.n_ctx),
+                f"another llama.cpp context ({self.n_ctx} positions, {self.options.kv_type} KV cache)",
+                f"a shorter --n-ctx or --kv-type {SMALLER_KV_CACHE}",
+            )
         decoder = self.decoder.sibling()
         slot = Slot(decoder, PrefixState(decoder, self.prefix.prefix_ids, self._disk_cache, self.warn))
         self._more_slots.append(slot)
@@ -303,7 +319,8 @@ class VideoRuntime:
         start = time.perf_counter()
         frames = load_video(video, self.vision_config)
         decoded = time.perf_counter()
-        tokens = self.engine.encode(frames)
+        with self._vision_lock:
+            tokens = self.engine.encode(frames)
         return tokens, {"decode_video": decoded - start, "vision": time.perf_counter() - decoded}
 
     def encode_frames(self, frames: Sequence[np.ndarray]) -> tuple[list[np.ndarray], dict[str, float]]:
@@ -314,7 +331,8 @@ class VideoRuntime:
         start = time.perf_counter()
         pixels = preprocess_frames(frames, self.vision_config)
         ready = time.perf_counter()
-        tokens = self.engine.encode(pixels)
+        with self._vision_lock:
+            tokens = self.engine.encode(pixels)
         return tokens, {"preprocess": ready - start, "vision": time.perf_counter() - ready}
 
 

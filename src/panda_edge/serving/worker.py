@@ -163,7 +163,6 @@ class AnswerWorker:
 
             should_stop = lambda: text.stopped or job.cancelled.is_set()  # noqa: E731
             if isinstance(job.video, StreamVideo):  # the newest window; its turns replayed on it
-                self._live = None
                 seen = job.video.live.ask(
                     request.question,
                     request.max_tokens,
