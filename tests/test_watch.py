@@ -403,3 +403,18 @@ def test_serve_answers_stream_urls_against_the_streams_newest_window(bundle: Pat
     assert door["frames_in"] == 2 * FPS and door["window_age_s"] >= 0 and door["frames_dropped"] == 0
     assert 'panda_stream_frames_total{stream="door"} 16.0' in scraped
     assert "panda_stream_window_age_seconds" in scraped
+
+
+# --- panda bench watch, small (its speeds are recorded, never asserted) --------------------------------
+
+
+def test_bench_watch_through_the_cli() -> None:
+    args = ["bench", "watch", "--seconds", "5", "--window", "1", "--fps", "10", "--size", "160x120"]
+    result = runner.invoke(app, [*args, "--json", "-"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout)
+    assert report["stream"]["fps"] == 10 and report["frames_in"] > 0 and report["windows"] >= 2
+    assert report["ttft_ms"]["ready_window"]["n"] >= 1 and report["ttft_ms"]["cold"]["n"] >= 1
+    assert report["memory_mb"]["end"]["VmHWM"] >= report["memory_mb"]["loaded"]["VmRSS"]
+    refused = runner.invoke(app, ["bench", "watch", "--model", "huge"])
+    assert refused.exit_code == 2 and "unknown model 'huge'" in refused.output
