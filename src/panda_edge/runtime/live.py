@@ -2,15 +2,18 @@
 
 Three kinds of thread share a `LiveWindow`:
 
-- ingest reads frames (`video.stream.read_stream`) into a deque bounded by W x fps: memory holds one
-  window's decoded frames, never more, and ingest never waits for the model. A frame that leaves the
-  deque (or is cleared by a reconnect: frames before a gap are not one video with those after it)
-  without having been in any window the model encoded is counted as dropped.
+- ingest reads frames (`video.stream.read_stream`) into a deque holding the latest W seconds by the
+  frames' stream times (W x fps frames; at most 1.5 x W x the stream's nominal rate, should it send
+  faster than it says): memory holds one window's decoded frames, and ingest never waits for the
+  model. A frame that leaves the deque (or is cleared by a reconnect: frames before a gap are not
+  one video with those after it) without having been in any window the model encoded is counted as
+  dropped.
 - refresh takes the newest complete window (W seconds of frames; at a file's end, what there is) at
   most every `every_s` seconds, samples its frames by the official rule
   (`runtime.frames_input(frames, fps=stream_fps)`, `video.frames.sample_frames`: a window is a
-  video of W seconds at the stream's rate), runs the vision backend and prefills the prefix into the
-  back buffer, then swaps it to the front.
+  video of W seconds at the stream's rate, the rate measured from its frames' stream times, so a
+  camera that sends fewer frames than it announces is sampled by what it sent), runs the vision
+  backend and prefills the prefix into the back buffer, then swaps it to the front.
 - askers (`ask`) answer against the front buffer's window: its prefix is resident, so a question
   costs its own tokens, as a follow-up does.
 
@@ -37,12 +40,13 @@ import numpy as np
 from panda_edge.errors import PandaError
 from panda_edge.runtime.video_runtime import Answer, Slot, VideoInput, VideoRuntime
 from panda_edge.sampling import GREEDY, Sampling
-from panda_edge.video.stream import Frame, Source, StreamEvent, read_stream
+from panda_edge.video.stream import FALLBACK_FPS, Frame, Source, StreamEvent, read_stream
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WINDOW_S = 8.0
 DEFAULT_EVERY_S = 1.0
+_EPS_S = 1e-6  # stream times are float seconds from integer timestamps
 
 
 @dataclass(frozen=True)
@@ -134,6 +138,7 @@ class LiveWindow:
         self._frames: deque[tuple[int, Frame]] = deque()
         self._seq = 0  # frames read so far (the next frame's number)
         self._seen = -1  # the newest frame number any encoded window had
+        self._complete = False  # a frame left the deque since it was (re)started: it holds a whole window
         self.fps: float | None = None
         self.frames_in = 0
         self.dropped = 0
@@ -296,24 +301,13 @@ class LiveWindow:
         """Empty the deque (under the lock), counting the frames no window had."""
         self.dropped += sum(1 for seq, _ in self._frames if seq > self._seen)
         self._frames.clear()
+        self._complete = False
 
     def _ingest(self) -> None:
         try:
             for frame in read_stream(self.source, self._stop, self._event):
                 with self._cv:
-                    fps = self._connection_fps()
-                    size = max(1, math.ceil(self.window_s * fps))
-                    if self._frames and (
-                        self._frames[0][1].rgb.shape != frame.rgb.shape or self._frames.maxlen != size
-                    ):
-                        self._clear()  # a new size or rate: a new window
-                    if self._frames.maxlen != size:
-                        self._frames = deque(self._frames, maxlen=size)
-                    if len(self._frames) == size and self._frames[0][0] > self._seen:
-                        self.dropped += 1
-                    self._frames.append((self._seq, frame))
-                    self._seq += 1
-                    self.frames_in += 1
+                    self._add(frame)
                     self._cv.notify_all()
         except Exception as exc:  # reported to askers and the caller
             with self._cv:
@@ -324,8 +318,41 @@ class LiveWindow:
                 self._ingest_done = True
                 self._cv.notify_all()
 
-    def _connection_fps(self) -> float:
-        return self.fps or 25.0
+    def _add(self, frame: Frame) -> None:
+        """Append `frame` (under the lock) and keep the latest W seconds: the frames less than W seconds
+        older than it by their stream times, at most 1.5 x W x the stream's nominal rate (memory's
+        bound when a stream sends faster than it says)."""
+        last = self._frames[-1][1] if self._frames else None
+        if last is not None and (last.rgb.shape != frame.rgb.shape or frame.stream_s < last.stream_s):
+            self._clear()  # a new size, or time going back: a new window
+        self._frames.append((self._seq, frame))
+        self._seq += 1
+        self.frames_in += 1
+        cap = max(2, math.ceil(1.5 * self.window_s * self._nominal_fps()))
+        while (
+            len(self._frames) > cap or frame.stream_s - self._frames[0][1].stream_s > self.window_s - _EPS_S
+        ):
+            seq, _ = self._frames.popleft()
+            self._complete = True
+            if seq > self._seen:
+                self.dropped += 1
+
+    def _window_ready(self) -> bool:
+        """Whether the deque holds a whole window: a frame has left it since it was (re)started, or its
+        frames span W seconds less one frame interval."""
+        if self._complete:
+            return True
+        span = self._frames[-1][1].stream_s - self._frames[0][1].stream_s if self._frames else 0.0
+        return span >= self.window_s - 1 / self._nominal_fps() - _EPS_S
+
+    def _window_fps(self, frames: list[tuple[int, Frame]]) -> float:
+        """The window's frame rate by its frames' stream times (a camera may send fewer frames than it
+        says), the stream's nominal rate when they cannot tell."""
+        span = frames[-1][1].stream_s - frames[0][1].stream_s
+        return (len(frames) - 1) / span if len(frames) > 1 and span > 0 else self._nominal_fps()
+
+    def _nominal_fps(self) -> float:
+        return self.fps or FALLBACK_FPS
 
     def _refresh(self) -> None:
         last_ready = None
@@ -356,12 +383,12 @@ class LiveWindow:
                 if self._stop.is_set() or self.error is not None:
                     return None
                 new = bool(self._frames) and self._frames[-1][0] > self._seen
-                full = len(self._frames) == self._frames.maxlen
+                full = self._window_ready()
                 wait = 0.0 if last_ready is None else last_ready + self.every_s - time.time()
                 if new and (self._ingest_done or (full and wait <= 0)):
                     frames = list(self._frames)
                     self._seen = frames[-1][0]
-                    return frames, self._connection_fps()
+                    return frames, self._window_fps(frames)
                 if self._ingest_done and not new:
                     return None
                 self._cv.wait(wait if new and full and wait > 0 else 0.5)
