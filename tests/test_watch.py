@@ -89,11 +89,11 @@ def publisher(port: int, *videos: Path, loop: bool = True) -> Iterator[subproces
         stop_publisher(process)
 
 
-def start_publisher(port: int, *videos: Path, loop: bool = True) -> subprocess.Popen:
+def start_publisher(port: int, *videos: Path, loop: bool = True, every: int = 1) -> subprocess.Popen:
     src = str(Path(panda_edge.__file__).parents[1])
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     command = [sys.executable, "-m", "panda_edge.video.publish", f"tcp://127.0.0.1:{port}?listen=1"]
-    command += [str(v) for v in videos] + (["--loop"] if loop else [])
+    command += [str(v) for v in videos] + (["--loop"] if loop else []) + ["--every", str(every)]
     process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None and "publishing" in process.stderr.readline()
     time.sleep(0.2)  # from the line to its accept()
@@ -143,6 +143,29 @@ def test_an_answer_is_the_runtimes_answer_for_the_frames_of_its_window(runtime, 
         assert described["index"] == window.index and described["age_s"] >= 0
         again = runtime.chat_frames(window.frames, fps=window.fps).ask(live_answer.question, max_new_tokens=8)
         assert again.tokens == live_answer.answer.tokens, live_answer.to_dict()
+
+
+def test_a_stream_that_sends_every_second_frame_is_windowed_at_the_rate_it_delivers(
+    runtime, two_videos
+) -> None:
+    """Every second frame of an 8 fps video sent, with its own timestamp (as a camera in low light): a
+    window is still the last 2 s, 8 frames at 4 fps, and its answer is the runtime's for those frames
+    at that rate. (FFmpeg's probe reads 4 fps from MPEG-TS timestamps too, so the window's own
+    measured rate and the stream's agree here.)"""
+    port = free_port()
+    process = start_publisher(port, two_videos[0], every=2)
+    try:
+        with live_window(runtime, port) as live:
+            window = live.wait_window(timeout=20)
+            window = live.wait_window(window.index, timeout=20)  # one whose frames all came live
+            answer = live.ask(QUESTION, max_new_tokens=8)
+    finally:
+        stop_publisher(process)
+    window = answer.window
+    assert window.fps == FPS / 2 and len(window.frames) == WINDOW_S * FPS / 2
+    assert window.stream_s[1] - window.stream_s[0] == pytest.approx(WINDOW_S - 2 / FPS)
+    again = runtime.chat_frames(window.frames, fps=FPS / 2).ask(QUESTION, max_new_tokens=8)
+    assert again.tokens == answer.answer.tokens
 
 
 # --- (b) a change event when the stream shows something else ---------------------------------------

@@ -51,9 +51,12 @@ def video_frames(paths: Sequence[str], size: tuple[int, int] | None) -> tuple[li
     return frames, fps
 
 
-def publish(url: str, frames: Iterator[np.ndarray], fps: float, width: int, height: int) -> int:
+def publish(
+    url: str, frames: Iterator[np.ndarray], fps: float, width: int, height: int, every: int = 1
+) -> int:
     """Send `frames` to `url` as MPEG-TS at `fps` (wall clock); returns the frames sent. A viewer that
-    goes away ends it."""
+    goes away ends it. `every` > 1 sends only every that many frames, with their own timestamps, while
+    announcing `fps`: a camera that delivers fewer frames than it says (low light)."""
     rate = Fraction(fps).limit_denominator(1000)
     sent = 0
     with av.open(url, "w", format="mpegts") as container:
@@ -65,6 +68,8 @@ def publish(url: str, frames: Iterator[np.ndarray], fps: float, width: int, heig
             for i, rgb in enumerate(frames):
                 if start is not None and (wait := start + i / fps - time.monotonic()) > 0:
                     time.sleep(wait)
+                if i % every:
+                    continue
                 frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
                 frame.pts = i
                 frame.time_base = 1 / rate
@@ -90,6 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--size", default=None, help="WIDTHxHEIGHT (default: the first video's, or 640x360)")
     parser.add_argument("--loop", action="store_true", help="send the videos again and again")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    parser.add_argument(
+        "--every", type=int, default=1, help="send every Nth frame only, still announcing --fps"
+    )
     args = parser.parse_args(argv)
     size = tuple(int(v) for v in args.size.split("x")) if args.size else None
     if args.videos:
@@ -111,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seconds is not None:
         source = _limit(source, args.seconds * fps)
     print(f"publishing {width}x{height} at {fps:g} fps to {args.url}", file=sys.stderr, flush=True)
-    publish(args.url, source, fps, width, height)
+    publish(args.url, source, fps, width, height, max(1, args.every))
     return 0
 
 
