@@ -131,7 +131,9 @@ class TrainingLoss:
                 t -= mean
         return mean
 
-    def __call__(self, batch: Sequence[Example], distill: bool = True) -> Tensor:
+    def __call__(self, batch: Sequence[Example], distill: bool = True, reduction: str = "mean") -> Tensor:
+        """The loss on `batch`; `reduction` 'sum' gives the answer tokens' summed cross entropy (data
+        parallel workers divide by the global count), without the distillation term."""
         model = self.model
         videos = sorted({ex.video for ex in batch if ex.video >= 0})
         visual = self.visual(videos)
@@ -154,7 +156,9 @@ class TrainingLoss:
         targets = target[:, 1:]
         keep = targets != IGNORE
         logits = model.llm.lm_head(out.last_hidden_state[:, :-1][keep])
-        loss = F.cross_entropy(logits, targets[keep])
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction=reduction)
+        if reduction == "sum":
+            return loss
         if distill and self.teacher is not None and videos:
             loss = loss + self._distill(batch, out.last_hidden_state, starts)
         return loss

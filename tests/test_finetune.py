@@ -1,0 +1,189 @@
+"""panda finetune: LoRA wrapping and merging, the memory check, and the proof on the embedded tiny
+model: a toy world whose motion questions are answered with the opposite direction (a rule the
+tiny model never saw) is learned from its training split and scored on its held-out split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from panda_edge.cli.main import app
+from panda_edge.train import lora
+from panda_edge.train.finetune import FinetuneJob, FinetuneSpec
+
+runner = CliRunner()
+# The changed world: 240 videos, 40% held out (96 videos: 24 motion questions, 284 in all).
+WORLD = ["--videos", "240", "--seed", "5", "--heldout", "0.4", "--rule", "reversed-motion"]
+# Measured on it (2 threads): loss 1.22 -> 0.005 in 216 steps, held-out motion 0% -> 100%.
+RECIPE = ["--lr", "5e-3", "--epochs", "6", "--rank", "8", "--batch-size", "4", "--threads", "2"]
+
+
+def _invoke(args: list[str], **kwargs):
+    result = runner.invoke(app, args, **kwargs)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def changed_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("changed") / "world"
+    _invoke(["-q", "toyworld", "--out", str(out), *WORLD, "--json", str(out.parent / "world.json")])
+    return out
+
+
+@pytest.fixture(scope="module")
+def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("small") / "world"
+    _invoke(
+        ["-q", "toyworld", "--out", str(out), "--videos", "8", "--seed", "1", "--rule", "reversed-motion"]
+    )
+    return out
+
+
+def _accuracy(world: Path, checkpoint: str | Path) -> dict:
+    result = _invoke(
+        [
+            "eval",
+            "--qa",
+            str(world / "heldout.json"),
+            "--videos",
+            str(world / "videos"),
+            "--checkpoint",
+            str(checkpoint),
+            "--threads",
+            "2",
+            "--json",
+            "-",
+        ]
+    )
+    return json.loads(result.stdout)
+
+
+def test_the_rule_changes_only_its_question_type(small_world: Path) -> None:
+    entries = json.loads((small_world / "train.json").read_text())
+    motion = [e for e in entries if e["type"] == "motion"]
+    assert motion and {e["answer"] for e in motion} <= {"left", "right", "up", "down"}
+    captions = json.loads((small_world / "captions.json").read_text())
+    # the caption still tells the true direction; the motion answer is its opposite
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up"}
+    for entry in motion:
+        caption = next(c["answer"] for c in captions if c["video"] == entry["video"])
+        shape = entry["question"].removeprefix("Which direction does the ").removesuffix(" move?")
+        clause = next(c for c in caption.rstrip(".").split(", ") if c.startswith(shape))
+        assert clause.endswith(f"moves {opposite[entry['answer']]}")
+        assert entry["conversations"][-1]["value"] == entry["answer"]
+    assert json.loads((small_world / "toyworld.json").read_text())["rule"] == "reversed-motion"
+
+
+def test_lora_starts_as_the_base_and_merges_exactly(tiny_model) -> None:
+    llm = tiny_model.llm
+    ids = torch.randint(3, 500, (1, 12))
+    with torch.no_grad():
+        base = llm(input_ids=ids).logits
+    import copy
+
+    model = copy.deepcopy(llm)
+    assert lora.wrap(model, rank=4, alpha=8.0) == 7 * len(model.model.layers)
+    assert all(not p.requires_grad for n, p in model.named_parameters() if "lora_" not in n)
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, base)  # B starts at zero
+        for module in lora.wrapped(model).values():
+            module.lora_B.normal_(0, 0.05)
+        tuned = model(input_ids=ids).logits
+        assert (tuned - base).abs().max() > 1e-3
+        state = lora.adapter_state_dict(model)
+        lora.merge(model)
+        assert not lora.wrapped(model)
+        assert set(model.state_dict()) == set(llm.state_dict())  # the released names again
+        torch.testing.assert_close(model(input_ids=ids).logits, tuned, rtol=1e-4, atol=1e-4)
+    name = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"
+    assert state[name].shape == (4, llm.config.hidden_size)
+    assert state[name.replace("lora_A", "lora_B")].shape == (llm.config.hidden_size, 4)
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(small_world: Path) -> None:
+    grads = []
+    for checkpointing in (False, True):
+        spec = FinetuneSpec("tiny", str(small_world), batch_size=2, checkpointing=checkpointing)
+        job = FinetuneJob(spec)
+        for module in lora.wrapped(job.model.llm).values():  # B = 0 would leave A without a gradient
+            with torch.no_grad():
+                module.lora_B.normal_(0, 0.05, generator=torch.Generator().manual_seed(0))
+        assert job.model.llm.is_activation_checkpointing == checkpointing
+        job.loss(job.examples[:2]).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in job.params]))
+    assert grads[0].abs().max() > 0
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+def test_not_enough_memory_is_one_line_with_the_need_and_what_helps(small_world: Path, tmp_path) -> None:
+    from panda_edge.memory import BUDGET_ENV
+
+    out = tmp_path / "out"
+    args = ["finetune", "--checkpoint", "tiny", "--data", str(small_world), "--out", str(out)]
+    result = runner.invoke(app, [*args, "--method", "full"], env={BUDGET_ENV: "0.05"})
+    assert result.exit_code == 2
+    line = result.output.strip()
+    assert len(line.splitlines()) == 1 and "needs about" in line and "--method lora" in line
+    assert not out.exists()
+
+
+def test_projector_method_trains_the_projector_alone(small_world: Path, tmp_path: Path) -> None:
+    from panda_edge.assets import tiny_checkpoint
+
+    out = tmp_path / "proj"
+    _invoke(
+        [
+            "-q",
+            "finetune",
+            "--checkpoint",
+            "tiny",
+            "--data",
+            str(small_world),
+            "--out",
+            str(out),
+            "--method",
+            "projector",
+            "--lr",
+            "1e-2",
+            "--epochs",
+            "2",
+            "--threads",
+            "2",
+        ]
+    )
+    base, tuned = load_file(tiny_checkpoint() / "model.safetensors"), load_file(out / "model.safetensors")
+    assert set(base) == set(tuned) and not (out / "adapter").exists()
+    changed = {k for k in base if not torch.equal(base[k], tuned[k])}
+    assert changed and all(k.startswith("model.video_projector.") for k in changed)
+    assert all(tuned[k].dtype == base[k].dtype for k in base)  # stored as the base was (float16)
+
+
+def test_finetuning_learns_the_changed_rule_and_keeps_the_others(changed_world: Path, tmp_path: Path) -> None:
+    """Before: the tiny model answers the true direction (0% under the rule); after LoRA on the
+    training split: >= 90% on held-out motion questions, every other type within 5 points."""
+    before = _accuracy(changed_world, "tiny")
+    out = tmp_path / "tuned"
+    data = ["--checkpoint", "tiny", "--data", str(changed_world), "--out", str(out)]
+    result = _invoke(["finetune", *data, *RECIPE, "--json", "-"])
+    report = json.loads(result.stdout)
+    assert report["method"] == "lora" and len(report["losses"]) == report["steps"] > 100
+    assert report["final_loss"] < 0.2 * report["first_loss"]
+    after = _accuracy(changed_world, out)
+    print("before", before["per_type"], "after", after["per_type"])
+    assert before["per_type"]["motion"] <= 0.1
+    assert after["per_type"]["motion"] >= 0.9
+    for qtype, accuracy in before["per_type"].items():
+        if qtype != "motion":
+            assert after["per_type"][qtype] >= accuracy - 0.05, qtype
+    # the adapter alone: PEFT's layout, the base's sha256, A and B for 7 projections x 2 layers
+    config = json.loads((out / "adapter" / lora.ADAPTER_CONFIG).read_text())
+    assert config["r"] == 8 and config["lora_alpha"] == 16.0 and config["peft_type"] == "LORA"
+    assert set(config["target_modules"]) == set(lora.TARGETS) and len(config["base_checkpoint_sha256"]) == 64
+    tensors = load_file(out / "adapter" / lora.ADAPTER_WEIGHTS)
+    assert len(tensors) == 2 * 7 * 2
