@@ -13,13 +13,15 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from panda_edge.cli.main import app
+from panda_edge.optional import has_llama_cpp
 from panda_edge.train import lora
 from panda_edge.train.finetune import FinetuneJob, FinetuneSpec
 
 runner = CliRunner()
 # The changed world: 240 videos, 40% held out (96 videos: 24 motion questions, 284 in all).
 WORLD = ["--videos", "240", "--seed", "5", "--heldout", "0.4", "--rule", "reversed-motion"]
-# Measured on it (1 thread: two wait on each other when another process is busy, as on CI): loss 1.22 -> 0.005 in 216 steps, held-out motion 0% -> 100%.
+# Measured on it: loss 1.22 -> 0.005 in 216 steps, held-out motion 0% -> 100%. One thread: two wait on
+# each other when another process is busy (as on a shared CI machine).
 RECIPE = ["--lr", "5e-3", "--epochs", "6", "--rank", "8", "--batch-size", "4", "--threads", "1"]
 
 
@@ -45,7 +47,7 @@ def small_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def _accuracy(world: Path, checkpoint: str | Path) -> dict:
+def _accuracy(world: Path, checkpoint: str | Path, extra: list[str] = ()) -> dict:
     result = _invoke(
         [
             "eval",
@@ -57,6 +59,7 @@ def _accuracy(world: Path, checkpoint: str | Path) -> dict:
             str(checkpoint),
             "--threads",
             "1",
+            *extra,
             "--json",
             "-",
         ]
@@ -164,14 +167,20 @@ def test_projector_method_trains_the_projector_alone(small_world: Path, tmp_path
     assert all(tuned[k].dtype == base[k].dtype for k in base)  # stored as the base was (float16)
 
 
-def test_finetuning_learns_the_changed_rule_and_keeps_the_others(changed_world: Path, tmp_path: Path) -> None:
-    """Before: the tiny model answers the true direction (0% under the rule); after LoRA on the
-    training split: >= 90% on held-out motion questions, every other type within 5 points."""
-    before = _accuracy(changed_world, "tiny")
-    out = tmp_path / "tuned"
+@pytest.fixture(scope="module")
+def tuned(changed_world: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """The tiny model LoRA-tuned on the changed world's training split, and `panda finetune --json`."""
+    out = tmp_path_factory.mktemp("tuned") / "out"
     data = ["--checkpoint", "tiny", "--data", str(changed_world), "--out", str(out)]
     result = _invoke(["finetune", *data, *RECIPE, "--json", "-"])
-    report = json.loads(result.stdout)
+    return out, json.loads(result.stdout)
+
+
+def test_finetuning_learns_the_changed_rule_and_keeps_the_others(changed_world: Path, tuned) -> None:
+    """Before: the tiny model answers the true direction (0% under the rule); after LoRA on the
+    training split: >= 90% on held-out motion questions, every other type within 5 points."""
+    out, report = tuned
+    before = _accuracy(changed_world, "tiny")
     assert report["method"] == "lora" and len(report["losses"]) == report["steps"] > 100
     assert report["final_loss"] < 0.2 * report["first_loss"]
     after = _accuracy(changed_world, out)
@@ -187,3 +196,77 @@ def test_finetuning_learns_the_changed_rule_and_keeps_the_others(changed_world: 
     assert set(config["target_modules"]) == set(lora.TARGETS) and len(config["base_checkpoint_sha256"]) == 64
     tensors = load_file(out / "adapter" / lora.ADAPTER_WEIGHTS)
     assert len(tensors) == 2 * 7 * 2
+
+
+def test_the_lora_gguf_has_llama_cpps_names_and_shapes(tuned, tmp_path: Path) -> None:
+    import gguf
+
+    from panda_edge.config import PRESETS
+    from panda_edge.export.llm_gguf.lora_gguf import write_lora_gguf
+
+    out, _ = tuned
+    path = write_lora_gguf(out / "adapter", tmp_path / "lora.gguf", PRESETS["tiny"].llm)
+    reader = gguf.GGUFReader(tmp_path / "lora.gguf")
+
+    def text(key: str) -> str:
+        field = reader.fields[key]
+        return bytes(field.parts[field.data[0]]).decode()
+
+    assert path["tensors"] == 28 and text("general.type") == "adapter" and text("adapter.type") == "lora"
+    assert text("general.architecture") == "llama"
+    assert float(reader.fields["adapter.lora.alpha"].parts[-1][0]) == 16.0
+    shapes = {t.name: tuple(int(d) for d in t.shape) for t in reader.tensors}  # ggml order: ne0 first
+    assert shapes["blk.0.attn_q.weight.lora_a"] == (128, 8)  # A: (rank, in) -> ne [in, rank]
+    assert shapes["blk.0.attn_q.weight.lora_b"] == (8, 128)  # B: (out, rank) -> ne [rank, out]
+    assert shapes["blk.1.ffn_down.weight.lora_a"] == (256, 8)
+    assert shapes["blk.1.ffn_gate.weight.lora_b"] == (8, 256)
+
+
+@pytest.mark.skipif(not has_llama_cpp(), reason="llama-cpp-python is not installed")
+def test_exported_bundles_keep_the_finetuned_accuracy(changed_world: Path, tuned, tmp_path: Path) -> None:
+    """INT8 vision + q8_0: the merged checkpoint's bundle, and the base's bundle with the LoRA GGUF
+    applied at load, each within 1 point of the fine-tuned PyTorch reference on the held-out set."""
+    out, _ = tuned
+    calibration = ["--qa", str(changed_world / "train.json"), "--videos", str(changed_world / "videos")]
+    common = ["--target", "all", "--gguf-type", "q8_0", "--precision", "int8", *calibration]
+    merged, base = tmp_path / "merged", tmp_path / "base"
+    _invoke(["-q", "export", "--checkpoint", str(out), "--out", str(merged), *common])
+    exported = _invoke(
+        ["export", "--checkpoint", "tiny", "--out", str(base), *common, "--lora", str(out / "adapter")]
+    )
+    assert "lora.gguf" in exported.output
+    # the adapter's base is the tiny model: exporting it onto the merged checkpoint is refused
+    refused = runner.invoke(
+        app,
+        [
+            "export",
+            "--checkpoint",
+            str(out),
+            "--out",
+            str(tmp_path / "x"),
+            "--target",
+            "gguf",
+            "--lora",
+            str(out / "adapter"),
+        ],
+    )
+    assert refused.exit_code == 2 and "trained on other weights" in refused.output
+    assert not (tmp_path / "x").exists()  # refused before anything is written
+    runs = {
+        "merged": [str(merged)],
+        "base+lora": [str(base), "--lora", str(base / "lora.gguf")],
+    }
+    for name, bundle in runs.items():
+        report = _accuracy(
+            changed_world, out, ["--bundle", *bundle, "--gguf-type", "q8_0", "--precision", "int8"]
+        )
+        print(
+            name,
+            "reference",
+            report["accuracy"],
+            "runtime",
+            report["runtime"]["accuracy"],
+            report["runtime"]["per_type"],
+        )
+        assert report["per_type"]["motion"] >= 0.9
+        assert abs(report["runtime"]["accuracy"] - report["accuracy"]) <= 0.01, name

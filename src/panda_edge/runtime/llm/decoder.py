@@ -38,12 +38,14 @@ class LlamaDecoder:
         threads: int = 2,
         n_gpu_layers: int = 0,
         kv_cache: str = DEFAULT_KV_CACHE,
+        lora: Path | None = None,
     ) -> None:
-        """`kv_cache` f32 keeps the cache exact (parity runs); f16 is llama.cpp's default."""
+        """`kv_cache` f32 keeps the cache exact (parity runs); f16 is llama.cpp's default. `lora`: a
+        LoRA GGUF applied at load."""
         lib = llama_cpp()
         self.lib = lib
         self.path = Path(path)
-        self.llm = load_llama(self.path, n_ctx, n_batch, threads, n_gpu_layers, kv_cache)
+        self.llm = load_llama(self.path, n_ctx, n_batch, threads, n_gpu_layers, kv_cache, lora=lora)
         self.ctx = self.llm.ctx
         self.n_ctx = lib.llama_n_ctx(self.ctx)
         self.n_batch = lib.llama_n_batch(self.ctx)
