@@ -54,7 +54,16 @@ def finetune(
     dtype: ReferenceDtype = "fp32",
     device: ReferenceDevice = "cpu",
     seed: Annotated[int, typer.Option(help="Seed for the LoRA initialization and the data order.")] = 0,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, help="PyTorch threads.")] = None,
+    threads: Annotated[
+        int | None,
+        typer.Option("--threads", min=1, help="PyTorch threads (with --ray: per worker, default 1)."),
+    ] = None,
+    save_every: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Save the resumable state (with --ray: a Ray Train checkpoint) every N steps."
+        ),
+    ] = 50,
     ray: RayAddress = None,
     workers: Annotated[
         int | None, typer.Option("--workers", min=1, help="With --ray: data-parallel training workers.")
@@ -92,6 +101,7 @@ def finetune(
     )
     if ray is None and workers is not None:
         raise typer.BadParameter("--workers goes with --ray")
+    worker_threads = threads or 1
     threads = use_threads(threads, steady=True)
     columns = (
         TextColumn("{task.description}"),
@@ -114,11 +124,11 @@ def finetune(
         if ray is not None:
             from panda_edge.scaleout.ray_finetune import ray_finetune
 
-            result = ray_finetune(spec, out_dir.resolve(), ray, workers, progress)
+            result = ray_finetune(spec, out_dir.resolve(), ray, workers, progress, save_every, worker_threads)
         else:
             from panda_edge.train.finetune import finetune as run
 
-            result = run(spec, out_dir, progress)
+            result = run(spec, out_dir, progress, save_every)
     if emit_result({**result.to_dict(), "threads": threads}, json_out):
         return
     losses = result.losses

@@ -115,6 +115,7 @@ class FinetuneResult:
     seconds: float = 0.0
     adapter: Path | None = None
     workers: int = 1
+    resumed_at: list[int] = field(default_factory=list)  # steps a run went on from a saved state
 
     def to_dict(self) -> dict:
         return {
@@ -128,6 +129,7 @@ class FinetuneResult:
             "seconds": self.seconds,
             "adapter": None if self.adapter is None else str(self.adapter),
             "workers": self.workers,
+            "resumed_at": self.resumed_at,
         }
 
 
@@ -348,10 +350,13 @@ class FinetuneJob:
         return adapter
 
 
-def _save_state(path: Path, job: FinetuneJob, optimizer, schedule, step: int, losses: list[float]) -> None:
+def _save_state(
+    path: Path, job: FinetuneJob, optimizer, schedule, step: int, losses: list[float], resumed_at: list[int]
+) -> None:
     state = {
         "step": step,
         "losses": losses,
+        "resumed_at": resumed_at,
         "trainable": job.trainable_state(),
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
@@ -371,7 +376,7 @@ def finetune(
     job = FinetuneJob(spec, progress)
     order, total = job.schedule()
     optimizer, schedule = job.optimizer(total)
-    first, losses = 0, []
+    first, losses, resumed_at = 0, [], []
     state_path = out_dir / STATE_FILE
     if state_path.is_file():
         state = torch.load(state_path, map_location="cpu", weights_only=True)
@@ -379,6 +384,7 @@ def finetune(
         optimizer.load_state_dict(state["optimizer"])
         schedule.load_state_dict(state["schedule"])
         first, losses = state["step"], list(state["losses"])
+        resumed_at = [*state.get("resumed_at", []), first]
         progress.on_message(f"resuming at step {first} of {total}")
     progress.on_start(total)
     for step in range(first, total):
@@ -390,7 +396,7 @@ def finetune(
         schedule.step()
         losses.append(round(float(loss.detach()), 5))
         if save_every and (step + 1) % save_every == 0 and step + 1 < total:
-            _save_state(state_path, job, optimizer, schedule, step + 1, losses)
+            _save_state(state_path, job, optimizer, schedule, step + 1, losses, resumed_at)
         progress.on_step(step + 1, losses[-1])
     adapter = job.save(out_dir)
     result = FinetuneResult(
@@ -401,6 +407,7 @@ def finetune(
         job.trainable_parameters,
         round(time.perf_counter() - start, 1),
         adapter,
+        resumed_at=resumed_at,
     )
     write_json(out_dir / LOG_FILE, {**result.to_dict(), "memory_gb": _gb(job.need)})
     state_path.unlink(missing_ok=True)
