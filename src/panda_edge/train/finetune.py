@@ -56,6 +56,7 @@ ADAPTER_DIR = "adapter"
 STATE_FILE = "finetune_state.pt"
 LOG_FILE = "finetune_log.json"
 WARMUP_RATIO = 0.03
+SHARD_BYTES = 5_000_000_000  # the merged checkpoint in shards of at most 5 GB, as released checkpoints come
 TEXT_TOKENS = 256  # the prompt's text and the answers, besides the visual tokens (for the memory check)
 CHECKPOINTING_FROM_LAYERS = 5  # gradient checkpointing for any Llama deeper than the tiny one's
 
@@ -116,6 +117,7 @@ class FinetuneResult:
     adapter: Path | None = None
     workers: int = 1
     resumed_at: list[int] = field(default_factory=list)  # steps a run went on from a saved state
+    step_seconds: list[float] = field(default_factory=list)  # wall time of each optimizer step run here
 
     def to_dict(self) -> dict:
         return {
@@ -130,6 +132,7 @@ class FinetuneResult:
             "adapter": None if self.adapter is None else str(self.adapter),
             "workers": self.workers,
             "resumed_at": self.resumed_at,
+            "step_seconds": self.step_seconds,
         }
 
 
@@ -387,7 +390,9 @@ def finetune(
         resumed_at = [*state.get("resumed_at", []), first]
         progress.on_message(f"resuming at step {first} of {total}")
     progress.on_start(total)
+    step_seconds = []
     for step in range(first, total):
+        step_start = time.perf_counter()
         loss = job.loss(job.batch(order, step))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -395,6 +400,7 @@ def finetune(
         optimizer.step()
         schedule.step()
         losses.append(round(float(loss.detach()), 5))
+        step_seconds.append(round(time.perf_counter() - step_start, 3))
         if save_every and (step + 1) % save_every == 0 and step + 1 < total:
             _save_state(state_path, job, optimizer, schedule, step + 1, losses, resumed_at)
         progress.on_step(step + 1, losses[-1])
@@ -408,6 +414,7 @@ def finetune(
         round(time.perf_counter() - start, 1),
         adapter,
         resumed_at=resumed_at,
+        step_seconds=step_seconds,
     )
     write_json(out_dir / LOG_FILE, {**result.to_dict(), "memory_gb": _gb(job.need)})
     state_path.unlink(missing_ok=True)
