@@ -270,3 +270,28 @@ def test_exported_bundles_keep_the_finetuned_accuracy(changed_world: Path, tuned
         )
         assert report["per_type"]["motion"] >= 0.9
         assert abs(report["runtime"]["accuracy"] - report["accuracy"]) <= 0.01, name
+
+
+def test_an_interrupted_run_resumes_from_its_saved_state(small_world: Path, tmp_path: Path) -> None:
+    from panda_edge.train.finetune import Progress, finetune
+
+    torch.set_num_threads(1)
+    spec = FinetuneSpec("tiny", str(small_world), lr=5e-3, epochs=3, batch_size=2)
+    whole = finetune(spec, tmp_path / "whole", save_every=2)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_five(step: int, loss: float) -> None:
+        if step == 5:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(spec, tmp_path / "cut", Progress(on_step=stop_at_five), save_every=2)
+    resumed = finetune(spec, tmp_path / "cut", save_every=2)
+    assert resumed.resumed_at == [4] and len(resumed.step_seconds) == whole.steps - 4
+    assert resumed.losses == pytest.approx(whole.losses, abs=1e-4)
+    assert not (tmp_path / "cut" / "finetune_state.pt").exists()  # done: nothing left to resume
+    a = load_file(tmp_path / "whole" / "adapter" / lora.ADAPTER_WEIGHTS)
+    b = load_file(tmp_path / "cut" / "adapter" / lora.ADAPTER_WEIGHTS)
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
