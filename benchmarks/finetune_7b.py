@@ -96,7 +96,8 @@ def main() -> None:
                 record["estimate_total_gb"] = round(sum(log["memory_gb"].values()), 2)
             else:
                 lines = (logs / f"{dtype}.log").read_text(errors="replace").splitlines()
-                record["error"] = next((line for line in lines if line.startswith("error:")), lines[-1:])
+                record["error"] = next((line for line in lines if line.startswith("error:")), None)
+                record["log_tail"] = [line.strip() for line in lines if line.strip()][:8]
             report["runs"][dtype] = record
             shutil.rmtree(out, ignore_errors=True)
             args.json.parent.mkdir(parents=True, exist_ok=True)

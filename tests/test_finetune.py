@@ -295,3 +295,29 @@ def test_an_interrupted_run_resumes_from_its_saved_state(small_world: Path, tmp_
     a = load_file(tmp_path / "whole" / "adapter" / lora.ADAPTER_WEIGHTS)
     b = load_file(tmp_path / "cut" / "adapter" / lora.ADAPTER_WEIGHTS)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_a_qa_file_in_the_msvd_form_trains_too(small_world: Path, tmp_path: Path) -> None:
+    """`--data QA.json --videos DIR` with flat video_id/question/answer entries (ids without their
+    extension), as panda eval reads them: the same examples as the Video-ChatGPT form of those turns."""
+    entries = json.loads((small_world / "train.json").read_text())
+    flat = [
+        {
+            "video_id": e["video"].removesuffix(".mp4"),
+            "question": e["question"],
+            "answer": e["answer"],
+            "question_id": i,
+        }
+        for i, e in enumerate(entries)
+    ]
+    qa = tmp_path / "qa.json"
+    qa.write_text(json.dumps(flat))
+    job = FinetuneJob(FinetuneSpec("tiny", str(qa), videos_dir=str(small_world / "videos")))
+    reference = FinetuneJob(FinetuneSpec("tiny", str(small_world)))
+    assert [(e.video, e.ids, e.labels) for e in job.examples] == [
+        (e.video, e.ids, e.labels) for e in reference.examples
+    ]
+    missing = runner.invoke(
+        app, ["finetune", "--checkpoint", "tiny", "--data", str(qa), "--out", str(tmp_path / "o")]
+    )
+    assert missing.exit_code == 2 and "no such videos directory" in missing.output

@@ -28,7 +28,9 @@ def finetune(
     data: Annotated[
         Path,
         typer.Option(
-            help="Data directory with train.json (Video-ChatGPT style) and videos/ (panda toyworld)."
+            help="Data directory with train.json (Video-ChatGPT style) and videos/ (panda toyworld), or a "
+            "QA JSON file in either form panda eval reads (Video-ChatGPT, or MSVD-QA style video_id/question/"
+            "answer) with --videos."
         ),
     ],
     out_dir: Annotated[
@@ -37,6 +39,10 @@ def finetune(
             "--out", help="Output: the merged checkpoint (released layout) and, for LoRA, adapter/."
         ),
     ],
+    videos: Annotated[
+        Path | None,
+        typer.Option(help="Directory of the videos a QA file names (default: videos/ beside it)."),
+    ] = None,
     method: Annotated[
         str,
         typer.Option(
@@ -98,6 +104,7 @@ def finetune(
         dtype=dtype,
         device=device,
         seed=seed,
+        videos_dir=None if videos is None else str(videos.resolve()),
     )
     if ray is None and workers is not None:
         raise typer.BadParameter("--workers goes with --ray")
