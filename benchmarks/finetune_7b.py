@@ -72,7 +72,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     ckpt, data, logs = work / "Video-Panda-7B", work / "data", work / "logs"
     logs.mkdir(exist_ok=True)
-    report: dict = {"machine": machine(), "runs": {}}
+    # runs of other dtypes already recorded stay (run one dtype again with --dtypes)
+    previous = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    report: dict = {**previous, "machine": machine(), "runs": previous.get("runs", {})}
     try:
         if not (ckpt / "model.safetensors.index.json").is_file():
             start = time.perf_counter()
