@@ -321,3 +321,37 @@ def test_a_qa_file_in_the_msvd_form_trains_too(small_world: Path, tmp_path: Path
         app, ["finetune", "--checkpoint", "tiny", "--data", str(qa), "--out", str(tmp_path / "o")]
     )
     assert missing.exit_code == 2 and "no such videos directory" in missing.output
+
+
+@pytest.mark.skipif(not has_llama_cpp(), reason="llama-cpp-python is not installed")
+def test_llama_cpp_with_the_lora_gguf_gives_the_merged_models_logits(tuned, tmp_path: Path) -> None:
+    """f32 base GGUF + lora.gguf in llama.cpp against transformers on the merged checkpoint, on the
+    same tokens: top-1 equal everywhere and the logits close (a wrong q/k permutation of B, a missing
+    alpha / rank or transposed A/B would not be); without the adapter they are far apart."""
+    import numpy as np
+
+    from panda_edge.model.videopanda import load_llm_reference
+    from panda_edge.runtime.llm.llamacpp import load_llama
+
+    out, _ = tuned
+    bundle = tmp_path / "b"
+    args = ["-q", "export", "--target", "gguf", "--gguf-type", "f32", "--checkpoint", "tiny"]
+    _invoke([*args, "--out", str(bundle), "--lora", str(out / "adapter")])
+    ids = [1, *torch.randint(3, 500, (47,), generator=torch.Generator().manual_seed(0)).tolist()]
+    with torch.no_grad():
+        reference = load_llm_reference(out)(input_ids=torch.tensor([ids])).logits[0].numpy()
+
+    def llama_cpp_logits(lora: Path | None) -> np.ndarray:
+        llm = load_llama(bundle / "llm.f32.gguf", 64, 64, 1, kv_cache="f32", logits_all=True, lora=lora)
+        try:
+            llm.eval(ids)
+            return np.array(llm.scores[: len(ids)], dtype=np.float32)
+        finally:
+            llm.close()
+
+    adapted, plain = llama_cpp_logits(bundle / "lora.gguf"), llama_cpp_logits(None)
+    scale = np.abs(reference).max()
+    with_lora, without = np.abs(adapted - reference).max(), np.abs(plain - reference).max()
+    print(f"max abs diff with the LoRA GGUF {with_lora:.4f}, without {without:.4f} (of {scale:.2f})")
+    assert (adapted.argmax(-1) == reference.argmax(-1)).all()
+    assert with_lora <= 0.01 * scale and without >= 10 * with_lora
