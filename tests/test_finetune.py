@@ -355,3 +355,19 @@ def test_llama_cpp_with_the_lora_gguf_gives_the_merged_models_logits(tuned, tmp_
     print(f"max abs diff with the LoRA GGUF {with_lora:.4f}, without {without:.4f} (of {scale:.2f})")
     assert (adapted.argmax(-1) == reference.argmax(-1)).all()
     assert with_lora <= 0.01 * scale and without >= 10 * with_lora
+
+
+def test_lora_is_a_runtime_option_of_run_chat_serve_and_eval(tmp_path: Path) -> None:
+    from panda_edge.errors import PandaError
+    from panda_edge.runtime.options import RuntimeOptions
+
+    for command in ("run", "chat", "serve", "eval"):
+        assert "--lora" in runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output, command
+    with pytest.raises(PandaError, match="no such file"):
+        RuntimeOptions(lora=str(tmp_path / "missing.gguf"))
+    (tmp_path / "qa.json").write_text("[]")
+    (tmp_path / "l.gguf").write_bytes(b"")
+    args = ["eval", "--qa", str(tmp_path / "qa.json"), "--videos", str(tmp_path)]
+    result = runner.invoke(app, [*args, "--lora", str(tmp_path / "l.gguf")])
+    assert result.exit_code == 2 and "give --bundle" in result.output
+    assert len(result.output.strip().splitlines()) == 1
