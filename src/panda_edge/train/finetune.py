@@ -23,7 +23,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -202,6 +202,20 @@ def finetune_bytes(directory: Path, spec: FinetuneSpec, videos: int) -> dict[str
     return need
 
 
+def _check_gpu_memory(need: dict[str, int], spec: FinetuneSpec) -> None:
+    """--device cuda: what lives on the GPU (all but the process and the decoded frames) against its
+    free memory."""
+    from panda_edge.memory import NotEnoughMemory
+
+    on_gpu = sum(v for k, v in need.items() if k not in ("process", "frames"))
+    free, _ = torch.cuda.mem_get_info()
+    if on_gpu > free:
+        raise NotEnoughMemory(
+            f"fine-tuning ({spec.method}, {spec.dtype}) needs about {on_gpu / GB:.1f} GB of GPU memory and "
+            f"{free / GB:.1f} GB is free; {_memory_hint(replace(spec, device='cpu'))}"
+        )
+
+
 def use_checkpointing(config: ModelConfig, spec: FinetuneSpec) -> bool:
     if spec.checkpointing is not None:
         return spec.checkpointing
@@ -301,6 +315,8 @@ class FinetuneJob:
             f"{len(names)} videos)",
             _memory_hint(spec),
         )
+        if spec.device == "cuda":
+            _check_gpu_memory(need, spec)
         self.need = need
         config = read_config(self.directory)
         tokens = config.vision.video_frames * visual_tokens_per_frame(config) + TEXT_TOKENS

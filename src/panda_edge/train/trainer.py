@@ -150,10 +150,10 @@ class TrainingLoss:
         target = torch.stack(
             [F.pad(torch.tensor(lab), (0, length - len(lab)), value=IGNORE) for lab in labels]
         )
-        mask, positions = branch_attention(branches, length)
+        mask, positions = (t.to(embeds.device) for t in branch_attention(branches, length))
         out = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
         # Logits only where a label is: most positions are visual or prompt tokens.
-        targets = target[:, 1:]
+        targets = target[:, 1:].to(embeds.device)
         keep = targets != IGNORE
         logits = model.llm.lm_head(out.last_hidden_state[:, :-1][keep])
         loss = F.cross_entropy(logits.float(), targets[keep], reduction=reduction)
