@@ -256,3 +256,22 @@ def test_packed_branches_see_only_the_prefix_and_themselves(toy: Path, tokenizer
     # The same rows without the branch mask see each other: the answers change.
     sequential = [replace(ex, branches=None) for ex in packed]
     assert summed(sequential) != pytest.approx(summed(single), rel=1e-3)
+
+
+def test_the_full_preset_is_refused_before_anything_is_built(toy: Path, tmp_path: Path, monkeypatch) -> None:
+    """From scratch the 7B needs ~109 GB (weights, gradients, AdamW): one line pointing to finetune,
+    exit 2, and nothing written; before the check the kernel killed the process."""
+    from typer.testing import CliRunner
+
+    from panda_edge.cli.main import app
+    from panda_edge.memory import BUDGET_ENV
+
+    monkeypatch.setenv(BUDGET_ENV, "1")  # at most 1 GB counted free, whatever this machine has
+    out = tmp_path / "full"
+    result = CliRunner().invoke(app, ["train", "--preset", "full", "--data", str(toy), "--out", str(out)])
+    assert result.exit_code == 2
+    message = result.output.strip()
+    assert len(message.splitlines()) == 1 and "Traceback" not in message
+    assert "needs about 109" in message and "1.0 GB is available" in message
+    assert "panda finetune" in message
+    assert not out.exists()

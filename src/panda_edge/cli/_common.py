@@ -334,6 +334,13 @@ CacheMaxOpt = Annotated[
         help="Bound on --cache (GB); least recently used prefixes go first (a 7B prefix is 0.5-1.2 GB).",
     ),
 ]
+LoraOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--lora",
+        help="A llama.cpp LoRA GGUF (panda export --target gguf --lora) applied to the decoder at load.",
+    ),
+]
 CheckpointOpt = Annotated[
     str | None, typer.Option("--checkpoint", help="--vision torch only: the reference checkpoint, or 'tiny'.")
 ]
@@ -362,6 +369,7 @@ def runtime_options(
     cache: Path | None = None,
     cache_max_gb: float | None = None,
     checkpoint: str | None = None,
+    lora: Path | None = None,
 ) -> Any:
     """The RuntimeOptions the options above ask for (exit 2 for a combination that cannot run). Paths
     become absolute: a server's Ray replicas open them from another working directory."""
@@ -381,4 +389,5 @@ def runtime_options(
         prefix_cache=None if cache is None else str(cache.resolve()),
         cache_max_bytes=None if cache_max_gb is None else int(cache_max_gb * 1e9),
         checkpoint=checkpoint,
+        lora=None if lora is None else str(lora.resolve()),
     )

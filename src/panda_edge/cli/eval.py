@@ -13,6 +13,7 @@ from panda_edge.cli._common import (
     CtxOpt,
     GgufOpt,
     KvTypeOpt,
+    LoraOpt,
     PrecisionOpt,
     RayAddress,
     RayWorkers,
@@ -50,6 +51,7 @@ def eval(
         typer.Option(help="Also score the runtime on this bundle, and its agreement with the reference."),
     ] = None,
     gguf_type: GgufOpt = None,
+    lora: LoraOpt = None,
     precision: PrecisionOpt = None,
     vision_precision: Annotated[
         str | None,
@@ -98,7 +100,10 @@ def eval(
         threads=threads if ray is not None else here,
         n_ctx=n_ctx,
         kv_type=kv_type,
+        lora=lora,
     )
+    if lora is not None and bundle is None:
+        raise PandaError("--lora applies to the runtime's decoder: give --bundle")
     if bundle is not None:
         runtime.check(bundle)  # a bad bundle, or no asked GGUF or graph: exit 2 before a model loads
     reference_dtype = reference_precision(dtype, device)

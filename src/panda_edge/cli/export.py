@@ -22,6 +22,7 @@ from panda_edge.bundle import VISION_INT8, Manifest
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import emit_result, handle_errors, json_to_stdout, out, step_printer
 from panda_edge.cli.calibrate import HoldoutOption, MethodOption, SamplesOption, TargetOption
+from panda_edge.errors import PandaError
 
 
 @handle_errors
@@ -62,6 +63,14 @@ def export(
     method: MethodOption = DEFAULT_METHOD,
     target_cosine: TargetOption = 0.99,
     holdout: HoldoutOption = 4,
+    lora: Annotated[
+        Path | None,
+        typer.Option(
+            "--lora",
+            help="--target gguf/all: also write BUNDLE/lora.gguf, a llama.cpp LoRA GGUF of this adapter "
+            "directory (panda finetune's OUT/adapter; --checkpoint must be its base). Run it with --lora.",
+        ),
+    ] = None,
     json_out: Annotated[
         Path | None, typer.Option("--json", help="Write the manifest as JSON ('-': stdout).")
     ] = None,
@@ -86,6 +95,13 @@ def export(
     from panda_edge.export.target import export_target
 
     quiet = json_to_stdout(json_out)
+    if lora is not None and target not in ("gguf", "all"):
+        raise PandaError("--lora goes with --target gguf or all: the adapter is for the Llama's GGUF")
+    lora_llm = None
+    if lora is not None and not dry_run:
+        from panda_edge.export.llm_gguf.lora_gguf import check_lora_base
+
+        lora_llm = check_lora_base(checkpoint, lora)  # exit 2 before anything is written
     if target == "gguf" and dry_run:
         _gguf_plan(checkpoint, gguf_type, json_out)
         return
@@ -96,8 +112,19 @@ def export(
     result = export_target(
         checkpoint, out_dir, target, trt_profile, gguf_type, precision, calibrate, step_printer(quiet)
     )
+    adapter = None
+    if lora_llm is not None:
+        from panda_edge.export.llm_gguf.lora_gguf import LORA_GGUF, write_lora_gguf
+
+        adapter = write_lora_gguf(lora, out_dir / LORA_GGUF, lora_llm)
+        result = {**result, "lora": adapter}
     if emit_result(result, json_out):
         return
+    if adapter is not None:
+        out.print(
+            f"wrote {out_dir / adapter['file']}: LoRA rank {adapter['rank']}, alpha {adapter['alpha']:g}, "
+            f"{adapter['tensors']} tensors (panda run/chat/serve/eval --lora {out_dir / adapter['file']})"
+        )
     if target == "gguf":
         _print_gguf(out_dir, result, gguf_type)
     elif target == "trt":

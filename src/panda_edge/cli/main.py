@@ -12,6 +12,7 @@ from panda_edge.cli.calibrate import calibrate
 from panda_edge.cli.demo import demo
 from panda_edge.cli.eval import eval as eval_command
 from panda_edge.cli.export import export
+from panda_edge.cli.finetune import finetune
 from panda_edge.cli.generate import generate
 from panda_edge.cli.info import info
 from panda_edge.cli.parity import parity
@@ -36,6 +37,7 @@ app.command(rich_help_panel="Model")(info)
 app.command(rich_help_panel="Model")(generate)
 app.command(rich_help_panel="Training")(toyworld)
 app.command(rich_help_panel="Training")(train)
+app.command(rich_help_panel="Training")(finetune)
 app.command(name="eval", rich_help_panel="Training")(eval_command)
 app.command(rich_help_panel="Export")(export)
 app.command(name="build-engine", rich_help_panel="Export")(build_engine)

@@ -19,6 +19,7 @@ from panda_edge.cli._common import (
     GpuLayersOpt,
     KvCacheAlias,
     KvTypeOpt,
+    LoraOpt,
     PrecisionOpt,
     Threads,
     VisionOpt,
@@ -78,6 +79,7 @@ def run(
     kv_type: KvTypeOpt = DEFAULT_KV_CACHE,
     kv_cache: KvCacheAlias = None,
     checkpoint: CheckpointOpt = None,
+    lora: LoraOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
     """Answer QUESTION about VIDEO with the bundle: vision graph -> visual tokens -> llama.cpp.
@@ -99,6 +101,7 @@ def run(
         cache,
         cache_max_gb,
         checkpoint,
+        lora,
     )
     with _open_runtime(bundle, options) as runtime:
         answer = runtime.answer(
@@ -131,6 +134,7 @@ def chat(
     kv_type: KvTypeOpt = DEFAULT_KV_CACHE,
     kv_cache: KvCacheAlias = None,
     checkpoint: CheckpointOpt = None,
+    lora: LoraOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
     """Talk about VIDEO: one question per line on stdin, answers streamed (Vicuna v1 turns).
@@ -155,6 +159,7 @@ def chat(
         cache,
         cache_max_gb,
         checkpoint,
+        lora,
     )
     with _open_runtime(bundle, options) as runtime:
         conversation = runtime.chat(video)

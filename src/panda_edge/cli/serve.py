@@ -18,6 +18,7 @@ from panda_edge.cli._common import (
     GpuLayersOpt,
     KvCacheAlias,
     KvTypeOpt,
+    LoraOpt,
     PrecisionOpt,
     RayAddress,
     Threads,
@@ -49,6 +50,7 @@ def serve(
     cache: CacheOpt = None,
     cache_max_gb: CacheMaxOpt = 20.0,
     checkpoint: CheckpointOpt = None,
+    lora: LoraOpt = None,
     media_dir: Annotated[
         Path | None,
         typer.Option("--media-dir", help="file:// video URLs are served from under this directory only."),
@@ -135,6 +137,7 @@ def serve(
         cache,
         cache_max_gb,
         checkpoint,
+        lora,
     )
     if host not in ("127.0.0.1", "::1", "localhost") and api_key is None:
         warn(f"listening on {host} without --api-key: anyone who can reach it can use it")

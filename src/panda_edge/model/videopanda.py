@@ -174,8 +174,9 @@ class VideoPanda(nn.Module):
 
     # --- vision ------------------------------------------------------------------------------------
 
-    def encode_frames(self, pixel_values: Tensor | np.ndarray) -> list[Tensor]:
-        """(n_frames, 4, S, S) official frames -> one (tokens, llm_hidden) tensor per frame."""
+    def encode_frames(self, pixel_values: Tensor | np.ndarray, project: bool = True) -> list[Tensor]:
+        """(n_frames, 4, S, S) official frames -> one (tokens, llm_hidden) tensor per frame (`project`
+        False: STAB's tokens before the projector, vision width)."""
         frames = torch.as_tensor(pixel_values)
         v = self.config.vision
         n = frames.shape[0]
@@ -188,7 +189,7 @@ class VideoPanda(nn.Module):
         chunks = frames.to(weight.device, weight.dtype).reshape(
             n // v.chunk_frames, v.chunk_frames, *frames.shape[1:]
         )
-        return self.stab(chunks, self.projector)
+        return self.stab(chunks, self.projector if project else None)
 
     def load_frames(self, video_or_frames: str | Path | Tensor | np.ndarray) -> Tensor:
         if isinstance(video_or_frames, (str, Path)):

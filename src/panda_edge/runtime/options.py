@@ -45,6 +45,7 @@ class RuntimeOptions:
     prefix_cache: str | Path | None = None  # a directory; None: no disk cache
     cache_max_bytes: int | None = None
     checkpoint: str | None = None  # --vision torch only: a checkpoint directory or 'tiny'
+    lora: str | None = None  # a llama.cpp LoRA GGUF applied to the decoder at load (absolute path)
 
     def __post_init__(self) -> None:
         """Every choice checked against the tables before anything loads (or Ray replicas start)."""
@@ -54,6 +55,10 @@ class RuntimeOptions:
             check_gguf_type(self.gguf_type)
         if self.vision == TORCH and self.checkpoint is None:
             raise PandaError(NEEDS_CHECKPOINT)
+        if self.lora is not None and not Path(self.lora).is_file():
+            raise PandaError(
+                f"--lora {self.lora}: no such file (panda export --target gguf --lora writes one)"
+            )
         if self.vision != TORCH and self.checkpoint is not None:
             raise PandaError(f"--checkpoint is for --vision torch; --vision {self.vision} runs the bundle")
 

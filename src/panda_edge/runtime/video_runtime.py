@@ -150,8 +150,9 @@ class VideoRuntime:
         # engine (a TensorRT execution context and its buffers are not for concurrent use)
         self._vision_lock = threading.Lock()
         try:
+            lora = None if options.lora is None else Path(options.lora)
             self.decoder = LlamaDecoder(
-                self.parts.gguf, n_ctx, options.n_batch, threads, options.n_gpu_layers, kv_type
+                self.parts.gguf, n_ctx, options.n_batch, threads, options.n_gpu_layers, kv_type, lora
             )
             check_fit(
                 self.parts,
@@ -178,6 +179,8 @@ class VideoRuntime:
             "vision": self.engine.weights_sha256() if vision == TORCH else manifest.sha256(self.vision_file),
             "backend": f"{vision}-{precision}",
             "kv_cache": kv_type,
+            # an adapter changes every layer's keys and values: a prefix cached without it is not this one's
+            **({} if options.lora is None else {"lora": sha256_file(options.lora)}),
         }
         disk_cache = (
             PrefixCache(options.prefix_cache, self.identity, options.cache_max_bytes)

@@ -22,6 +22,7 @@ from panda_edge.fileio import write_json
 from panda_edge.host import worker_count
 from panda_edge.toyworld.questions import caption_entry, question_entries
 from panda_edge.toyworld.render import render
+from panda_edge.toyworld.rules import apply_rule, check_rule
 from panda_edge.toyworld.scenes import (
     COLORS,
     DIRECTIONS,
@@ -74,8 +75,12 @@ def _answer_counts(entries: Iterable[dict[str, Any]]) -> dict[str, dict[str, int
     return {t: dict(sorted(c.items())) for t, c in counts.items()}
 
 
-def _parameters(seed: int, videos: int, heldout_fraction: float, drill: bool) -> dict[str, Any]:
+def _parameters(
+    seed: int, videos: int, heldout_fraction: float, drill: bool, rule: str | None
+) -> dict[str, Any]:
+    changed = {} if rule is None else {"rule": rule}  # absent without one: same bytes as before
     return {
+        **changed,
         "generator": GENERATOR,
         "format_version": FORMAT_VERSION,
         "seed": seed,
@@ -112,6 +117,7 @@ def generate(
     progress: Callable[[int], None] | None = None,
     drill: bool = True,
     workers: int | None = None,
+    rule: str | None = None,
 ) -> ToyWorldSummary:
     """Write the videos, the train/held-out question files (split by video) and toyworld.json.
 
@@ -119,8 +125,10 @@ def generate(
     questions about every object to train.json (see `questions._drill_questions`). Videos are made
     by `workers` processes (default: one per core this process may use); each is a pure function of
     (seed, index), so the bytes do not depend on how many. Files already in `out_dir` are overwritten, not
-    removed: use a fresh directory when generating fewer videos than before.
+    removed: use a fresh directory when generating fewer videos than before. `rule` names a changed
+    rule (rules.RULES) the questions of one type answer by.
     """
+    check_rule(rule)
     if videos < 1:
         raise ValueError(f"videos must be at least 1, got {videos}")
     if seed < 0:
@@ -145,9 +153,9 @@ def generate(
             scenes = map(_make_video, jobs)
         for i, scene in enumerate(scenes):
             if i in heldout_ids:
-                heldout.extend(question_entries(scene))
+                heldout.extend(apply_rule(e, rule) for e in question_entries(scene))
             else:
-                train.extend(question_entries(scene, drill=drill))
+                train.extend(apply_rule(e, rule) for e in question_entries(scene, drill=drill))
                 captions.append(caption_entry(scene))
             if progress is not None:
                 progress(i + 1)
@@ -165,7 +173,7 @@ def generate(
         "per_type": per_type,
         "answers": _answer_counts(train + heldout),
     }
-    parameters = _parameters(seed, videos, heldout_fraction, drill)
+    parameters = _parameters(seed, videos, heldout_fraction, drill, rule)
     write_json(out / "toyworld.json", {**parameters, "counts": counts})
     return ToyWorldSummary(videos, len(train), len(heldout), per_type, str(out))
 

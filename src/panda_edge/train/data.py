@@ -56,19 +56,47 @@ class Example:
 def read_conversations(path: str | Path) -> list[Conversation]:
     """Entries with `video` and `conversations` ([{from: human|gpt, value}], `<video>` marks the clip)."""
     try:
-        entries = json.loads(Path(path).read_text())
-        out = []
-        for entry in entries:
-            values = [turn["value"] for turn in entry["conversations"]]
-            questions = [v.replace("<video>", "").replace(IMAGE_TOKEN, "").strip() for v in values[0::2]]
-            out.append(
-                Conversation(
-                    entry["video"], tuple(zip(questions, values[1::2], strict=False)), entry.get("type", "")
-                )
-            )
-        return out
+        return read_conversations_from(json.loads(Path(path).read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PandaError(f"{path}: not a Video-ChatGPT style QA file ({exc})") from None
+
+
+def read_qa(path: str | Path, videos_dir: str | Path) -> list[Conversation]:
+    """Training conversations from either form `panda eval` reads: Video-ChatGPT entries
+    (`conversations`, every turn kept) or flat `question`/`answer` entries naming `video` (a file) or,
+    as MSVD-QA / MSRVTT-QA / ActivityNet-QA do, `video_id` (the file in `videos_dir` of that stem,
+    whatever its extension)."""
+    try:
+        entries = json.loads(Path(path).read_text())
+        if entries and all("conversations" in e for e in entries):
+            return read_conversations(path)
+        stems = {p.stem: p.name for p in sorted(Path(videos_dir).iterdir()) if p.is_file()}
+        out = []
+        for entry in entries:
+            if "conversations" in entry:
+                out += read_conversations_from([entry])
+                continue
+            video = str(entry["video"] if "video" in entry else entry["video_id"])
+            question = str(entry["question"]).replace("<video>", "").strip()
+            turn = (question, str(entry["answer"]))
+            out.append(Conversation(stems.get(video, video), (turn,), entry.get("type", "")))
+        return out
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PandaError(f"{path}: not a QA file with video/question/answer entries ({exc})") from None
+
+
+def read_conversations_from(entries: Sequence[dict]) -> list[Conversation]:
+    """Video-ChatGPT entries (already parsed) as conversations."""
+    out = []
+    for entry in entries:
+        values = [turn["value"] for turn in entry["conversations"]]
+        questions = [v.replace("<video>", "").replace(IMAGE_TOKEN, "").strip() for v in values[0::2]]
+        out.append(
+            Conversation(
+                entry["video"], tuple(zip(questions, values[1::2], strict=False)), entry.get("type", "")
+            )
+        )
+    return out
 
 
 def build_examples(

@@ -21,7 +21,8 @@ from torch import Tensor, nn
 from panda_edge.config import ModelConfig, preset
 from panda_edge.errors import PandaError
 from panda_edge.fileio import atomic_path, write_json
-from panda_edge.model.loading import DTYPES
+from panda_edge.memory import check_memory
+from panda_edge.model.loading import DTYPES, PROCESS_BYTES, build_on_meta
 from panda_edge.model.videopanda import VideoPanda
 from panda_edge.prompt import IMAGE_TOKEN_INDEX, PromptTokenizer
 from panda_edge.train.data import (
@@ -130,7 +131,9 @@ class TrainingLoss:
                 t -= mean
         return mean
 
-    def __call__(self, batch: Sequence[Example], distill: bool = True) -> Tensor:
+    def __call__(self, batch: Sequence[Example], distill: bool = True, reduction: str = "mean") -> Tensor:
+        """The loss on `batch`; `reduction` 'sum' gives the answer tokens' summed cross entropy (data
+        parallel workers divide by the global count), without the distillation term."""
         model = self.model
         videos = sorted({ex.video for ex in batch if ex.video >= 0})
         visual = self.visual(videos)
@@ -147,13 +150,15 @@ class TrainingLoss:
         target = torch.stack(
             [F.pad(torch.tensor(lab), (0, length - len(lab)), value=IGNORE) for lab in labels]
         )
-        mask, positions = branch_attention(branches, length)
+        mask, positions = (t.to(embeds.device) for t in branch_attention(branches, length))
         out = model.llm.model(inputs_embeds=embeds, attention_mask=mask, position_ids=positions)
         # Logits only where a label is: most positions are visual or prompt tokens.
-        targets = target[:, 1:]
+        targets = target[:, 1:].to(embeds.device)
         keep = targets != IGNORE
         logits = model.llm.lm_head(out.last_hidden_state[:, :-1][keep])
-        loss = F.cross_entropy(logits, targets[keep])
+        loss = F.cross_entropy(logits.float(), targets[keep], reduction=reduction)
+        if reduction == "sum":
+            return loss
         if distill and self.teacher is not None and videos:
             loss = loss + self._distill(batch, out.last_hidden_state, starts)
         return loss
@@ -255,6 +260,25 @@ def set_trainable(model: VideoPanda, parts: Sequence[str]) -> list[nn.Parameter]
     return [p for name in parts for p in getattr(model, name).parameters()]
 
 
+# float32 weight, its gradient and AdamW's two moments: what training every parameter from scratch holds
+TRAINING_BYTES_PER_PARAMETER = 16
+
+
+def check_training_memory(config: ModelConfig) -> None:
+    """Exit-2 error before anything is built when training `config` from scratch cannot fit: float32
+    weights, gradients and AdamW state for every parameter (activations come on top). The full preset
+    needs about 109 GB; `panda finetune` adapts the released weights with LoRA instead."""
+    parameters = sum(p.numel() for p in build_on_meta(lambda: VideoPanda(config)).parameters())
+    need = parameters * TRAINING_BYTES_PER_PARAMETER + PROCESS_BYTES
+    check_memory(
+        need,
+        f"training the {config.name} preset from scratch ({parameters / 1e9:.2f}B parameters: float32 "
+        "weights, gradients and AdamW state, before activations)",
+        "to adapt the released weights to your videos, use `panda finetune --checkpoint CKPT --data DIR "
+        "--out OUT` (LoRA: the 16-bit base stays frozen)",
+    )
+
+
 def prepare_tokenizer(data_dir: Path, out_dir: Path, vocab_size: int) -> PromptTokenizer:
     from panda_edge.train.tokenizer import train_tokenizer
 
@@ -293,12 +317,12 @@ def train(
     progress = progress or Progress()
     if not (data_dir / "train.json").is_file():
         raise PandaError(f"{data_dir}: no train.json; make one with `panda toyworld --out {data_dir}`")
+    config = config or preset("tiny")
+    check_training_memory(config)
     start_time = time.perf_counter()
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)  # before the model is built: its initial weights come from this seed
-    model, head = _build_model(
-        data_dir, out_dir, config or preset("tiny"), teacher_width, teacher is not None
-    )
+    model, head = _build_model(data_dir, out_dir, config, teacher_width, teacher is not None)
     data = _read_data(data_dir, model.config, progress)
     if teacher is not None:
         teacher.eval()  # its tokens are computed once per video (TrainingLoss._teacher_tokens)

@@ -39,12 +39,14 @@ class LlamaDecoder:
         threads: int = 2,
         n_gpu_layers: int = 0,
         kv_cache: str = DEFAULT_KV_CACHE,
+        lora: Path | None = None,
     ) -> None:
-        """`kv_cache` f32 keeps the cache exact (parity runs); f16 is llama.cpp's default."""
+        """`kv_cache` f32 keeps the cache exact (parity runs); f16 is llama.cpp's default. `lora`: a
+        LoRA GGUF applied at load."""
         lib = llama_cpp()
         self.lib = lib
         self.path = Path(path)
-        self.llm = load_llama(self.path, n_ctx, n_batch, threads, n_gpu_layers, kv_cache)
+        self.llm = load_llama(self.path, n_ctx, n_batch, threads, n_gpu_layers, kv_cache, lora=lora)
         self._own_ctx = None  # a sibling's context, freed by its close (the Llama frees its own)
         self._setup(self.llm.ctx)
 
@@ -58,6 +60,14 @@ class LlamaDecoder:
                 f"{self.path}: llama.cpp could not create a second context of {self.n_ctx} tokens "
                 "(not enough memory for its KV cache): use a smaller --n-ctx"
             )
+        adapter = getattr(self.llm, "_lora_adapter", None)  # --lora: llama-cpp-python set it on its own
+        if adapter is not None:
+            adapters = (self.lib.llama_adapter_lora_p_ctypes * 1)(adapter)
+            if self.lib.llama_set_adapters_lora(ctx, adapters, 1, (ctypes.c_float * 1)(self.llm.lora_scale)):
+                self.lib.llama_free(ctx)
+                raise PandaError(
+                    f"{self.path}: llama.cpp could not apply the LoRA adapter to a second context"
+                )
         other = LlamaDecoder.__new__(LlamaDecoder)
         other.lib, other.path, other.llm = self.lib, self.path, None
         other._own_ctx = ctx

@@ -34,12 +34,16 @@ def load_llama(
     kv_cache: str = DEFAULT_KV_CACHE,
     logits_all: bool = False,
     vocab_only: bool = False,
+    lora: Path | None = None,
 ):
     """A `llama_cpp.Llama` on `path` with the KV cache element type named by `kv_cache`; llama.cpp's own
-    log (the load report) goes to stderr only when panda_edge logs at DEBUG (`panda -v`)."""
+    log (the load report) goes to stderr only when panda_edge logs at DEBUG (`panda -v`). `lora`: a
+    llama.cpp LoRA GGUF (`panda export --target gguf --lora`) applied at load, at scale 1."""
     lib = llama_cpp()
     if not path.is_file():
         raise BundleError(f"{path}: no such GGUF file")
+    if lora is not None and not Path(lora).is_file():
+        raise PandaError(f"--lora {lora}: no such file")
     kv = check_kv_cache(kv_cache)
     log.info(
         "loading %s into llama.cpp: n_ctx %d, n_batch %d, %d threads, %d GPU layers, %s KV cache",
@@ -68,9 +72,16 @@ def load_llama(
                 type_v=kv.ggml_id,
                 flash_attn=kv.flash_attn,
                 verbose=native_log_level() <= logging.INFO,
+                **({} if lora is None else {"lora_path": str(lora)}),
             )
     except ValueError as exc:  # llama-cpp-python's only report of a failed load; the reason went to stderr
         raise _load_error(path, exc, n_ctx, n_gpu_layers, kv_cache) from None
+    except RuntimeError as exc:  # llama-cpp-python's report of an adapter llama.cpp refused
+        if lora is None:
+            raise
+        raise PandaError(
+            f"--lora {lora}: llama.cpp cannot apply it to {path.name} (not a LoRA GGUF of this model; {exc})"
+        ) from None
 
 
 def _has_amx(lib: Any) -> bool:
