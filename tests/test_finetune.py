@@ -356,6 +356,19 @@ def test_llama_cpp_with_the_lora_gguf_gives_the_merged_models_logits(tuned, tmp_
     assert (adapted.argmax(-1) == reference.argmax(-1)).all()
     assert with_lora <= 0.01 * scale and without >= 10 * with_lora
 
+    # a live window's second context on the same weights carries the adapter too
+    from panda_edge.runtime.llm.decoder import LlamaDecoder
+
+    with LlamaDecoder(bundle / "llm.f32.gguf", 64, 64, 1, kv_cache="f32", lora=bundle / "lora.gguf") as first:
+        first.feed_tokens(ids)
+        second = first.sibling()
+        try:
+            second.feed_tokens(ids)
+            np.testing.assert_array_equal(second.logits(), first.logits())
+            np.testing.assert_allclose(first.logits(), adapted[-1], atol=1e-3)
+        finally:
+            second.close()
+
 
 def test_lora_is_a_runtime_option_of_run_chat_serve_and_eval(tmp_path: Path) -> None:
     from panda_edge.errors import PandaError
