@@ -94,6 +94,10 @@ SMALLER_KV_CACHE = "q8_0"  # what an out-of-memory error suggests
 # The context llama.cpp is given when none is asked: the model's, at most this (a square video's
 # prefix is 2,248 positions at full size; 4096 leaves room for turns and answers).
 DEFAULT_N_CTX = 4096
+# A live stream's window (panda watch, serve --stream, bench watch): the latest 8 s (the official
+# sampler's 1 fps grid gives the model's 8 frames), refreshed at most once a second.
+DEFAULT_WINDOW_S = 8.0
+DEFAULT_EVERY_S = 1.0
 
 
 def default_n_ctx(max_position_embeddings: int) -> int:

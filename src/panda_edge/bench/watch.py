@@ -24,6 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import DEFAULT_EVERY_S, DEFAULT_WINDOW_S
 from panda_edge.errors import PandaError
 from panda_edge.host import cpu_info, load_average
 from panda_edge.timing import quotient, significant
@@ -155,8 +156,8 @@ def measure(url: str, bundle: str, seconds: float, window_s: float, every_s: flo
 def bench_watch(
     model: str = "tiny",
     seconds: float = 60.0,
-    window_s: float = 8.0,
-    every_s: float = 1.0,
+    window_s: float = DEFAULT_WINDOW_S,
+    every_s: float = DEFAULT_EVERY_S,
     fps: float = 25.0,
     size: tuple[int, int] = (640, 360),
     bundle: Path | None = None,

@@ -203,6 +203,34 @@ def progress_bar(
         yield lambda completed: bar.update(task, completed=completed)
 
 
+@contextmanager
+def loss_bars(
+    json_out: Path | None,
+) -> Iterator[tuple[Callable[[str, int], None], Callable[[int, float], None]]]:
+    """Training progress on stderr, one bar per phase (a stage, a fine-tune) with its latest loss;
+    yields `start(description, total)` and `step(completed, loss)`. Off as `show_progress` says."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=err, disable=not show_progress(json_out)) as bar:
+        task: dict[str, Any] = {"id": None}
+
+        def start(description: str, total: int) -> None:
+            task["id"] = bar.add_task(description, total=total, loss="-")
+
+        def step(completed: int, loss: float) -> None:
+            bar.update(task["id"], completed=completed, loss=f"{loss:.3f}")
+
+        yield start, step
+
+
 def show_progress(json_out: Path | None) -> bool:
     """Whether progress may be drawn: not with -q, not while stdout carries the JSON document."""
     return not (_quiet or json_to_stdout(json_out))

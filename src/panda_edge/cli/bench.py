@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.backends import DEFAULT_TRT_PROFILE, RUNTIME_GGUF_TYPE
+from panda_edge.backends import DEFAULT_EVERY_S, DEFAULT_TRT_PROFILE, DEFAULT_WINDOW_S, RUNTIME_GGUF_TYPE
 from panda_edge.calibration.ranges import DEFAULT_METHOD
 from panda_edge.cli._common import (
     ReferenceDevice,
@@ -203,8 +203,10 @@ def watch(
     seconds: Annotated[
         float, typer.Option(min=5.0, help="How long to watch (after the first window).")
     ] = 60.0,
-    window: Annotated[float, typer.Option(min=0.5, help="Window length, seconds.")] = 8.0,
-    every: Annotated[float, typer.Option(min=0.0, help="Refresh the window at most this often.")] = 1.0,
+    window: Annotated[float, typer.Option(min=0.5, help="Window length, seconds.")] = DEFAULT_WINDOW_S,
+    every: Annotated[
+        float, typer.Option(min=0.0, help="Refresh the window at most this often.")
+    ] = DEFAULT_EVERY_S,
     fps: Annotated[float, typer.Option(min=1.0, help="The published stream's frame rate.")] = 25.0,
     size: Annotated[str, typer.Option(help="The published stream's WIDTHxHEIGHT.")] = "640x360",
     json_out: Annotated[

@@ -12,11 +12,10 @@ from panda_edge.cli._common import (
     ReferenceDevice,
     ReferenceDtype,
     emit_result,
-    err,
     handle_errors,
+    loss_bars,
     note,
     out,
-    show_progress,
 )
 
 
@@ -86,7 +85,6 @@ def finetune(
     panda export, parity and eval take as it is; adapter/ holds the LoRA alone (panda export --target
     gguf --lora). An interrupted run resumes from the output directory.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from panda_edge.host import use_threads
     from panda_edge.train.finetune import FinetuneSpec
@@ -110,22 +108,10 @@ def finetune(
         raise typer.BadParameter("--workers goes with --ray")
     worker_threads = threads or 1
     threads = use_threads(threads, steady=True)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err, disable=not show_progress(json_out)) as bar:
-        task = {"id": None}
+    with loss_bars(json_out) as (start, on_step):
 
         def on_start(total: int) -> None:
-            task["id"] = bar.add_task(f"{method} fine-tuning", total=total, loss="-")
-
-        def on_step(step: int, loss: float) -> None:
-            bar.update(task["id"], completed=step, loss=f"{loss:.3f}")
+            start(f"{method} fine-tuning", total)
 
         progress = FinetuneProgress(on_start=on_start, on_step=on_step, on_message=note)
         if ray is not None:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.backends import DEFAULT_BACKEND, DEFAULT_KV_CACHE
+from panda_edge.backends import DEFAULT_BACKEND, DEFAULT_EVERY_S, DEFAULT_KV_CACHE, DEFAULT_WINDOW_S
 from panda_edge.cli._common import (
     BundleOpt,
     CacheMaxOpt,
@@ -94,11 +94,11 @@ def serve(
     ] = None,
     stream_window: Annotated[
         float, typer.Option("--stream-window", min=0.1, help="Seconds of each stream one window holds.")
-    ] = 8.0,
+    ] = DEFAULT_WINDOW_S,
     stream_every: Annotated[
         float,
         typer.Option("--stream-every", min=0.0, help="Refresh each stream's window at most this often."),
-    ] = 1.0,
+    ] = DEFAULT_EVERY_S,
 ) -> None:
     """Serve the bundle over HTTP, as OpenAI's Chat Completions API with a video content part.
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.cli._common import emit_result, err, handle_errors, note, out, show_progress
+from panda_edge.cli._common import emit_result, handle_errors, loss_bars, note, out
 
 
 @handle_errors
@@ -52,29 +52,15 @@ def train(
 
     Saves the released checkpoint layout after every stage and resumes an interrupted run.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from panda_edge.host import use_threads
     from panda_edge.train.trainer import Progress as TrainProgress
     from panda_edge.train.trainer import train_recipe
 
     threads = use_threads(threads, steady=True)
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=err, disable=not show_progress(json_out)) as bar:
-        task = {"id": None}
+    with loss_bars(json_out) as (start, on_step):
 
         def on_stage(s, total: int) -> None:
-            task["id"] = bar.add_task(f"stage {s.name}", total=total, loss="-")
-
-        def on_step(step: int, loss: float) -> None:
-            bar.update(task["id"], completed=step, loss=f"{loss:.3f}")
+            start(f"stage {s.name}", total)
 
         progress = TrainProgress(on_stage=on_stage, on_step=on_step, on_message=note)
         result = train_recipe(data, out_dir, preset, stage, seed, teacher, progress, save_dtype)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
-from panda_edge.backends import DEFAULT_BACKEND, DEFAULT_KV_CACHE
+from panda_edge.backends import DEFAULT_BACKEND, DEFAULT_EVERY_S, DEFAULT_KV_CACHE, DEFAULT_WINDOW_S
 from panda_edge.cli._common import (
     BundleOpt,
     CheckpointOpt,
@@ -55,11 +55,11 @@ def watch(
     ] = None,
     window: Annotated[
         float, typer.Option("--window", min=0.1, help="Seconds of the stream one window holds.")
-    ] = 8.0,
+    ] = DEFAULT_WINDOW_S,
     every: Annotated[
         float,
         typer.Option("--every", min=0.0, help="Refresh the window at most this often (seconds; 0: always)."),
-    ] = 1.0,
+    ] = DEFAULT_EVERY_S,
     realtime: Annotated[
         bool,
         typer.Option("--realtime", help="Play a file source at its own frame rate (default: as decoded)."),

@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from panda_edge.backends import DEFAULT_EVERY_S, DEFAULT_WINDOW_S
 from panda_edge.errors import PandaError
 from panda_edge.runtime.video_runtime import Answer, Slot, VideoInput, VideoRuntime
 from panda_edge.sampling import GREEDY, Sampling
@@ -44,8 +45,6 @@ from panda_edge.video.stream import FALLBACK_FPS, Frame, Source, StreamEvent, re
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW_S = 8.0
-DEFAULT_EVERY_S = 1.0
 _EPS_S = 1e-6  # stream times are float seconds from integer timestamps
 
 

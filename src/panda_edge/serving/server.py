@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from panda_edge.backends import DEFAULT_EVERY_S, DEFAULT_WINDOW_S
 from panda_edge.errors import PandaError
 from panda_edge.optional import require
 from panda_edge.runtime.options import RuntimeOptions
@@ -56,8 +57,8 @@ def serve_bundle(
     port: int = 8000,
     on_ready: Callable[[str, VideoRuntime], None] | None = None,
     streams: dict[str, str] | None = None,
-    stream_window_s: float = 8.0,
-    stream_every_s: float = 1.0,
+    stream_window_s: float = DEFAULT_WINDOW_S,
+    stream_every_s: float = DEFAULT_EVERY_S,
 ) -> None:
     """`panda serve`: listen first (a busy port fails in a second, not after loading the model), load
     the runtime, open the live `streams` ({name: source}), say where (`on_ready(url, runtime)`),

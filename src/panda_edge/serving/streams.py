@@ -13,8 +13,9 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from panda_edge.backends import DEFAULT_EVERY_S, DEFAULT_WINDOW_S
 from panda_edge.errors import PandaError
-from panda_edge.runtime.live import DEFAULT_EVERY_S, DEFAULT_WINDOW_S, LiveWindow
+from panda_edge.runtime.live import LiveWindow
 from panda_edge.runtime.video_runtime import VideoRuntime
 from panda_edge.serving.protocol import ApiError
 from panda_edge.video.stream import Source, StreamEvent
