@@ -370,11 +370,11 @@ def test_llama_cpp_with_the_lora_gguf_gives_the_merged_models_logits(tuned, tmp_
             second.close()
 
 
-def test_lora_is_a_runtime_option_of_run_chat_serve_and_eval(tmp_path: Path) -> None:
+def test_lora_is_a_runtime_option_of_run_chat_serve_watch_and_eval(tmp_path: Path) -> None:
     from panda_edge.errors import PandaError
     from panda_edge.runtime.options import RuntimeOptions
 
-    for command in ("run", "chat", "serve", "eval"):
+    for command in ("run", "chat", "serve", "watch", "eval"):
         assert "--lora" in runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output, command
     with pytest.raises(PandaError, match="no such file"):
         RuntimeOptions(lora=str(tmp_path / "missing.gguf"))

@@ -23,6 +23,7 @@ from panda_edge.cli._common import (
     GpuLayersOpt,
     KvCacheAlias,
     KvTypeOpt,
+    LoraOpt,
     PrecisionOpt,
     Threads,
     VisionOpt,
@@ -89,6 +90,7 @@ def watch(
     kv_type: KvTypeOpt = DEFAULT_KV_CACHE,
     kv_cache: KvCacheAlias = None,
     checkpoint: CheckpointOpt = None,
+    lora: LoraOpt = None,
 ) -> None:
     """Watch SOURCE and answer questions about its latest --window seconds.
 
@@ -107,7 +109,16 @@ def watch(
     questions = [q.strip() for q in question or [] if q.strip()]
     parsed = Source.parse(source, realtime)
     options = runtime_options(
-        vision, precision, gguf_type, threads, n_gpu_layers, n_ctx, kv_type, kv_cache, checkpoint=checkpoint
+        vision,
+        precision,
+        gguf_type,
+        threads,
+        n_gpu_layers,
+        n_ctx,
+        kv_type,
+        kv_cache,
+        checkpoint=checkpoint,
+        lora=lora,
     )
     sink = _Sink(json_out, save_windows)
     try:
