@@ -345,6 +345,37 @@ def test_stdin_questions_are_answered_against_the_newest_window(bundle: Path, tw
     assert f"{QUESTION} -> " in result.stdout and "[window " in result.stdout
 
 
+def test_a_cameras_password_is_left_out_of_what_is_shown() -> None:
+    from panda_edge.video.stream import Source
+
+    assert Source.parse("rtsp://admin:secret@cam.local:554/h264").display == "rtsp://***@cam.local:554/h264"
+    assert Source.parse("rtsp://cam.local/a@b").display == "rtsp://cam.local/a@b"
+
+
+def test_stopping_waits_for_the_window_being_encoded(runtime, two_videos) -> None:
+    """The caller closes the runtime after stop(): a window still in vision or prefill then would run
+    on freed llama.cpp contexts (a crash), so stop() returns only once it is done."""
+    from panda_edge.runtime.live import LiveWindow
+    from panda_edge.video.stream import Source
+
+    started, encode = threading.Event(), runtime.encode_frames
+
+    def slow_encode(frames):
+        started.set()
+        time.sleep(2.0)
+        return encode(frames)
+
+    runtime.encode_frames = slow_encode
+    try:
+        live = LiveWindow(runtime, Source.parse(str(two_videos[0])), WINDOW_S, 0.25).start()
+        assert started.wait(20)
+        live.stop()
+        assert not any(t.is_alive() for t in threading.enumerate() if t.name == "panda-refresh")
+        assert live.windows == 1  # the window in progress was finished, not abandoned
+    finally:
+        del runtime.encode_frames
+
+
 def test_the_window_threads_do_not_outlive_it(runtime, two_videos) -> None:
     from panda_edge.runtime.live import LiveWindow
     from panda_edge.video.stream import Source
@@ -358,9 +389,12 @@ def test_the_window_threads_do_not_outlive_it(runtime, two_videos) -> None:
 # --- (e) panda serve: stream://NAME ----------------------------------------------------------------
 
 
-def test_serve_answers_stream_urls_against_the_streams_newest_window(bundle: Path, two_videos) -> None:
+def test_serve_answers_stream_urls_against_the_streams_newest_window(
+    bundle: Path, two_videos, tmp_path: Path
+) -> None:
     """A stream played from a file keeps its last window once the file ends: the HTTP answers (and a
-    follow-up) are the runtime's for that window's frames."""
+    follow-up) are the runtime's for that window's frames; windows stay out of the server's --cache
+    (no later run asks for them again)."""
     openai = pytest.importorskip("openai", reason="the test speaks to the server with openai")
     pytest.importorskip("starlette", reason="panda serve needs the serve extra")
     import urllib.request
@@ -370,7 +404,9 @@ def test_serve_answers_stream_urls_against_the_streams_newest_window(bundle: Pat
     from panda_edge.serving.server import running_server
     from panda_edge.serving.streams import LiveStreams
 
-    runtime = RuntimeOptions(gguf_type="f32", kv_type="f32", n_batch=32).open(bundle)
+    cache = tmp_path / "cache"
+    options = RuntimeOptions(gguf_type="f32", kv_type="f32", n_batch=32, prefix_cache=cache)
+    runtime = options.open(bundle)
     streams = LiveStreams(runtime, {"door": str(two_videos[1])}, window_s=1.0, every_s=0.25)
     streams.start()
     app = create_app(runtime, ServeOptions(model_name="tiny"), streams)
@@ -413,14 +449,19 @@ def test_serve_answers_stream_urls_against_the_streams_newest_window(bundle: Pat
                     }
                 ],
             )
+        cached_windows = list(cache.glob("**/*.kv"))  # before this test's own frames request below
         window = live.newest  # the file ended: the window stays; the server closes the runtime on exit
         chat = runtime.chat_frames(window.frames, fps=window.fps)
         expected = [chat.ask(QUESTION, max_new_tokens=8).text]
         expected.append(chat.ask("What color is the ring?", max_new_tokens=8).text)
     usage = reply.usage.model_dump()
     assert usage["video_window"]["stream"] == "door" and usage["video_window"]["index"] == window.index
-    assert usage["video_prefix"] == "memory"
+    assert usage["video_prefix"] == "memory" and usage["video_frames"] == window.video.frames
+    # the follow-up's replayed turn was computed: only the window's prefix counts as cached
+    cached = usage["prompt_tokens_details"]["cached_tokens"]
+    assert follow.usage.model_dump()["prompt_tokens_details"]["cached_tokens"] == cached > 0
     assert [text, follow.choices[0].message.content] == expected
+    assert not cached_windows
     [door] = listed
     assert door["name"] == "door" and door["fps"] == FPS and door["state"] == "ended"
     assert door["frames_in"] == 2 * FPS and door["window_age_s"] >= 0 and door["frames_dropped"] == 0

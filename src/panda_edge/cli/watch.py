@@ -254,14 +254,19 @@ class _Sink:
         )
 
     def _save(self, window: Any) -> None:
-        if self.save_windows is None or window.index in self._saved:
+        """The window's frames as window-N.npz (once, whichever thread's answer saw it first)."""
+        if self.save_windows is None:
             return
+        with self.lock:
+            if window.index in self._saved:
+                return
+            self._saved.add(window.index)
         import numpy as np
 
-        self._saved.add(window.index)
-        np.savez(
-            self.save_windows / f"window-{window.index}.npz", frames=np.stack(window.frames), fps=window.fps
-        )
+        from panda_edge.fileio import atomic_path
+
+        with atomic_path(self.save_windows / f"window-{window.index}.npz") as tmp, tmp.open("wb") as file:
+            np.savez(file, frames=np.stack(window.frames), fps=window.fps)
 
     def close(self) -> None:
         if self.json is not None and self.json is not sys.stdout:

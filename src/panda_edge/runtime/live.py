@@ -32,7 +32,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -171,14 +171,24 @@ class LiveWindow:
         return self
 
     def stop(self) -> None:
-        """Stop reading and refreshing (a network read in progress ends at its timeout)."""
+        """Stop reading and refreshing, and return once nothing runs on the runtime's contexts any more:
+        the window being encoded is finished (its prefill can take seconds at full size on a CPU) and
+        a question under way answered, so the runtime may be closed after this. Ingest ends at its
+        next frame or its network read's timeout; it touches no context, so it is not waited for
+        longer than that."""
         self._stop.set()
         with self._cv:
             if self.state not in ("ended", "failed"):
                 self.state = "stopped"
             self._cv.notify_all()
-        for thread in self._threads:
-            thread.join(timeout=10)
+        ingest, *refresh = self._threads or [None]
+        for thread in refresh:
+            thread.join()
+        if ingest is not None:
+            ingest.join(timeout=10)
+        with self._cv:
+            while self._front.busy or self._back.busy:
+                self._cv.wait()
 
     def __enter__(self) -> LiveWindow:
         return self.start()
@@ -226,9 +236,10 @@ class LiveWindow:
         try:
             asked_at = time.time()
             chat = self.runtime.chat_input(window.video, buffer.slot)
-            if turns:
-                chat.replay(turns)
+            cached = chat.replay(turns)[1] if turns else None
             answer = chat.ask(question, max_new_tokens, sampling, on_text, should_stop)
+            if cached is not None:  # the window's prefix was there; the replayed turns were not
+                answer = replace(answer, cached_tokens=cached)
         finally:
             with self._cv:
                 buffer.busy = False
@@ -247,11 +258,13 @@ class LiveWindow:
                     return buffer, buffer.window
                 if self.error is not None:
                     raise PandaError(f"the live window failed: {self.error}")
+                if self._stop.is_set():
+                    raise PandaError(f"{self.source.display}: the live window has stopped")
                 if buffer.window is None and (self.finished or self._stop.is_set()):
-                    raise PandaError(f"{self.source.url}: no window of it was ready")
+                    raise PandaError(f"{self.source.display}: no window of it was ready")
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
-                    raise PandaError(f"{self.source.url}: no window ready after {timeout:g} s")
+                    raise PandaError(f"{self.source.display}: no window ready after {timeout:g} s")
                 self._cv.wait(left)
 
     # --- reporting -------------------------------------------------------------------------------
@@ -263,7 +276,7 @@ class LiveWindow:
             window = self._front.window
             periods = sorted(self._refresh_s)
             return {
-                "source": self.source.url,
+                "source": self.source.display,
                 "state": self.state,
                 "fps": None if self.fps is None else round(self.fps, 3),
                 "window_s": self.window_s,
@@ -367,6 +380,7 @@ class LiveWindow:
                 last_ready = window.ready_at
         except Exception as exc:  # reported to askers and the caller
             log.error("the live window failed: %s", exc)
+            self._stop.set()  # no window will be made again: stop reading too
             with self._cv:
                 self.error = exc
                 self.state = "failed"
@@ -404,7 +418,7 @@ class LiveWindow:
             back = self._back
             back.busy = True
         try:
-            _, timings = back.slot.prefix.enter(video.key, video.visual, video.label)
+            _, timings = back.slot.prefix.enter(video.key, video.visual, video.label, disk=False)
         finally:
             with self._cv:
                 back.busy = False

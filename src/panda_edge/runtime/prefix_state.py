@@ -65,10 +65,13 @@ class PrefixState:
         """The key of the prefix in the KV cache now, if any."""
         return None if self._resident is None else self._resident[0]
 
-    def enter(self, key: str, visual: VisualTokens, label: str | Path) -> tuple[str, dict[str, float]]:
+    def enter(
+        self, key: str, visual: VisualTokens, label: str | Path, disk: bool = True
+    ) -> tuple[str, dict[str, float]]:
         """Make the KV cache hold exactly `key`'s prefix, with no owner; says how it was had (memory,
         disk, computed: `visual()` then prefill) and the seconds each step took. `label` names it in
-        the log and the disk cache's record (the video's path)."""
+        the log and the disk cache's record (the video's path). `disk` False keeps the disk cache out of
+        it, for a prefix no later run will ask for again (a live window)."""
         self._owner = None
         if self._resident is not None and self._resident[0] == key:
             self.decoder.truncate(self._resident[1])
@@ -77,7 +80,7 @@ class PrefixState:
         self._resident = None
         self._unsaved = None
         self.decoder.truncate(0)
-        disk_key = self.disk_cache.key(key) if self.disk_cache is not None else None
+        disk_key = self.disk_cache.key(key) if disk and self.disk_cache is not None else None
         if disk_key is not None and (loaded := self._load(disk_key, label)) is not None:
             self._resident = (key, self.decoder.n_past)
             return "disk", {"load_prefix": loaded}

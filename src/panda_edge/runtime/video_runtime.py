@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -187,7 +188,8 @@ class VideoRuntime:
             if options.prefix_cache is not None
             else None
         )
-        self.warnings: list[str] = []  # what went wrong without failing an answer (a full cache disk)
+        # what went wrong without failing an answer (a full cache disk); the latest, a server runs for days
+        self.warnings: deque[str] = deque(maxlen=100)
         self._disk_cache = disk_cache
         self.prefix = PrefixState(
             self.decoder, self.tokenizer.video_prefix_ids(self.parts.frames), disk_cache, self.warn

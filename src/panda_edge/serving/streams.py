@@ -95,7 +95,15 @@ class LiveStreams:
         if name not in self.windows:
             there = ", ".join(sorted(self.windows)) or "none (start the server with --stream NAME=SOURCE)"
             raise ApiError(404, f"no stream '{name}'; streams: {there}", "messages", "stream_not_found")
-        return StreamVideo(name, self.windows[name])
+        live = self.windows[name]
+        if live.error is not None:
+            raise ApiError(503, f"stream '{name}' failed: {live.error}", "messages", "stream_failed")
+        if live.newest is None:  # starting, or reconnected and not a window long yet: not the queue's wait
+            stats = live.stats()
+            retry = str(max(1, round(live.window_s)))
+            message = f"stream '{name}' has no window ready yet ({stats['state']}); retry in {retry} s"
+            raise ApiError(503, message, "messages", "stream_not_ready", {"Retry-After": retry})
+        return StreamVideo(name, live)
 
     def describe(self) -> list[dict[str, Any]]:
         """Each stream's frame rate, window age, frames in and dropped, windows, reconnects and state."""

@@ -169,11 +169,12 @@ class AnswerWorker:
                     request.sampling,
                     on_text,
                     turns=list(request.turns),
-                    timeout=30,
+                    timeout=5,  # a window was ready when the request came (LiveStreams.video)
                     should_stop=should_stop,
                 )
                 chat, answer, how, cached = None, seen.answer, None, None
                 window = {"stream": job.video.name, **seen.window.describe(seen.asked_at)}
+                frames_seen = seen.window.video.frames  # sampled from the window's frames
             else:
                 chat, how, cached = self._conversation(job)
                 answer = chat.ask(
@@ -198,6 +199,7 @@ class AnswerWorker:
         done = self._summary(job, answer, how or answer.prefix, cached, text, first_token)
         if window is not None:
             done["usage"]["video_window"] = window
+            done["usage"]["video_frames"] = frames_seen
         job.send("done", done)
 
     def _conversation(self, job: Job) -> tuple[VideoChat, str | None, int | None]:

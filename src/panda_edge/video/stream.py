@@ -87,6 +87,16 @@ class Source:
         return cls(os.fspath(path), "file", realtime)
 
     @property
+    def display(self) -> str:
+        """The URL as logs, events, errors and `GET /v1/streams` show it: a camera's user and password
+        (`rtsp://user:pass@host/...`) left out."""
+        scheme, sep, rest = self.url.partition("://")
+        host, slash, path = rest.partition("/")
+        if not sep or "@" not in host:
+            return self.url
+        return f"{scheme}://***@{host.rsplit('@', 1)[1]}{slash}{path}"
+
+    @property
     def ends(self) -> bool:
         """Whether its end is the end of the run (a file), not a drop to recover from."""
         return self.kind == "file"
@@ -110,10 +120,11 @@ class Connection:
         try:
             self.container = av.open(source.url, format=fmt, options=options, timeout=(timeout_s, timeout_s))
         except _AV_ERRORS as exc:
-            raise StreamError(f"{source.url}: cannot open it ({exc})") from None
+            reason = str(exc).replace(source.url, source.display)
+            raise StreamError(f"{source.display}: cannot open it ({reason})") from None
         if not self.container.streams.video:
             self.container.close()
-            raise StreamError(f"{source.url}: no video stream in it")
+            raise StreamError(f"{source.display}: no video stream in it")
         self.source = source
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
@@ -155,7 +166,7 @@ def read_stream(
     StreamError; a network source or device lost later is opened again with backoff, each attempt's
     outcome reported to `on_event` ("lost" once, then "reconnected" with the new frame rate)."""
     connection = Connection(source, timeout_s)
-    on_event(StreamEvent("connected", f"{source.url}: {connection.fps:g} fps", connection.fps))
+    on_event(StreamEvent("connected", f"{source.display}: {connection.fps:g} fps", connection.fps))
     while True:
         try:
             yield from connection.frames(stop)
@@ -164,9 +175,9 @@ def read_stream(
         if stop.is_set():
             return
         if source.ends:
-            on_event(StreamEvent("ended", f"{source.url}: end of file"))
+            on_event(StreamEvent("ended", f"{source.display}: end of file"))
             return
-        on_event(StreamEvent("lost", f"{source.url}: the stream dropped; reconnecting"))
+        on_event(StreamEvent("lost", f"{source.display}: the stream dropped; reconnecting"))
         delay = BACKOFF_S[0]
         while True:
             if stop.wait(delay):
@@ -177,5 +188,5 @@ def read_stream(
                 delay = min(delay * 2, BACKOFF_S[1])
                 on_event(StreamEvent("retry", f"{exc}; next try in {delay:g} s"))
                 continue
-            on_event(StreamEvent("reconnected", f"{source.url}: {connection.fps:g} fps", connection.fps))
+            on_event(StreamEvent("reconnected", f"{source.display}: {connection.fps:g} fps", connection.fps))
             break
