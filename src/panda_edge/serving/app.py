@@ -240,11 +240,10 @@ def _images_video(
 ) -> VideoInput:
     """Image URLs as one video: counted before any is read, each read and checked, `frames` of them kept
     by the one rule (`video.frames`)."""
-    from panda_edge.video.frames import MAX_FRAMES
+    from panda_edge.video.frames import check_count
     from panda_edge.video.images import read_frames
 
-    if len(urls) > MAX_FRAMES:
-        raise VideoError(f"{len(urls)} frames; at most {MAX_FRAMES} frames make one video")
+    check_count(len(urls))
     sampled = read_frames(media.read_images(urls), frames)
     return runtime.frames_input(sampled, label=f"{len(urls)} images")
 

@@ -23,21 +23,31 @@ from panda_edge.video.decode import sample_frame_indices
 MAX_FRAMES = 128
 
 
+def check_count(count: int, max_frames: int = MAX_FRAMES) -> None:
+    """VideoError unless 1..max_frames frames make the video (counted before any is decoded)."""
+    if count == 0:
+        raise VideoError("no frames: send at least one image")
+    if count > max_frames:
+        raise VideoError(f"{count} frames; at most {max_frames} frames make one video")
+
+
+def check_size(index: int, size: tuple[int, int], first: tuple[int, int]) -> None:
+    """VideoError unless frame `index` (0-based) is `first`'s (width, height)."""
+    if size != first:
+        raise VideoError(
+            f"frame {index + 1} is {size[0]}x{size[1]}, frame 1 is {first[0]}x{first[1]}: "
+            "the frames of one video must have one size"
+        )
+
+
 def check_frames(frames: Sequence[np.ndarray], max_frames: int = MAX_FRAMES) -> None:
     """VideoError unless `frames` are 1..max_frames RGB uint8 images of one size."""
-    if not frames:
-        raise VideoError("no frames: send at least one image")
-    if len(frames) > max_frames:
-        raise VideoError(f"{len(frames)} frames; at most {max_frames} frames make one video")
-    first = frames[0].shape
+    check_count(len(frames), max_frames)
+    height, width = frames[0].shape[:2]
     for i, frame in enumerate(frames):
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
             raise VideoError(f"frame {i + 1} is not an RGB image (shape {frame.shape}, {frame.dtype})")
-        if frame.shape != first:
-            raise VideoError(
-                f"frame {i + 1} is {frame.shape[1]}x{frame.shape[0]}, frame 1 is {first[1]}x{first[0]}: "
-                "the frames of one video must have one size"
-            )
+        check_size(i, (frame.shape[1], frame.shape[0]), (width, height))
 
 
 def sampled_indices(count: int, video_frames: int, fps: float = 1.0) -> list[int]:

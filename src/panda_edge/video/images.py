@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from panda_edge.errors import VideoError
-from panda_edge.video.frames import MAX_FRAMES, sampled_indices
+from panda_edge.video.frames import MAX_FRAMES, check_count, check_size, sampled_indices
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
 # The largest frame accepted (4096 x 4096): far above any size the model takes (448 px), and a
@@ -31,22 +31,14 @@ def read_frames(images: Sequence[bytes], video_frames: int, max_frames: int = MA
     at most `video_frames` by the one rule (`video.frames`), each (H, W, 3) uint8 RGB."""
     from PIL import Image
 
-    if not images:
-        raise VideoError("no frames: send at least one image")
-    if len(images) > max_frames:
-        raise VideoError(f"{len(images)} frames; at most {max_frames} frames make one video")
+    check_count(len(images), max_frames)
     keep = set(sampled_indices(len(images), video_frames))
     frames: list[np.ndarray] = []
     first: tuple[int, int] | None = None
     for i, data in enumerate(images):
         with _opened(data, i) as image:
-            if first is None:
-                first = image.size
-            elif image.size != first:
-                raise VideoError(
-                    f"frame {i + 1} is {image.size[0]}x{image.size[1]}, frame 1 is {first[0]}x{first[1]}: "
-                    "the frames of one video must have one size"
-                )
+            first = first or image.size
+            check_size(i, image.size, first)
             try:
                 image.load()
                 rgb = np.asarray(image.convert("RGB"), dtype=np.uint8) if i in keep else None
