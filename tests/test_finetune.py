@@ -5,6 +5,7 @@ tiny model never saw) is learned from its training split and scored on its held-
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -384,3 +385,57 @@ def test_lora_is_a_runtime_option_of_run_chat_serve_watch_and_eval(tmp_path: Pat
     result = runner.invoke(app, [*args, "--lora", str(tmp_path / "l.gguf")])
     assert result.exit_code == 2 and "give --bundle" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_lora_gguf_is_refused_on_a_bundle_of_other_weights(
+    tuned, tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The base's adapter on the merged checkpoint's bundle would add the update twice: `panda run`
+    refuses it (exit 2, one line) before llama.cpp loads; on the base's bundle it is taken; a GGUF
+    that is not a LoRA adapter is refused, one without the base digest is taken with a warning."""
+    import gguf
+
+    from panda_edge.bundle import LORA_BASE_KEY
+    from panda_edge.config import PRESETS
+    from panda_edge.errors import PandaError
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
+    from panda_edge.export.llm_gguf.lora_gguf import write_lora_gguf
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
+    from panda_edge.runtime.options import RuntimeOptions
+
+    out, _ = tuned
+    lora_gguf = tmp_path / "lora.gguf"
+    write_lora_gguf(out / "adapter", lora_gguf, PRESETS["tiny"].llm)
+    fields = gguf.GGUFReader(lora_gguf).fields
+    base = bytes(fields[LORA_BASE_KEY].parts[fields[LORA_BASE_KEY].data[0]]).decode()
+    assert base == json.loads((out / "adapter" / lora.ADAPTER_CONFIG).read_text())["base_checkpoint_sha256"]
+
+    merged = tmp_path / "merged"
+    export_bundle(str(out), merged)
+    export_gguf(str(out), merged, "q8_0")
+    video = tmp_path / "clip.mp4"  # never read: the refusal comes first
+    result = runner.invoke(
+        app, ["run", "--bundle", str(merged), "--lora", str(lora_gguf), str(video), "what?"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "trained on other weights" in result.output and base[:12] in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+    assert RuntimeOptions(lora=str(lora_gguf)).check(tiny_bundle).root == tiny_bundle  # its base: taken
+    with pytest.raises(PandaError, match="not a LoRA adapter"):
+        RuntimeOptions(lora=str(merged / "llm.q8_0.gguf")).check(tiny_bundle)
+    # an adapter from elsewhere (no base digest): the GGUF cannot be checked, taken with a warning
+    import shutil
+
+    shutil.copytree(out / "adapter", tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / lora.ADAPTER_CONFIG).read_text())
+    del config["base_checkpoint_sha256"]
+    (tmp_path / "peft" / lora.ADAPTER_CONFIG).write_text(json.dumps(config))
+    write_lora_gguf(tmp_path / "peft", tmp_path / "plain.gguf", PRESETS["tiny"].llm)
+    assert LORA_BASE_KEY not in gguf.GGUFReader(tmp_path / "plain.gguf").fields
+    with caplog.at_level(logging.WARNING):
+        RuntimeOptions(lora=str(tmp_path / "plain.gguf")).check(merged)
+    assert "could not be checked" in caplog.text
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(PandaError, match="not a GGUF file"):
+        RuntimeOptions(lora=str(tmp_path / "empty.gguf")).check(tiny_bundle)
