@@ -298,6 +298,50 @@ def test_an_interrupted_run_resumes_from_its_saved_state(small_world: Path, tmp_
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
 
+def test_a_saved_state_is_resumed_only_with_the_options_it_was_saved_under(
+    small_world: Path, tmp_path: Path
+) -> None:
+    """A changed --rank would not load, a changed --epochs or --data would go on silently: refused
+    (exit 2, one line) with the fields that differ; the same options resume."""
+    from panda_edge.train.finetune import STATE_FILE, Progress, finetune
+
+    torch.set_num_threads(1)
+    out = tmp_path / "cut"
+    spec = FinetuneSpec("tiny", str(small_world), lr=5e-3, epochs=2, batch_size=2, rank=4)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_two(step: int, loss: float) -> None:
+        if step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(spec, out, Progress(on_step=stop_at_two), save_every=2)
+    assert (out / STATE_FILE).is_file()
+    base = [
+        "finetune",
+        "--checkpoint",
+        "tiny",
+        "--data",
+        str(small_world),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
+    same = ["--lr", "5e-3", "--epochs", "2", "--batch-size", "2", "--rank", "4", "--save-every", "2"]
+    for changed, field_name in ((["--rank", "8"], "rank"), (["--epochs", "3"], "epochs")):
+        args = [*same]
+        args[args.index(changed[0]) + 1] = changed[1]
+        result = runner.invoke(app, [*base, *args])
+        assert result.exit_code == 2, result.output
+        assert f"{field_name} " in result.output and "use a new --out" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    resumed = finetune(spec, out, save_every=2)  # the same options: resumed
+    assert resumed.resumed_at == [2]
+
+
 def test_a_qa_file_in_the_msvd_form_trains_too(small_world: Path, tmp_path: Path) -> None:
     """`--data QA.json --videos DIR` with flat video_id/question/answer entries (ids without their
     extension), as panda eval reads them: the same examples as the Video-ChatGPT form of those turns."""
