@@ -476,10 +476,11 @@ def save_state(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
-def read_state(path: Path, spec: FinetuneSpec) -> dict:
+def read_state(path: Path, spec: FinetuneSpec, mmap: bool = False) -> dict:
     """A saved `training_state`, when it was saved under this spec; another spec is a PandaError
-    naming the fields that differ (before the model loads)."""
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    naming the fields that differ (before the model loads). `mmap`: tensors are mapped, not read (to
+    check the spec alone)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     saved = state.get("spec")
     if saved is None:  # saved before specs were recorded: nothing to compare
         return state
