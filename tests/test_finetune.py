@@ -271,6 +271,7 @@ def test_exported_bundles_keep_the_finetuned_accuracy(changed_world: Path, tuned
         )
         assert report["per_type"]["motion"] >= 0.9
         assert abs(report["runtime"]["accuracy"] - report["accuracy"]) <= 0.01, name
+        assert ("lora" in report) == (name == "base+lora")  # eval names the adapter it applied
 
 
 def test_an_interrupted_run_resumes_from_its_saved_state(small_world: Path, tmp_path: Path) -> None:
@@ -466,6 +467,13 @@ def test_a_lora_gguf_is_refused_on_a_bundle_of_other_weights(
     assert len(result.output.strip().splitlines()) == 1
 
     assert RuntimeOptions(lora=str(lora_gguf)).check(tiny_bundle).root == tiny_bundle  # its base: taken
+    if has_llama_cpp():  # and named in what the runtime reports (run --json, serve's start line)
+        from panda_edge.bundle import sha256_file
+
+        with RuntimeOptions(lora=str(lora_gguf), threads=1).open(tiny_bundle) as runtime:
+            info = runtime.describe()
+        named = f"lora.gguf (sha256 {sha256_file(lora_gguf)[:12]})"
+        assert info["lora"] == named and info["decoder"].endswith(f" + LoRA {named}")
     with pytest.raises(PandaError, match="not a LoRA adapter"):
         RuntimeOptions(lora=str(merged / "llm.q8_0.gguf")).check(tiny_bundle)
     # an adapter from elsewhere (no base digest): the GGUF cannot be checked, taken with a warning
