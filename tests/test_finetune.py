@@ -5,6 +5,7 @@ tiny model never saw) is learned from its training split and scored on its held-
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -270,6 +271,7 @@ def test_exported_bundles_keep_the_finetuned_accuracy(changed_world: Path, tuned
         )
         assert report["per_type"]["motion"] >= 0.9
         assert abs(report["runtime"]["accuracy"] - report["accuracy"]) <= 0.01, name
+        assert ("lora" in report) == (name == "base+lora")  # eval names the adapter it applied
 
 
 def test_an_interrupted_run_resumes_from_its_saved_state(small_world: Path, tmp_path: Path) -> None:
@@ -295,6 +297,50 @@ def test_an_interrupted_run_resumes_from_its_saved_state(small_world: Path, tmp_
     a = load_file(tmp_path / "whole" / "adapter" / lora.ADAPTER_WEIGHTS)
     b = load_file(tmp_path / "cut" / "adapter" / lora.ADAPTER_WEIGHTS)
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_a_saved_state_is_resumed_only_with_the_options_it_was_saved_under(
+    small_world: Path, tmp_path: Path
+) -> None:
+    """A changed --rank would not load, a changed --epochs or --data would go on silently: refused
+    (exit 2, one line) with the fields that differ; the same options resume."""
+    from panda_edge.train.finetune import STATE_FILE, Progress, finetune
+
+    torch.set_num_threads(1)
+    out = tmp_path / "cut"
+    spec = FinetuneSpec("tiny", str(small_world), lr=5e-3, epochs=2, batch_size=2, rank=4)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_two(step: int, loss: float) -> None:
+        if step == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        finetune(spec, out, Progress(on_step=stop_at_two), save_every=2)
+    assert (out / STATE_FILE).is_file()
+    base = [
+        "finetune",
+        "--checkpoint",
+        "tiny",
+        "--data",
+        str(small_world),
+        "--out",
+        str(out),
+        "--threads",
+        "1",
+    ]
+    same = ["--lr", "5e-3", "--epochs", "2", "--batch-size", "2", "--rank", "4", "--save-every", "2"]
+    for changed, field_name in ((["--rank", "8"], "rank"), (["--epochs", "3"], "epochs")):
+        args = [*same]
+        args[args.index(changed[0]) + 1] = changed[1]
+        result = runner.invoke(app, [*base, *args])
+        assert result.exit_code == 2, result.output
+        assert f"{field_name} " in result.output and "use a new --out" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+    resumed = finetune(spec, out, save_every=2)  # the same options: resumed
+    assert resumed.resumed_at == [2]
 
 
 def test_a_qa_file_in_the_msvd_form_trains_too(small_world: Path, tmp_path: Path) -> None:
@@ -384,3 +430,64 @@ def test_lora_is_a_runtime_option_of_run_chat_serve_watch_and_eval(tmp_path: Pat
     result = runner.invoke(app, [*args, "--lora", str(tmp_path / "l.gguf")])
     assert result.exit_code == 2 and "give --bundle" in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_a_lora_gguf_is_refused_on_a_bundle_of_other_weights(
+    tuned, tiny_bundle: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The base's adapter on the merged checkpoint's bundle would add the update twice: `panda run`
+    refuses it (exit 2, one line) before llama.cpp loads; on the base's bundle it is taken; a GGUF
+    that is not a LoRA adapter is refused, one without the base digest is taken with a warning."""
+    import gguf
+
+    from panda_edge.bundle import LORA_BASE_KEY
+    from panda_edge.config import PRESETS
+    from panda_edge.errors import PandaError
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
+    from panda_edge.export.llm_gguf.lora_gguf import write_lora_gguf
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
+    from panda_edge.runtime.options import RuntimeOptions
+
+    out, _ = tuned
+    lora_gguf = tmp_path / "lora.gguf"
+    write_lora_gguf(out / "adapter", lora_gguf, PRESETS["tiny"].llm)
+    fields = gguf.GGUFReader(lora_gguf).fields
+    base = bytes(fields[LORA_BASE_KEY].parts[fields[LORA_BASE_KEY].data[0]]).decode()
+    assert base == json.loads((out / "adapter" / lora.ADAPTER_CONFIG).read_text())["base_checkpoint_sha256"]
+
+    merged = tmp_path / "merged"
+    export_bundle(str(out), merged)
+    export_gguf(str(out), merged, "q8_0")
+    video = tmp_path / "clip.mp4"  # never read: the refusal comes first
+    result = runner.invoke(
+        app, ["run", "--bundle", str(merged), "--lora", str(lora_gguf), str(video), "what?"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "trained on other weights" in result.output and base[:12] in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+    assert RuntimeOptions(lora=str(lora_gguf)).check(tiny_bundle).root == tiny_bundle  # its base: taken
+    if has_llama_cpp():  # and named in what the runtime reports (run --json, serve's start line)
+        from panda_edge.bundle import sha256_file
+
+        with RuntimeOptions(lora=str(lora_gguf), threads=1).open(tiny_bundle) as runtime:
+            info = runtime.describe()
+        named = f"lora.gguf (sha256 {sha256_file(lora_gguf)[:12]})"
+        assert info["lora"] == named and info["decoder"].endswith(f" + LoRA {named}")
+    with pytest.raises(PandaError, match="not a LoRA adapter"):
+        RuntimeOptions(lora=str(merged / "llm.q8_0.gguf")).check(tiny_bundle)
+    # an adapter from elsewhere (no base digest): the GGUF cannot be checked, taken with a warning
+    import shutil
+
+    shutil.copytree(out / "adapter", tmp_path / "peft")
+    config = json.loads((tmp_path / "peft" / lora.ADAPTER_CONFIG).read_text())
+    del config["base_checkpoint_sha256"]
+    (tmp_path / "peft" / lora.ADAPTER_CONFIG).write_text(json.dumps(config))
+    write_lora_gguf(tmp_path / "peft", tmp_path / "plain.gguf", PRESETS["tiny"].llm)
+    assert LORA_BASE_KEY not in gguf.GGUFReader(tmp_path / "plain.gguf").fields
+    with caplog.at_level(logging.WARNING):
+        RuntimeOptions(lora=str(tmp_path / "plain.gguf")).check(merged)
+    assert "could not be checked" in caplog.text
+    (tmp_path / "empty.gguf").write_bytes(b"")
+    with pytest.raises(PandaError, match="not a GGUF file"):
+        RuntimeOptions(lora=str(tmp_path / "empty.gguf")).check(tiny_bundle)

@@ -45,6 +45,9 @@ CALIBRATION_FILE = "calibration.npz"
 PROMPT_FILE = "prompt.json"
 TOKENIZER_FILE = "tokenizer.model"
 VERIFIED_FILE = ".verified.json"  # this machine's hashes by file stat (not listed, not shipped)
+# The GGUF key of a LoRA GGUF (panda export --lora) holding its base checkpoint's `checkpoint_digest`:
+# the runtime compares it with the bundle's source before applying the adapter.
+LORA_BASE_KEY = "panda.base_checkpoint_sha256"
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -52,6 +55,16 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_digest(weights: Iterable[tuple[str, str]]) -> str:
+    """One digest for a checkpoint's weights, from (file name, file sha256) in the index's order: sha256
+    over each name and sha256. What an adapter records as `base_checkpoint_sha256` and what a bundle's
+    `source.weights` give (`Source.checkpoint_sha256`), so the two can be compared."""
+    digest = hashlib.sha256()
+    for name, sha256 in weights:
+        digest.update(f"{name} {sha256}\n".encode())
     return digest.hexdigest()
 
 
@@ -436,6 +449,13 @@ class Source:
     def to_dict(self) -> dict[str, Any]:
         weights = None if self.weights is None else {n: r.to_dict() for n, r in self.weights.items()}
         return {"checkpoint": self.checkpoint, "weights": weights}
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        """The source weights' `checkpoint_digest` (None: the manifest does not record them)."""
+        if self.weights is None:
+            return None
+        return checkpoint_digest((name, record.sha256) for name, record in self.weights.items())
 
 
 @dataclass(frozen=True)

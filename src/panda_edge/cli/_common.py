@@ -366,7 +366,11 @@ LoraOpt = Annotated[
     Path | None,
     typer.Option(
         "--lora",
-        help="A llama.cpp LoRA GGUF (panda export --target gguf --lora) applied to the decoder at load.",
+        help=(
+            "A llama.cpp LoRA GGUF (panda export --target gguf --lora) applied to the decoder at load; it "
+            "must be trained on the bundle's checkpoint. With it llama-cpp-python does not mmap the GGUF: "
+            "the whole file is read into memory, no page sharing between processes."
+        ),
     ),
 ]
 CheckpointOpt = Annotated[

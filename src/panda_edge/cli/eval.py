@@ -106,6 +106,12 @@ def eval(
         raise PandaError("--lora applies to the runtime's decoder: give --bundle")
     if bundle is not None:
         runtime.check(bundle)  # a bad bundle, or no asked GGUF or graph: exit 2 before a model loads
+    applied = {}
+    if lora is not None:
+        from panda_edge.bundle import sha256_file
+        from panda_edge.runtime.lora_file import describe_lora
+
+        applied = {"lora": describe_lora(lora, sha256_file(lora))}
     reference_dtype = reference_precision(dtype, device)
     spec = AnswererSpec(
         checkpoint,
@@ -127,10 +133,13 @@ def eval(
     summary = report.pop("reference")  # the reference's accuracy at the top, as before --bundle
     if json_out is not None:
         reference = describe_reference(checkpoint, reference_dtype)
-        emit_json({"checkpoint": checkpoint, **summary, "reference": reference, **report}, json_out)
+        emit_json(
+            {"checkpoint": checkpoint, **summary, "reference": reference, **applied, **report}, json_out
+        )
         if json_to_stdout(json_out):
             return
-    table = Table(title=f"exact match on {qa.name}")
+    lora_title = f" (runtime with LoRA {applied['lora']})" if applied else ""
+    table = Table(title=f"exact match on {qa.name}{lora_title}")
     table.add_column("type")
     table.add_column("questions", justify="right")
     table.add_column("reference", justify="right")

@@ -21,6 +21,7 @@ from panda_edge.backends import (
 )
 from panda_edge.errors import PandaError
 from panda_edge.runtime.bundle_parts import BundleParts, open_bundle
+from panda_edge.runtime.lora_file import check_lora
 
 if TYPE_CHECKING:
     from panda_edge.runtime.video_runtime import VideoRuntime
@@ -69,8 +70,12 @@ class RuntimeOptions:
 
     def check(self, bundle: str | Path) -> BundleParts:
         """The bundle's parts for these options, its hashes checked: a bad bundle or a missing GGUF,
-        graph or engine is an error here, before a model loads (or Ray replicas start)."""
-        return open_bundle(bundle, self.gguf_type, self.vision_precision, self.vision)
+        graph or engine is an error here, before a model loads (or Ray replicas start); so is a `--lora`
+        that is not a LoRA GGUF or was trained on other weights than the bundle's (`check_lora`)."""
+        parts = open_bundle(bundle, self.gguf_type, self.vision_precision, self.vision)
+        if self.lora is not None:
+            check_lora(self.lora, parts.manifest)
+        return parts
 
     def open(self, bundle: str | Path) -> VideoRuntime:
         """The runtime on `bundle` with these options."""

@@ -32,6 +32,7 @@ from panda_edge.host import default_threads
 from panda_edge.prompt import PromptTokenizer, TextStream
 from panda_edge.runtime.bundle_parts import BundleParts, check_fit
 from panda_edge.runtime.llm.decoder import LlamaDecoder
+from panda_edge.runtime.lora_file import describe_lora
 from panda_edge.runtime.options import RuntimeOptions
 from panda_edge.runtime.prefix_cache import PrefixCache
 from panda_edge.runtime.prefix_state import PrefixState, VisualTokens
@@ -166,6 +167,7 @@ class VideoRuntime:
             self.close()
             raise
         self.vision_file = vision_file(self.parts, vision, getattr(self.engine, "record", None))
+        self.lora_sha256 = None if options.lora is None else sha256_file(options.lora)
         log.info(
             "vision backend %s (%s %s), %d threads, n_ctx %d",
             vision,
@@ -181,7 +183,7 @@ class VideoRuntime:
             "backend": f"{vision}-{precision}",
             "kv_cache": kv_type,
             # an adapter changes every layer's keys and values: a prefix cached without it is not this one's
-            **({} if options.lora is None else {"lora": sha256_file(options.lora)}),
+            **({} if self.lora_sha256 is None else {"lora": self.lora_sha256}),
         }
         disk_cache = (
             PrefixCache(options.prefix_cache, self.identity, options.cache_max_bytes)
@@ -237,16 +239,24 @@ class VideoRuntime:
     def describe(self) -> dict[str, Any]:
         """What this runtime runs, for a report: the bundle, the vision backend and file, the decoder,
         and which files were hashed at this start and which this machine had hashed before."""
-        parts = self.parts
+        parts, lora = self.parts, self.describe_lora()
         return {
             "bundle": str(parts.root),
             "vision": f"{self.vision_name} {parts.vision_precision} ({self.vision_file})",
-            "decoder": f"llama.cpp {parts.gguf.name}",
+            # serve's start line shows the decoder: an adapter changes every answer, so it is named there
+            "decoder": f"llama.cpp {parts.gguf.name}" + ("" if lora is None else f" + LoRA {lora}"),
+            **({} if lora is None else {"lora": lora}),
             "verified": {
                 how: sorted(n for n, h in parts.verified.items() if h == how)
                 for how in ("hashed", "unchanged")
             },
         }
+
+    def describe_lora(self) -> str | None:
+        """The `--lora` adapter applied to the decoder: its file name and sha256 (short); None: none."""
+        if self.lora_sha256 is None:
+            return None
+        return describe_lora(self.options.lora, self.lora_sha256)
 
     def warn(self, message: str) -> None:
         """Something went wrong without failing an answer: logged now (stderr in the CLI, the server's

@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from panda_edge.errors import PandaError
-from panda_edge.fileio import write_json
+from panda_edge.fileio import atomic_path, write_json
 from panda_edge.optional import require
 from panda_edge.scaleout.ray_qa import connect
-from panda_edge.train.finetune import LOG_FILE, FinetuneResult, FinetuneSpec, Progress
+from panda_edge.train.finetune import LOG_FILE, FinetuneResult, FinetuneSpec, Progress, read_state
 
 RUN_NAME = "finetune"
 STATE = "state.pt"
@@ -42,32 +42,29 @@ def _train_loop(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from panda_edge.train.data import IGNORE
-    from panda_edge.train.finetune import FinetuneJob
+    from panda_edge.train.finetune import FinetuneJob, read_state, restore_state, save_state, training_state
 
     torch.set_num_threads(config["threads"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     pids = Path(config["out_dir"]) / "ray" / PIDS
     pids.mkdir(parents=True, exist_ok=True)
-    (pids / f"rank{rank}.pid").write_text(str(os.getpid()))
+    with atomic_path(pids / f"rank{rank}.pid") as tmp:
+        tmp.write_text(str(os.getpid()))
     spec = FinetuneSpec(**config["spec"])
+    state = None
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            state = read_state(Path(directory) / STATE, spec)  # another spec: refused before loading
     torch.manual_seed(spec.seed)
     job = FinetuneJob(spec)
     order, total = job.schedule()
     optimizer, schedule = job.optimizer(total)
     first, losses, resumed_at = 0, [], []
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            state = torch.load(Path(directory) / STATE, map_location="cpu", weights_only=True)
-        job.load_trainable_state(state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        first, losses, resumed_at = (
-            state["step"],
-            list(state["losses"]),
-            [*state["resumed_at"], state["step"]],
-        )
+    if state is not None:
+        first, losses, resumed_at = restore_state(state, job, optimizer, schedule)
+        del state
     started = time.perf_counter()
     for step in range(first, total):
         batch = job.batch(order, step)
@@ -93,15 +90,8 @@ def _train_loop(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as directory:
                 saved = None
                 if rank == 0:
-                    state = {
-                        "step": step + 1,
-                        "losses": losses,
-                        "resumed_at": resumed_at,
-                        "trainable": job.trainable_state(),
-                        "optimizer": optimizer.state_dict(),
-                        "schedule": schedule.state_dict(),
-                    }
-                    torch.save(state, Path(directory) / STATE)
+                    state = training_state(spec, job, optimizer, schedule, step + 1, losses, resumed_at)
+                    save_state(Path(directory) / STATE, state)
                     saved = ray.train.Checkpoint.from_directory(directory)
                 ray.train.report(metrics, checkpoint=saved)
     if rank == 0:
@@ -133,6 +123,10 @@ def ray_finetune(
         raise PandaError("--ray trains on the workers' CPUs here; use --device cpu")
     progress = progress or Progress()
     out_dir = Path(out_dir).resolve()
+    # Ray Train goes on from the run's checkpoints under OUT/ray: saved under another spec they are
+    # refused here, in one line, rather than in every worker
+    for saved in sorted((out_dir / "ray" / RUN_NAME).rglob(STATE)):
+        read_state(saved, spec, mmap=True)
     started = connect(address)
     start = time.perf_counter()
     try:

@@ -420,10 +420,47 @@ def _convert_in_place(model: nn.Module, dtype: torch.dtype) -> None:
                     table[name] = nn.Parameter(converted, requires_grad=False) if is_param else converted
 
 
-def _save_state(
-    path: Path, job: FinetuneJob, optimizer, schedule, step: int, losses: list[float], resumed_at: list[int]
-) -> None:
-    state = {
+# What decides a run's steps and weights: a state saved under other values is not this run's to go on
+# with (a changed rank does not load, changed data or epochs would go on silently). Not the device or
+# gradient checkpointing: they change neither.
+RESUME_FIELDS = (
+    "checkpoint",
+    "data_dir",
+    "videos_dir",
+    "method",
+    "rank",
+    "alpha",
+    "targets",
+    "epochs",
+    "lr",
+    "batch_size",
+    "dtype",
+    "seed",
+)
+
+
+def _where(value: str | None) -> str | None:
+    """A path as an absolute one (the same directory given two ways is one); a name ('tiny') as is."""
+    return None if value is None or not Path(value).exists() else str(Path(value).resolve())
+
+
+def resume_spec(spec: FinetuneSpec) -> dict[str, object]:
+    """The spec's `RESUME_FIELDS`, defaults applied, as plain values (saved in the state, loadable with
+    torch.load(weights_only=True))."""
+    values = {name: getattr(spec, name) for name in RESUME_FIELDS}
+    values |= {"alpha": spec.lora_alpha, "lr": spec.learning_rate, "targets": list(spec.targets)}
+    for name in ("checkpoint", "data_dir", "videos_dir"):
+        values[name] = _where(values[name]) or values[name]
+    return values
+
+
+def training_state(
+    spec: FinetuneSpec, job: FinetuneJob, optimizer, schedule, step: int, losses: list[float], resumed_at
+) -> dict:
+    """What a run resumes from: the step, the losses so far, the trainable weights, AdamW and the
+    schedule, and the spec they were trained under."""
+    return {
+        "spec": resume_spec(spec),
         "step": step,
         "losses": losses,
         "resumed_at": resumed_at,
@@ -431,8 +468,39 @@ def _save_state(
         "optimizer": optimizer.state_dict(),
         "schedule": schedule.state_dict(),
     }
+
+
+def save_state(path: Path, state: dict) -> None:
+    """`training_state` written atomically."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
+
+
+def read_state(path: Path, spec: FinetuneSpec, mmap: bool = False) -> dict:
+    """A saved `training_state`, when it was saved under this spec; another spec is a PandaError
+    naming the fields that differ (before the model loads). `mmap`: tensors are mapped, not read (to
+    check the spec alone)."""
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    saved = state.get("spec")
+    if saved is None:  # saved before specs were recorded: nothing to compare
+        return state
+    now = resume_spec(spec)
+    differ = [f"{name} {saved.get(name)!r} -> {now[name]!r}" for name in now if saved.get(name) != now[name]]
+    if differ:
+        raise PandaError(
+            f"{path} was saved by a run with other options ({'; '.join(differ)}): use a new --out, "
+            "or the same options to resume it"
+        )
+    return state
+
+
+def restore_state(state: dict, job: FinetuneJob, optimizer, schedule) -> tuple[int, list[float], list[int]]:
+    """Load a `read_state` into the job, AdamW and the schedule; (first step, losses, resumed_at)."""
+    job.load_trainable_state(state["trainable"])
+    optimizer.load_state_dict(state["optimizer"])
+    schedule.load_state_dict(state["schedule"])
+    first = state["step"]
+    return first, list(state["losses"]), [*state.get("resumed_at", []), first]
 
 
 def finetune(
@@ -442,19 +510,16 @@ def finetune(
     start = time.perf_counter()
     out_dir = Path(out_dir)
     progress = progress or Progress()
+    state_path = out_dir / STATE_FILE
+    state = read_state(state_path, spec) if state_path.is_file() else None  # another spec: before loading
     torch.manual_seed(spec.seed)
     job = FinetuneJob(spec, progress)
     order, total = job.schedule()
     optimizer, schedule = job.optimizer(total)
     first, losses, resumed_at = 0, [], []
-    state_path = out_dir / STATE_FILE
-    if state_path.is_file():
-        state = torch.load(state_path, map_location="cpu", weights_only=True)
-        job.load_trainable_state(state["trainable"])
-        optimizer.load_state_dict(state["optimizer"])
-        schedule.load_state_dict(state["schedule"])
-        first, losses = state["step"], list(state["losses"])
-        resumed_at = [*state.get("resumed_at", []), first]
+    if state is not None:
+        first, losses, resumed_at = restore_state(state, job, optimizer, schedule)
+        del state
         progress.on_message(f"resuming at step {first} of {total}")
     progress.on_start(total)
     step_seconds = []
@@ -469,7 +534,9 @@ def finetune(
         losses.append(round(float(loss.detach()), 5))
         step_seconds.append(round(time.perf_counter() - step_start, 3))
         if save_every and (step + 1) % save_every == 0 and step + 1 < total:
-            _save_state(state_path, job, optimizer, schedule, step + 1, losses, resumed_at)
+            save_state(
+                state_path, training_state(spec, job, optimizer, schedule, step + 1, losses, resumed_at)
+            )
         progress.on_step(step + 1, losses[-1])
     progress.on_message(f"writing {out_dir}")
     adapter = job.save(out_dir)

@@ -14,7 +14,6 @@ a llama.cpp LoRA GGUF.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -178,10 +177,7 @@ def read_adapter(directory: str | Path) -> tuple[AdapterConfig, dict[str, Tensor
 
 
 def checkpoint_sha256(weight_files: Sequence[Path]) -> str:
-    """One digest for a checkpoint's weights: sha256 over each file's name and sha256, in order."""
-    from panda_edge.bundle import sha256_file
+    """One digest for a checkpoint's weights (`bundle.checkpoint_digest`, in the index's order)."""
+    from panda_edge.bundle import checkpoint_digest, sha256_file
 
-    digest = hashlib.sha256()
-    for path in weight_files:
-        digest.update(f"{path.name} {sha256_file(path)}\n".encode())
-    return digest.hexdigest()
+    return checkpoint_digest((path.name, sha256_file(path)) for path in weight_files)

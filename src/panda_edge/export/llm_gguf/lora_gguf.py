@@ -4,8 +4,10 @@ What llama.cpp's `llama_adapter_lora_init` reads (and its convert_lora_to_gguf.p
 `general.architecture` the base's (llama), `general.type = adapter`, `adapter.type = lora`,
 `adapter.lora.alpha`, and per adapted weight two tensors named after the base tensor,
 `blk.N.attn_q.weight.lora_a` (PyTorch shape (rank, in), ggml ne [in, rank]) and `.lora_b` ((out,
-rank), ne [rank, out]). llama.cpp scales B·A by alpha / rank itself. The q/k permutation the base's
-conversion applies to rows (convert.permute_rows) applies to B's rows; A is untouched.
+rank), ne [rank, out]). Ours also holds `panda.base_checkpoint_sha256` (bundle.LORA_BASE_KEY), the
+adapter's base checkpoint digest, which the runtime compares with the bundle's source weights.
+llama.cpp scales B·A by alpha / rank itself. The q/k permutation the base's conversion applies to
+rows (convert.permute_rows) applies to B's rows; A is untouched.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from panda_edge.bundle import LORA_BASE_KEY
 from panda_edge.config import LlmConfig
 from panda_edge.errors import PandaError
 from panda_edge.export.llm_gguf.convert import permute_rows
@@ -83,6 +86,8 @@ def write_lora_gguf(adapter: str | Path, path: Path, llm: LlmConfig, name: str =
             writer.add_type(gguf.GGUFType.ADAPTER)
             writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
             writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, float(config.lora_alpha))
+            if config.base_checkpoint_sha256:  # the runtime checks it against the bundle's source
+                writer.add_string(LORA_BASE_KEY, config.base_checkpoint_sha256)
             for tensor_name, data in tensors:
                 writer.add_tensor(tensor_name, data)
             writer.write_header_to_file()
