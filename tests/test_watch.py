@@ -332,6 +332,7 @@ def test_a_source_that_cannot_be_opened_is_one_line_and_exit_2(bundle: Path, tmp
     for spec, message in (("door", "give NAME=SOURCE"), ("door=gopher://x", "not a stream URL")):
         result = runner.invoke(app, ["serve", "--bundle", str(bundle), "--port", "0", "--stream", spec])
         assert result.exit_code == 2 and message in result.output, result.output
+        assert "loading" not in result.output  # refused before the model loads
 
 
 def test_stdin_questions_are_answered_against_the_newest_window(bundle: Path, two_videos) -> None:

@@ -33,7 +33,8 @@ class StreamVideo:
 
 
 def parse_streams(specs: list[str]) -> dict[str, str]:
-    """`NAME=SOURCE` options as {name: source}; PandaError for a malformed or repeated name."""
+    """`NAME=SOURCE` options as {name: source}; PandaError for a malformed or repeated name, StreamError
+    for a source that is no URL, device or file (said before the model loads; a camera is opened after)."""
     streams: dict[str, str] = {}
     for spec in specs:
         name, sep, source = spec.partition("=")
@@ -42,6 +43,7 @@ def parse_streams(specs: list[str]) -> dict[str, str]:
             raise PandaError(f"--stream {spec!r}: give NAME=SOURCE, e.g. door=rtsp://camera.local/stream")
         if name in streams:
             raise PandaError(f"--stream {name}: given twice")
+        Source.parse(source.strip(), realtime=True)
         streams[name] = source.strip()
     return streams
 
