@@ -23,11 +23,18 @@ from typing import Any
 
 from panda_edge.backends import RUNTIME_GGUF_TYPE
 from panda_edge.bench.machine import peak_rss_mb
+from panda_edge.errors import PandaError
 from panda_edge.timing import BELOW_RESOLUTION, measurable, median_s, quotient, rate, significant
 
 QUESTIONS = ("What color is the ring?", "Which direction does the square move?")
 MODELS = ("tiny", "bench")
 ENGINES = ("torch", "runtime")
+
+
+def check_model(model: str) -> None:
+    """PandaError unless `model` is one of MODELS: bad input fails before anything is built."""
+    if model not in MODELS:
+        raise PandaError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
 
 
 def build_bench_checkpoint(directory: Path, seed: int = 0) -> Path:
@@ -79,14 +86,12 @@ def bench_e2e(
     """Time to first token (first question and follow-up), decode tokens/s and peak RSS of the PyTorch
     reference and the runtime on `model` (tiny, or bench: full-size STAB + 0.54B random Llama), each in
     its own process."""
-    from panda_edge.errors import PandaError
     from panda_edge.export.llm_gguf.export_gguf import export_gguf, get_gguf_type
     from panda_edge.export.stab_onnx.export_onnx import export_bundle
     from panda_edge.model.loading import ReferencePrecision
     from panda_edge.optional import llama_cpp
 
-    if model not in MODELS:  # bad input fails before anything is built
-        raise PandaError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+    check_model(model)
     get_gguf_type(gguf_type)
     llama_cpp()
     ReferencePrecision(dtype, device)

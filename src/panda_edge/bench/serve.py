@@ -179,7 +179,7 @@ def _prefix_reuse(url: str, model: str, videos: list[Path], warm_up: Path, max_t
     }
 
 
-def _export(model: str, work_dir: Path, step: Callable[[str], None]) -> Path:
+def export_model(model: str, work_dir: Path, step: Callable[[str], None]) -> Path:
     """A bundle of `model` (ONNX + q8_0 GGUF): the embedded tiny model, or bench e2e's full-size STAB
     with the 0.54B random Llama, where the video prefix costs what it costs at scale."""
     from panda_edge.bench.e2e import build_bench_checkpoint
@@ -208,12 +208,12 @@ def bench_serve(
 ) -> dict[str, Any]:
     """The whole benchmark; without `bundle`, `model` is exported first (`bench`: the prefix reuse
     only, where a new video's prefix costs what it costs at scale)."""
-    from panda_edge.bench.e2e import MODELS
+    from panda_edge.bench.e2e import check_model
     from panda_edge.optional import llama_cpp, require
     from panda_edge.toyworld.writer import generate
 
-    if bundle is None and model not in MODELS:  # bad input fails before anything is built
-        raise PandaError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+    if bundle is None:
+        check_model(model)
     llama_cpp()
     require("openai", "dev")
     require("uvicorn", "serve")
@@ -221,7 +221,7 @@ def bench_serve(
     with tempfile.TemporaryDirectory(prefix="panda-bench-serve-") as work:
         work_dir = Path(work)
         if bundle is None:
-            bundle = _export(model, work_dir, step)
+            bundle = export_model(model, work_dir, step)
         step(f"writing {VIDEOS + 4} toy videos")
         generate(work_dir / "toy", videos=VIDEOS + 4, seed=5, heldout_fraction=0.0)
         pool = sorted((work_dir / "toy" / "videos").iterdir())

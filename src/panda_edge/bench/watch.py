@@ -164,18 +164,18 @@ def bench_watch(
     on_step: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """The whole benchmark; without `bundle`, `model` (tiny or bench) is exported first."""
-    from panda_edge.bench.e2e import MODELS
-    from panda_edge.bench.serve import _export
+    from panda_edge.bench.e2e import check_model
+    from panda_edge.bench.serve import export_model
     from panda_edge.optional import llama_cpp
 
-    if bundle is None and model not in MODELS:
-        raise PandaError(f"unknown model '{model}'; choose one of: {', '.join(MODELS)}")
+    if bundle is None:
+        check_model(model)
     llama_cpp()
     step = on_step or (lambda _: None)
     name = model if bundle is None else str(bundle)
     with tempfile.TemporaryDirectory(prefix="panda-bench-watch-") as work:
         if bundle is None:
-            bundle = _export(model, Path(work), step)
+            bundle = export_model(model, Path(work), step)
         port = _free_port()
         url = f"tcp://127.0.0.1:{port}"
         publish = [sys.executable, "-m", "panda_edge.video.publish", url + "?listen=1"]

@@ -29,6 +29,11 @@ app = typer.Typer(
 )
 
 
+BenchModelOpt = Annotated[
+    str, typer.Option(help="tiny (the embedded model) or bench (full-size STAB + 0.54B random Llama).")
+]
+
+
 @app.command()
 @handle_errors
 def vision(
@@ -118,9 +123,7 @@ def llm(
 @app.command()
 @handle_errors
 def e2e(
-    model: Annotated[
-        str, typer.Option(help="tiny (the embedded model) or bench (full-size STAB + 0.54B random Llama).")
-    ] = "tiny",
+    model: BenchModelOpt = "tiny",
     repeat: Annotated[int, typer.Option(min=1, help="Timed runs per engine, after one warm-up run.")] = 3,
     threads: Threads = None,
     gguf_type: Annotated[str, typer.Option(help="The runtime's GGUF type.")] = RUNTIME_GGUF_TYPE,
@@ -158,9 +161,7 @@ def serve(
     bundle: Annotated[
         Path | None, typer.Option(help="Bundle to serve (default: --model, exported first).")
     ] = None,
-    model: Annotated[
-        str, typer.Option(help="tiny (the embedded model) or bench (full-size STAB + 0.54B random Llama).")
-    ] = "tiny",
+    model: BenchModelOpt = "tiny",
     requests: Annotated[int, typer.Option(min=1, help="Requests per client at each level.")] = 6,
     seconds: Annotated[float, typer.Option(min=1.0, help="Time bound per level.")] = 120.0,
     max_tokens: Annotated[int, typer.Option(min=1, help="Longest answer.")] = 16,
@@ -197,9 +198,7 @@ def serve(
 @app.command()
 @handle_errors
 def watch(
-    model: Annotated[
-        str, typer.Option(help="tiny (the embedded model) or bench (full-size STAB + 0.54B random Llama).")
-    ] = "tiny",
+    model: BenchModelOpt = "tiny",
     seconds: Annotated[
         float, typer.Option(min=5.0, help="How long to watch (after the first window).")
     ] = 60.0,
