@@ -42,7 +42,7 @@ def _train_loop(config: dict[str, Any]) -> None:
     import torch.distributed as dist
 
     from panda_edge.train.data import IGNORE
-    from panda_edge.train.finetune import FinetuneJob, read_state, restore_state, save_state, training_state
+    from panda_edge.train.finetune import read_state, save_state, start_run
 
     torch.set_num_threads(config["threads"])
     context = ray.train.get_context()
@@ -57,17 +57,12 @@ def _train_loop(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             state = read_state(Path(directory) / STATE, spec)  # another spec: refused before loading
-    torch.manual_seed(spec.seed)
-    job = FinetuneJob(spec)
-    order, total = job.schedule()
-    optimizer, schedule = job.optimizer(total)
-    first, losses, resumed_at = 0, [], []
-    if state is not None:
-        first, losses, resumed_at = restore_state(state, job, optimizer, schedule)
-        del state
+    run = start_run(spec, state)
+    del state
+    job, total, optimizer, losses = run.job, run.total, run.optimizer, run.losses
     started = time.perf_counter()
-    for step in range(first, total):
-        batch = job.batch(order, step)
+    for step in range(run.first, total):
+        batch = job.batch(run.order, step)
         tokens = sum(sum(label != IGNORE for label in ex.labels) for ex in batch)
         mine = batch[rank::world]
         loss_sum = job.loss(mine, reduction="sum") if mine else torch.zeros((), requires_grad=True)
@@ -82,7 +77,7 @@ def _train_loop(config: dict[str, Any]) -> None:
             offset += g.numel()
         torch.nn.utils.clip_grad_norm_(job.params, 1.0)
         optimizer.step()
-        schedule.step()
+        run.schedule.step()
         losses.append(round(float(flat[-1]) / tokens, 5))
         last = step + 1 == total
         if (step + 1) % config["save_every"] == 0 or last:
@@ -90,15 +85,14 @@ def _train_loop(config: dict[str, Any]) -> None:
             with tempfile.TemporaryDirectory() as directory:
                 saved = None
                 if rank == 0:
-                    state = training_state(spec, job, optimizer, schedule, step + 1, losses, resumed_at)
-                    save_state(Path(directory) / STATE, state)
+                    save_state(Path(directory) / STATE, run.state(step + 1))
                     saved = ray.train.Checkpoint.from_directory(directory)
                 ray.train.report(metrics, checkpoint=saved)
     if rank == 0:
         out_dir = Path(config["out_dir"])
         adapter = job.save(out_dir)
         result = FinetuneResult(
-            out_dir, spec.method, total, losses, job.trainable_parameters, 0.0, adapter, world, resumed_at
+            out_dir, spec.method, total, losses, job.trainable_parameters, 0.0, adapter, world, run.resumed_at
         )
         write_json(out_dir / LOG_FILE, {**result.to_dict(), "worker_seconds": time.perf_counter() - started})
 

@@ -454,30 +454,60 @@ def resume_spec(spec: FinetuneSpec) -> dict[str, object]:
     return values
 
 
-def training_state(
-    spec: FinetuneSpec, job: FinetuneJob, optimizer, schedule, step: int, losses: list[float], resumed_at
-) -> dict:
-    """What a run resumes from: the step, the losses so far, the trainable weights, AdamW and the
-    schedule, and the spec they were trained under."""
-    return {
-        "spec": resume_spec(spec),
-        "step": step,
-        "losses": losses,
-        "resumed_at": resumed_at,
-        "trainable": job.trainable_state(),
-        "optimizer": optimizer.state_dict(),
-        "schedule": schedule.state_dict(),
-    }
+@dataclass
+class Run:
+    """A run's moving parts: the job, its example order and step count, AdamW and the schedule, and
+    what the steps so far gave (`first`: the step it starts or resumes at)."""
+
+    spec: FinetuneSpec
+    job: FinetuneJob
+    order: list[int]
+    total: int
+    optimizer: torch.optim.Optimizer
+    schedule: torch.optim.lr_scheduler.LRScheduler
+    first: int = 0
+    losses: list[float] = field(default_factory=list)
+    resumed_at: list[int] = field(default_factory=list)
+
+    def state(self, step: int) -> dict:
+        """What a run resumes from after `step` steps: the step, the losses so far, the trainable
+        weights, AdamW and the schedule, and the spec they were trained under."""
+        return {
+            "spec": resume_spec(self.spec),
+            "step": step,
+            "losses": self.losses,
+            "resumed_at": self.resumed_at,
+            "trainable": self.job.trainable_state(),
+            "optimizer": self.optimizer.state_dict(),
+            "schedule": self.schedule.state_dict(),
+        }
+
+
+def start_run(spec: FinetuneSpec, state: dict | None, progress: Progress | None = None) -> Run:
+    """The job built (seeded) with its optimizer and schedule, from step 0 or from a `read_state`."""
+    torch.manual_seed(spec.seed)
+    job = FinetuneJob(spec, progress)
+    order, total = job.schedule()
+    optimizer, schedule = job.optimizer(total)
+    run = Run(spec, job, order, total, optimizer, schedule)
+    if state is not None:
+        job.load_trainable_state(state["trainable"])
+        optimizer.load_state_dict(state["optimizer"])
+        schedule.load_state_dict(state["schedule"])
+        run.first = state["step"]
+        run.losses = list(state["losses"])
+        run.resumed_at = [*state.get("resumed_at", []), run.first]
+    return run
 
 
 def save_state(path: Path, state: dict) -> None:
-    """`training_state` written atomically."""
+    """`Run.state` written atomically."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def read_state(path: Path, spec: FinetuneSpec, mmap: bool = False) -> dict:
-    """A saved `training_state`, when it was saved under this spec; another spec is a PandaError
+    """A saved `Run.state`, when it was saved under this spec; another spec is a PandaError
     naming the fields that differ (before the model loads). `mmap`: tensors are mapped, not read (to
     check the spec alone)."""
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
@@ -494,15 +524,6 @@ def read_state(path: Path, spec: FinetuneSpec, mmap: bool = False) -> dict:
     return state
 
 
-def restore_state(state: dict, job: FinetuneJob, optimizer, schedule) -> tuple[int, list[float], list[int]]:
-    """Load a `read_state` into the job, AdamW and the schedule; (first step, losses, resumed_at)."""
-    job.load_trainable_state(state["trainable"])
-    optimizer.load_state_dict(state["optimizer"])
-    schedule.load_state_dict(state["schedule"])
-    first = state["step"]
-    return first, list(state["losses"]), [*state.get("resumed_at", []), first]
-
-
 def finetune(
     spec: FinetuneSpec, out_dir: str | Path, progress: Progress | None = None, save_every: int = 100
 ) -> FinetuneResult:
@@ -512,43 +533,37 @@ def finetune(
     progress = progress or Progress()
     state_path = out_dir / STATE_FILE
     state = read_state(state_path, spec) if state_path.is_file() else None  # another spec: before loading
-    torch.manual_seed(spec.seed)
-    job = FinetuneJob(spec, progress)
-    order, total = job.schedule()
-    optimizer, schedule = job.optimizer(total)
-    first, losses, resumed_at = 0, [], []
+    run = start_run(spec, state, progress)
+    job, total = run.job, run.total
     if state is not None:
-        first, losses, resumed_at = restore_state(state, job, optimizer, schedule)
         del state
-        progress.on_message(f"resuming at step {first} of {total}")
+        progress.on_message(f"resuming at step {run.first} of {total}")
     progress.on_start(total)
     step_seconds = []
-    for step in range(first, total):
+    for step in range(run.first, total):
         step_start = time.perf_counter()
-        loss = job.loss(job.batch(order, step))
-        optimizer.zero_grad(set_to_none=True)
+        loss = job.loss(job.batch(run.order, step))
+        run.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(job.params, 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(round(float(loss.detach()), 5))
+        run.optimizer.step()
+        run.schedule.step()
+        run.losses.append(round(float(loss.detach()), 5))
         step_seconds.append(round(time.perf_counter() - step_start, 3))
         if save_every and (step + 1) % save_every == 0 and step + 1 < total:
-            save_state(
-                state_path, training_state(spec, job, optimizer, schedule, step + 1, losses, resumed_at)
-            )
-        progress.on_step(step + 1, losses[-1])
+            save_state(state_path, run.state(step + 1))
+        progress.on_step(step + 1, run.losses[-1])
     progress.on_message(f"writing {out_dir}")
     adapter = job.save(out_dir)
     result = FinetuneResult(
         out_dir,
         spec.method,
         total,
-        losses,
+        run.losses,
         job.trainable_parameters,
         round(time.perf_counter() - start, 1),
         adapter,
-        resumed_at=resumed_at,
+        resumed_at=run.resumed_at,
         step_seconds=step_seconds,
     )
     write_json(out_dir / LOG_FILE, {**result.to_dict(), "memory_gb": _gb(job.need)})
