@@ -117,7 +117,7 @@ def check_kv_cache(name: str) -> KvCacheType:
 # --- Vision backends and precisions (`--vision`, `--precision`) -------------------------------------
 
 ORT, TRT, TORCH = "ort", "trt", "torch"
-FP32, FP16, INT8 = "fp32", "fp16", "int8"
+FP32, FP16, BF16, INT8 = "fp32", "fp16", "bf16", "int8"
 VISION_BACKENDS: dict[str, str] = {
     ORT: "ONNX Runtime",
     TRT: "TensorRT engine",
@@ -125,12 +125,17 @@ VISION_BACKENDS: dict[str, str] = {
 }
 # backend -> the precisions it runs, its default first. ONNX Runtime runs the fp32 graph or the
 # calibrated INT8 graph; TensorRT an engine of the precision (fp16 exists only as an engine, and is
-# what `panda build-engine` builds by default); the PyTorch reference runs the checkpoint in fp32.
+# what `panda build-engine` builds by default); the PyTorch reference runs the checkpoint's vision part
+# at a compute dtype (fp16 and bf16 for a GPU: `--device cuda`).
 PRECISIONS: dict[str, tuple[str, ...]] = {
     ORT: (FP32, INT8),
     TRT: (FP16, INT8, FP32),
-    TORCH: (FP32,),
+    TORCH: (FP32, FP16, BF16),
 }
+# Where each backend runs: ONNX Runtime on the CPU, TensorRT on its engine's GPU, PyTorch on either
+# (`--device`; the reference's devices, model/loading.py DEVICES).
+CPU, CUDA = "cpu", "cuda"
+DEVICES: dict[str, tuple[str, ...]] = {ORT: (CPU,), TRT: (CUDA,), TORCH: (CPU, CUDA)}
 # A planning device without a GPU runs ONNX Runtime, as `panda run` does when no backend is asked.
 CPU_BACKEND = ORT
 DEFAULT_BACKEND = ORT

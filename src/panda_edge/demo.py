@@ -153,8 +153,9 @@ def _runtime_chain(
         measure_task,
         reference_tokens,
     )
+    from panda_edge.runtime.options import RuntimeOptions
 
-    threads = default_threads(threads)
+    runtime = RuntimeOptions(threads=default_threads(threads))
     for gguf_type in (REFERENCE_GGUF_TYPE, RUNTIME_GGUF_TYPE):
         on_step(f"exporting the Llama backbone to GGUF ({gguf_type})")
         with clock(f"export_gguf_{gguf_type}"):
@@ -173,8 +174,8 @@ def _runtime_chain(
                 videos,
                 RUNTIME_GGUF_TYPE,
                 precision,
+                runtime,
                 on_answer=on_answer,
-                threads=threads,
             )
         tasks[precision] = task
         report.parity[task_key(precision)] = task.to_dict()
@@ -192,13 +193,13 @@ def _runtime_chain(
     )
     with clock("gguf_agreement"):
         report.parity["task"]["gguf_agreement"] = measure_gguf_agreement(
-            bundle, tasks[FP32], qa, videos, threads=threads
+            bundle, tasks[FP32], qa, videos, runtime=runtime
         )
     chosen = one_question_per_video(qa, E2E_VIDEOS)
     on_step(f"e2e parity: runtime (fp32 vision + f32 GGUF) vs reference, {len(chosen)} videos")
     with clock("parity_e2e"):
         expected = reference_tokens(model, chosen, videos)
-        report.parity["e2e"] = measure_e2e(expected, bundle, chosen, videos, threads=threads).to_dict()
+        report.parity["e2e"] = measure_e2e(expected, bundle, chosen, videos, runtime=runtime).to_dict()
 
 
 def vision_parity(model, bundle: Path, videos: list[Path]) -> dict[str, Any]:

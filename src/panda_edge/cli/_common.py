@@ -21,11 +21,13 @@ import typer
 from rich.console import Console
 
 from panda_edge.backends import (
+    CPU,
     DEFAULT_BACKEND,
     DEFAULT_KV_CACHE,
     GGUF_PREFERENCE,
     KV_CACHE_TYPES,
     ORT,
+    TORCH,
     TRT,
     VISION_BACKENDS,
     listed,
@@ -263,7 +265,12 @@ ReferenceDtype = Annotated[
         "widened layer by layer, exactly), bf16 or fp16.",
     ),
 ]
-ReferenceDevice = Annotated[str, typer.Option("--device", help="Where the reference runs: cpu or cuda.")]
+ReferenceDevice = Annotated[
+    str,
+    typer.Option(
+        "--device", help="Where the reference runs (and, in eval, a --vision torch runtime): cpu or cuda."
+    ),
+]
 
 
 def reference_precision(dtype: str, device: str) -> Any:
@@ -321,7 +328,8 @@ PrecisionOpt = Annotated[
     typer.Option(
         "--precision",
         help=f"Vision graph: {precision_help(ORT)} (int8: the calibrated graph); with --vision trt, the "
-        f"engine's: {precision_help(TRT)}, one the bundle has (panda build-engine).",
+        f"engine's: {precision_help(TRT)}, one the bundle has (panda build-engine); with --vision torch, "
+        f"the compute dtype: {precision_help(TORCH)}.",
     ),
 ]
 GgufOpt = Annotated[
@@ -376,6 +384,14 @@ LoraOpt = Annotated[
 CheckpointOpt = Annotated[
     str | None, typer.Option("--checkpoint", help="--vision torch only: the reference checkpoint, or 'tiny'.")
 ]
+VisionDeviceOpt = Annotated[
+    str,
+    typer.Option(
+        "--device",
+        help="--vision torch only: where PyTorch runs the vision part, cpu or cuda (a GPU without "
+        "TensorRT; --precision fp16 or bf16 there).",
+    ),
+]
 
 
 def old_spelling(flag: str, value: Any, default: Any, old_flag: str, old_value: Any) -> Any:
@@ -402,6 +418,7 @@ def runtime_options(
     cache_max_gb: float | None = None,
     checkpoint: str | None = None,
     lora: Path | None = None,
+    device: str = CPU,
 ) -> Any:
     """The RuntimeOptions the options above ask for (exit 2 for a combination that cannot run). Paths
     become absolute: a server's Ray replicas open them from another working directory."""
@@ -422,4 +439,5 @@ def runtime_options(
         cache_max_bytes=None if cache_max_gb is None else int(cache_max_gb * 1e9),
         checkpoint=checkpoint,
         lora=None if lora is None else str(lora.resolve()),
+        device=device,
     )

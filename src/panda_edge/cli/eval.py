@@ -8,10 +8,11 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from panda_edge.backends import DEFAULT_KV_CACHE
+from panda_edge.backends import CPU, DEFAULT_BACKEND, DEFAULT_KV_CACHE, TORCH
 from panda_edge.cli._common import (
     CtxOpt,
     GgufOpt,
+    GpuLayersOpt,
     KvTypeOpt,
     LoraOpt,
     PrecisionOpt,
@@ -20,6 +21,7 @@ from panda_edge.cli._common import (
     ReferenceDevice,
     ReferenceDtype,
     Threads,
+    VisionOpt,
     emit_json,
     handle_errors,
     json_to_stdout,
@@ -50,6 +52,7 @@ def eval(
         Path | None,
         typer.Option(help="Also score the runtime on this bundle, and its agreement with the reference."),
     ] = None,
+    vision: VisionOpt = DEFAULT_BACKEND,
     gguf_type: GgufOpt = None,
     lora: LoraOpt = None,
     precision: PrecisionOpt = None,
@@ -59,6 +62,7 @@ def eval(
     ] = None,
     kv_type: KvTypeOpt = DEFAULT_KV_CACHE,
     n_ctx: CtxOpt = None,
+    n_gpu_layers: GpuLayersOpt = 0,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N questions.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 16,
     dtype: ReferenceDtype = "fp32",
@@ -80,9 +84,10 @@ def eval(
 
     A video is decoded once for all its questions; one that cannot be read is an error on its
     questions (counted wrong), not the end of the run. With --bundle the runtime answers too (ONNX
-    Runtime vision, with `panda run`'s options): its accuracy and the share of questions where the
-    two agree, per type. With --ray the videos are spread over a cluster's workers (restarted and
-    retried by Ray when one dies).
+    Runtime vision, or with --vision torch the checkpoint's vision part on --device at --precision;
+    `panda run`'s options): its accuracy and the share of questions where the two agree, per type.
+    With --ray the videos are spread over a cluster's workers (restarted and retried by Ray when one
+    dies).
     """
     from panda_edge.host import use_threads
     from panda_edge.model.videopanda import describe_reference
@@ -94,13 +99,18 @@ def eval(
         raise PandaError(f"--videos {videos}: no such directory")
     precision = old_spelling("--precision", precision, None, "--vision-precision", vision_precision)
     here = use_threads(threads)  # a Ray worker applies the rule on its own node
+    torch_vision = vision == TORCH  # the runtime's vision is the reference's: its checkpoint, on --device
     runtime = runtime_options(
+        vision=vision,
         precision=precision,
         gguf_type=gguf_type,
         threads=threads if ray is not None else here,
+        n_gpu_layers=n_gpu_layers,
         n_ctx=n_ctx,
         kv_type=kv_type,
+        checkpoint=checkpoint if torch_vision else None,
         lora=lora,
+        device=device if torch_vision else CPU,
     )
     if lora is not None and bundle is None:
         raise PandaError("--lora applies to the runtime's decoder: give --bundle")

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from panda_edge.cli._common import (
+    GpuLayersOpt,
     RayAddress,
     RayWorkers,
     ReferenceDevice,
@@ -56,6 +57,16 @@ def parity(
     ] = None,
     dtype: ReferenceDtype = "fp32",
     device: ReferenceDevice = "cpu",
+    vision_device: Annotated[
+        str,
+        typer.Option(
+            "--vision-device",
+            help="Where e2e and task encode video: cpu (ONNX Runtime on the bundle's graphs) or cuda (the "
+            "checkpoint's vision part through PyTorch on the GPU, as --vision torch --device cuda; task "
+            "at each of its dtypes).",
+        ),
+    ] = "cpu",
+    n_gpu_layers: GpuLayersOpt = 0,
     threads: Threads = None,
     ray: RayAddress = None,
     workers: RayWorkers = None,
@@ -73,8 +84,9 @@ def parity(
     tokenizer: llama.cpp ids identical to SentencePiece's on every prompt chunk. e2e: the runtime
     (ONNX Runtime fp32 + f32 GGUF) answers token for token as the reference, one question per video.
     task: exact-match accuracy of the runtime (fp32 vision, and INT8 when the bundle has it, with the
-    q8_0 GGUF or the one the bundle has) within 1 point of the reference. Exit 1 when a level fails,
-    2 for bad input.
+    q8_0 GGUF or the one the bundle has) within 1 point of the reference. With --vision-device cuda
+    both levels encode video with PyTorch on the GPU (task: at fp32, fp16 and bf16), and
+    --n-gpu-layers puts the decoder there too. Exit 1 when a level fails, 2 for bad input.
     """
     from panda_edge.errors import CheckFailed
     from panda_edge.host import use_threads
@@ -96,6 +108,8 @@ def parity(
         max_questions=questions,
         runner=runner,
         threads=threads if ray is not None else here,  # a Ray worker applies the rule on its own node
+        vision_device=vision_device,
+        n_gpu_layers=n_gpu_layers,
     )
     run = run_parity(
         checkpoint,

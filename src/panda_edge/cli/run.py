@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import typer
 
-from panda_edge.backends import DEFAULT_BACKEND, DEFAULT_KV_CACHE
+from panda_edge.backends import CPU, DEFAULT_BACKEND, DEFAULT_KV_CACHE
 from panda_edge.cli._common import (
     BundleOpt,
     CacheMaxOpt,
@@ -22,6 +22,7 @@ from panda_edge.cli._common import (
     LoraOpt,
     PrecisionOpt,
     Threads,
+    VisionDeviceOpt,
     VisionOpt,
     emit_json,
     err,
@@ -79,6 +80,7 @@ def run(
     kv_type: KvTypeOpt = DEFAULT_KV_CACHE,
     kv_cache: KvCacheAlias = None,
     checkpoint: CheckpointOpt = None,
+    device: VisionDeviceOpt = CPU,
     lora: LoraOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
@@ -102,6 +104,7 @@ def run(
         cache_max_gb,
         checkpoint,
         lora,
+        device,
     )
     with _open_runtime(bundle, options) as runtime:
         answer = runtime.answer(
@@ -134,6 +137,7 @@ def chat(
     kv_type: KvTypeOpt = DEFAULT_KV_CACHE,
     kv_cache: KvCacheAlias = None,
     checkpoint: CheckpointOpt = None,
+    device: VisionDeviceOpt = CPU,
     lora: LoraOpt = None,
     json_out: JsonOpt = None,
 ) -> None:
@@ -160,6 +164,7 @@ def chat(
         cache_max_gb,
         checkpoint,
         lora,
+        device,
     )
     with _open_runtime(bundle, options) as runtime:
         conversation = runtime.chat(video)

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from panda_edge.backends import DEFAULT_BACKEND, DEFAULT_EVERY_S, DEFAULT_KV_CACHE, DEFAULT_WINDOW_S
+from panda_edge.backends import CPU, DEFAULT_BACKEND, DEFAULT_EVERY_S, DEFAULT_KV_CACHE, DEFAULT_WINDOW_S
 from panda_edge.cli._common import (
     BundleOpt,
     CacheMaxOpt,
@@ -22,6 +22,7 @@ from panda_edge.cli._common import (
     PrecisionOpt,
     RayAddress,
     Threads,
+    VisionDeviceOpt,
     VisionOpt,
     err,
     handle_errors,
@@ -50,6 +51,7 @@ def serve(
     cache: CacheOpt = None,
     cache_max_gb: CacheMaxOpt = 20.0,
     checkpoint: CheckpointOpt = None,
+    device: VisionDeviceOpt = CPU,
     lora: LoraOpt = None,
     media_dir: Annotated[
         Path | None,
@@ -138,6 +140,7 @@ def serve(
         cache_max_gb,
         checkpoint,
         lora,
+        device,
     )
     if host not in ("127.0.0.1", "::1", "localhost") and api_key is None:
         warn(f"listening on {host} without --api-key: anyone who can reach it can use it")

@@ -14,7 +14,7 @@ from typing import Annotated, Any, TextIO
 
 import typer
 
-from panda_edge.backends import DEFAULT_BACKEND, DEFAULT_EVERY_S, DEFAULT_KV_CACHE, DEFAULT_WINDOW_S
+from panda_edge.backends import CPU, DEFAULT_BACKEND, DEFAULT_EVERY_S, DEFAULT_KV_CACHE, DEFAULT_WINDOW_S
 from panda_edge.cli._common import (
     BundleOpt,
     CheckpointOpt,
@@ -26,6 +26,7 @@ from panda_edge.cli._common import (
     LoraOpt,
     PrecisionOpt,
     Threads,
+    VisionDeviceOpt,
     VisionOpt,
     handle_errors,
     json_to_stdout,
@@ -90,6 +91,7 @@ def watch(
     kv_type: KvTypeOpt = DEFAULT_KV_CACHE,
     kv_cache: KvCacheAlias = None,
     checkpoint: CheckpointOpt = None,
+    device: VisionDeviceOpt = CPU,
     lora: LoraOpt = None,
 ) -> None:
     """Watch SOURCE and answer questions about its latest --window seconds.
@@ -119,6 +121,7 @@ def watch(
         kv_cache,
         checkpoint=checkpoint,
         lora=lora,
+        device=device,
     )
     sink = _Sink(json_out, save_windows)
     try:

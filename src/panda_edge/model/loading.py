@@ -27,6 +27,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from panda_edge.backends import BF16, CPU, CUDA, FP16, FP32, TORCH
+from panda_edge.backends import DEVICES as BACKEND_DEVICES
 from panda_edge.config import ModelConfig
 from panda_edge.errors import CheckpointError, PandaError
 from panda_edge.memory import GB, NotEnoughMemory, check_memory
@@ -42,8 +44,8 @@ from panda_edge.model.checkpoint import (
 
 log = logging.getLogger(__name__)
 
-DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-DEVICES = ("cpu", "cuda")
+DTYPES: dict[str, torch.dtype] = {FP32: torch.float32, BF16: torch.bfloat16, FP16: torch.float16}
+DEVICES = BACKEND_DEVICES[TORCH]
 SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 _VISION_PREFIXES = (VIDEO_TOWER, VIDEO_PROJECTOR)
 _SAFETENSORS_DTYPES = {
@@ -64,15 +66,15 @@ _SAFETENSORS_DTYPES = {
 class ReferencePrecision:
     """How the reference runs: the compute dtype and the device (docs/design.md §7)."""
 
-    dtype: str = "fp32"
-    device: str = "cpu"
+    dtype: str = FP32
+    device: str = CPU
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
             raise PandaError(f"unknown --dtype '{self.dtype}'; choose one of: {', '.join(DTYPES)}")
         if self.device not in DEVICES:
             raise PandaError(f"unknown --device '{self.device}'; choose one of: {', '.join(DEVICES)}")
-        if self.device == "cuda" and not torch.cuda.is_available():
+        if self.device == CUDA and not torch.cuda.is_available():
             raise PandaError("--device cuda: this PyTorch sees no CUDA GPU; use --device cpu")
 
     @property
@@ -355,7 +357,7 @@ def load_reference(
     specs = tensor_specs(directory)
     stored = {name: specs[n][0] for n in specs if (name := canonical_name(n)) is not None}
     need = weight_bytes(parts, stored, precision, keeps_16bit) + working
-    if precision.device == "cuda":
+    if precision.device == CUDA:
         free, _ = torch.cuda.mem_get_info()
         if need > free:
             raise NotEnoughMemory(

@@ -101,12 +101,15 @@ class StabForOnnx(nn.Module):
         )
         chunk_of_frame = torch.arange(self.frames) // self.chunk_frames
         self.register_buffer("chunk_of_frame", chunk_of_frame, persistent=False)
+        self.to(stab.patch_embedding.weight.device)  # the constants beside weights on a GPU
         self.eval()
 
     def layout(self) -> TokenLayout:
         """The geometry the runtime needs to pick the reference's tokens out of this output."""
+        weight = self.stab.patch_embedding.weight
         with torch.no_grad():
-            hidden = self.projector(torch.zeros(1, self.width)).shape[-1]
+            probe = torch.zeros(1, self.width, device=weight.device, dtype=weight.dtype)
+            hidden = self.projector(probe).shape[-1]
         return TokenLayout.from_config(self.stab.vision, hidden)
 
     def spatiotemporal(self, pixels: Tensor) -> tuple[Tensor, Tensor | None]:

@@ -30,6 +30,9 @@ class Thresholds:
 LEVELS: dict[str, Thresholds] = {
     "stab_fp32": Thresholds(cosine_min=0.99999, max_abs_rel=1e-3),
     "stab_int8": Thresholds(cosine_mean=0.99),
+    # 16-bit vision (a TensorRT fp16 engine, --vision torch at fp16 or bf16): panda-edge's own bar,
+    # between fp32's and INT8's (docs/design.md §5)
+    "stab_fp16": Thresholds(cosine_min=0.999, max_abs_rel=1e-2),
 }
 
 # Upper edges of the cosine histogram's bins (the last bin is [0.9999, 1]); mergeable by adding.

@@ -13,20 +13,25 @@ import logging
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from panda_edge.backends import (
+    CPU,
+    DEVICES,
+    FP16,
     INT8,
     ORT,
     PRECISIONS,
     REFERENCE_GGUF_TYPE,
     STANDIN_GGUF_TYPE,
+    TORCH,
     default_precision,
 )
 from panda_edge.bundle import VISION, VISION_INT8, Manifest, exported_from
 from panda_edge.errors import PandaError
+from panda_edge.runtime.options import RuntimeOptions
 
 if TYPE_CHECKING:
     from panda_edge.model.loading import ReferencePrecision
@@ -35,7 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-LEVELS = ("stab_fp32", "stab_int8", "llm", "tokenizer", "e2e", "task")
+LEVELS = ("stab_fp32", "stab_int8", "stab_fp16", "llm", "tokenizer", "e2e", "task")
 
 # progress(description, total) -> a context manager that yields advance(completed)
 Progress = Callable[[str, int | None], AbstractContextManager[Callable[[int], None]]]
@@ -86,6 +91,25 @@ class ParityOptions:
     max_questions: int | None = None
     runner: Runner | None = None
     threads: int | None = None  # the runtime's CPU threads (None: host.default_threads)
+    # where e2e and task encode video: cpu (ONNX Runtime on the bundle's graphs) or cuda (the
+    # checkpoint's vision part through PyTorch on the GPU); and the decoder's layers on the GPU
+    vision_device: str = CPU
+    n_gpu_layers: int = 0
+
+    def runtime(self, checkpoint: str) -> RuntimeOptions:
+        """The runtime options e2e and task start from (each level sets its precision and GGUF)."""
+        if self.vision_device not in DEVICES[TORCH]:
+            choices = ", ".join(DEVICES[TORCH])
+            raise PandaError(f"unknown --vision-device '{self.vision_device}'; choose one of: {choices}")
+        if self.vision_device == CPU:
+            return RuntimeOptions(threads=self.threads, n_gpu_layers=self.n_gpu_layers)
+        return RuntimeOptions(
+            vision=TORCH,
+            checkpoint=checkpoint,
+            device=self.vision_device,
+            threads=self.threads,
+            n_gpu_layers=self.n_gpu_layers,
+        )
 
 
 @dataclass(frozen=True)
@@ -101,16 +125,24 @@ class ParityContext:
     # Without an f32 GGUF, the f16 one stands in over float16-stored weights: it holds them exactly
     # (a 7B f32 GGUF is 27 GB); judged by its error's size (parity/llm.py F16_STANDIN_MAX_REL).
     standin: bool
-    threads: int | None = None  # the runtime's CPU threads (None: host.default_threads)
+    # e2e and task's vision backend and device, threads, GPU layers
+    runtime: RuntimeOptions = field(default_factory=RuntimeOptions)
 
     @property
     def bundle(self) -> Path:
         return self.manifest.root
 
     @property
+    def threads(self) -> int | None:
+        return self.runtime.threads
+
+    @property
     def task_precisions(self) -> list[str]:
-        """The ONNX Runtime precisions the task level answers with: the int8 graph when calibrated."""
-        return [p for p in PRECISIONS[ORT] if p != INT8 or self.manifest.has_graph(VISION_INT8)]
+        """The precisions the task level answers with: each its vision backend runs, the int8 graph
+        when calibrated."""
+        return [
+            p for p in PRECISIONS[self.runtime.vision] if p != INT8 or self.manifest.has_graph(VISION_INT8)
+        ]
 
 
 def run_parity(
@@ -153,9 +185,12 @@ def run_parity(
     standin = (
         REFERENCE_GGUF_TYPE not in ggufs and STANDIN_GGUF_TYPE in ggufs and ref["weights_stored"] == "float16"
     )
-    ctx = ParityContext(checkpoint, manifest, precision, progress, step, standin, options.threads)
+    runtime = options.runtime(checkpoint)
+    if runtime.vision == TORCH:
+        runtime.torch_precision()  # --vision-device cuda without a GPU: exit 2 before the reference loads
+    ctx = ParityContext(checkpoint, manifest, precision, progress, step, standin, runtime)
     run = ParityRun(report)
-    if has_vision and wanted & {"stab_fp32", "stab_int8"}:
+    if has_vision and wanted & {"stab_fp32", "stab_int8", "stab_fp16"}:
         for level, stab in stab_levels(ctx, list(options.videos)).items():
             if level not in wanted:
                 continue
@@ -214,9 +249,24 @@ def stab_levels(ctx: ParityContext, videos: list[Path]) -> dict[str, Any]:
         if not videos:
             videos = write_parity_clips(tmp, tower.config.vision.image_size)
         with TorchVisionReference(tower) as reference, ctx.progress("comparing", len(videos)) as advance:
-            return bundle_vision_parity(
+            levels: dict[str, Any] = bundle_vision_parity(
                 reference, ctx.bundle, videos, tower.config.vision, on_video=advance, threads=ctx.threads
             )
+            if ctx.runtime.vision == TORCH:  # --vision-device cuda: the GPU backend users run, at fp16
+                levels.update(_torch_fp16_level(ctx, reference, videos, tower.config.vision))
+            return levels
+
+
+def _torch_fp16_level(ctx: ParityContext, reference: Any, videos: list[Path], vision: Any) -> dict[str, Any]:
+    """stab_fp16: the checkpoint's vision part at fp16 where the runtime levels run it (a GPU)."""
+    from panda_edge.model.vision import VisionTower
+    from panda_edge.parity.stab import compare_engines
+    from panda_edge.runtime.vision import TorchVisionReference
+
+    gpu = replace(ctx.runtime, precision=FP16)
+    ctx.step(f"stab_fp16: {gpu.vision_label} against the reference")
+    with TorchVisionReference(VisionTower.from_checkpoint(ctx.checkpoint, gpu.torch_precision())) as engine:
+        return compare_engines(reference, {"stab_fp16": (engine, "stab_fp16")}, videos, vision)
 
 
 def _overall(stab: Any) -> str:
@@ -328,7 +378,7 @@ def runtime_levels(ctx: ParityContext, options: ParityOptions, wanted: set[str])
                 chosen,
                 videos_dir,
                 e2e_gguf,
-                threads=ctx.threads,
+                ctx.runtime,
                 on_video=advance,
                 f16_standin=e2e_gguf == STANDIN_GGUF_TYPE,
             )
@@ -343,21 +393,21 @@ def runtime_levels(ctx: ParityContext, options: ParityOptions, wanted: set[str])
                     videos_dir,
                     gguf_type,
                     vision,
-                    threads=ctx.threads,
+                    ctx.runtime,
                     on_answer=advance,
                 )
-            levels[task_key(vision)] = task
+            levels[task_key(vision, ctx.runtime.vision)] = task
         if REFERENCE_GGUF_TYPE in ggufs and gguf_type != REFERENCE_GGUF_TYPE:
             task = levels["task"]
             task.gguf_agreement = measure_gguf_agreement(
-                bundle, task, questions, videos_dir, threads=ctx.threads
+                bundle, task, questions, videos_dir, runtime=ctx.runtime
             )
     return levels
 
 
-def task_key(vision: str) -> str:
-    """task for the fp32 graph, task_int8 for the INT8 one."""
-    return "task" if vision == default_precision(ORT) else f"task_{vision}"
+def task_key(precision: str, backend: str = ORT) -> str:
+    """task for the backend's default precision (fp32), task_int8 for the INT8 graph, task_fp16..."""
+    return "task" if precision == default_precision(backend) else f"task_{precision}"
 
 
 def _task_levels_by(
@@ -368,7 +418,6 @@ def _task_levels_by(
     from panda_edge.parity.e2e import TaskParity
     from panda_edge.parity.qa_jobs import AnswererSpec, answer_questions, results
     from panda_edge.parity.runtime_answers import MAX_NEW_TOKENS
-    from panda_edge.runtime.options import RuntimeOptions
 
     gguf_type = ctx.manifest.gguf().type
     levels: dict[str, Any] = {}
@@ -378,20 +427,20 @@ def _task_levels_by(
             ctx.checkpoint if reference is None else None,
             ctx.precision,
             str(ctx.bundle.resolve()),
-            RuntimeOptions(precision=vision, gguf_type=gguf_type, threads=ctx.threads),
+            replace(ctx.runtime, precision=vision, gguf_type=gguf_type),
             max_new_tokens=MAX_NEW_TOKENS,
         )
         with ctx.progress(f"task answers ({vision})", len(questions)) as advance:
             run = answer_questions(questions, videos_dir, spec, runner=runner, on_answers=advance)
         reference = reference or results(questions, run, "reference")
         task = TaskParity(reference, results(questions, run, "runtime"))
-        task.config = {"vision": f"ort {vision}", "gguf": gguf_type}
-        levels[task_key(vision)] = task
+        task.config = {"vision": spec.runtime.vision_label, "gguf": gguf_type}
+        levels[task_key(vision, ctx.runtime.vision)] = task
     # as the single-process path: the runtime's answers with the f32 GGUF beside the chosen one
     if REFERENCE_GGUF_TYPE in ctx.manifest.ggufs and gguf_type != REFERENCE_GGUF_TYPE:
         from panda_edge.parity.runtime_answers import measure_gguf_agreement
 
         levels["task"].gguf_agreement = measure_gguf_agreement(
-            ctx.bundle, levels["task"], questions, videos_dir, threads=ctx.threads
+            ctx.bundle, levels["task"], questions, videos_dir, runtime=ctx.runtime
         )
     return levels

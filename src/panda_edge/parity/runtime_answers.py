@@ -46,15 +46,17 @@ def measure_e2e(
     questions: Sequence[Question],
     videos_dir: str | Path,
     gguf_type: str = REFERENCE_GGUF_TYPE,
-    threads: int | None = None,
+    runtime: RuntimeOptions = RuntimeOptions(),
     on_video: Callable[[int], None] | None = None,
     f16_standin: bool = False,
 ) -> E2eParity:
-    """fp32 vision (ONNX Runtime) + the `gguf_type` GGUF with an f32 KV cache against the reference's
-    answers (`reference_tokens`). The context holds a square video's prefix and one answer, not the
-    model's 4096: an f32 KV cache for 4096 positions is 4.3 GB at 7B. `f16_standin`: the f16 GGUF
-    stands in for f32, and answers may part at a near tie for its error (F16_STANDIN_MAX_REL)."""
-    from dataclasses import asdict
+    """fp32 vision + the `gguf_type` GGUF with an f32 KV cache against the reference's answers
+    (`reference_tokens`). `runtime` says which vision backend (ONNX Runtime, or the checkpoint's on a
+    GPU), its threads and the decoder's GPU layers. The context holds a square video's prefix and one
+    answer, not the model's 4096: an f32 KV cache for 4096 positions is 4.3 GB at 7B. `f16_standin`:
+    the f16 GGUF stands in for f32, and answers may part at a near tie for its error
+    (F16_STANDIN_MAX_REL)."""
+    from dataclasses import asdict, replace
 
     from panda_edge.bundle import Manifest
     from panda_edge.parity.llm import F16_STANDIN_MAX_REL
@@ -62,17 +64,18 @@ def measure_e2e(
 
     vision = asdict(Manifest.load(bundle, verify=False).config.vision)
     n_ctx = visual_tokens_per_video(vision) + 128 + MAX_NEW_TOKENS
-    options = RuntimeOptions(gguf_type=gguf_type, kv_type="f32", threads=threads, n_ctx=n_ctx)
-    with options.open(bundle) as runtime:
+    options = replace(runtime, precision=FP32, gguf_type=gguf_type, kv_type="f32", n_ctx=n_ctx)
+    with options.open(bundle) as opened:
         result = e2e_parity(
             reference,
-            lambda video, question: runtime.answer(video, question, MAX_NEW_TOKENS).tokens,
+            lambda video, question: opened.answer(video, question, MAX_NEW_TOKENS).tokens,
             questions,
             videos_dir,
             on_video,
             tie_max_rel=F16_STANDIN_MAX_REL if f16_standin else None,
         )
-    result.config = {"vision": "ort fp32", "gguf": gguf_type, "kv_cache": "f32", "n_ctx": n_ctx}
+    result.config = {"vision": options.vision_label, "gguf": gguf_type, "kv_cache": "f32", "n_ctx": n_ctx}
+    result.config.update(_gpu_layers(options))
     if f16_standin:
         result.config["f16_standin_max_rel"] = F16_STANDIN_MAX_REL
     return result
@@ -85,21 +88,34 @@ def measure_task(
     videos_dir: str | Path,
     gguf_type: str | None = None,
     precision: str = FP32,
-    threads: int | None = None,
+    runtime: RuntimeOptions = RuntimeOptions(),
     on_answer: Callable[[int], None] | None = None,
 ) -> TaskParity:
-    """Exact-match accuracy of the runtime (as users run it: f16 KV cache) against the reference's
-    result on the same questions (`evaluate(reference_answerer(model), ...)`)."""
-    with RuntimeOptions(precision=precision, gguf_type=gguf_type, threads=threads).open(bundle) as runtime:
+    """Exact-match accuracy of the runtime (as users run it: f16 KV cache; `runtime`'s backend,
+    threads and GPU layers at the vision `precision`) against the reference's result on the same
+    questions (`evaluate(reference_answerer(model), ...)`)."""
+    from dataclasses import replace
+
+    options = replace(runtime, precision=precision, gguf_type=gguf_type)
+    with options.open(bundle) as opened:
         result = task_parity(
             reference,
-            lambda video, question: runtime.answer(video, question, MAX_NEW_TOKENS).text,
+            lambda video, question: opened.answer(video, question, MAX_NEW_TOKENS).text,
             questions,
             videos_dir,
             on_answer,
         )
-        result.config = {"vision": f"ort {precision}", "gguf": runtime.parts.gguf_type}
+        result.config = {
+            "vision": options.vision_label,
+            "gguf": opened.parts.gguf_type,
+            **_gpu_layers(options),
+        }
     return result
+
+
+def _gpu_layers(options: RuntimeOptions) -> dict[str, int]:
+    """The report's note of decoder layers on the GPU (none: nothing to note)."""
+    return {"n_gpu_layers": options.n_gpu_layers} if options.n_gpu_layers else {}
 
 
 def measure_gguf_agreement(
@@ -108,14 +124,16 @@ def measure_gguf_agreement(
     questions: Sequence[Question],
     videos_dir: str | Path,
     baseline: str = REFERENCE_GGUF_TYPE,
-    threads: int | None = None,
+    runtime: RuntimeOptions = RuntimeOptions(),
 ) -> dict[str, float | int | str]:
     """How often the `task` run's answers (its GGUF type) are the answers the runtime gives with the
     `baseline` GGUF (same fp32 vision and KV cache type: only the decoder's weights differ). Only the
     baseline is run here; the other answers are the task level's own."""
-    with RuntimeOptions(gguf_type=baseline, threads=threads).open(bundle) as runtime:
+    from dataclasses import replace
+
+    with replace(runtime, precision=FP32, gguf_type=baseline).open(bundle) as opened:
         answers = [
-            runtime.answer(Path(videos_dir) / q.video, q.question, MAX_NEW_TOKENS).text for q in questions
+            opened.answer(Path(videos_dir) / q.video, q.question, MAX_NEW_TOKENS).text for q in questions
         ]
     same = sum(a == p["prediction"] for a, p in zip(answers, task.runtime.predictions, strict=True))
     return {

@@ -59,6 +59,7 @@ DEVICES: dict[str, Device] = {
         _gpu("a100-40gb", "NVIDIA A100 40GB (SXM)", 40, 1555, "8.0"),
         _gpu("a100-80gb", "NVIDIA A100 80GB (SXM)", 80, 2039, "8.0"),
         _gpu("h100-80gb", "NVIDIA H100 80GB (SXM)", 80, 3350, "9.0"),
+        _gpu("h200", "NVIDIA H200 141GB (SXM)", 141, 4800, "9.0"),
     )
 }
 

@@ -11,8 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from panda_edge.backends import (
+    CPU,
     DEFAULT_BACKEND,
     DEFAULT_KV_CACHE,
+    DEVICES,
     TORCH,
     check_gguf_type,
     check_kv_cache,
@@ -24,6 +26,7 @@ from panda_edge.runtime.bundle_parts import BundleParts, open_bundle
 from panda_edge.runtime.lora_file import check_lora
 
 if TYPE_CHECKING:
+    from panda_edge.model.loading import ReferencePrecision
     from panda_edge.runtime.video_runtime import VideoRuntime
 
 
@@ -33,7 +36,8 @@ NEEDS_CHECKPOINT = "--vision torch runs the PyTorch reference: give --checkpoint
 @dataclass(frozen=True)
 class RuntimeOptions:
     """The vision backend and its precision, the decoder's GGUF, threads, GPU layers, context, batch
-    and KV cache type, the disk prefix cache and its bound, and (`--vision torch`) the checkpoint."""
+    and KV cache type, the disk prefix cache and its bound, and (`--vision torch`) the checkpoint and
+    the device PyTorch runs it on (its precision is the compute dtype: fp32, fp16 or bf16)."""
 
     vision: str = DEFAULT_BACKEND
     precision: str | None = None  # None: the backend's default (default_precision)
@@ -47,6 +51,7 @@ class RuntimeOptions:
     cache_max_bytes: int | None = None
     checkpoint: str | None = None  # --vision torch only: a checkpoint directory or 'tiny'
     lora: str | None = None  # a llama.cpp LoRA GGUF applied to the decoder at load (absolute path)
+    device: str = CPU  # --vision torch only: cpu or cuda
 
     def __post_init__(self) -> None:
         """Every choice checked against the tables before anything loads (or Ray replicas start)."""
@@ -62,20 +67,43 @@ class RuntimeOptions:
             )
         if self.vision != TORCH and self.checkpoint is not None:
             raise PandaError(f"--checkpoint is for --vision torch; --vision {self.vision} runs the bundle")
+        if self.device not in DEVICES[TORCH]:
+            raise PandaError(f"unknown --device '{self.device}'; choose one of: {', '.join(DEVICES[TORCH])}")
+        if self.device != CPU and self.vision != TORCH:
+            raise PandaError(
+                f"--device is where --vision torch runs; --vision {self.vision} runs on "
+                f"{' or '.join(DEVICES[self.vision])} (a GPU without TensorRT: --vision torch --device cuda)"
+            )
 
     @property
     def vision_precision(self) -> str:
         """The precision the vision backend runs at: the asked one, else the backend's default."""
         return self.precision or default_precision(self.vision)
 
+    @property
+    def vision_label(self) -> str:
+        """'ort fp32', 'torch fp16 on cuda': the vision backend as reports name it."""
+        where = "" if self.device == CPU else f" on {self.device}"
+        return f"{self.vision} {self.vision_precision}{where}"
+
     def check(self, bundle: str | Path) -> BundleParts:
         """The bundle's parts for these options, its hashes checked: a bad bundle or a missing GGUF,
         graph or engine is an error here, before a model loads (or Ray replicas start); so is a `--lora`
-        that is not a LoRA GGUF or was trained on other weights than the bundle's (`check_lora`)."""
+        that is not a LoRA GGUF or was trained on other weights than the bundle's (`check_lora`), and
+        `--device cuda` where PyTorch sees no GPU."""
+        if self.vision == TORCH:
+            self.torch_precision()
         parts = open_bundle(bundle, self.gguf_type, self.vision_precision, self.vision)
         if self.lora is not None:
             check_lora(self.lora, parts.manifest)
         return parts
+
+    def torch_precision(self) -> ReferencePrecision:
+        """`--vision torch`: its dtype and device as the reference takes them (imports torch; exit-2
+        error for `--device cuda` without a CUDA GPU)."""
+        from panda_edge.model.loading import ReferencePrecision
+
+        return ReferencePrecision(self.vision_precision, self.device)
 
     def open(self, bundle: str | Path) -> VideoRuntime:
         """The runtime on `bundle` with these options."""

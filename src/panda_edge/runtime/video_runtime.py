@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from panda_edge.backends import ORT, SMALLER_GGUF_TYPE, SMALLER_KV_CACHE, TORCH, TRT, default_n_ctx
+from panda_edge.backends import CPU, ORT, SMALLER_GGUF_TYPE, SMALLER_KV_CACHE, TORCH, TRT, default_n_ctx
 from panda_edge.bundle import Engine, sha256_file
 from panda_edge.errors import PandaError, VideoError
 from panda_edge.host import default_threads
 from panda_edge.prompt import PromptTokenizer, TextStream
 from panda_edge.runtime.bundle_parts import BundleParts, check_fit
 from panda_edge.runtime.llm.decoder import LlamaDecoder
+from panda_edge.runtime.llm.llamacpp import gpu_offload
 from panda_edge.runtime.lora_file import describe_lora
 from panda_edge.runtime.options import RuntimeOptions
 from panda_edge.runtime.prefix_cache import PrefixCache
@@ -79,7 +80,7 @@ class Answer:
 def open_vision(parts: BundleParts, options: RuntimeOptions, threads: int) -> VisionBackend:
     """The vision backend the options ask for (checked when they were made), on `threads` CPU
     threads: ort (the bundle's ONNX, fp32 or int8), trt (its engine) or torch (the checkpoint's
-    vision part, the PyTorch reference)."""
+    vision part, the PyTorch reference, at its dtype on its device)."""
     if options.vision == ORT:
         from panda_edge.runtime.vision.ort import OrtVisionEngine
 
@@ -93,7 +94,7 @@ def open_vision(parts: BundleParts, options: RuntimeOptions, threads: int) -> Vi
     from panda_edge.runtime.vision.torch_ref import TorchVisionReference
 
     use_threads(threads)
-    return TorchVisionReference(VisionTower.from_checkpoint(options.checkpoint))
+    return TorchVisionReference(VisionTower.from_checkpoint(options.checkpoint, options.torch_precision()))
 
 
 def vision_file(parts: BundleParts, backend: str, engine_record: Engine | None = None) -> str:
@@ -144,7 +145,9 @@ class VideoRuntime:
         self.tokenizer = PromptTokenizer(self.parts.tokenizer)
         threads = default_threads(options.threads)
         n_ctx = options.n_ctx or default_n_ctx(manifest.config.llm.max_position_embeddings)
-        if options.n_gpu_layers == 0:
+        # the decoder's weights and KV cache are in this machine's memory unless llama.cpp offloads them
+        self.decoder_on_cpu = options.n_gpu_layers == 0 or not gpu_offload()
+        if self.decoder_on_cpu:
             check_runtime_memory(self.parts, n_ctx, kv_type)
         self.engine = open_vision(self.parts, options, threads)
         self.engine.__enter__()
@@ -180,7 +183,8 @@ class VideoRuntime:
             "gguf": manifest.sha256(self.parts.gguf.relative_to(root).as_posix()),
             # torch runs the checkpoint's weights, not the bundle's graph: their own hash
             "vision": self.engine.weights_sha256() if vision == TORCH else manifest.sha256(self.vision_file),
-            "backend": f"{vision}-{precision}",
+            # torch on a GPU computes other (close) tokens than on the CPU: its prefix is its own
+            "backend": f"{vision}-{precision}" + ("" if options.device == CPU else f"-{options.device}"),
             "kv_cache": kv_type,
             # an adapter changes every layer's keys and values: a prefix cached without it is not this one's
             **({} if self.lora_sha256 is None else {"lora": self.lora_sha256}),
@@ -203,7 +207,7 @@ class VideoRuntime:
         """Another context on the loaded weights (one more KV cache of n_ctx positions, not another copy
         of the GGUF) with its own prefix state; closed with the runtime. Exit-2 error first when its
         KV cache and compute buffer do not fit in the memory available (CPU)."""
-        if self.options.n_gpu_layers == 0:
+        if self.decoder_on_cpu:
             from panda_edge.memory import check_memory
             from panda_edge.plan.footprint import compute_buffer_bytes
             from panda_edge.plan.ggml import kv_cache_bytes
@@ -242,7 +246,7 @@ class VideoRuntime:
         parts, lora = self.parts, self.describe_lora()
         return {
             "bundle": str(parts.root),
-            "vision": f"{self.vision_name} {parts.vision_precision} ({self.vision_file})",
+            "vision": f"{self.options.vision_label} ({self.vision_file})",
             # serve's start line shows the decoder: an adapter changes every answer, so it is named there
             "decoder": f"llama.cpp {parts.gguf.name}" + ("" if lora is None else f" + LoRA {lora}"),
             **({} if lora is None else {"lora": lora}),

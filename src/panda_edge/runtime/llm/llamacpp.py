@@ -54,6 +54,13 @@ def load_llama(
         n_gpu_layers,
         kv_cache,
     )
+    if n_gpu_layers and not vocab_only and not gpu_offload():
+        log.warning(
+            "--n-gpu-layers %d: this llama-cpp-python has no GPU backend, every layer runs on the CPU; "
+            'build it with CUDA: CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir '
+            "llama-cpp-python",
+            n_gpu_layers,
+        )
     repacks = n_gpu_layers == 0 and not vocab_only and not _has_amx(lib)
     try:
         with _plain_cpu_buffers(lib):
@@ -82,6 +89,12 @@ def load_llama(
         raise PandaError(
             f"--lora {lora}: llama.cpp cannot apply it to {path.name} (not a LoRA GGUF of this model; {exc})"
         ) from None
+
+
+def gpu_offload() -> bool:
+    """Whether this llama.cpp can put layers on a GPU (built with CUDA, Metal, Vulkan...): without it
+    llama.cpp ignores `n_gpu_layers`."""
+    return bool(llama_cpp().llama_supports_gpu_offload())
 
 
 def _has_amx(lib: Any) -> bool:

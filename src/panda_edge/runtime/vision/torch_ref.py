@@ -1,7 +1,9 @@
 """The PyTorch reference as a vision backend, so parity compares two engines through one contract.
 
 `encode` is the reference itself (`VideoPanda.encode_frames`); `infer` runs the export module in
-eager PyTorch, the graph before ONNX conversion. torch is imported only when this backend is used.
+eager PyTorch, the graph before ONNX conversion. Both run where the model's weights are (CPU or a
+CUDA GPU) at their dtype, and give float32 arrays on the host. torch is imported only when this
+backend is used.
 """
 
 from __future__ import annotations
@@ -53,9 +55,10 @@ class TorchVisionReference(VisionBackend):
     def _infer(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
+        weight = self.model.stab.patch_embedding.weight
         with torch.inference_mode():
-            tokens = self._static(torch.from_numpy(feed[FRAMES]))
-        return {VISUAL_TOKENS: tokens.float().numpy()}
+            tokens = self._static(torch.from_numpy(feed[FRAMES]).to(weight.device, weight.dtype))
+        return {VISUAL_TOKENS: tokens.float().cpu().numpy()}
 
     def encode(self, frames: np.ndarray) -> list[np.ndarray]:
         import torch
@@ -64,4 +67,4 @@ class TorchVisionReference(VisionBackend):
         frames = self._check_frames(np.ascontiguousarray(frames, dtype=np.float32))
         with torch.inference_mode():
             tokens = self.model.encode_frames(torch.from_numpy(frames))
-        return [t.float().numpy() for t in tokens]
+        return [t.float().cpu().numpy() for t in tokens]
