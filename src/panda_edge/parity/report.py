@@ -190,6 +190,8 @@ def run_parity(
         runtime.torch_precision()  # --vision-device cuda without a GPU: exit 2 before the reference loads
     ctx = ParityContext(checkpoint, manifest, precision, progress, step, standin, runtime)
     run = ParityRun(report)
+    if options.levels is not None and "stab_fp16" in wanted and runtime.vision != TORCH:
+        step("stab_fp16 skipped: it checks the GPU vision backend, give --vision-device cuda")
     if has_vision and wanted & {"stab_fp32", "stab_int8", "stab_fp16"}:
         for level, stab in stab_levels(ctx, list(options.videos)).items():
             if level not in wanted:
