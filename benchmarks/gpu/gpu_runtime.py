@@ -225,8 +225,11 @@ def find_cuda_libraries() -> dict[str, Any]:
     def in_wheels(path: str) -> str | None:
         return first([f"{w}/*/{path}" for w in wheels] + [f"{w}/*/*/{path}" for w in wheels])
 
-    found: dict[str, Any] = {"nvcc": nvcc, "toolkit": str(toolkit) if toolkit else None}
     args: list[str] = []
+    if nvcc is None and toolkit is not None and (toolkit / "bin" / "nvcc").is_file():
+        nvcc = str(toolkit / "bin" / "nvcc")  # not on PATH: CMake is told where it is
+        args.append(f"-DCMAKE_CUDA_COMPILER={nvcc}")
+    found: dict[str, Any] = {"nvcc": nvcc, "toolkit": str(toolkit) if toolkit else None}
     linked_dirs: set[str] = set()
     header = first([f"{d}/cublas_v2.h" for d in tk_include])
     if header is None:
@@ -252,12 +255,26 @@ def find_cuda_libraries() -> dict[str, Any]:
             "/usr/lib64",
         ]
         driver = first([f"{d}/libcuda.so.1" for d in known] + [f"{d}/libcuda.so" for d in known])
+        driver = driver or loader_knows("libcuda.so.1")
         args.append(f"-DCUDA_cuda_driver_LIBRARY={driver}" if driver else "-DGGML_CUDA_NO_VMM=on")
     found["cuda_driver"] = driver
     found["cmake_args"] = args
     # For the loader, should the built library not find them by itself (llama_cpp_check tries both)
     found["library_dirs"] = sorted(linked_dirs | {str(d) for d in tk if d.is_dir()})
     return found
+
+
+def loader_knows(soname: str) -> str | None:
+    """Where the dynamic loader's cache (`ldconfig -p`) has `soname` for x86-64, if it does."""
+    try:
+        done = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in done.stdout.splitlines():
+        name, _, rest = line.strip().partition(" (")
+        if name == soname and "x86-64" in rest and " => " in rest:
+            return rest.split(" => ", 1)[1].strip()
+    return None
 
 
 @dataclass
