@@ -614,7 +614,7 @@ def phase_build(run: Run, kit: Path, manifest: dict[str, Any]) -> None:
             args = ["cmake", "-S", source, "-B", run.work / "cmake-dry", *CPU_CMAKE_ARGS]
             run.step("cmake_configure_cpu", args, timeout_s=120)
         else:
-            run.skip("cmake_configure_cpu", "no cmake here")
+            run.skip("cmake_configure_cpu", "no cmake on PATH here", fails=False)
     elif read_json(marker) == build_key and any(run.site.glob("llama_cpp/lib/libggml-cuda*")):
         phase["built"] = "before (same source and CMake arguments)"
     else:
@@ -758,7 +758,8 @@ def start_prepare(run: Run) -> Launched | None:
     shutil.rmtree(release.checkpoint, ignore_errors=True)
     release.clip.parent.mkdir(parents=True, exist_ok=True)
     print("7b_write_checkpoint: started in the background", flush=True)
-    return run.launch("7b_write_checkpoint", release.write_argv(), env=runtime_env(run))
+    env = {**runtime_env(run), "OMP_NUM_THREADS": "2"}  # leaves the build its cores
+    return run.launch("7b_write_checkpoint", release.write_argv(), env=env)
 
 
 def finish_prepare(run: Run, started: Launched, call_start: float) -> None:
