@@ -122,22 +122,24 @@ def test_gpu_runtime_refuses_a_missing_kit(tmp_path: Path) -> None:
 
 
 def test_gpu_runtime_dry_run_takes_the_device_path(kit: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
-    """The two device calls as the README gives them, with --dry-run: the first builds (here: unpacks
-    and configures for the CPU), runs the tiny parity and writes the small release checkpoint in the
-    background; the second runs the release steps, merging into the same report."""
+    """The device calls as the README gives them, with --dry-run: all phases with the release
+    checkpoint written in the background (here a small one), then `--phases 7b` again, as when the
+    first call ran out of time: it reuses the checkpoint and bundle and merges into the same report."""
     out, _ = kit
     base = [sys.executable, str(GPU / "gpu_runtime.py"), "--dry-run", "--kit", str(out)]
     base += ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "out" / "gpu_runtime.json")]
-    for phases in (["--phases", "build,tiny", "--prepare-7b"], ["--phases", "7b"]):
+    for phases in (["--phases", "build,tiny,7b", "--prepare-7b"], ["--phases", "7b"]):
         done = subprocess.run([*base, *phases], capture_output=True, text=True, timeout=600)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    report = json.loads((tmp_path / "out" / "gpu_runtime.json").read_text())
+        report = json.loads((tmp_path / "out" / "gpu_runtime.json").read_text())
+        if phases[1] == "build,tiny,7b":
+            first = report["phases"]["7b"]
     assert report == json.loads((tmp_path / "work" / "gpu_runtime.json").read_text())
-    assert [c["phases"] for c in report["calls"]] == [["build", "tiny"], ["7b"]]
+    assert [c["phases"] for c in report["calls"]] == [["build", "tiny", "7b"], ["7b"]]
     assert all(c["all_ok"] and c["dry_run"] for c in report["calls"])
     phases = report["phases"]
     assert set(phases) == {"setup", "build", "tiny", "7b_prepare", "7b"}
-    for name, phase in phases.items():
+    for name, phase in [*phases.items(), ("7b (first call)", first)]:
         for step, record in phase["steps"].items():
             assert record["ok"] and not record["timed_out"], (name, step, record["stderr_tail"])
             assert record["exit"] == 0 or step == "7b_plan_h200", (name, step)  # the planner's fallback
@@ -148,13 +150,30 @@ def test_gpu_runtime_dry_run_takes_the_device_path(kit: tuple[Path, dict[str, An
     tiny = phases["tiny"]["summary"]
     assert tiny["parity_exit"] == 0 and tiny["e2e_identical"] == tiny["e2e_videos"] == 4
     assert phases["7b_prepare"]["steps"]["7b_write_checkpoint"]["result"]["shards"] == 4
+    assert first["checkpoint"].startswith("written before") and "7b_export" in first["steps"]
     seven = phases["7b"]
-    assert seven["checkpoint"].startswith("written before")
+    assert seven["checkpoint"].startswith("written before") and seven["bundle"] == "exported before"
     # the dry run asks for the h200 plan first: a planner without that device falls back to h100-80gb
     assert seven["plan_device"] == ("h200" if seven["steps"]["7b_plan_h200"]["exit"] == 0 else "h100-80gb")
-    summary = seven["summary"]
-    assert summary["ttft_ms"] > 0 and summary["decode_tok_s"] > 0 and summary["first_prefix"] == "computed"
-    assert summary["follow_up"]["from_memory"]
-    assert summary["disk_cache"]["from_disk"] and summary["disk_cache"]["same_answer"]
-    memory = summary["gpu_memory"]
-    assert memory["used_bytes"] is None and memory["ratio"] is None and memory["planned_bytes"] > 0
+    for summary in (first["summary"], seven["summary"]):
+        assert (
+            summary["ttft_ms"] > 0 and summary["decode_tok_s"] > 0 and summary["first_prefix"] == "computed"
+        )
+        assert summary["follow_up"]["from_memory"]
+        assert summary["disk_cache"]["from_disk"] and summary["disk_cache"]["same_answer"]
+        memory = summary["gpu_memory"]
+        assert memory["used_bytes"] is None and memory["ratio"] is None and memory["planned_bytes"] > 0
+
+
+def test_gpu_runtime_stops_at_the_call_deadline(kit: tuple[Path, dict[str, Any]], tmp_path: Path) -> None:
+    """A call out of time starts no more steps, says why for each, still writes its report, exits 1."""
+    out, _ = kit
+    argv = [sys.executable, str(GPU / "gpu_runtime.py"), "--dry-run", "--kit", str(out)]
+    argv += ["--work", str(tmp_path / "work"), "--phases", "tiny", "--deadline-s", "3"]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads((tmp_path / "work" / "gpu_runtime.json").read_text())
+    skipped = {**report["phases"]["setup"]["skipped"], **report["phases"]["tiny"]["skipped"]}
+    assert {"pip_install_wheels", "tiny_toyworld", "tiny_parity"} <= set(skipped), skipped
+    assert "call's deadline is spent" in skipped["tiny_toyworld"]
+    assert report["calls"][0]["all_ok"] is False

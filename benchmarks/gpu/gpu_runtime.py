@@ -3,10 +3,12 @@ model's parity with the runtime on the GPU, and a random-weight Video-Panda-7B's
 decode speed, prefix cache and GPU memory against `panda plan`.
 
 Run on the GPU machine from the repository root, the kit carried (`carry: [".gpu-kit"]`, written
-here by benchmarks/gpu/pack.py), in two calls on one warm machine:
+here by benchmarks/gpu/pack.py):
 
-    python3 benchmarks/gpu/gpu_runtime.py --phases build,tiny --prepare-7b --out $OUT/gpu_runtime.json
-    python3 benchmarks/gpu/gpu_runtime.py --phases 7b --out $OUT/gpu_runtime.json
+    python3 benchmarks/gpu/gpu_runtime.py --phases build,tiny,7b --prepare-7b --out $OUT/gpu_runtime.json
+
+and, when the 7b phase ran out of that call's time, at once (while the machine is warm, its .gpu-work/
+still there) `--phases 7b`, which reuses the checkpoint and bundle already written.
 
 Every run first installs the kit's wheels into WORK/site (default .gpu-work/site), which goes on the
 PYTHONPATH of each step with src/. Phases:
@@ -14,7 +16,7 @@ PYTHONPATH of each step with src/. Phases:
 - build: llama-cpp-python from the kit's source with GGML_CUDA for sm_90 into WORK/site, within
   --build-budget-s (the build is killed past it; its build folder stays, so a rerun resumes it); skipped
   when WORK/site already holds a build of the same source and CMake arguments;
-- (--prepare-7b) the 7b phase's checkpoint and clip, written in the background meanwhile;
+- (--prepare-7b) the 7b phase's checkpoint and clip, written in the background from the start;
 - tiny: the embedded tiny model's bundle (f32 + q8_0 GGUFs) and `panda parity --levels e2e,task` with
   the runtime's vision on CUDA and every decoder layer on the GPU;
 - 7b: a random-weight Video-Panda-7B in the released layout, its bundle (ONNX + q4_k_m), then with
@@ -23,12 +25,13 @@ PYTHONPATH of each step with src/. Phases:
   chat` with two questions (the follow-up from the prefix in memory, the prefix saved with --cache) and
   `panda run --cache` in a new process (the prefix restored from disk, the same answer).
 
-Each phase has a wall-time budget; the report (what ran, what was skipped and why, each step's exit
-status, wall time, peak RSS and stderr tail) is written after every step, atomically, to
-WORK/gpu_runtime.json (merged across calls) and to --out. Exit 0 when every step ran and exited 0, 1
-otherwise, 2 for bad arguments or a damaged kit.
+Each phase has a wall-time budget, and no step runs past --deadline-s (570) from the call's start.
+The report (what ran, what was skipped and why, each step's exit status, wall time, peak RSS and
+stderr tail) is written after every step, atomically, to WORK/gpu_runtime.json (merged across calls)
+and to --out. Exit 0 when every step ran and succeeded, 1 otherwise, 2 for bad arguments or a
+damaged kit.
 
-`--dry-run` takes the same path on a machine without a GPU, in about a minute: the source unpacked and
+`--dry-run` takes the same path on a machine without a GPU, in well under a minute: the source unpacked and
 configured with CMake for the CPU (no CUDA build: the llama-cpp-python installed here runs), no GPU
 flags, a small model in the released layout in place of the 7B, GPU fields null. The test suite runs
 it (tests/test_gpu_kit.py).
@@ -318,7 +321,9 @@ class Run:
         for p in (str(REPO / "src"), str(self.site)):
             sys.path.insert(0, p)
         self.phase: dict[str, Any] | None = None
-        self.deadline = float("inf")
+        self.call_deadline = time.perf_counter() + args.deadline_s
+        self.deadline = self.call_deadline
+        self.prepare: Launched | None = None  # --prepare-7b's writer while it runs
         self.all_ok = True
 
     def save(self) -> None:
@@ -327,10 +332,12 @@ class Run:
             write_json_atomic(self.args.out, self.report)
 
     def begin(self, name: str, budget_s: float) -> dict[str, Any]:
+        """A phase: its steps get at most `budget_s` together, and none runs past the call's deadline."""
+        self.phase_start = time.perf_counter()
+        self.deadline = min(self.phase_start + budget_s, self.call_deadline)
+        budget_s = round(self.deadline - self.phase_start, 1)
         self.phase = {"budget_s": budget_s, "dry_run": self.dry, "steps": {}, "skipped": {}}
         self.report["phases"][name] = self.phase
-        self.phase_start = time.perf_counter()
-        self.deadline = self.phase_start + budget_s
         print(f"== {name} (budget {budget_s:.0f} s)", flush=True)
         return self.phase
 
@@ -367,7 +374,8 @@ class Run:
         assert self.phase is not None
         left = self.deadline - time.perf_counter()
         if left < MIN_STEP_S:
-            self.skip(name, f"the phase's budget is spent ({left:.0f} s left)")
+            whose = "call's deadline" if self.deadline == self.call_deadline else "phase's budget"
+            self.skip(name, f"the {whose} is spent ({left:.0f} s left)")
             return None
         limit = left if timeout_s is None else min(timeout_s, left)
         baseline = GpuMemoryPoller.used_mib() if poll_gpu else None
@@ -748,26 +756,29 @@ class Release:
         return [sys.executable, "-c", code]
 
 
-def start_prepare(run: Run) -> Launched | None:
+def start_prepare(run: Run) -> None:
     """`--prepare-7b`: the 7b phase's checkpoint and clip written in the background while this call
-    builds (that process is mostly one core and the disk; the build has the others), so the later
-    `--phases 7b` call starts at the export."""
+    builds (that process is mostly one core and the disk; the build has the others), so the 7b phase
+    starts at the export."""
     release = Release.of(run)
     if release.written():
-        return None
+        return
     shutil.rmtree(release.checkpoint, ignore_errors=True)
     release.clip.parent.mkdir(parents=True, exist_ok=True)
     print("7b_write_checkpoint: started in the background", flush=True)
     env = {**runtime_env(run), "OMP_NUM_THREADS": "2"}  # leaves the build its cores
-    return run.launch("7b_write_checkpoint", release.write_argv(), env=env)
+    run.prepare = run.launch("7b_write_checkpoint", release.write_argv(), env=env)
 
 
-def finish_prepare(run: Run, started: Launched, call_start: float) -> None:
-    """Wait for the background writer (at most --prepare-timeout-s from the call's start)."""
+def finish_prepare(run: Run) -> None:
+    """Wait for the background writer, if one runs (killed at the call's deadline), and record it."""
+    if run.prepare is None:
+        return
     phase = {"dry_run": run.dry, "steps": {}, "skipped": {}}
     run.report["phases"]["7b_prepare"] = phase
-    limit = max(MIN_STEP_S, run.args.prepare_timeout_s - (time.perf_counter() - call_start))
-    run.finish(started, phase, limit, parse_stdout=True)
+    limit = max(1.0, run.call_deadline - time.perf_counter())
+    run.finish(run.prepare, phase, limit, parse_stdout=True)
+    run.prepare = None
 
 
 def phase_7b(run: Run) -> None:
@@ -786,6 +797,7 @@ def phase_7b(run: Run) -> None:
     }
     if not gpu_flags_here(run, needs, "7b"):
         return
+    finish_prepare(run)
     if release.written():
         phase["checkpoint"] = "written before (--prepare-7b or an earlier call)"
     else:
@@ -975,7 +987,10 @@ def main(argv: list[str] | None = None) -> int:
         help="write the 7b phase's checkpoint and clip in the background during this call's phases",
     )
     parser.add_argument(
-        "--prepare-timeout-s", type=float, default=540.0, help="--prepare-7b's limit from the call's start"
+        "--deadline-s",
+        type=float,
+        default=570.0,
+        help="no step runs past this many seconds from the start (a device call is stopped at 600)",
     )
     parser.add_argument("--tiny-videos", type=int, default=10, help="toy-world videos (half held out)")
     parser.add_argument("--tiny-e2e-videos", type=int, default=4)
@@ -996,15 +1011,15 @@ def main(argv: list[str] | None = None) -> int:
         k: manifest.get(k) for k in ("llama_cpp_python", "wheels", "total_bytes", "limit_bytes")
     }
     install_wheels(run, args.kit, manifest)
-    prepare = start_prepare(run) if args.prepare_7b and "7b" not in phases else None
+    if args.prepare_7b:
+        start_prepare(run)
     if "build" in phases:
         phase_build(run, args.kit, manifest)
     if "tiny" in phases:
         phase_tiny(run)
     if "7b" in phases:
         phase_7b(run)
-    if prepare is not None:
-        finish_prepare(run, prepare, start)
+    finish_prepare(run)
     run.call["wall_s"] = round(time.perf_counter() - start, 1)
     run.call["all_ok"] = run.all_ok
     run.save()
