@@ -16,13 +16,17 @@ from panda_edge.errors import PandaError
 from panda_edge.optional import llama_cpp, native_log_level
 
 
-def kquantize(source: Path, target: Path, ftype_name: str, threads: int = 2) -> None:
-    """Requantize the GGUF `source` into `target` with the llama_ftype named `ftype_name`."""
+def kquantize(source: Path, target: Path, ftype_name: str, threads: int | None = None) -> None:
+    """Requantize the GGUF `source` into `target` with the llama_ftype named `ftype_name`, on `threads`
+    threads (default: the idle cores, `host.default_threads`; the result does not depend on it, each
+    row is quantized on its own)."""
+    from panda_edge.host import default_threads
+
     lib = llama_cpp()
     _log_level()
     params = lib.llama_model_quantize_default_params()
     params.ftype = getattr(lib, ftype_name)
-    params.nthread = threads
+    params.nthread = default_threads(threads)
     status = lib.llama_model_quantize(str(source).encode(), str(target).encode(), ctypes.byref(params))
     if status != 0:
         raise PandaError(f"llama.cpp could not quantize {source.name} to {ftype_name} (status {status})")
