@@ -553,34 +553,6 @@ def machine(run: Run) -> dict[str, Any]:
     }
 
 
-def cli_options(run: Run) -> dict[str, list[str]]:
-    """The options of this checkout's panda commands (the GPU flags arrive with another branch)."""
-    code = (
-        "import json, typer.main\n"
-        "from panda_edge.cli.main import app\n"
-        "group = typer.main.get_command(app)\n"
-        "options = {n: sorted(o for p in c.params for o in p.opts) for n, c in group.commands.items()}\n"
-        "print(json.dumps(options))\n"
-    )
-    record = run.python("cli_options", code, timeout_s=60)
-    result = (record or {}).get("result")
-    return result if isinstance(result, dict) else {}
-
-
-def gpu_flags_here(run: Run, needs: dict[str, list[str]], phase_name: str) -> bool:
-    """Whether this checkout's panda has the GPU flags the phase passes (recorded either way); a real
-    run without them skips the phase, a dry run, which passes none, goes on."""
-    options = cli_options(run)
-    missing = [f"panda {c} {f}" for c, flags in needs.items() for f in flags if f not in options.get(c, [])]
-    assert run.phase is not None
-    run.phase["gpu_flags_missing"] = missing
-    if missing and not run.dry:
-        run.skip(phase_name, f"this checkout has no {', '.join(missing)} (merge the GPU flags first)")
-        run.end()
-        return False
-    return True
-
-
 # --- phases -----------------------------------------------------------------------------------------------
 
 
@@ -684,9 +656,8 @@ def phase_tiny(run: Run) -> None:
     work = run.work / "tiny"
     shutil.rmtree(work, ignore_errors=True)
     toy, bundle = work / "toy", work / "bundle"
-    gpu = [] if run.dry else ["--vision-device", "cuda", "--n-gpu-layers", "999"]
-    if not gpu_flags_here(run, {"parity": ["--vision-device", "--n-gpu-layers"]}, "tiny"):
-        return
+    # the same flags in a dry run, with the vision on the CPU (llama.cpp there warns that it keeps the layers)
+    gpu = ["--vision-device", "cpu" if run.dry else "cuda", "--n-gpu-layers", "999"]
     phase["gpu_flags"] = gpu
     env = runtime_env(run)
     code = (
@@ -791,12 +762,6 @@ def phase_7b(run: Run) -> None:
         run.skip("7b", NOT_BUILT)
         run.end()
         return
-    needs = {
-        c: ["--vision", "--checkpoint", "--device", "--precision", "--n-gpu-layers", "--cache"]
-        for c in ("run", "chat")
-    }
-    if not gpu_flags_here(run, needs, "7b"):
-        return
     finish_prepare(run)
     if release.written():
         phase["checkpoint"] = "written before (--prepare-7b or an earlier call)"
@@ -820,10 +785,9 @@ def phase_7b(run: Run) -> None:
             return
     phase["bundle_bytes"] = {p.name: p.stat().st_size for p in sorted(bundle.iterdir()) if p.is_file()}
     gpu_name = (run.report.get("machine") or {}).get("gpu") or ""
-    planned = plan(run, bundle, env, "H200" in gpu_name.upper() or run.dry)
-    vision = ["--vision", "torch", "--checkpoint", ckpt]
-    if not run.dry:
-        vision += ["--device", "cuda", "--precision", "fp16", "--n-gpu-layers", "999"]
+    planned = plan(run, bundle, env, "h200" if "H200" in gpu_name.upper() else "h100-80gb")
+    vision = ["--vision", "torch", "--checkpoint", ckpt, "--device", "cpu" if run.dry else "cuda"]
+    vision += ["--precision", "fp16", "--n-gpu-layers", "999"]
     phase["runtime_flags"] = [str(a) for a in vision]
     common = ["--bundle", bundle, "--gguf-type", GGUF_7B, "--n-ctx", str(N_CTX)]
     common += ["--max-new-tokens", str(MAX_NEW_TOKENS), *vision]
@@ -849,33 +813,69 @@ def phase_7b(run: Run) -> None:
         parse_stdout=True,
     )
     phase["summary"] = summarize_7b(first, chat, restored, planned)
+    phase["vision_speed"] = vision_speed(run, ckpt, clip, env)
     run.end()
 
 
-def plan(run: Run, bundle: Path, env: dict[str, str], h200: bool) -> dict[str, Any] | None:
-    """`panda plan` for this GPU with the run's GGUF type and context: h200 when the GPU is one (the
-    dry run tries it too), h100-80gb when it is not or the planner has no h200 (exit 2)."""
-    devices = ["h200", "h100-80gb"] if h200 else ["h100-80gb"]
-    for device in devices:
-        args = ["plan", "--device", device, "--bundle", bundle, "--gguf-type", GGUF_7B, "--n-ctx", str(N_CTX)]
-        fallback = device != devices[-1]
-        args += ["--json", "-"]
-        record = run.panda(
-            f"7b_plan_{device}",
-            args,
-            env=env,
-            parse_stdout=True,
-            timeout_s=120,
-            allowed=(0, 2) if fallback else (0,),
-        )
-        if record is None:
-            return None
-        if record["exit"] == 0:
-            run.phase["plan_device"] = device  # type: ignore[index]
-            return record.get("result")
-        if record["exit"] != 2:
-            return None
-    return None
+VISION_SPEED = """
+import json, statistics, time, torch
+from panda_edge.model.loading import ReferencePrecision
+from panda_edge.model.static_stab import StabForOnnx
+from panda_edge.model.vision import VisionTower
+from panda_edge.video import load_video
+
+cuda = torch.cuda.is_available()
+device = "cuda" if cuda else "cpu"
+tower = VisionTower.from_checkpoint({ckpt!r}, ReferencePrecision("fp16", device))
+frames = torch.from_numpy(load_video({clip!r}, tower.config.vision))
+static = StabForOnnx(tower.stab, tower.projector)
+batch = frames.to(device, torch.float16)
+
+def median_ms(fn, repeat=5):
+    fn()
+    times = []
+    for _ in range(repeat):
+        if cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append((time.perf_counter() - start) * 1e3)
+    return round(statistics.median(times), 2)
+
+result = {{"device": device, "dtype": "fp16", "frames": list(frames.shape)}}
+with torch.inference_mode():
+    result["encode_frames_eager_ms"] = median_ms(lambda: tower.encode_frames(frames))
+    result["static_eager_ms"] = median_ms(lambda: static(batch))
+    # inductor with CUDA graphs on the GPU; dynamo alone in a dry run
+    for mode in ("reduce-overhead",) if cuda else ("eager-backend",):
+        compiled = torch.compile(static, mode=mode) if cuda else torch.compile(static, backend="eager")
+        start = time.perf_counter()
+        compiled(batch)
+        if cuda:
+            torch.cuda.synchronize()
+        result[f"compile_{{mode}}_s"] = round(time.perf_counter() - start, 1)
+        result[f"static_compiled_{{mode}}_ms"] = median_ms(lambda: compiled(batch))
+print(json.dumps(result))
+"""
+
+
+def vision_speed(run: Run, ckpt: Path, clip: Path, env: dict[str, str]) -> dict[str, Any] | None:
+    """The torch vision backend's time per video at fp16 on the GPU: eager (what `--vision torch` runs)
+    against the static graph compiled by torch.compile (inductor with CUDA graphs), with the compile's
+    own time, so a compiled backend is added only if it earns its place."""
+    code = VISION_SPEED.format(ckpt=str(ckpt), clip=str(clip))
+    record = run.python("7b_vision_speed", code, env=env, timeout_s=150)
+    return (record or {}).get("result")
+
+
+def plan(run: Run, bundle: Path, env: dict[str, str], device: str) -> dict[str, Any] | None:
+    """`panda plan` for this GPU (h200 or h100-80gb) with the run's GGUF type and context."""
+    args = ["plan", "--device", device, "--bundle", bundle, "--gguf-type", GGUF_7B, "--n-ctx", str(N_CTX)]
+    record = run.panda("7b_plan", [*args, "--json", "-"], env=env, parse_stdout=True, timeout_s=120)
+    run.phase["plan_device"] = device  # type: ignore[index]
+    return (record or {}).get("result")
 
 
 def memory_check(used_mib: int | None, planned: dict[str, Any] | None, gguf_type: str) -> dict[str, Any]:

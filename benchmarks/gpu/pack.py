@@ -398,13 +398,14 @@ def build_kit(out: Path, download_dir: Path | None, limit: int) -> dict[str, Any
         source, pkg_info = prune_sdist(sdist, staging / source_name)
         llama_requires = metadata_requires(pkg_info)
         wheels = pack_wheels(panda_requires() + llama_requires, staging / WHEELS)
+        sdist_sha256 = sha256_file(sdist)
         if download_dir is None:
             shutil.rmtree(downloads)
         facts = {
             "llama_cpp_python": {
                 "version": version,
                 "sdist": sdist.name,
-                "sdist_sha256": sha256_file(sdist),
+                "sdist_sha256": sdist_sha256,
                 "source": source_name,
                 **source,
                 "requires": llama_requires,
