@@ -88,6 +88,9 @@ def test_gpu_options_without_a_gpu_are_exit_2_in_eval_and_parity(bundle: Path, u
         app, ["parity", "--checkpoint", "tiny", "--bundle", str(bundle), "--vision-device", "gpu"]
     )
     assert result.exit_code == 2 and "unknown --vision-device 'gpu'" in result.stderr, result.output
+    serve = ["serve", "--bundle", str(bundle), "--ray", "local", "--n-gpu-layers", "99"]
+    result = runner.invoke(app, serve)  # refused before Ray starts
+    assert result.exit_code == 2 and "need --gpus-per-replica" in result.stderr, result.output
     result = runner.invoke(app, ["run", "x.mp4", "what?", "--bundle", str(bundle), "--device", "cuda"])
     assert result.exit_code == 2 and "--vision torch --device cuda" in result.stderr, result.output
 
@@ -107,7 +110,8 @@ def test_the_gpu_parity_path_runs_here_on_the_cpu(bundle: Path, unseen_toy: Path
         stab_levels,
     )
 
-    torch_here = RuntimeOptions(vision=TORCH, checkpoint="tiny", threads=2)
+    # --n-gpu-layers as the GPU run gives it: this CPU llama.cpp warns and keeps the layers
+    torch_here = RuntimeOptions(vision=TORCH, checkpoint="tiny", threads=2, n_gpu_layers=99)
     ctx = ParityContext(
         "tiny", Manifest.load(bundle), ReferencePrecision(), no_progress, lambda m: None, False, torch_here
     )
@@ -126,6 +130,8 @@ def test_the_gpu_parity_path_runs_here_on_the_cpu(bundle: Path, unseen_toy: Path
         task = levels[key]
         assert task.config["vision"] == f"torch {dtype}" and task.to_dict()["questions"] == 4
         assert task.passed, task
+        assert f"torch {dtype} + q8_0 + 99 layers on the GPU" in str(task)  # the report line prints
+    assert str(levels["e2e"]).endswith("PASS")
 
 
 def test_parity_options_put_the_runtime_levels_on_the_gpu() -> None:

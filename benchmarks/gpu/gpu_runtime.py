@@ -57,16 +57,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+# The script's folder is on sys.path when it runs: the GPU machine's Python and platforms, as packed.
+from pack import PLATFORMS, PYTHON
+
 REPO = Path(__file__).resolve().parents[2]
 PHASES = ("build", "tiny", "7b")
 # Each phase's wall-time cap; with a machine's start (~90 s) and the two calls' set-up they keep a
 # session within its 15 minutes of device time (benchmarks/gpu/README.md).
 BUDGETS_S = {"build": 330.0, "tiny": 100.0, "7b": 300.0}
+TASK_KEYS = ("task", "task_fp16", "task_bf16")  # parity's task levels with torch vision (dry run: task)
 QUESTIONS = ("What is moving in the video?", "Which direction does it move?")
 N_CTX = 4096
 MAX_NEW_TOKENS = 64
 GGUF_7B = "q4_k_m"
 TAIL_CHARS = 2000
+MAX_LOGS = 6  # failed steps' logs beside --out: with the report, within the 8 files the device returns
 MIN_STEP_S = 5.0  # a step is not started with less of its phase's budget left
 # The CMake arguments of the CUDA build: Hopper only, no llava/mtmd, llama.cpp's tests, tools, examples
 # and server off, no NCCL (one GPU).
@@ -137,52 +142,44 @@ def load_kit(kit: Path) -> dict[str, Any]:
 
 
 class GpuMemoryPoller:
-    """nvidia-smi's memory.used (MiB) every `interval_ms` while a step runs; the peak is read after.
-    Without nvidia-smi every reading is None."""
+    """nvidia-smi's memory.used (MiB), one query every `interval_s` while a step runs (each its own
+    process: nothing waits in a pipe's buffer); the peak is read after. Without nvidia-smi every
+    reading is None."""
 
-    def __init__(self, enabled: bool = True, interval_ms: int = 100) -> None:
+    def __init__(self, enabled: bool = True, interval_s: float = 0.2) -> None:
         self.enabled = enabled
-        self.interval_ms = interval_ms
+        self.interval_s = interval_s
         self.peak_mib: int | None = None
         self.samples = 0
-        self._proc: subprocess.Popen[str] | None = None
+        self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     @staticmethod
     def used_mib() -> int | None:
         value = nvidia_smi("memory.used", units=False)
-        return int(value[0]) if value else None
+        try:
+            return int(value[0]) if value else None
+        except ValueError:
+            return None
 
     def __enter__(self) -> GpuMemoryPoller:
-        if not self.enabled:
-            return self
-        query = ["--query-gpu=memory.used", "--format=csv,noheader,nounits", f"--loop-ms={self.interval_ms}"]
-        try:
-            self._proc = subprocess.Popen(
-                ["nvidia-smi", *query], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
-            )
-        except OSError:
-            return self
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
+        if self.enabled and self.used_mib() is not None:
+            self._thread = threading.Thread(target=self._poll, daemon=True)
+            self._thread.start()
         return self
 
-    def _read(self) -> None:
-        assert self._proc is not None and self._proc.stdout is not None
-        for line in self._proc.stdout:
-            try:
-                value = int(line.split(",")[0])
-            except ValueError:
-                continue
-            self.samples += 1
-            self.peak_mib = value if self.peak_mib is None else max(self.peak_mib, value)
+    def _poll(self) -> None:
+        while not self._stop.is_set():
+            value = self.used_mib()
+            if value is not None:
+                self.samples += 1
+                self.peak_mib = value if self.peak_mib is None else max(self.peak_mib, value)
+            self._stop.wait(self.interval_s)
 
     def __exit__(self, *exc: object) -> None:
-        if self._proc is not None:
-            self._proc.terminate()
-            self._proc.wait()
+        self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=5)
+            self._thread.join(timeout=35)
 
 
 def nvidia_smi(fields: str, units: bool = True) -> list[str] | None:
@@ -314,17 +311,22 @@ class Run:
         }
         self.report["calls"].append(self.call)
         self.env = dict(os.environ)
-        paths = [str(self.site), str(REPO / "src"), self.env.get("PYTHONPATH", "")]
+        # a dry run installs the wheels for the GPU machine's Python (3.12) to check them, and runs on the
+        # packages here: the kit packs the versions installed here, so they are the same
+        paths = [str(REPO / "src"), self.env.get("PYTHONPATH", "")]
+        if not self.dry:
+            paths.insert(0, str(self.site))
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self.env["PYTHONUNBUFFERED"] = "1"
         self.env["XDG_CACHE_HOME"] = str(self.work / "cache")  # panda-edge's cache stays in WORK
-        for p in (str(REPO / "src"), str(self.site)):
+        for p in (str(REPO / "src"), *([] if self.dry else [str(self.site)])):
             sys.path.insert(0, p)
         self.phase: dict[str, Any] | None = None
         self.call_deadline = time.perf_counter() + args.deadline_s
         self.deadline = self.call_deadline
         self.prepare: Launched | None = None  # --prepare-7b's writer while it runs
         self.all_ok = True
+        self.logs_kept = 0
 
     def save(self) -> None:
         write_json_atomic(self.report_path, self.report)
@@ -435,6 +437,8 @@ class Run:
         else:
             record["stdout_tail"] = tail(started.out)
         record["ok"] = record["exit"] in allowed and not timed_out
+        if not record["ok"]:
+            record["log"] = self.keep_log(started)
         phase["steps"][started.name] = record
         self.all_ok &= record["ok"]
         extra = " (timed out)" if timed_out else ""
@@ -444,6 +448,18 @@ class Run:
         )
         self.save()
         return record
+
+    def keep_log(self, started: Launched) -> str | None:
+        """A failed step's stderr (its last MiB) beside --out, as the device returns only what is under
+        $OUT; at most MAX_LOGS of them (the device returns 8 files)."""
+        if self.args.out is None or self.logs_kept >= MAX_LOGS:
+            return None
+        self.logs_kept += 1
+        target = self.args.out.parent / f"{started.name}.err.txt"
+        data = started.log.read_bytes()[-(1 << 20) :] if started.log.is_file() else b""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        return target.name
 
     def python(self, name: str, code: str, **kwargs: Any) -> dict[str, Any] | None:
         """A step running `code` in this Python, its stdout parsed as JSON."""
@@ -505,6 +521,9 @@ def install_wheels(run: Run, kit: Path, manifest: dict[str, Any]) -> None:
         phase["wheels"] = {"installed": "before (same wheels)", "files": wheels}
     else:
         argv = [*PIP_INSTALL, "--no-index", "--no-deps", "--no-compile", "--upgrade", "--target", run.site]
+        if run.dry:  # this Python is not the GPU machine's: install its wheels as they will be there
+            argv += ["--python-version", PYTHON[0], "--implementation", "cp", "--only-binary=:all:"]
+            argv += [a for p in PLATFORMS for a in ("--platform", p)]
         record = run.step("pip_install_wheels", [*argv, *(kit / w for w in wheels)])
         if record is not None and record["exit"] == 0:
             write_json_atomic(marker, key)
@@ -677,17 +696,23 @@ def phase_tiny(run: Run) -> None:
             run.skip("tiny_parity", "an earlier step failed")
             run.end()
             return
-    args = ["parity", "--checkpoint", "tiny", "--bundle", bundle, "--levels", "e2e,task"]
-    args += ["--qa", toy / "heldout.json", "--e2e-videos", str(run.args.tiny_e2e_videos), *gpu, "--json", "-"]
-    record = run.panda("tiny_parity", args, env=env, parse_stdout=True)
-    report = (record or {}).get("result") or {}
+    # two calls, so a deadline that stops the task level keeps stab_fp16 and e2e (parity writes its
+    # JSON at the end): the vision at fp16, the answers token for token, then task at each dtype
+    report: dict[str, Any] = {}
+    for name, levels in (("tiny_parity_e2e", "stab_fp16,e2e"), ("tiny_parity_task", "task")):
+        args = ["parity", "--checkpoint", "tiny", "--bundle", bundle, "--levels", levels, "--qa"]
+        args += [toy / "heldout.json", "--e2e-videos", str(run.args.tiny_e2e_videos), *gpu, "--json", "-"]
+        record = run.panda(name, args, env=env, parse_stdout=True)
+        report.update((record or {}).get("result") or {})
+        phase.setdefault("parity_exit", {})[name] = (record or {}).get("exit")
     write_json_atomic(work / "parity.json", report)
     phase["parity"] = compact(report)
     phase["summary"] = {
-        "parity_exit": (record or {}).get("exit"),
+        "parity_exit": phase["parity_exit"],
+        "stab_fp16_cosine_min": _get(report, "stab_fp16", "cosine_min"),
         "e2e_identical": _get(report, "e2e", "identical_answers"),
         "e2e_videos": _get(report, "e2e", "videos"),
-        "task_delta_points": _get(report, "task", "delta_points"),
+        "task_delta_points": {k: _get(report, k, "delta_points") for k in TASK_KEYS},
         "reference": report.get("reference"),
     }
     run.end()
@@ -760,6 +785,9 @@ def phase_7b(run: Run) -> None:
     env = runtime_env(run)
     if not run.dry and not cuda_built(run):
         run.skip("7b", NOT_BUILT)
+        if run.prepare is not None:  # no 7b in this call: the writer would only hold it to its deadline
+            kill_session(run.prepare.proc.pid)
+        finish_prepare(run)
         run.end()
         return
     finish_prepare(run)
@@ -777,6 +805,8 @@ def phase_7b(run: Run) -> None:
     if (bundle / "manifest.json").is_file() and (bundle / f"llm.{GGUF_7B}.gguf").is_file():
         phase["bundle"] = "exported before"
     else:
+        for stale in bundle.glob(".*tmp*"):  # an export stopped at a deadline leaves its f16 (13.5 GB)
+            stale.unlink()
         args = ["export", "--target", "all", "--checkpoint", ckpt, "--out", bundle, "--gguf-type", GGUF_7B]
         record = run.panda("7b_export", args, env=env)
         if record is None or record["exit"] != 0:

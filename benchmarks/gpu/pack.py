@@ -36,6 +36,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from packaging.requirements import Requirement
+
 REPO = Path(__file__).resolve().parents[2]
 LIMIT_BYTES = 64 * 2**20  # what one device call may carry: working tree + carried paths
 KIT_JSON = "kit.json"
@@ -77,6 +79,20 @@ typing-extensions typing-inspect urllib3 uvloop wadler-lindig werkzeug wheel wra
 zipp
 """
 IMAGE_PACKAGES = frozenset(IMAGE_LIST.split())
+# The versions the device notes give for some of them (KINDS.md's pip list, 2026-11): a requirement such
+# a version does not meet is packed as well (transformers 5.17 is below panda-edge's >=5.25, whose
+# reference reads `out.cache`). A package listed without a version is taken to meet every requirement.
+IMAGE_VERSIONS = {
+    "huggingface-hub": "1.33.0",
+    "numpy": "2.5.2",
+    "onnx": "1.23.1",
+    "onnxruntime": "1.30.0",
+    "safetensors": "0.8.0",
+    "sentencepiece": "0.2.2",
+    "tokenizers": "0.23.2",
+    "torch": "2.11.0",
+    "transformers": "5.17.0",
+}
 # panda-edge's extras the GPU run uses: `full` (the reference, export) beside the base install.
 EXTRAS = ("full",)
 
@@ -195,11 +211,8 @@ def download_wheels(pins: dict[str, str], directory: Path) -> dict[str, Path]:
     return found
 
 
-def requirement_names(lines: list[str]) -> list[str]:
-    """The names of the requirements that apply on the GPU machine (CPython 3.12, Linux x86-64, no
-    extras asked)."""
-    from packaging.requirements import Requirement
-
+def applicable(lines: list[str]) -> list[Requirement]:
+    """The requirements that apply on the GPU machine (CPython 3.12, Linux x86-64, no extras asked)."""
     env = {
         "python_version": PYTHON[0],
         "python_full_version": PYTHON[1],
@@ -211,12 +224,14 @@ def requirement_names(lines: list[str]) -> list[str]:
         "os_name": "posix",
         "extra": "",
     }
-    names = []
-    for line in lines:
-        req = Requirement(line)
-        if req.marker is None or req.marker.evaluate(env):
-            names.append(req.name)
-    return names
+    return [req for req in map(Requirement, lines) if req.marker is None or req.marker.evaluate(env)]
+
+
+def image_meets(req: Requirement) -> bool:
+    """Whether the image's own package does for `req`: it has one, and its version (where known) fits."""
+    name = normalize(req.name)
+    version = IMAGE_VERSIONS.get(name)
+    return name in IMAGE_PACKAGES and (version is None or req.specifier.contains(version, prereleases=True))
 
 
 def metadata_requires(text: str) -> list[str]:
@@ -244,18 +259,18 @@ def panda_requires() -> list[str]:
 
 
 def pack_wheels(roots: list[str], directory: Path) -> list[dict[str, Any]]:
-    """Every requirement of `roots` (recursively through the packed wheels) missing from the image,
-    as a wheel of the version installed here."""
+    """Every requirement of `roots` (recursively through the packed wheels) the image lacks or has too
+    old a version of, as a wheel of the version installed here."""
     directory.mkdir(parents=True, exist_ok=True)
-    seen = set(IMAGE_PACKAGES) | {normalize(LLAMA)}
+    seen = {normalize(LLAMA)}
     packed: list[dict[str, Any]] = []
-    todo = requirement_names(roots)
+    todo = applicable(roots)
     while todo:
         pins = {}
-        for name in todo:
-            if normalize(name) not in seen:
-                seen.add(normalize(name))
-                pins[name] = installed_version(name)
+        for req in todo:
+            if normalize(req.name) not in seen and not image_meets(req):
+                seen.add(normalize(req.name))
+                pins[req.name] = installed_version(req.name)
         todo = []
         if not pins:
             break
@@ -264,7 +279,7 @@ def pack_wheels(roots: list[str], directory: Path) -> list[dict[str, Any]]:
             packed.append(
                 {"name": normalize(name), "version": pins[name], "file": path.name, "requires": requires}
             )
-            todo += requirement_names(requires)
+            todo += applicable(requires)
     return sorted(packed, key=lambda w: w["name"])
 
 

@@ -142,6 +142,9 @@ def serve(
         lora,
         device,
     )
+    if ray is not None and gpus_per_replica == 0 and (device != CPU or n_gpu_layers):
+        # Ray hides the GPUs from a replica that asked for none: it would fail at start, or run on the CPU
+        raise PandaError("--device cuda and --n-gpu-layers with --ray need --gpus-per-replica (e.g. 1)")
     if host not in ("127.0.0.1", "::1", "localhost") and api_key is None:
         warn(f"listening on {host} without --api-key: anyone who can reach it can use it")
 

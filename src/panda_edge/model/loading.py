@@ -90,6 +90,14 @@ class ReferencePrecision:
         return self.compute
 
 
+def exact_fp32_on_gpu() -> None:
+    """fp32 on a GPU means fp32: PyTorch lets cuDNN run float32 convolutions in TF32 by default (about
+    1e-3 relative), which STAB's patch embedding and 3-D convolutions would then differ by from the CPU
+    reference. Process-wide, as PyTorch's switches are."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
 # --- reading ------------------------------------------------------------------------------------
 
 
@@ -367,6 +375,8 @@ def load_reference(
     else:
         check_memory(need, f"{what} in {precision.dtype}", _hint(precision))
     log.info("loading %s from %s (%s on %s)", what, directory, precision.dtype, precision.device)
+    if precision.device == CUDA and precision.compute == torch.float32:
+        exact_fp32_on_gpu()
     skipped = load_weights(parts, directory, precision, keeps_16bit)
     for module in parts.values():
         materialize_buffers(module, precision.device)

@@ -419,7 +419,7 @@ def _task_levels_by(
     and report keys as the single-process path, the reference and the runtime in each worker."""
     from panda_edge.parity.e2e import TaskParity
     from panda_edge.parity.qa_jobs import AnswererSpec, answer_questions, results
-    from panda_edge.parity.runtime_answers import MAX_NEW_TOKENS
+    from panda_edge.parity.runtime_answers import MAX_NEW_TOKENS, gpu_layers
 
     gguf_type = ctx.manifest.gguf().type
     levels: dict[str, Any] = {}
@@ -436,7 +436,7 @@ def _task_levels_by(
             run = answer_questions(questions, videos_dir, spec, runner=runner, on_answers=advance)
         reference = reference or results(questions, run, "reference")
         task = TaskParity(reference, results(questions, run, "runtime"))
-        task.config = {"vision": spec.runtime.vision_label, "gguf": gguf_type}
+        task.config = {"vision": spec.runtime.vision_label, "gguf": gguf_type, **gpu_layers(spec.runtime)}
         levels[task_key(vision, ctx.runtime.vision)] = task
     # as the single-process path: the runtime's answers with the f32 GGUF beside the chosen one
     if REFERENCE_GGUF_TYPE in ctx.manifest.ggufs and gguf_type != REFERENCE_GGUF_TYPE:

@@ -75,7 +75,7 @@ def measure_e2e(
             tie_max_rel=F16_STANDIN_MAX_REL if f16_standin else None,
         )
     result.config = {"vision": options.vision_label, "gguf": gguf_type, "kv_cache": "f32", "n_ctx": n_ctx}
-    result.config.update(_gpu_layers(options))
+    result.config.update(gpu_layers(options))
     if f16_standin:
         result.config["f16_standin_max_rel"] = F16_STANDIN_MAX_REL
     return result
@@ -108,14 +108,15 @@ def measure_task(
         result.config = {
             "vision": options.vision_label,
             "gguf": opened.parts.gguf_type,
-            **_gpu_layers(options),
+            **gpu_layers(options),
         }
     return result
 
 
-def _gpu_layers(options: RuntimeOptions) -> dict[str, int]:
-    """The report's note of decoder layers on the GPU (none: nothing to note)."""
-    return {"n_gpu_layers": options.n_gpu_layers} if options.n_gpu_layers else {}
+def gpu_layers(options: RuntimeOptions) -> dict[str, str]:
+    """The report's note of the decoder's layers on the GPU, a string as every config value (none:
+    nothing to note)."""
+    return {"decoder": f"{options.n_gpu_layers} layers on the GPU"} if options.n_gpu_layers else {}
 
 
 def measure_gguf_agreement(
