@@ -91,6 +91,20 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def f32_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The embedded tiny model for the runtime's parity: ONNX graph + f32 (e2e) and q8_0 GGUFs. Shared:
+    tests that change a bundle copy it first."""
+    from panda_edge.export.llm_gguf.export_gguf import export_gguf
+    from panda_edge.export.stab_onnx.export_onnx import export_bundle
+
+    directory = tmp_path_factory.mktemp("f32-bundle") / "bundle"
+    export_bundle("tiny", directory)
+    for gguf_type in ("f32", "q8_0"):
+        export_gguf("tiny", directory, gguf_type)
+    return directory
+
+
+@pytest.fixture(scope="session")
 def unseen_toy(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """20 toy videos of a seed the tiny model never trained on; the 10 in heldout.json are asked."""
     from panda_edge.toyworld.writer import generate

@@ -25,16 +25,8 @@ NO_GPU = "sees no CUDA GPU"
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded tiny model: ONNX graph + f32 (e2e) and q8_0 (task) GGUFs."""
-    from panda_edge.export.llm_gguf.export_gguf import export_gguf
-    from panda_edge.export.stab_onnx.export_onnx import export_bundle
-
-    directory = tmp_path_factory.mktemp("gpu-vision") / "bundle"
-    export_bundle("tiny", directory)
-    for gguf_type in ("f32", "q8_0"):
-        export_gguf("tiny", directory, gguf_type)
-    return directory
+def bundle(f32_bundle: Path) -> Path:
+    return f32_bundle
 
 
 def test_the_torch_backend_takes_each_dtype_and_a_device() -> None:

@@ -28,13 +28,8 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded tiny model: ONNX graph + f32 and q8_0 GGUFs."""
-    directory = tmp_path_factory.mktemp("runtime") / "bundle"
-    export_bundle("tiny", directory)
-    for gguf_type in ("f32", "q8_0"):
-        export_gguf("tiny", directory, gguf_type)
-    return directory
+def bundle(f32_bundle: Path) -> Path:
+    return f32_bundle
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
-import hashlib
 import json
 import os
 import shutil
@@ -58,7 +57,7 @@ from pathlib import Path
 from typing import Any
 
 # The script's folder is on sys.path when it runs: the GPU machine's Python and platforms, as packed.
-from pack import PLATFORMS, PYTHON
+from pack import PLATFORMS, PYTHON, sha256_file
 
 REPO = Path(__file__).resolve().parents[2]
 PHASES = ("build", "tiny", "7b")
@@ -91,14 +90,6 @@ PIP_INSTALL = (sys.executable, "-m", "pip", "install")
 
 class KitError(Exception):
     """A kit or argument this script cannot work with: one line, exit 2."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_json(path: Path) -> Any:
