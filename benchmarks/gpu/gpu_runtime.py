@@ -56,10 +56,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# The script's folder is on sys.path when it runs: the GPU machine's Python and platforms, as packed.
-from pack import PLATFORMS, PYTHON, sha256_file
+# The script's folder is on sys.path when it runs: the GPU machine's Python and platforms, as packed;
+# importing pack puts this checkout's src/ on sys.path for panda_edge below.
+from pack import PLATFORMS, PYTHON, REPO, sha256_file
 
-REPO = Path(__file__).resolve().parents[2]
+from panda_edge.fileio import write_json
+
 PHASES = ("build", "tiny", "7b")
 # Each phase's wall-time cap; with a machine's start (~90 s) and the two calls' set-up they keep a
 # session within its 15 minutes of device time (benchmarks/gpu/README.md).
@@ -97,14 +99,6 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    """A temporary name beside `path`, renamed onto it: a reader never sees half a report."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def tail(path: Path, chars: int = TAIL_CHARS) -> str:
@@ -310,8 +304,8 @@ class Run:
         self.env["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
         self.env["PYTHONUNBUFFERED"] = "1"
         self.env["XDG_CACHE_HOME"] = str(self.work / "cache")  # panda-edge's cache stays in WORK
-        for p in (str(REPO / "src"), *([] if self.dry else [str(self.site)])):
-            sys.path.insert(0, p)
+        if not self.dry:
+            sys.path.insert(0, str(self.site))
         self.phase: dict[str, Any] | None = None
         self.call_deadline = time.perf_counter() + args.deadline_s
         self.deadline = self.call_deadline
@@ -320,9 +314,9 @@ class Run:
         self.logs_kept = 0
 
     def save(self) -> None:
-        write_json_atomic(self.report_path, self.report)
+        write_json(self.report_path, self.report)
         if self.args.out is not None:
-            write_json_atomic(self.args.out, self.report)
+            write_json(self.args.out, self.report)
 
     def begin(self, name: str, budget_s: float) -> dict[str, Any]:
         """A phase: its steps get at most `budget_s` together, and none runs past the call's deadline."""
@@ -517,7 +511,7 @@ def install_wheels(run: Run, kit: Path, manifest: dict[str, Any]) -> None:
             argv += [a for p in PLATFORMS for a in ("--platform", p)]
         record = run.step("pip_install_wheels", [*argv, *(kit / w for w in wheels)])
         if record is not None and record["exit"] == 0:
-            write_json_atomic(marker, key)
+            write_json(marker, key)
         phase["wheels"] = {"installed": "now", "files": wheels}
     phase["machine"] = run.report["machine"] = machine(run)
     run.end()
@@ -577,7 +571,7 @@ def unpack_source(run: Run, kit: Path, manifest: dict[str, Any]) -> Path:
         target.mkdir(parents=True)
         with tarfile.open(kit / llama["source"]) as tar:
             tar.extractall(target, filter="data")
-        write_json_atomic(target / ".source.json", {"sha256": sha})
+        write_json(target / ".source.json", {"sha256": sha})
     return source
 
 
@@ -617,7 +611,7 @@ def phase_build(run: Run, kit: Path, manifest: dict[str, Any]) -> None:
         record = run.step("cuda_build", argv, env=env, timeout_s=run.args.build_budget_s)
         phase["built"] = bool(record and record["exit"] == 0 and not record["timed_out"])
         if phase["built"]:
-            write_json_atomic(marker, build_key)
+            write_json(marker, build_key)
     check = (
         "import json, llama_cpp\n"
         "print(json.dumps({'version': llama_cpp.__version__, 'file': llama_cpp.__file__,\n"
@@ -696,7 +690,7 @@ def phase_tiny(run: Run) -> None:
         record = run.panda(name, args, env=env, parse_stdout=True)
         report.update((record or {}).get("result") or {})
         phase.setdefault("parity_exit", {})[name] = (record or {}).get("exit")
-    write_json_atomic(work / "parity.json", report)
+    write_json(work / "parity.json", report)
     phase["parity"] = compact(report)
     phase["summary"] = {
         "parity_exit": phase["parity_exit"],

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import hashlib
 import importlib.metadata
 import io
 import json
@@ -39,6 +38,11 @@ from typing import Any
 from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[2]
+# This checkout's panda_edge, also where it is not installed (gpu_runtime.py on the GPU machine imports
+# this module first).
+sys.path.insert(0, str(REPO / "src"))
+from panda_edge.bundle import sha256_file  # noqa: E402
+
 LIMIT_BYTES = 64 * 2**20  # what one device call may carry: working tree + carried paths
 KIT_JSON = "kit.json"
 WHEELS = "wheels"
@@ -152,14 +156,6 @@ class KitError(Exception):
 def normalize(name: str) -> str:
     """A distribution name as pip compares them (PEP 503)."""
     return re.sub(r"[-_.]+", "-", name).lower()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def installed_version(name: str) -> str:

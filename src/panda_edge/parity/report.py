@@ -133,10 +133,6 @@ class ParityContext:
         return self.manifest.root
 
     @property
-    def threads(self) -> int | None:
-        return self.runtime.threads
-
-    @property
     def task_precisions(self) -> list[str]:
         """The precisions the task level answers with: each its vision backend runs, the int8 graph
         when calibrated."""
@@ -252,7 +248,12 @@ def stab_levels(ctx: ParityContext, videos: list[Path]) -> dict[str, Any]:
             videos = write_parity_clips(tmp, tower.config.vision.image_size)
         with TorchVisionReference(tower) as reference, ctx.progress("comparing", len(videos)) as advance:
             levels: dict[str, Any] = bundle_vision_parity(
-                reference, ctx.bundle, videos, tower.config.vision, on_video=advance, threads=ctx.threads
+                reference,
+                ctx.bundle,
+                videos,
+                tower.config.vision,
+                on_video=advance,
+                threads=ctx.runtime.threads,
             )
             if ctx.runtime.vision == TORCH:  # --vision-device cuda: the GPU backend users run, at fp16
                 levels.update(_torch_fp16_level(ctx, reference, videos, tower.config.vision))
@@ -419,7 +420,7 @@ def _task_levels_by(
     and report keys as the single-process path, the reference and the runtime in each worker."""
     from panda_edge.parity.e2e import TaskParity
     from panda_edge.parity.qa_jobs import AnswererSpec, answer_questions, results
-    from panda_edge.parity.runtime_answers import MAX_NEW_TOKENS, gpu_layers
+    from panda_edge.parity.runtime_answers import MAX_NEW_TOKENS, runtime_config
 
     gguf_type = ctx.manifest.gguf().type
     levels: dict[str, Any] = {}
@@ -436,7 +437,7 @@ def _task_levels_by(
             run = answer_questions(questions, videos_dir, spec, runner=runner, on_answers=advance)
         reference = reference or results(questions, run, "reference")
         task = TaskParity(reference, results(questions, run, "runtime"))
-        task.config = {"vision": spec.runtime.vision_label, "gguf": gguf_type, **gpu_layers(spec.runtime)}
+        task.config = runtime_config(spec.runtime, gguf_type)
         levels[task_key(vision, ctx.runtime.vision)] = task
     # as the single-process path: the runtime's answers with the f32 GGUF beside the chosen one
     if REFERENCE_GGUF_TYPE in ctx.manifest.ggufs and gguf_type != REFERENCE_GGUF_TYPE:

@@ -9,6 +9,7 @@ prefix in its KV cache between questions.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import asdict, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -56,7 +57,6 @@ def measure_e2e(
     answer, not the model's 4096: an f32 KV cache for 4096 positions is 4.3 GB at 7B. `f16_standin`:
     the f16 GGUF stands in for f32, and answers may part at a near tie for its error
     (F16_STANDIN_MAX_REL)."""
-    from dataclasses import asdict, replace
 
     from panda_edge.bundle import Manifest
     from panda_edge.parity.llm import F16_STANDIN_MAX_REL
@@ -74,8 +74,7 @@ def measure_e2e(
             on_video,
             tie_max_rel=F16_STANDIN_MAX_REL if f16_standin else None,
         )
-    result.config = {"vision": options.vision_label, "gguf": gguf_type, "kv_cache": "f32", "n_ctx": n_ctx}
-    result.config.update(gpu_layers(options))
+    result.config = {**runtime_config(options, gguf_type), "kv_cache": "f32", "n_ctx": n_ctx}
     if f16_standin:
         result.config["f16_standin_max_rel"] = F16_STANDIN_MAX_REL
     return result
@@ -94,8 +93,6 @@ def measure_task(
     """Exact-match accuracy of the runtime (as users run it: f16 KV cache; `runtime`'s backend,
     threads and GPU layers at the vision `precision`) against the reference's result on the same
     questions (`evaluate(reference_answerer(model), ...)`)."""
-    from dataclasses import replace
-
     options = replace(runtime, precision=precision, gguf_type=gguf_type)
     with options.open(bundle) as opened:
         result = task_parity(
@@ -105,18 +102,17 @@ def measure_task(
             videos_dir,
             on_answer,
         )
-        result.config = {
-            "vision": options.vision_label,
-            "gguf": opened.parts.gguf_type,
-            **gpu_layers(options),
-        }
+        result.config = runtime_config(options, opened.parts.gguf_type)
     return result
 
 
-def gpu_layers(options: RuntimeOptions) -> dict[str, str]:
-    """The report's note of the decoder's layers on the GPU, a string as every config value (none:
-    nothing to note)."""
-    return {"decoder": f"{options.n_gpu_layers} layers on the GPU"} if options.n_gpu_layers else {}
+def runtime_config(options: RuntimeOptions, gguf_type: str) -> dict[str, str]:
+    """How a level's runtime ran, as its report names it: the vision backend, the GGUF and, when any,
+    the decoder's layers on the GPU (strings: a task line joins them)."""
+    config = {"vision": options.vision_label, "gguf": gguf_type}
+    if options.n_gpu_layers:
+        config["decoder"] = f"{options.n_gpu_layers} layers on the GPU"
+    return config
 
 
 def measure_gguf_agreement(
@@ -130,8 +126,6 @@ def measure_gguf_agreement(
     """How often the `task` run's answers (its GGUF type) are the answers the runtime gives with the
     `baseline` GGUF (same fp32 vision and KV cache type: only the decoder's weights differ). Only the
     baseline is run here; the other answers are the task level's own."""
-    from dataclasses import replace
-
     with replace(runtime, precision=FP32, gguf_type=baseline).open(bundle) as opened:
         answers = [
             opened.answer(Path(videos_dir) / q.video, q.question, MAX_NEW_TOKENS).text for q in questions
