@@ -33,14 +33,9 @@ WINDOW_S = 2.0
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from panda_edge.export.llm_gguf.export_gguf import export_gguf
-    from panda_edge.export.stab_onnx.export_onnx import export_bundle
-
-    directory = tmp_path_factory.mktemp("watch") / "bundle"
-    export_bundle("tiny", directory)
-    export_gguf("tiny", directory, "f32")
-    return directory
+def bundle(f32_bundle: Path) -> Path:
+    """The tiny bundle with its f32 GGUF (every test here asks for f32)."""
+    return f32_bundle
 
 
 @pytest.fixture(scope="module")
